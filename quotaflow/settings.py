@@ -1,0 +1,93 @@
+"""Configuration: one validated, frozen object read from `QUOTAFLOW_*` environment variables.
+
+Every field is documented in the README's configuration table; `tests/test_settings.py`
+checks that the table and this class name the same variables.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All of quotaflow's knobs. Defaults are safe for a single machine."""
+
+    model_config = SettingsConfigDict(env_prefix="QUOTAFLOW_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    topic_prefix: str = Field("", description="Prefix put before every topic name.")
+    partitions: int = Field(8, ge=1, le=1024, description="Partitions of every topic we create.")
+    replication: int = Field(1, ge=1, le=7, description="Replication factor of created topics.")
+
+    tenants_file: Path | None = Field(
+        None, description="JSON file of tenant documents (used until the tenants topic is)."
+    )
+
+    ingress_host: str = Field("127.0.0.1", description="Ingress listen address.")
+    ingress_port: int = Field(8080, ge=0, le=65535, description="Ingress listen port.")
+    signature_tolerance: float = Field(
+        300.0, gt=0, description="Oldest accepted Stripe-Signature timestamp, seconds."
+    )
+    signature_future_skew: float = Field(
+        60.0, ge=0, description="Furthest-future accepted signature timestamp, seconds."
+    )
+    publish_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for the broker's ack before answering 503."
+    )
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest accepted webhook body.")
+
+    app_id: str = Field("quotaflow", description="Faust application id (consumer group).")
+    data_dir: Path = Field(Path(".quotaflow/data"), description="Worker state directory.")
+    store: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://.")
+    grace_seconds: float = Field(
+        3 * 86400.0, ge=0, description="How long past_due keeps a quota in grace."
+    )
+    stripe_fetch: bool = Field(
+        True, description="Fetch current objects from Stripe on each event (else use snapshots)."
+    )
+    stripe_api_base: str | None = Field(
+        None, description="Stripe API base URL override (stripe-mock/localstripe in tests)."
+    )
+
+    region: str = Field("local", description="This pusher's or edge node's region.")
+    edge_host: str = Field("127.0.0.1", description="Edge sidecar listen address.")
+    edge_port: int = Field(9101, ge=0, le=65535, description="Edge sidecar listen port.")
+    edge_nodes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Edge node base URLs per region, JSON: {"eu": ["http://127.0.0.1:9101"]}.',
+    )
+    push_keys: dict[str, list[SecretStr]] = Field(
+        default_factory=dict,
+        description='Push signing keys per region, newest first, JSON: {"eu": ["k2", "k1"]}.',
+    )
+    push_tolerance: float = Field(30.0, gt=0, description="Push timestamp window, seconds.")
+
+    log_level: str = Field("INFO", description="Log level for the JSON logs.")
+
+    @field_validator("tenants_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+
+class Topics:
+    """Topic names with the configured prefix. Partition counts come from `Settings`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.stripe_events = f"{prefix}stripe.events"
+        self.usage_events = f"{prefix}usage.events"
+        self.tenants = f"{prefix}tenants"
+        self.quota_updates = f"{prefix}quota.updates"
+        self.deadletter = f"{prefix}deadletter"
+
+    def __repr__(self) -> str:
+        return f"Topics(prefix={self.prefix!r})"

@@ -1,0 +1,91 @@
+"""The tenant document: who a tenant is, how its webhooks are verified, what its plans grant.
+
+The plan catalog maps a Stripe price `lookup_key`, price id or product id to entitlements.
+Secrets are `SecretStr`, so `repr`, `str` and logs show them masked.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class PlanEntry(BaseModel):
+    """What one catalog entry grants per unit of quantity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quota: int | None = Field(..., ge=0, description="Units per billing period; null = unlimited.")
+    rate_per_second: float | None = Field(None, gt=0)
+    features: tuple[str, ...] = ()
+    topup: bool = Field(False, description="A one-off price whose units add to the period.")
+    meter_event_name: str | None = Field(None, description="Stripe Billing meter for usage.")
+
+
+class WebhookSecret(BaseModel):
+    """One active webhook signing secret. `id` is what envelopes and logs name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(..., min_length=1, max_length=64)
+    secret: SecretStr
+    expires_at: float | None = Field(None, description="Unix seconds; set on the old secret of a roll.")
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("a webhook signing secret starts with whsec_")
+        return value
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
+class Tenant(BaseModel):
+    """A platform account: its Stripe account, secrets, regions and plan catalog."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(..., pattern=TENANT_ID_PATTERN)
+    name: str = Field("", max_length=200)
+    mode: Literal["live", "test"] = "test"
+    stripe_account: str | None = Field(None, pattern=r"^acct_[A-Za-z0-9]+$")
+    webhook_secrets: tuple[WebhookSecret, ...] = Field(..., min_length=1, max_length=2)
+    stripe_api_key: SecretStr | None = None
+    regions: tuple[str, ...] = Field(..., min_length=1)
+    plans: dict[str, PlanEntry] = Field(default_factory=dict)
+    event_types: tuple[str, ...] | None = Field(
+        None, description="If set, only these verified event types are published."
+    )
+    customer_alias_key: str | None = Field(
+        None, description="Customer metadata key whose value replaces the Stripe customer id."
+    )
+    status: Literal["active", "suspended"] = "active"
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _api_key_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("sk_", "rk_")):
+            raise ValueError("a Stripe API key starts with sk_ or rk_")
+        return value
+
+    @property
+    def livemode(self) -> bool:
+        return self.mode == "live"
+
+    def active_secrets(self, now: float) -> list[WebhookSecret]:
+        return [s for s in self.webhook_secrets if s.active(now)]
+
+    def plan_for(self, *candidates: str | None) -> PlanEntry | None:
+        """The first catalog entry matching a lookup_key, price id or product id, in that order."""
+        for key in candidates:
+            if key is not None and key in self.plans:
+                return self.plans[key]
+        return None
