@@ -1,0 +1,182 @@
+"""`quotaflow`: one command, a verb per component and per operator task.
+
+Every verb reads its configuration from `QUOTAFLOW_*` environment variables (see the
+README's table); flags override the few values that differ between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from quotaflow.logs import setup_logging
+from quotaflow.registry import StaticTenantRegistry, load_tenants_file
+from quotaflow.settings import Settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**values)
+
+
+def _registry(settings: Settings) -> StaticTenantRegistry:
+    if settings.tenants_file is None:
+        raise click.UsageError("no tenants: set QUOTAFLOW_TENANTS_FILE to a JSON tenants file")
+    return load_tenants_file(settings.tenants_file)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="quotaflow")
+def main() -> None:
+    """quotaflow: Stripe billing turned into live API quotas at the edge.
+
+    Configuration comes from QUOTAFLOW_* environment variables; see the README.
+    """
+
+
+@main.command()
+@click.option("--port", type=int, help="Listen port (QUOTAFLOW_INGRESS_PORT).")
+def ingress(port: int | None) -> None:
+    """Run the webhook ingress: verify Stripe webhooks, publish them durably to Kafka."""
+    from ingress.server import serve
+    from quotaflow.runner import run_until_signalled
+    from quotaflow.topics import ensure_topics
+
+    settings = _settings(ingress_port=port)
+    setup_logging(settings.log_level)
+    registry = _registry(settings)
+    asyncio.run(ensure_topics(settings))
+    run_until_signalled(lambda stop: serve(settings, registry, stop))
+
+
+@main.command()
+@click.option("--web-port", type=int, default=None, help="Serve worker metrics on this port.")
+def worker(web_port: int | None) -> None:
+    """Run a stream worker: Stripe events into customer state and quota updates."""
+    import faust
+
+    from quotaflow.topics import ensure_topics
+    from streams.app import create_app
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    registry = _registry(settings)
+    asyncio.run(ensure_topics(settings))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings, registry, web_port=web_port)
+    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@main.command()
+@click.option("--region", help="Region whose edge nodes this pusher serves (QUOTAFLOW_REGION).")
+def push(region: str | None) -> None:
+    """Run a regional pusher: quota updates to the edge nodes of one region."""
+    from quotaflow.runner import run_until_signalled
+    from quotaflow.topics import ensure_topics
+    from streams.pusher import run_pusher
+
+    settings = _settings(region=region)
+    setup_logging(settings.log_level)
+    registry = _registry(settings)
+    asyncio.run(ensure_topics(settings))
+    run_until_signalled(lambda stop: run_pusher(settings, registry, stop))
+
+
+@main.command()
+@click.option("--region", help="Region of this node (QUOTAFLOW_REGION).")
+@click.option("--port", type=int, help="Listen port (QUOTAFLOW_EDGE_PORT).")
+def edge(region: str | None, port: int | None) -> None:
+    """Run an edge sidecar: receives signed pushes, answers quota checks locally."""
+    from edge.server import serve
+    from quotaflow.runner import run_until_signalled
+
+    settings = _settings(region=region, edge_port=port)
+    setup_logging(settings.log_level)
+    run_until_signalled(lambda stop: serve(settings, stop))
+
+
+@main.group()
+def kafka() -> None:
+    """A local single-node Apache Kafka broker from Maven jars (for dev and tests)."""
+
+
+def _local_kafka(directory: Path, port: int) -> Any:
+    from quotaflow.localkafka import LocalKafka
+
+    return LocalKafka(directory, port=port)
+
+
+_KAFKA_DIR = click.option(
+    "--dir", "directory", type=click.Path(path_type=Path), default=Path(".quotaflow/kafka"),
+    show_default=True, help="Broker state directory.",
+)
+_KAFKA_PORT = click.option("--port", type=int, default=9092, show_default=True)
+
+
+@kafka.command("fetch")
+def kafka_fetch() -> None:
+    """Resolve the broker jars from Maven Central into the cache (once)."""
+    from quotaflow.localkafka import fetch
+
+    click.echo(fetch())
+
+
+@kafka.command("start")
+@_KAFKA_DIR
+@_KAFKA_PORT
+def kafka_start(directory: Path, port: int) -> None:
+    """Start the broker in the background; prints the bootstrap address once it answers."""
+    broker = _local_kafka(directory, port)
+    if broker.running_pid() is not None:
+        click.echo(broker.bootstrap)
+        return
+    broker.start()
+    click.echo(broker.bootstrap)
+
+
+@kafka.command("stop")
+@_KAFKA_DIR
+@_KAFKA_PORT
+def kafka_stop(directory: Path, port: int) -> None:
+    """Stop the broker that `kafka start` started (and nothing else)."""
+    stopped = _local_kafka(directory, port).stop()
+    click.echo("stopped" if stopped else "not running")
+
+
+@kafka.command("status")
+@_KAFKA_DIR
+@_KAFKA_PORT
+def kafka_status(directory: Path, port: int) -> None:
+    """Say whether the local broker runs; exit 1 if not."""
+    pid = _local_kafka(directory, port).running_pid()
+    if pid is None:
+        click.echo("not running")
+        sys.exit(1)
+    click.echo(f"running (pid {pid}) on 127.0.0.1:{port}")
+
+
+@main.command("topics")
+def topics_cmd() -> None:
+    """Create every topic quotaflow owns (partitions from QUOTAFLOW_PARTITIONS)."""
+    from quotaflow.topics import ensure_topics
+
+    created = asyncio.run(ensure_topics(_settings()))
+    click.echo("\n".join(created) if created else "all topics exist")
+
+
+@main.command()
+@click.option("--regions", default="eu,us", show_default=True, help="Comma-separated regions.")
+@click.option("--kafka-port", type=int, default=9092, show_default=True)
+def dev(regions: str, kafka_port: int) -> None:
+    """Run the whole pipeline locally: Kafka, ingress, worker, pushers and edge nodes."""
+    from quotaflow.dev import run_dev
+
+    run_dev([r.strip() for r in regions.split(",") if r.strip()], kafka_port=kafka_port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""`quotaflow dev`: the whole pipeline on this machine, for trying quotaflow out.
+
+Starts a local Kafka broker, then one process per component (ingress, worker, a pusher
+and a demo edge node per region), all with a demo tenant whose webhook secret is the
+published `DEMO_SECRET`. Ctrl-C stops everything it started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from quotaflow.localkafka import LocalKafka, port_open
+from quotaflow.registry import dump_tenants
+from quotaflow.settings import Settings
+from quotaflow.topics import ensure_topics
+from tables.tenant import PlanEntry, Tenant, WebhookSecret
+
+DEV_DIR = Path(".quotaflow/dev")
+DEMO_TENANT = "demo"
+# Published in the README so the sample curl works; never use it outside `quotaflow dev`.
+DEMO_SECRET = "whsec_quotaflow_local_demo"
+FIRST_EDGE_PORT = 9101
+
+
+def demo_tenant(regions: list[str]) -> Tenant:
+    return Tenant(
+        id=DEMO_TENANT,
+        name="Demo tenant",
+        mode="test",
+        webhook_secrets=(WebhookSecret(id="demo-1", secret=DEMO_SECRET),),  # type: ignore[arg-type]
+        regions=tuple(regions),
+        plans={
+            "starter": PlanEntry(quota=1000),
+            "pro": PlanEntry(quota=100_000),
+            "unlimited": PlanEntry(quota=None),
+        },
+    )
+
+
+def dev_environment(regions: list[str], kafka_port: int) -> dict[str, str]:
+    tenants_file = DEV_DIR / "tenants.json"
+    tenants_file.write_bytes(dump_tenants([demo_tenant(regions)]))
+    tenants_file.chmod(0o600)
+    nodes = {r: [f"http://127.0.0.1:{FIRST_EDGE_PORT + i}"] for i, r in enumerate(regions)}
+    keys = {r: [secrets.token_hex(32)] for r in regions}
+    return {
+        "QUOTAFLOW_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
+        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
+        "QUOTAFLOW_EDGE_NODES": orjson.dumps(nodes).decode(),
+        "QUOTAFLOW_PUSH_KEYS": orjson.dumps(keys).decode(),
+        "QUOTAFLOW_STRIPE_FETCH": "false",
+        "QUOTAFLOW_DATA_DIR": str(DEV_DIR / "worker"),
+        "QUOTAFLOW_STORE": "memory://",
+    }
+
+
+def sample_curl(port: int = 8080) -> str:
+    return f"""  BODY='{{"id":"evt_demo_1","object":"event","type":"customer.subscription.created","livemode":false,"created":1767225600,"data":{{"object":{{"id":"sub_demo","object":"subscription","customer":"cus_demo","status":"active","items":{{"data":[{{"id":"si_demo","quantity":1,"price":{{"id":"price_demo","lookup_key":"starter"}},"current_period_start":1767225600,"current_period_end":1798761600}}]}}}}}}}}'
+  T=$(date +%s)
+  SIG=$(printf '%s.%s' "$T" "$BODY" | openssl dgst -sha256 -hmac '{DEMO_SECRET}' | sed 's/^.* //')
+  curl -sS http://127.0.0.1:{port}/v1/webhooks/stripe/{DEMO_TENANT} \\
+    -H "Stripe-Signature: t=$T,v1=$SIG" -H 'Content-Type: application/json' --data-binary "$BODY"
+  curl -sS http://127.0.0.1:{FIRST_EDGE_PORT}/v1/quotas/{DEMO_TENANT}/cus_demo"""
+
+
+def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
+    DEV_DIR.mkdir(parents=True, exist_ok=True)
+    broker = LocalKafka(DEV_DIR / "kafka", port=kafka_port)
+    if broker.running_pid() is None:
+        print(f"starting Kafka on 127.0.0.1:{kafka_port} ...", flush=True)
+        broker.start()
+    env = {**os.environ, **dev_environment(regions, kafka_port)}
+    asyncio.run(ensure_topics(Settings(kafka_bootstrap=broker.bootstrap)))
+
+    cli = [sys.executable, "-m", "quotaflow.cli"]
+    commands = [["ingress"], ["worker"]]
+    for i, region in enumerate(regions):
+        commands.append(["edge", "--region", region, "--port", str(FIRST_EDGE_PORT + i)])
+        commands.append(["push", "--region", region])
+    logs = DEV_DIR / "logs"
+    logs.mkdir(exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        for command in commands:
+            name = "-".join(command[:3:2]) if len(command) > 1 else command[0]
+            out = (logs / f"{name}.log").open("ab")
+            procs.append(subprocess.Popen([*cli, *command], env=env, stdout=out, stderr=out))
+        _wait_ready([8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))])
+        print(f"""
+quotaflow is running (logs in {logs}/):
+  ingress   http://127.0.0.1:8080/v1/webhooks/stripe/{DEMO_TENANT}
+  edges     {", ".join(f"{r}=http://127.0.0.1:{FIRST_EDGE_PORT + i}" for i, r in enumerate(regions))}
+  kafka     {broker.bootstrap}
+
+Send a signed webhook for the demo tenant, then read the quota at the edge:
+{sample_curl()}
+
+Ctrl-C stops everything.""", flush=True)
+        while not stopping:
+            for proc in procs:
+                if proc.poll() is not None:
+                    print(f"a component exited with {proc.returncode}; see {logs}/", flush=True)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        broker.stop()
+        print("stopped", flush=True)
+
+
+def _wait_ready(ports: list[int], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(port_open(p) for p in ports):
+            return
+        time.sleep(0.2)

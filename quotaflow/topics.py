@@ -1,0 +1,69 @@
+"""Creates every topic quotaflow owns, with explicit partitions and cleanup policies.
+
+Broker auto-creation is never relied on: a topic created with the broker's defaults would
+get the wrong partition count, and co-partitioned tables would fail on their first write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from quotaflow.settings import Settings
+
+log = logging.getLogger("quotaflow.topics")
+
+FOURTEEN_DAYS_MS = 14 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The design's topic table: keyed by tenant, compacted where the latest value matters."""
+    t, n = settings.topics, settings.partitions
+    keep = {"cleanup.policy": "delete", "retention.ms": str(FOURTEEN_DAYS_MS)}
+    compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    return [
+        TopicSpec(t.stripe_events, n, keep),
+        TopicSpec(t.usage_events, n, keep),
+        TopicSpec(t.tenants, 1, compact),
+        TopicSpec(t.quota_updates, n, compact),
+        TopicSpec(t.deadletter, n, {"cleanup.policy": "delete"}),
+    ]
+
+
+async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Creates the missing topics; returns the names it created. Existing ones are kept."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
+    )
+    async with asyncio.timeout(timeout):
+        await admin.start()
+    try:
+        async with asyncio.timeout(timeout):
+            existing = set(await admin.list_topics())
+            missing = [s for s in topic_specs(settings) if s.name not in existing]
+            created = []
+            for spec in missing:
+                try:
+                    await admin.create_topics(
+                        [NewTopic(spec.name, spec.partitions, settings.replication,
+                                  topic_configs=spec.config)]
+                    )
+                    created.append(spec.name)
+                except TopicAlreadyExistsError:
+                    pass  # another component created it between list and create
+            if created:
+                log.info("created topics", extra={"topics": created})
+            return created
+    finally:
+        await admin.close()

@@ -1,0 +1,1 @@
+"""The stream workers: Faust agents that wire the pure domain in `tables/` to topics."""

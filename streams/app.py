@@ -1,0 +1,175 @@
+"""The billing worker: a Faust app whose agent turns Stripe events into customer quotas.
+
+Per event: read the envelope, fetch the current object from Stripe (the event is a
+signal), apply the pure transition from `tables.billing`, store the new customer state
+in the `customers` table (changelog topic), and publish the quota update on
+`quota.updates` in the event's partition, which is the tenant's partition.
+
+Faust is at-least-once: a crash replays events whose effects may already be in the
+changelog. The state records what it applied, so replays change nothing; a replay of
+an already-applied offset re-emits the current quota (harmless thanks to `version`),
+which covers a crash between the changelog write and the quota-update send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import faust
+import orjson
+
+from quotaflow.envelope import Envelope
+from quotaflow.registry import TenantRegistry
+from quotaflow.settings import Settings
+from streams.deadletter import deadletter_headers
+from streams.stripe_client import StripeReader
+from tables.billing import CustomerState, Outcome, QuotaPolicy, Source, apply_event, customer_of
+
+log = logging.getLogger("quotaflow.worker")
+
+SUBSCRIPTION_EVENTS = "customer.subscription."
+INVOICE_EVENTS = "invoice."
+
+
+def fetch_target(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Which current object tells the truth behind this event: (kind, id) or None."""
+    etype = event.get("type", "")
+    obj = (event.get("data") or {}).get("object") or {}
+    if etype.startswith(SUBSCRIPTION_EVENTS):
+        return ("subscription", obj["id"]) if obj.get("id") else None
+    if etype.startswith(INVOICE_EVENTS):
+        parent = ((obj.get("parent") or {}).get("subscription_details") or {}).get("subscription")
+        sub = parent or obj.get("subscription")
+        return ("subscription", sub) if isinstance(sub, str) else None
+    if etype == "checkout.session.completed":
+        sub = obj.get("subscription")
+        return ("subscription", sub) if isinstance(sub, str) else None
+    if etype.startswith("customer.") and obj.get("id"):
+        return ("customer", obj["id"])
+    return None
+
+
+def create_app(
+    settings: Settings,
+    registry: TenantRegistry,
+    *,
+    stripe_reader: StripeReader | None = None,
+    web_port: int | None = None,
+) -> faust.App:
+    """Builds the worker app. One app per process (and per test)."""
+    topics = settings.topics
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=True,
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        web_bind="127.0.0.1",
+        web_in_thread=False,
+        broker_commit_interval=0.5,
+        producer_linger=0.001,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        autodiscover=False,
+    )
+    policy = QuotaPolicy(grace_seconds=settings.grace_seconds)
+    reader = stripe_reader if stripe_reader is not None else (
+        StripeReader(api_base=settings.stripe_api_base) if settings.stripe_fetch else None
+    )
+
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+           "value_serializer": "raw"}
+    stripe_events = app.topic(topics.stripe_events, partitions=settings.partitions, **raw)
+    quota_updates = app.topic(topics.quota_updates, partitions=settings.partitions, **raw)
+    deadletter = app.topic(topics.deadletter, partitions=settings.partitions, **raw)
+    customers = app.Table(
+        "customers",
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    async def dead(event: Any, reason: str, detail: str) -> None:
+        log.warning("dead letter", extra={"reason": reason, "detail": detail[:200]})
+        await deadletter.send(
+            key=event.key,
+            value=event.value,
+            headers=deadletter_headers(event.headers, reason=reason, detail=detail,
+                                       source_topic=topics.stripe_events,
+                                       partition=event.message.partition,
+                                       offset=event.message.offset),
+            partition=event.message.partition,
+        )
+
+    async def handle(event: Any) -> None:
+        started = time.perf_counter()
+        env = Envelope.from_headers(event.headers)
+        tenant = registry.get(env.tenant_id)
+        if tenant is None:
+            await dead(event, "unknown_tenant", env.tenant_id)
+            return
+        body = orjson.loads(event.value)
+        customer = customer_of(body)
+        if customer is None:
+            return  # a type we do not act on; counted by the ingress and metrics
+        key = f"{tenant.id}/{customer}".encode()
+        stored = customers.get(key)
+        state = CustomerState.model_validate_json(stored) if stored is not None else None
+        fetched = None
+        target = fetch_target(body)
+        if reader is not None and target is not None:
+            fetched = await reader.fetch(tenant, *target, not_before=env.received_at)
+        outcome: Outcome = apply_event(
+            state,
+            body,
+            tenant=tenant,
+            fetched=fetched,
+            source=Source(event.message.partition, event.message.offset),
+            now=time.time(),
+            policy=policy,
+        )
+        if outcome.state is not None and not outcome.duplicate:
+            customers[key] = outcome.state.model_dump_json().encode()
+        if outcome.update is not None:
+            await quota_updates.send(
+                key=outcome.update.key.encode(),
+                value=outcome.update.to_json(),
+                partition=event.message.partition,
+            )
+        for letter in outcome.deadletters:
+            await dead(event, letter.reason, letter.detail)
+        log.debug(
+            "event applied",
+            extra={"tenant_id": tenant.id, "event_id": env.event_id, "event_type": env.event_type,
+                   "duplicate": outcome.duplicate,
+                   "latency_ms": round((time.perf_counter() - started) * 1000, 3)},
+        )
+
+    @app.agent(stripe_events, concurrency=1)
+    async def billing(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        """Applies each Stripe event once in effect; a bad event goes to the dead letters."""
+        async for event in stream.events():
+            try:
+                await handle(event)
+            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
+                await dead(event, "processing_error", f"{type(exc).__name__}: {exc}")
+            yield None
+
+    app.customers = customers  # type: ignore[attr-defined]
+    if reader is not None:
+        @app.on_stop.connect  # type: ignore[misc]
+        async def _close_reader(app: faust.App, **kwargs: Any) -> None:
+            await reader.close()
+
+    return app

@@ -1,0 +1,148 @@
+"""Reads current Stripe objects for the billing agent: rate-limited, cached, coalesced.
+
+An event is a signal, not the truth: Stripe delivers out of order, so the agent fetches
+the object's current state. Each tenant gets its own `StripeClient` (its own key, explicit
+`max_network_retries`), each Stripe account a token bucket below Stripe's limit, and each
+object a cache entry for `cache_ttl` seconds; concurrent fetches of one object share one
+request. A failed fetch returns None and the agent falls back to the event's snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import stripe
+from aiolimiter import AsyncLimiter
+
+from tables.tenant import Tenant
+
+log = logging.getLogger("quotaflow.stripe")
+
+# Below Stripe's per-account limits (live 100/s, test 25/s), leaving room for the tenant.
+DEFAULT_RATES = {"live": 80.0, "test": 20.0}
+
+
+class StripeReader:
+    """Fetches subscriptions and customers for many tenants without blocking the loop."""
+
+    def __init__(
+        self,
+        *,
+        api_base: str | None = None,
+        timeout: float = 5.0,
+        cache_ttl: float = 300.0,
+        max_network_retries: int = 2,
+        rates: Mapping[str, float] = DEFAULT_RATES,
+        cache_size: int = 100_000,
+    ) -> None:
+        self._api_base = api_base
+        self._timeout = timeout
+        self._cache_ttl = cache_ttl
+        self._retries = max_network_retries
+        self._rates = dict(rates)
+        self._cache_size = cache_size
+        self._clients: dict[tuple[str, str], stripe.StripeClient] = {}
+        self._limiters: dict[str, AsyncLimiter] = {}
+        # (wall-clock fetch time, object): compared with events' received-at times.
+        self._cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._inflight: dict[tuple[str, str], tuple[float, asyncio.Future[dict[str, Any] | None]]] = {}
+        self._http: stripe.AIOHTTPClient | None = None
+
+    def _client(self, tenant: Tenant) -> stripe.StripeClient | None:
+        if tenant.stripe_api_key is None:
+            return None
+        key = tenant.stripe_api_key.get_secret_value()
+        # Keyed by tenant and a digest-free identity of the key object so a rotation
+        # gets a fresh client; the key itself is never logged.
+        cache_key = (tenant.id, str(id(tenant.stripe_api_key)))
+        client = self._clients.get(cache_key)
+        if client is None:
+            if self._http is None:
+                self._http = stripe.AIOHTTPClient()
+            bases: Any = {"api": self._api_base} if self._api_base else None
+            client = stripe.StripeClient(
+                key,
+                stripe_account=tenant.stripe_account,
+                base_addresses=bases,
+                max_network_retries=self._retries,
+                http_client=self._http,
+            )
+            self._clients[cache_key] = client
+        return client
+
+    def _limiter(self, tenant: Tenant) -> AsyncLimiter:
+        account = tenant.stripe_account or tenant.id
+        limiter = self._limiters.get(account)
+        if limiter is None:
+            rate = self._rates.get(tenant.mode, 20.0)
+            limiter = AsyncLimiter(max_rate=rate, time_period=1.0)
+            self._limiters[account] = limiter
+        return limiter
+
+    async def fetch(
+        self, tenant: Tenant, kind: str, object_id: str, *, not_before: float = 0.0
+    ) -> dict[str, Any] | None:
+        """The current object, from cache or Stripe; None when Stripe cannot be reached.
+
+        A cached copy serves only if it was fetched at or after `not_before` (the time the
+        event was received): an older copy may predate the change the event signals.
+        """
+        key = (tenant.id, object_id)
+        hit = self._cache.get(key)
+        now = time.time()
+        if hit is not None and now - hit[0] < self._cache_ttl and hit[0] >= not_before:
+            return hit[1]
+        pending = self._inflight.get(key)
+        if pending is not None and pending[0] >= not_before:
+            return await asyncio.shield(pending[1])
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (now, future)
+        try:
+            result = await self._fetch(tenant, kind, object_id)
+            if result is not None:
+                if len(self._cache) >= self._cache_size:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[key] = (time.time(), result)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            if self._inflight.get(key, (0.0, None))[1] is future:
+                del self._inflight[key]
+
+    def invalidate(self, tenant_id: str, object_id: str) -> None:
+        self._cache.pop((tenant_id, object_id), None)
+
+    async def _fetch(self, tenant: Tenant, kind: str, object_id: str) -> dict[str, Any] | None:
+        client = self._client(tenant)
+        if client is None:
+            return None
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._limiter(tenant):
+                    if kind == "subscription":
+                        obj: Any = await client.v1.subscriptions.retrieve_async(object_id)
+                    elif kind == "customer":
+                        obj = await client.v1.customers.retrieve_async(object_id)
+                    else:
+                        return None
+        except (stripe.StripeError, TimeoutError) as exc:
+            log.warning(
+                "stripe fetch failed; using the event snapshot",
+                extra={"tenant_id": tenant.id, "object": kind, "error": type(exc).__name__},
+            )
+            return None
+        result: dict[str, Any] = obj.to_dict()
+        return result
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close_async()
+            self._http = None

@@ -1,0 +1,95 @@
+"""Session-wide real peers: an Apache Kafka broker, stripe-mock and localstripe.
+
+The broker is `QUOTAFLOW_KAFKA_BOOTSTRAP` if set; otherwise a KRaft broker from Maven jars
+(`quotaflow.localkafka`); otherwise testcontainers' Kafka module when a Docker engine
+answers. A missing tool fails the run: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from quotaflow.localkafka import LocalKafka, free_port
+from quotaflow.settings import Settings
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    import subprocess
+
+    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real broker for the whole session."""
+    external = os.environ.get("QUOTAFLOW_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    if shutil.which("java") is None and _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"), port=free_port())
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Random names so that tests sharing the broker never see each other's topics."""
+    return lambda stem: f"{stem}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings_factory(
+    kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
+) -> Callable[..., Settings]:
+    """Settings on the session broker with a fresh topic prefix and app id per test."""
+    prefix = unique("t") + "."
+
+    def make(**overrides: object) -> Settings:
+        base: dict[str, object] = {
+            "kafka_bootstrap": kafka_bootstrap,
+            "topic_prefix": prefix,
+            "partitions": 2,
+            "app_id": prefix.rstrip(".") + "-app",
+            "data_dir": tmp_path / "data",
+            "store": "memory://",
+        }
+        base.update(overrides)
+        return Settings(**base)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def stripe_mock() -> Iterator[str]:
+    """Base URL of stripe-mock, the shape oracle for every outbound Stripe call."""
+    from tests.peers import run_stripe_mock
+
+    with run_stripe_mock() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of localstripe: stateful, sends signed webhooks to registered URLs."""
+    from tests.peers import run_localstripe
+
+    with run_localstripe(tmp_path_factory.mktemp("localstripe")) as url:
+        yield url
