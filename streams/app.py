@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
@@ -26,31 +26,17 @@ from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from streams.deadletter import deadletter_headers
 from streams.stripe_client import StripeReader
-from tables.billing import CustomerState, Outcome, QuotaPolicy, Source, apply_event, customer_of
+from tables.billing import (
+    CustomerState,
+    Outcome,
+    QuotaPolicy,
+    Source,
+    apply_event,
+    customer_of,
+    fetch_target,
+)
 
 log = logging.getLogger("quotaflow.worker")
-
-SUBSCRIPTION_EVENTS = "customer.subscription."
-INVOICE_EVENTS = "invoice."
-
-
-def fetch_target(event: Mapping[str, Any]) -> tuple[str, str] | None:
-    """Which current object tells the truth behind this event: (kind, id) or None."""
-    etype = event.get("type", "")
-    obj = (event.get("data") or {}).get("object") or {}
-    if etype.startswith(SUBSCRIPTION_EVENTS):
-        return ("subscription", obj["id"]) if obj.get("id") else None
-    if etype.startswith(INVOICE_EVENTS):
-        parent = ((obj.get("parent") or {}).get("subscription_details") or {}).get("subscription")
-        sub = parent or obj.get("subscription")
-        return ("subscription", sub) if isinstance(sub, str) else None
-    if etype == "checkout.session.completed":
-        sub = obj.get("subscription")
-        return ("subscription", sub) if isinstance(sub, str) else None
-    if etype.startswith("customer.") and obj.get("id"):
-        return ("customer", obj["id"])
-    return None
-
 
 def create_app(
     settings: Settings,
@@ -94,10 +80,10 @@ def create_app(
         "customers",
         default=None,
         partitions=settings.partitions,
+        # bytes types make Faust use the raw codec for the changelog too; the domain
+        # owns the encoding (CustomerState JSON).
         key_type=bytes,
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
     )
 
     async def dead(event: Any, reason: str, detail: str) -> None:
@@ -129,17 +115,20 @@ def create_app(
         fetched = None
         target = fetch_target(body)
         if reader is not None and target is not None:
-            fetched = await reader.fetch(tenant, *target, not_before=env.received_at)
+            fetched = await reader.fetch(
+                tenant, target.kind, target.id, not_before=env.received_at
+            )
         outcome: Outcome = apply_event(
             state,
             body,
             tenant=tenant,
-            fetched=fetched,
+            fetched=None if fetched is None else fetched.object,
+            fetched_at=None if fetched is None else fetched.at,
             source=Source(event.message.partition, event.message.offset),
             now=time.time(),
             policy=policy,
         )
-        if outcome.state is not None and not outcome.duplicate:
+        if outcome.state is not None:
             customers[key] = outcome.state.model_dump_json().encode()
         if outcome.update is not None:
             await quota_updates.send(

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import stripe
 from aiolimiter import AsyncLimiter
@@ -24,6 +24,13 @@ log = logging.getLogger("quotaflow.stripe")
 
 # Below Stripe's per-account limits (live 100/s, test 25/s), leaving room for the tenant.
 DEFAULT_RATES = {"live": 80.0, "test": 20.0}
+
+
+class Fetched(NamedTuple):
+    """A Stripe object as fetched, with the wall-clock time the request started."""
+
+    object: dict[str, Any]
+    at: float
 
 
 class StripeReader:
@@ -48,8 +55,8 @@ class StripeReader:
         self._clients: dict[tuple[str, str], stripe.StripeClient] = {}
         self._limiters: dict[str, AsyncLimiter] = {}
         # (wall-clock fetch time, object): compared with events' received-at times.
-        self._cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
-        self._inflight: dict[tuple[str, str], tuple[float, asyncio.Future[dict[str, Any] | None]]] = {}
+        self._cache: dict[tuple[str, str], Fetched] = {}
+        self._inflight: dict[tuple[str, str], tuple[float, asyncio.Future[Fetched | None]]] = {}
         self._http: stripe.AIOHTTPClient | None = None
 
     def _client(self, tenant: Tenant) -> stripe.StripeClient | None:
@@ -85,8 +92,8 @@ class StripeReader:
 
     async def fetch(
         self, tenant: Tenant, kind: str, object_id: str, *, not_before: float = 0.0
-    ) -> dict[str, Any] | None:
-        """The current object, from cache or Stripe; None when Stripe cannot be reached.
+    ) -> Fetched | None:
+        """The current object and when it was fetched; None when Stripe cannot be reached.
 
         A cached copy serves only if it was fetched at or after `not_before` (the time the
         event was received): an older copy may predate the change the event signals.
@@ -94,19 +101,20 @@ class StripeReader:
         key = (tenant.id, object_id)
         hit = self._cache.get(key)
         now = time.time()
-        if hit is not None and now - hit[0] < self._cache_ttl and hit[0] >= not_before:
-            return hit[1]
+        if hit is not None and now - hit.at < self._cache_ttl and hit.at >= not_before:
+            return hit
         pending = self._inflight.get(key)
         if pending is not None and pending[0] >= not_before:
             return await asyncio.shield(pending[1])
-        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Fetched | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = (now, future)
         try:
-            result = await self._fetch(tenant, kind, object_id)
+            obj = await self._fetch(tenant, kind, object_id)
+            result = None if obj is None else Fetched(obj, now)
             if result is not None:
                 if len(self._cache) >= self._cache_size:
                     self._cache.pop(next(iter(self._cache)))
-                self._cache[key] = (time.time(), result)
+                self._cache[key] = result
             future.set_result(result)
             return result
         except BaseException as exc:

@@ -1,0 +1,66 @@
+"""Small real-broker helpers for tests: produce with headers, read a topic to its end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+
+async def produce(
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await asyncio.wait_for(
+                producer.send_and_wait(topic, value, key=key, headers=headers), 10
+            )
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Any]:
+    """Every record now in `topic`, from the beginning to the high-water marks."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ] or [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        out: list[Any] = []
+        async with asyncio.timeout(timeout):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                batch = await consumer.getmany(timeout_ms=200)
+                for messages in batch.values():
+                    out.extend(messages)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public metadata refresh
+    return consumer.partitions_for_topic(topic) or set()
+
+
+async def wait_for_records(
+    bootstrap: str, topic: str, count: int, timeout: float = 60.0
+) -> list[Any]:
+    """Polls until `topic` holds at least `count` records; fails with what it saw."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    records: list[Any] = []
+    while asyncio.get_running_loop().time() < deadline:
+        records = await read_all(bootstrap, topic)
+        if len(records) >= count:
+            return records
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{topic} holds {len(records)} records, expected {count}")

@@ -1,0 +1,119 @@
+"""The billing worker as a real `quotaflow worker` process on the real broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from quotaflow.envelope import Envelope
+from quotaflow.registry import dump_tenants
+from quotaflow.settings import Settings
+from quotaflow.topics import ensure_topics
+from streams.deadletter import REASON
+from tables.quota import QuotaUpdate
+from tests.kafkautil import produce, read_all, wait_for_records
+from tests.processes import components, start
+from tests.tables.factories import BASIC, PRO, UNKNOWN, event, make_tenant, subscription
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+
+PERIOD = (1_767_225_600, 1_769_904_000)
+
+
+def _record(tenant: str, body: dict[str, object]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    env = Envelope(tenant, str(body["id"]), str(body["type"]), False, time.time(), "s1")
+    return tenant.encode(), orjson.dumps(body), env.headers()
+
+
+def _env(settings: Settings, tenants_file: Path, data: Path) -> dict[str, str]:
+    return {
+        "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        "QUOTAFLOW_PARTITIONS": str(settings.partitions),
+        "QUOTAFLOW_APP_ID": settings.app_id,
+        "QUOTAFLOW_DATA_DIR": str(data),
+        "QUOTAFLOW_STORE": "memory://",
+        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
+        "QUOTAFLOW_STRIPE_FETCH": "false",
+    }
+
+
+async def test_worker_turns_events_into_versioned_quota_updates_once(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = settings_factory()
+    await ensure_topics(settings)
+    tenants_file = tmp_path / "tenants.json"
+    tenants_file.write_bytes(dump_tenants([make_tenant()]))
+    created = event("customer.subscription.created",
+                    subscription("sub_1", "cus_1", "active", [(BASIC, 2)], period=PERIOD))
+    upgraded = event("customer.subscription.updated",
+                     subscription("sub_1", "cus_1", "active", [(PRO, 1)], period=PERIOD),
+                     created=PERIOD[0] + 60)
+    unknown_price = event("customer.subscription.created",
+                          subscription("sub_2", "cus_2", "active", [(UNKNOWN, 1)], period=PERIOD))
+    t = settings.topics
+    records = [_record("acme", created), _record("acme", created),  # a redelivery
+               _record("acme", upgraded), _record("acme", unknown_price),
+               ("acme".encode(), b"{not json", Envelope("acme", "evt_bad", "x", False,
+                                                         time.time(), "s1").headers()),
+               _record("nobody", created)]
+    await produce(settings.kafka_bootstrap, t.stripe_events, records)
+
+    with components({}, tmp_path) as started:
+        start(started, ["worker"], _env(settings, tenants_file, tmp_path / "w"), tmp_path)
+        updates = await wait_for_records(settings.kafka_bootstrap, t.quota_updates, 3)
+        letters = await wait_for_records(settings.kafka_bootstrap, t.deadletter, 3)
+
+    by_customer: dict[str, list[QuotaUpdate]] = {}
+    for record in updates:
+        update = QuotaUpdate.from_json(record.value)
+        assert record.key == update.key.encode()
+        by_customer.setdefault(update.customer_id, []).append(update)
+    first, second = by_customer["cus_1"]
+    assert (first.limit, first.version, first.status) == (2000, 1, "active")
+    assert (second.limit, second.version) == (10_000, 2)
+    assert second.reason.id == upgraded["id"]
+    # The unknown price grants nothing: blocked, and a dead letter says why.
+    assert by_customer["cus_2"][-1].limit == 0
+    reasons = sorted(dict(r.headers)[REASON].decode() for r in letters)
+    assert reasons == ["processing_error", "unknown_price", "unknown_tenant"]
+    bad = next(r for r in letters if dict(r.headers)[REASON] == b"processing_error")
+    assert bad.value == b"{not json"
+
+
+async def test_restarted_worker_reprocessing_changes_nothing(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A second worker with a fresh group re-reads everything: no new quota versions."""
+    settings = settings_factory()
+    await ensure_topics(settings)
+    tenants_file = tmp_path / "tenants.json"
+    tenants_file.write_bytes(dump_tenants([make_tenant()]))
+    sub = subscription("sub_9", "cus_9", "active", [(BASIC, 1)], period=PERIOD)
+    await produce(settings.kafka_bootstrap, settings.topics.stripe_events,
+                  [_record("acme", event("customer.subscription.created", sub))])
+    env = _env(settings, tenants_file, tmp_path / "w")
+    with components({}, tmp_path) as started:
+        start(started, ["worker"], env, tmp_path)
+        await wait_for_records(settings.kafka_bootstrap, settings.topics.quota_updates, 1)
+    # Same app id: the table recovers from its changelog, the group resumes; re-feeding the
+    # same event (a Stripe redelivery) must not publish a new version.
+    await produce(settings.kafka_bootstrap, settings.topics.stripe_events,
+                  [_record("acme", event("customer.subscription.updated", sub))])
+    with components({}, tmp_path) as started:
+        start(started, ["worker"], env, tmp_path)
+        marker = event("customer.subscription.created",
+                       subscription("sub_10", "cus_10", "active", [(BASIC, 1)], period=PERIOD))
+        await produce(settings.kafka_bootstrap, settings.topics.stripe_events,
+                      [_record("acme", marker)])
+        updates = await wait_for_records(
+            settings.kafka_bootstrap, settings.topics.quota_updates, 2
+        )
+    versions = [QuotaUpdate.from_json(r.value) for r in updates]
+    assert [(u.customer_id, u.version) for u in versions] == [("cus_9", 1), ("cus_10", 1)]
+    assert len(await read_all(settings.kafka_bootstrap, settings.topics.quota_updates)) == 2
