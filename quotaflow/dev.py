@@ -27,7 +27,7 @@ from tables.tenant import PlanEntry, Tenant, WebhookSecret
 DEV_DIR = Path(".quotaflow/dev")
 DEMO_TENANT = "demo"
 # Published in the README so the sample curl works; never use it outside `quotaflow dev`.
-DEMO_SECRET = "whsec_quotaflow_local_demo"
+DEMO_SECRET = "whsec_quotaflow_local_demo"  # noqa: S105 - a published demo value
 FIRST_EDGE_PORT = 9101
 
 
@@ -63,13 +63,32 @@ def dev_environment(regions: list[str], kafka_port: int) -> dict[str, str]:
     }
 
 
+DEMO_EVENT = {
+    "id": "evt_demo_1",
+    "object": "event",
+    "type": "customer.subscription.created",
+    "livemode": False,
+    "created": 1767225600,
+    "data": {"object": {
+        "id": "sub_demo", "object": "subscription", "customer": "cus_demo", "status": "active",
+        "items": {"data": [{
+            "id": "si_demo", "quantity": 1,
+            "price": {"id": "price_demo", "lookup_key": "starter"},
+            "current_period_start": 1767225600, "current_period_end": 1798761600,
+        }]},
+    }},
+}
+
+
 def sample_curl(port: int = 8080) -> str:
-    return f"""  BODY='{{"id":"evt_demo_1","object":"event","type":"customer.subscription.created","livemode":false,"created":1767225600,"data":{{"object":{{"id":"sub_demo","object":"subscription","customer":"cus_demo","status":"active","items":{{"data":[{{"id":"si_demo","quantity":1,"price":{{"id":"price_demo","lookup_key":"starter"}},"current_period_start":1767225600,"current_period_end":1798761600}}]}}}}}}}}'
-  T=$(date +%s)
-  SIG=$(printf '%s.%s' "$T" "$BODY" | openssl dgst -sha256 -hmac '{DEMO_SECRET}' | sed 's/^.* //')
-  curl -sS http://127.0.0.1:{port}/v1/webhooks/stripe/{DEMO_TENANT} \\
-    -H "Stripe-Signature: t=$T,v1=$SIG" -H 'Content-Type: application/json' --data-binary "$BODY"
-  curl -sS http://127.0.0.1:{FIRST_EDGE_PORT}/v1/quotas/{DEMO_TENANT}/cus_demo"""
+    """The signed request the README shows; openssl signs it when pasted."""
+    body = orjson.dumps(DEMO_EVENT).decode()
+    return f"""BODY='{body}'
+T=$(date +%s)
+SIG=$(printf '%s.%s' "$T" "$BODY" | openssl dgst -sha256 -hmac '{DEMO_SECRET}' | sed 's/^.* //')
+curl -sS http://127.0.0.1:{port}/v1/webhooks/stripe/{DEMO_TENANT} \\
+  -H "Stripe-Signature: t=$T,v1=$SIG" -H 'Content-Type: application/json' --data-binary "$BODY"
+curl -sS http://127.0.0.1:{FIRST_EDGE_PORT}/v1/quotas/{DEMO_TENANT}/cus_demo"""
 
 
 def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
@@ -103,10 +122,13 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
             out = (logs / f"{name}.log").open("ab")
             procs.append(subprocess.Popen([*cli, *command], env=env, stdout=out, stderr=out))
         _wait_ready([8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))])
+        edges = ", ".join(
+            f"{r}=http://127.0.0.1:{FIRST_EDGE_PORT + i}" for i, r in enumerate(regions)
+        )
         print(f"""
 quotaflow is running (logs in {logs}/):
   ingress   http://127.0.0.1:8080/v1/webhooks/stripe/{DEMO_TENANT}
-  edges     {", ".join(f"{r}=http://127.0.0.1:{FIRST_EDGE_PORT + i}" for i, r in enumerate(regions))}
+  edges     {edges}
   kafka     {broker.bootstrap}
 
 Send a signed webhook for the demo tenant, then read the quota at the edge:

@@ -16,7 +16,7 @@ EVENT_ID = "qf-event-id"
 EVENT_TYPE = "qf-event-type"
 LIVEMODE = "qf-livemode"
 RECEIVED_AT = "qf-received-at"
-SECRET_ID = "qf-secret-id"
+SECRET_ID = "qf-secret-id"  # noqa: S105 - a header name; it carries the id, not the secret
 SCHEMA = "qf-schema"
 STRIPE_EVENT_SCHEMA = b"stripe-event/1"
 

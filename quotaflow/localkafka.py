@@ -8,6 +8,7 @@ that forgets to create its topics fails here as it would in production.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -154,16 +155,18 @@ class LocalKafka:
                        cluster_file.read_text().strip(), "-c", str(config), "--ignore-formatted"),
             check=True, capture_output=True, timeout=60,
         )
-        log = self.log_file.open("ab")
-        self._proc = subprocess.Popen(
-            self._java(jars, "kafka.Kafka", str(config), heap=True),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with self.log_file.open("ab") as log:  # the child keeps its own descriptor
+            self._proc = subprocess.Popen(
+                self._java(jars, "kafka.Kafka", str(config), heap=True),
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         self.pid_file.write_text(str(self._proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise LocalKafkaError(f"broker exited with {self._proc.returncode}; see {self.log_file}")
+                raise LocalKafkaError(
+                    f"broker exited with {self._proc.returncode}; see {self.log_file}"
+                )
             if port_open(self.port):
                 return
             time.sleep(0.2)
@@ -183,10 +186,8 @@ class LocalKafka:
         pid = self._proc.pid if self._proc is not None else self.running_pid()
         if pid is None:
             return False
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _alive(pid, self._proc):
             time.sleep(0.1)

@@ -35,6 +35,7 @@ from tables.billing import (
     customer_of,
     fetch_target,
 )
+from tables.quota import SCHEMA_HEADER
 
 log = logging.getLogger("quotaflow.worker")
 
@@ -135,6 +136,7 @@ def create_app(
                 key=outcome.update.key.encode(),
                 value=outcome.update.to_json(),
                 partition=event.message.partition,
+                headers=[SCHEMA_HEADER],
             )
         for letter in outcome.deadletters:
             await dead(event, letter.reason, letter.detail)

@@ -14,13 +14,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1"
+# Header on every quota.updates record; consumers check the major version.
+SCHEMA_HEADER = ("qf-schema", b"quota-update/1")
 QuotaStatus = Literal["active", "grace", "exhausted", "blocked"]
 
 
 class Reason(BaseModel):
     """What changed a quota: a Stripe event or a usage batch."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     kind: Literal["stripe_event", "usage", "policy", "snapshot"]
     id: str

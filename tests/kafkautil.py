@@ -48,7 +48,7 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[An
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public metadata refresh
+    await consumer._client.force_metadata_update()  # no public metadata refresh
     return consumer.partitions_for_topic(topic) or set()
 
 

@@ -6,11 +6,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jsonschema
 import orjson
 import pytest
 
 from quotaflow.envelope import Envelope
 from quotaflow.registry import dump_tenants
+from quotaflow.schemas import QUOTA_UPDATE_V1, load
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from streams.deadletter import REASON
@@ -59,7 +61,7 @@ async def test_worker_turns_events_into_versioned_quota_updates_once(
     t = settings.topics
     records = [_record("acme", created), _record("acme", created),  # a redelivery
                _record("acme", upgraded), _record("acme", unknown_price),
-               ("acme".encode(), b"{not json", Envelope("acme", "evt_bad", "x", False,
+               (b"acme", b"{not json", Envelope("acme", "evt_bad", "x", False,
                                                          time.time(), "s1").headers()),
                _record("nobody", created)]
     await produce(settings.kafka_bootstrap, t.stripe_events, records)
@@ -69,8 +71,11 @@ async def test_worker_turns_events_into_versioned_quota_updates_once(
         updates = await wait_for_records(settings.kafka_bootstrap, t.quota_updates, 3)
         letters = await wait_for_records(settings.kafka_bootstrap, t.deadletter, 3)
 
+    validator = jsonschema.Draft202012Validator(load(QUOTA_UPDATE_V1))
     by_customer: dict[str, list[QuotaUpdate]] = {}
     for record in updates:
+        validator.validate(orjson.loads(record.value))
+        assert dict(record.headers)["qf-schema"] == b"quota-update/1"
         update = QuotaUpdate.from_json(record.value)
         assert record.key == update.key.encode()
         by_customer.setdefault(update.customer_id, []).append(update)
