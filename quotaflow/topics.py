@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from quotaflow.settings import Settings
 
@@ -53,15 +53,17 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             existing = set(await admin.list_topics())
             missing = [s for s in topic_specs(settings) if s.name not in existing]
             created = []
-            for spec in missing:
-                try:
-                    await admin.create_topics(
-                        [NewTopic(spec.name, spec.partitions, settings.replication,
-                                  topic_configs=spec.config)]
-                    )
-                    created.append(spec.name)
-                except TopicAlreadyExistsError:
-                    pass  # another component created it between list and create
+            if missing:
+                response = await admin.create_topics(
+                    [NewTopic(s.name, s.partitions, settings.replication, topic_configs=s.config)
+                     for s in missing]
+                )
+                for name, code, *_ in response.topic_errors:
+                    if code == 0:
+                        created.append(name)
+                    elif code != TopicAlreadyExistsError.errno:
+                        # another component may create it between list and create: fine
+                        raise for_code(code)(f"cannot create topic {name}")
             if created:
                 log.info("created topics", extra={"topics": created})
             return created
