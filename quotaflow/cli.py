@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from quotaflow.logs import setup_logging
-from quotaflow.registry import StaticTenantRegistry, load_tenants_file
+from quotaflow.registry import TenantRegistry
+from quotaflow.runner import run_until_signalled
 from quotaflow.settings import Settings
+from quotaflow.tenants import cli as tenants_cli
+from quotaflow.topics import ensure_topics
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -23,10 +27,20 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def _registry(settings: Settings) -> StaticTenantRegistry:
-    if settings.tenants_file is None:
-        raise click.UsageError("no tenants: set QUOTAFLOW_TENANTS_FILE to a JSON tenants file")
-    return load_tenants_file(settings.tenants_file)
+async def _with_registry(
+    settings: Settings,
+    stop: asyncio.Event,
+    main: Callable[[Settings, TenantRegistry, asyncio.Event], Awaitable[None]],
+) -> None:
+    """Runs `main` with the tenant registry (file or topic), stopping it afterwards."""
+    from quotaflow.tenants.running import open_registry
+
+    await ensure_topics(settings)
+    registry = await open_registry(settings)
+    try:
+        await main(settings, registry, stop)
+    finally:
+        await registry.stop()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,14 +57,10 @@ def main() -> None:
 def ingress(port: int | None) -> None:
     """Run the webhook ingress: verify Stripe webhooks, publish them durably to Kafka."""
     from ingress.server import serve
-    from quotaflow.runner import run_until_signalled
-    from quotaflow.topics import ensure_topics
 
     settings = _settings(ingress_port=port)
     setup_logging(settings.log_level)
-    registry = _registry(settings)
-    asyncio.run(ensure_topics(settings))
-    run_until_signalled(lambda stop: serve(settings, registry, stop))
+    run_until_signalled(lambda stop: _with_registry(settings, stop, serve))
 
 
 @main.command()
@@ -59,15 +69,13 @@ def worker(web_port: int | None) -> None:
     """Run a stream worker: Stripe events into customer state and quota updates."""
     import faust
 
-    from quotaflow.topics import ensure_topics
     from streams.app import create_app
 
     settings = _settings()
     setup_logging(settings.log_level)
-    registry = _registry(settings)
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, registry, web_port=web_port)
+    app = create_app(settings, web_port=web_port)
     faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
 
@@ -75,15 +83,11 @@ def worker(web_port: int | None) -> None:
 @click.option("--region", help="Region whose edge nodes this pusher serves (QUOTAFLOW_REGION).")
 def push(region: str | None) -> None:
     """Run a regional pusher: quota updates to the edge nodes of one region."""
-    from quotaflow.runner import run_until_signalled
-    from quotaflow.topics import ensure_topics
     from streams.pusher import run_pusher
 
     settings = _settings(region=region)
     setup_logging(settings.log_level)
-    registry = _registry(settings)
-    asyncio.run(ensure_topics(settings))
-    run_until_signalled(lambda stop: run_pusher(settings, registry, stop))
+    run_until_signalled(lambda stop: _with_registry(settings, stop, run_pusher))
 
 
 @main.command()
@@ -92,11 +96,25 @@ def push(region: str | None) -> None:
 def edge(region: str | None, port: int | None) -> None:
     """Run an edge sidecar: receives signed pushes, answers quota checks locally."""
     from edge.server import serve
-    from quotaflow.runner import run_until_signalled
 
     settings = _settings(region=region, edge_port=port)
     setup_logging(settings.log_level)
     run_until_signalled(lambda stop: serve(settings, stop))
+
+
+@main.command()
+def admin() -> None:
+    """Run the tenant admin HTTP API (bearer tokens from QUOTAFLOW_ADMIN_TOKENS)."""
+    from quotaflow.tenants.admin_api import serve_admin
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    asyncio.run(ensure_topics(settings))
+    run_until_signalled(lambda stop: serve_admin(settings, stop))
+
+
+main.add_command(tenants_cli.tenants)
+main.add_command(tenants_cli.keys)
 
 
 @main.group()
@@ -111,8 +129,12 @@ def _local_kafka(directory: Path, port: int) -> Any:
 
 
 _KAFKA_DIR = click.option(
-    "--dir", "directory", type=click.Path(path_type=Path), default=Path(".quotaflow/kafka"),
-    show_default=True, help="Broker state directory.",
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=Path(".quotaflow/kafka"),
+    show_default=True,
+    help="Broker state directory.",
 )
 _KAFKA_PORT = click.option("--port", type=int, default=9092, show_default=True)
 
@@ -162,8 +184,6 @@ def kafka_status(directory: Path, port: int) -> None:
 @main.command("topics")
 def topics_cmd() -> None:
     """Create every topic quotaflow owns (partitions from QUOTAFLOW_PARTITIONS)."""
-    from quotaflow.topics import ensure_topics
-
     created = asyncio.run(ensure_topics(_settings()))
     click.echo("\n".join(created) if created else "all topics exist")
 

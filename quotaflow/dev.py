@@ -36,7 +36,7 @@ def demo_tenant(regions: list[str]) -> Tenant:
         id=DEMO_TENANT,
         name="Demo tenant",
         mode="test",
-        webhook_secrets=(WebhookSecret(id="demo-1", secret=DEMO_SECRET),),  # type: ignore[arg-type]
+        webhook_secrets=(WebhookSecret(id="demo-1", secret=DEMO_SECRET),),
         regions=tuple(regions),
         plans={
             "starter": PlanEntry(quota=1000),
@@ -69,14 +69,25 @@ DEMO_EVENT = {
     "type": "customer.subscription.created",
     "livemode": False,
     "created": 1767225600,
-    "data": {"object": {
-        "id": "sub_demo", "object": "subscription", "customer": "cus_demo", "status": "active",
-        "items": {"data": [{
-            "id": "si_demo", "quantity": 1,
-            "price": {"id": "price_demo", "lookup_key": "starter"},
-            "current_period_start": 1767225600, "current_period_end": 1798761600,
-        }]},
-    }},
+    "data": {
+        "object": {
+            "id": "sub_demo",
+            "object": "subscription",
+            "customer": "cus_demo",
+            "status": "active",
+            "items": {
+                "data": [
+                    {
+                        "id": "si_demo",
+                        "quantity": 1,
+                        "price": {"id": "price_demo", "lookup_key": "starter"},
+                        "current_period_start": 1767225600,
+                        "current_period_end": 1798761600,
+                    }
+                ]
+            },
+        }
+    },
 }
 
 
@@ -125,7 +136,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
         edges = ", ".join(
             f"{r}=http://127.0.0.1:{FIRST_EDGE_PORT + i}" for i, r in enumerate(regions)
         )
-        print(f"""
+        print(
+            f"""
 quotaflow is running (logs in {logs}/):
   ingress   http://127.0.0.1:8080/v1/webhooks/stripe/{DEMO_TENANT}
   edges     {edges}
@@ -134,7 +146,9 @@ quotaflow is running (logs in {logs}/):
 Send a signed webhook for the demo tenant, then read the quota at the edge:
 {sample_curl()}
 
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything.""",
+            flush=True,
+        )
         while not stopping:
             for proc in procs:
                 if proc.poll() is not None:

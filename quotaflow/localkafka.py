@@ -54,8 +54,16 @@ def fetch() -> Path:
     work.mkdir(parents=True, exist_ok=True)
     (work / "pom.xml").write_text(_POM.read_text())
     subprocess.run(
-        ["mvn", "-B", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-         "-DincludeScope=runtime", f"-DoutputDirectory={target}"],
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(work / "pom.xml"),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={target}",
+        ],
         check=True,
         timeout=900,
     )
@@ -132,8 +140,12 @@ class LocalKafka:
     def _java(self, jars: Path, *args: str, heap: bool = False) -> list[str]:
         opts = [f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseSerialGC"] if heap else []
         return [
-            "java", *opts, "-cp", f"{jars}/*",
-            f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}", *args,
+            "java",
+            *opts,
+            "-cp",
+            f"{jars}/*",
+            f"-Dlog4j2.configurationFile={self.directory / 'log4j2.properties'}",
+            *args,
         ]
 
     def start(self, timeout: float = 60.0) -> None:
@@ -147,18 +159,33 @@ class LocalKafka:
         if not cluster_file.exists():
             cluster_id = subprocess.run(
                 self._java(jars, "kafka.tools.StorageTool", "random-uuid"),
-                check=True, capture_output=True, text=True, timeout=60,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
             ).stdout.strip()
             cluster_file.write_text(cluster_id)
         subprocess.run(
-            self._java(jars, "kafka.tools.StorageTool", "format", "-t",
-                       cluster_file.read_text().strip(), "-c", str(config), "--ignore-formatted"),
-            check=True, capture_output=True, timeout=60,
+            self._java(
+                jars,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_file.read_text().strip(),
+                "-c",
+                str(config),
+                "--ignore-formatted",
+            ),
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         with self.log_file.open("ab") as log:  # the child keeps its own descriptor
             self._proc = subprocess.Popen(
                 self._java(jars, "kafka.Kafka", str(config), heap=True),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.pid_file.write_text(str(self._proc.pid))
         deadline = time.monotonic() + timeout

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tables.tenant import WebhookSecret
+
 
 class Settings(BaseSettings):
     """All of quotaflow's knobs. Defaults are safe for a single machine."""
@@ -39,10 +41,31 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds to wait for the broker's ack before answering 503."
     )
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest accepted webhook body.")
+    connect_webhook_secrets: list[WebhookSecret] = Field(
+        default_factory=list,
+        description='Connect platform endpoint secrets, JSON: [{"id": "p1", "secret": "whsec_…"}].',
+    )
+    ingress_tenant_rate: float = Field(500.0, gt=0, description="Webhooks/s per tenant.")
+    ingress_tenant_burst: float = Field(1000.0, gt=0, description="Burst size per tenant.")
+    ingress_tenant_max_in_flight: int = Field(
+        256, gt=0, description="Concurrent webhook requests per tenant."
+    )
+    ingress_body_read_timeout: float = Field(
+        10.0, gt=0, description="Seconds to receive a whole request body."
+    )
+    ingress_retry_after: float = Field(5.0, gt=0, description="Retry-After on 503, seconds.")
 
     app_id: str = Field("quotaflow", description="Faust application id (consumer group).")
     data_dir: Path = Field(Path(".quotaflow/data"), description="Worker state directory.")
     store: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://.")
+    worker_id: str | None = Field(
+        None,
+        description="Static group member id of this worker (e.g. the pod name); a restart "
+        "with the same id takes its partitions back without a rebalance.",
+    )
+    commit_interval: float = Field(
+        0.5, gt=0, description="Seconds between the worker's offset commits."
+    )
     grace_seconds: float = Field(
         3 * 86400.0, ge=0, description="How long past_due keeps a quota in grace."
     )
@@ -66,6 +89,23 @@ class Settings(BaseSettings):
     )
     push_tolerance: float = Field(30.0, gt=0, description="Push timestamp window, seconds.")
 
+    keyring: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Key-encryption keys by id, newest first, base64 of 32 bytes, JSON: "
+        '{"k2": "…", "k1": "…"}. The first one wraps; all unwrap.',
+    )
+    admin_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Admin API bearer tokens by name (the audit actor), JSON: {"ops": "…"}.',
+    )
+    admin_host: str = Field("127.0.0.1", description="Tenant admin API listen address.")
+    admin_port: int = Field(8090, ge=0, le=65535, description="Tenant admin API listen port.")
+    regions: list[str] = Field(
+        default_factory=list,
+        description="Regions tenants may be served in, JSON list; empty = those named by "
+        "QUOTAFLOW_EDGE_NODES, QUOTAFLOW_PUSH_KEYS and QUOTAFLOW_REGION.",
+    )
+
     log_level: str = Field("INFO", description="Log level for the JSON logs.")
 
     @field_validator("tenants_file", mode="before")
@@ -86,6 +126,7 @@ class Topics:
         self.stripe_events = f"{prefix}stripe.events"
         self.usage_events = f"{prefix}usage.events"
         self.tenants = f"{prefix}tenants"
+        self.tenants_audit = f"{prefix}tenants.audit"
         self.quota_updates = f"{prefix}quota.updates"
         self.deadletter = f"{prefix}deadletter"
 

@@ -36,6 +36,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.stripe_events, n, keep),
         TopicSpec(t.usage_events, n, keep),
         TopicSpec(t.tenants, 1, compact),
+        # One partition: one total order of changes. Kept forever: an audit trail that
+        # expires is not one.
+        TopicSpec(t.tenants_audit, 1, {"cleanup.policy": "delete", "retention.ms": "-1"}),
         TopicSpec(t.quota_updates, n, compact),
         TopicSpec(t.deadletter, n, {"cleanup.policy": "delete"}),
     ]
@@ -55,8 +58,10 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             created = []
             if missing:
                 response = await admin.create_topics(
-                    [NewTopic(s.name, s.partitions, settings.replication, topic_configs=s.config)
-                     for s in missing]
+                    [
+                        NewTopic(s.name, s.partitions, settings.replication, topic_configs=s.config)
+                        for s in missing
+                    ]
                 )
                 for name, code, *_ in response.topic_errors:
                     if code == 0:

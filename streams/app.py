@@ -13,17 +13,20 @@ which covers a crash between the changelog write and the quota-update send.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
+import mode
 import orjson
 
 from quotaflow.envelope import Envelope
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
+from quotaflow.tenants.running import RunningRegistry, open_registry
 from streams.deadletter import deadletter_headers
 from streams.stripe_client import StripeReader
 from tables.billing import (
@@ -39,14 +42,47 @@ from tables.quota import SCHEMA_HEADER
 
 log = logging.getLogger("quotaflow.worker")
 
+
+class WorkerResources:
+    """What the agent needs beyond Faust, opened in the worker's own loop.
+
+    The tenant registry follows a topic with a background consumer, so it must start
+    inside the loop Faust runs; the agent waits for `ready` before its first event, so no
+    event is ever judged against a half-loaded registry.
+    """
+
+    def __init__(self, settings: Settings, registry: TenantRegistry | None) -> None:
+        self._settings = settings
+        self._given = registry
+        self._opened: RunningRegistry | None = None
+        self.registry: TenantRegistry | None = registry
+        self.ready = asyncio.Event()
+        if registry is not None:
+            self.ready.set()
+
+    async def open(self) -> None:
+        if self.registry is None:
+            self._opened = await open_registry(self._settings)
+            self.registry = self._opened
+        self.ready.set()
+
+    async def close(self) -> None:
+        if self._opened is not None:
+            await self._opened.stop()
+            self._opened = None
+
+
 def create_app(
     settings: Settings,
-    registry: TenantRegistry,
+    registry: TenantRegistry | None = None,
     *,
     stripe_reader: StripeReader | None = None,
     web_port: int | None = None,
 ) -> faust.App:
-    """Builds the worker app. One app per process (and per test)."""
+    """Builds the worker app. One app per process (and per test).
+
+    Without `registry`, the app opens the one `open_registry(settings)` gives when it starts.
+    """
     topics = settings.topics
     app = faust.App(
         settings.app_id,
@@ -60,7 +96,8 @@ def create_app(
         web_port=web_port or 6066,
         web_bind="127.0.0.1",
         web_in_thread=False,
-        broker_commit_interval=0.5,
+        broker_commit_interval=settings.commit_interval,
+        consumer_group_instance_id=settings.worker_id,
         producer_linger=0.001,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
@@ -68,15 +105,25 @@ def create_app(
         autodiscover=False,
     )
     policy = QuotaPolicy(grace_seconds=settings.grace_seconds)
-    reader = stripe_reader if stripe_reader is not None else (
-        StripeReader(api_base=settings.stripe_api_base) if settings.stripe_fetch else None
+    reader = (
+        stripe_reader
+        if stripe_reader is not None
+        else (StripeReader(api_base=settings.stripe_api_base) if settings.stripe_fetch else None)
     )
 
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-           "value_serializer": "raw"}
-    stripe_events = app.topic(topics.stripe_events, partitions=settings.partitions, **raw)
-    quota_updates = app.topic(topics.quota_updates, partitions=settings.partitions, **raw)
-    deadletter = app.topic(topics.deadletter, partitions=settings.partitions, **raw)
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(
+            name,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    stripe_events = raw_topic(topics.stripe_events)
+    quota_updates = raw_topic(topics.quota_updates)
+    deadletter = raw_topic(topics.deadletter)
     customers = app.Table(
         "customers",
         default=None,
@@ -92,17 +139,25 @@ def create_app(
         await deadletter.send(
             key=event.key,
             value=event.value,
-            headers=deadletter_headers(event.headers, reason=reason, detail=detail,
-                                       source_topic=topics.stripe_events,
-                                       partition=event.message.partition,
-                                       offset=event.message.offset),
+            headers=deadletter_headers(
+                event.headers,
+                reason=reason,
+                detail=detail,
+                source_topic=topics.stripe_events,
+                partition=event.message.partition,
+                offset=event.message.offset,
+            ),
             partition=event.message.partition,
         )
+
+    resources = WorkerResources(settings, registry)
 
     async def handle(event: Any) -> None:
         started = time.perf_counter()
         env = Envelope.from_headers(event.headers)
-        tenant = registry.get(env.tenant_id)
+        await resources.ready.wait()
+        assert resources.registry is not None  # set before ready
+        tenant = resources.registry.get(env.tenant_id)
         if tenant is None:
             await dead(event, "unknown_tenant", env.tenant_id)
             return
@@ -116,9 +171,7 @@ def create_app(
         fetched = None
         target = fetch_target(body)
         if reader is not None and target is not None:
-            fetched = await reader.fetch(
-                tenant, target.kind, target.id, not_before=env.received_at
-            )
+            fetched = await reader.fetch(tenant, target.kind, target.id, not_before=env.received_at)
         outcome: Outcome = apply_event(
             state,
             body,
@@ -142,9 +195,13 @@ def create_app(
             await dead(event, letter.reason, letter.detail)
         log.debug(
             "event applied",
-            extra={"tenant_id": tenant.id, "event_id": env.event_id, "event_type": env.event_type,
-                   "duplicate": outcome.duplicate,
-                   "latency_ms": round((time.perf_counter() - started) * 1000, 3)},
+            extra={
+                "tenant_id": tenant.id,
+                "event_id": env.event_id,
+                "event_type": env.event_type,
+                "duplicate": outcome.duplicate,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
         )
 
     @app.agent(stripe_events, concurrency=1)
@@ -157,10 +214,17 @@ def create_app(
                 await dead(event, "processing_error", f"{type(exc).__name__}: {exc}")
             yield None
 
-    app.customers = customers  # type: ignore[attr-defined]
-    if reader is not None:
-        @app.on_stop.connect  # type: ignore[misc]
-        async def _close_reader(app: faust.App, **kwargs: Any) -> None:
-            await reader.close()
+    @app.service
+    class Resources(mode.Service):
+        """Opens the registry with the app and closes it and the Stripe reader after."""
 
+        async def on_start(self) -> None:
+            await resources.open()
+
+        async def on_stop(self) -> None:
+            await resources.close()
+            if reader is not None:
+                await reader.close()
+
+    app.customers = customers  # type: ignore[attr-defined]
     return app

@@ -152,5 +152,5 @@ class StripeReader:
 
     async def close(self) -> None:
         if self._http is not None:
-            await self._http.close_async()
+            await self._http.close_async()  # type: ignore[no-untyped-call]
             self._http = None

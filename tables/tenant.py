@@ -33,7 +33,9 @@ class WebhookSecret(BaseModel):
 
     id: str = Field(..., min_length=1, max_length=64)
     secret: SecretStr
-    expires_at: float | None = Field(None, description="Unix seconds; set on the old secret of a roll.")
+    expires_at: float | None = Field(
+        None, description="Unix seconds; set on the old secret of a roll."
+    )
 
     @field_validator("secret")
     @classmethod
@@ -55,7 +57,9 @@ class Tenant(BaseModel):
     name: str = Field("", max_length=200)
     mode: Literal["live", "test"] = "test"
     stripe_account: str | None = Field(None, pattern=r"^acct_[A-Za-z0-9]+$")
-    webhook_secrets: tuple[WebhookSecret, ...] = Field(..., min_length=1, max_length=2)
+    webhook_secrets: tuple[WebhookSecret, ...] = Field(
+        (), max_length=2, description="None until `register-webhook` stores Stripe's secret."
+    )
     stripe_api_key: SecretStr | None = None
     regions: tuple[str, ...] = Field(..., min_length=1)
     plans: dict[str, PlanEntry] = Field(default_factory=dict)
@@ -64,6 +68,9 @@ class Tenant(BaseModel):
     )
     customer_alias_key: str | None = Field(
         None, description="Customer metadata key whose value replaces the Stripe customer id."
+    )
+    webhook_endpoint_id: str | None = Field(
+        None, pattern=r"^we_[A-Za-z0-9]+$", description="The Stripe webhook endpoint we registered."
     )
     status: Literal["active", "suspended"] = "active"
     created_at: float = Field(default_factory=time.time)
@@ -74,6 +81,13 @@ class Tenant(BaseModel):
     def _api_key_shape(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(("sk_", "rk_")):
             raise ValueError("a Stripe API key starts with sk_ or rk_")
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _unique_secret_ids(cls, value: tuple[WebhookSecret, ...]) -> tuple[WebhookSecret, ...]:
+        if len({s.id for s in value}) != len(value):
+            raise ValueError("webhook secret ids must be unique")
         return value
 
     @property

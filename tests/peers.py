@@ -67,7 +67,8 @@ def run_stripe_mock() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [stripe_mock_binary(), "-http-addr", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_port(port, proc, "stripe-mock")
@@ -82,7 +83,9 @@ def run_localstripe(workdir: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [localstripe_python(), "-c", LOCALSTRIPE_LAUNCHER, str(port)],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_port(port, proc, "localstripe")

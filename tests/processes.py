@@ -23,7 +23,9 @@ class Component:
         self._out = log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "quotaflow.cli", *args],
-            env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
         )
 
     def wait_port(self, port: int, timeout: float = 60.0) -> None:

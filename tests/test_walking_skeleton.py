@@ -55,8 +55,8 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
     plan_id = "plan_rating_" + secrets.token_hex(4)
     tenant = Tenant(
         id="acme",
-        webhook_secrets=(WebhookSecret(id="s1", secret=secret),),  # type: ignore[arg-type]
-        stripe_api_key=api_key,  # type: ignore[arg-type]
+        webhook_secrets=(WebhookSecret(id="s1", secret=secret),),
+        stripe_api_key=api_key,
         regions=("eu",),
         plans={plan_id: PlanEntry(quota=500)},
     )
@@ -86,9 +86,12 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
 
         http = urllib3.PoolManager()
         hook = http.request(
-            "POST", f"{localstripe}/_config/webhooks/quotaflow",
-            fields={"url": f"http://127.0.0.1:{ingress_port}/v1/webhooks/stripe/acme",
-                    "secret": secret},
+            "POST",
+            f"{localstripe}/_config/webhooks/quotaflow",
+            fields={
+                "url": f"http://127.0.0.1:{ingress_port}/v1/webhooks/stripe/acme",
+                "secret": secret,
+            },
             encode_multipart=False,
         )
         assert hook.status == 200, hook.data
@@ -96,22 +99,37 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
         client = stripe.StripeClient(
             api_key, base_addresses={"api": localstripe}, max_network_retries=0
         )
-        client.v1.plans.create(params={  # type: ignore[call-arg]
-            "id": plan_id, "amount": 2000, "currency": "usd", "interval": "month",
-            "product": {"name": "Rating API"},
-        })
-        card = client.v1.payment_methods.create(params={
-            "type": "card",
-            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2040, "cvc": "123"},
-        })
+        client.v1.plans.create(
+            params={
+                "id": plan_id,
+                "amount": 2000,
+                "currency": "usd",
+                "interval": "month",
+                "product": {"name": "Rating API"},
+            }
+        )
+        card = client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {
+                    "number": "4242424242424242",
+                    "exp_month": 12,
+                    "exp_year": 2040,
+                    "cvc": "123",
+                },
+            }
+        )
         customer = client.v1.customers.create(params={"email": "rater@example.com"})
         client.v1.payment_methods.attach(card.id, params={"customer": customer.id})
         client.v1.customers.update(
             customer.id, params={"invoice_settings": {"default_payment_method": card.id}}
         )
-        client.v1.subscriptions.create(params={
-            "customer": customer.id, "items": [{"plan": plan_id, "quantity": 3}],
-        })
+        client.v1.subscriptions.create(
+            params={
+                "customer": customer.id,
+                "items": [{"plan": plan_id, "quantity": 3}],
+            }
+        )
 
         quota = _poll_json(
             f"http://127.0.0.1:{edge_port}/v1/quotas/acme/{customer.id}",

@@ -16,8 +16,15 @@ def test_committed_schema_matches_the_model() -> None:
 
 def test_a_quota_update_validates_and_a_broken_one_does_not() -> None:
     update = QuotaUpdate(
-        tenant_id="acme", customer_id="cus_1", limit=None, used=3, remaining=None,
-        status="active", version=1, reason=Reason(kind="usage", id="n1:1"), updated_at=1.0,
+        tenant_id="acme",
+        customer_id="cus_1",
+        limit=None,
+        used=3,
+        remaining=None,
+        status="active",
+        version=1,
+        reason=Reason(kind="usage", id="n1:1"),
+        updated_at=1.0,
     )
     validator = jsonschema.Draft202012Validator(load(QUOTA_UPDATE_V1))
     validator.validate(update.model_dump(mode="json"))

@@ -51,19 +51,32 @@ async def test_worker_turns_events_into_versioned_quota_updates_once(
     await ensure_topics(settings)
     tenants_file = tmp_path / "tenants.json"
     tenants_file.write_bytes(dump_tenants([make_tenant()]))
-    created = event("customer.subscription.created",
-                    subscription("sub_1", "cus_1", "active", [(BASIC, 2)], period=PERIOD))
-    upgraded = event("customer.subscription.updated",
-                     subscription("sub_1", "cus_1", "active", [(PRO, 1)], period=PERIOD),
-                     created=PERIOD[0] + 60)
-    unknown_price = event("customer.subscription.created",
-                          subscription("sub_2", "cus_2", "active", [(UNKNOWN, 1)], period=PERIOD))
+    created = event(
+        "customer.subscription.created",
+        subscription("sub_1", "cus_1", "active", [(BASIC, 2)], period=PERIOD),
+    )
+    upgraded = event(
+        "customer.subscription.updated",
+        subscription("sub_1", "cus_1", "active", [(PRO, 1)], period=PERIOD),
+        created=PERIOD[0] + 60,
+    )
+    unknown_price = event(
+        "customer.subscription.created",
+        subscription("sub_2", "cus_2", "active", [(UNKNOWN, 1)], period=PERIOD),
+    )
     t = settings.topics
-    records = [_record("acme", created), _record("acme", created),  # a redelivery
-               _record("acme", upgraded), _record("acme", unknown_price),
-               (b"acme", b"{not json", Envelope("acme", "evt_bad", "x", False,
-                                                         time.time(), "s1").headers()),
-               _record("nobody", created)]
+    records = [
+        _record("acme", created),
+        _record("acme", created),  # a redelivery
+        _record("acme", upgraded),
+        _record("acme", unknown_price),
+        (
+            b"acme",
+            b"{not json",
+            Envelope("acme", "evt_bad", "x", False, time.time(), "s1").headers(),
+        ),
+        _record("nobody", created),
+    ]
     await produce(settings.kafka_bootstrap, t.stripe_events, records)
 
     with components({}, tmp_path) as started:
@@ -100,25 +113,32 @@ async def test_restarted_worker_reprocessing_changes_nothing(
     tenants_file = tmp_path / "tenants.json"
     tenants_file.write_bytes(dump_tenants([make_tenant()]))
     sub = subscription("sub_9", "cus_9", "active", [(BASIC, 1)], period=PERIOD)
-    await produce(settings.kafka_bootstrap, settings.topics.stripe_events,
-                  [_record("acme", event("customer.subscription.created", sub))])
+    await produce(
+        settings.kafka_bootstrap,
+        settings.topics.stripe_events,
+        [_record("acme", event("customer.subscription.created", sub))],
+    )
     env = _env(settings, tenants_file, tmp_path / "w")
     with components({}, tmp_path) as started:
         start(started, ["worker"], env, tmp_path)
         await wait_for_records(settings.kafka_bootstrap, settings.topics.quota_updates, 1)
     # Same app id: the table recovers from its changelog, the group resumes; re-feeding the
     # same event (a Stripe redelivery) must not publish a new version.
-    await produce(settings.kafka_bootstrap, settings.topics.stripe_events,
-                  [_record("acme", event("customer.subscription.updated", sub))])
+    await produce(
+        settings.kafka_bootstrap,
+        settings.topics.stripe_events,
+        [_record("acme", event("customer.subscription.updated", sub))],
+    )
     with components({}, tmp_path) as started:
         start(started, ["worker"], env, tmp_path)
-        marker = event("customer.subscription.created",
-                       subscription("sub_10", "cus_10", "active", [(BASIC, 1)], period=PERIOD))
-        await produce(settings.kafka_bootstrap, settings.topics.stripe_events,
-                      [_record("acme", marker)])
-        updates = await wait_for_records(
-            settings.kafka_bootstrap, settings.topics.quota_updates, 2
+        marker = event(
+            "customer.subscription.created",
+            subscription("sub_10", "cus_10", "active", [(BASIC, 1)], period=PERIOD),
         )
+        await produce(
+            settings.kafka_bootstrap, settings.topics.stripe_events, [_record("acme", marker)]
+        )
+        updates = await wait_for_records(settings.kafka_bootstrap, settings.topics.quota_updates, 2)
     versions = [QuotaUpdate.from_json(r.value) for r in updates]
     assert [(u.customer_id, u.version) for u in versions] == [("cus_9", 1), ("cus_10", 1)]
     assert len(await read_all(settings.kafka_bootstrap, settings.topics.quota_updates)) == 2

@@ -1,0 +1,214 @@
+"""The edge sidecar's HTTP face (aiohttp), for the pusher and for Rating nodes in other
+languages. Everything is answered from the in-process `QuotaCache`.
+
+Routes:
+- `POST /v1/push` (signed; the pusher): `{"region", "updates": [QuotaUpdate...],
+  "snapshot": {"id", "final"} | null}` → `{"applied", "stale", "invalid"}`. The signature
+  is verified on the raw bytes before anything is parsed: 401 `{"error": {"reason"}}` and
+  nothing changes. A malformed body is 400; a single malformed update is counted as
+  `invalid` and the others still apply (one bad record must not wedge the pusher).
+- `GET /v1/quotas/{tenant_id}/{customer_id}`: the quota with local consumption; 404
+  `unknown_customer`.
+- `POST /v1/consume` `{"tenant_id", "customer_id", "cost"}` → `{"allowed", "remaining",
+  "reason"}` (200 for every decision; 400 for a malformed request).
+- `GET /healthz`, `GET /readyz` (ready once a final snapshot batch arrived), `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.cache import QuotaCache
+from edge.exceptions import SignatureError
+from edge.metrics import EdgeMetrics
+from edge.signing import SIGNATURE_HEADER, PushVerifier
+from quotaflow.settings import Settings
+from tables.quota import QuotaUpdate
+
+log = logging.getLogger(__name__)
+
+MAX_PUSH_BYTES = 32 * 1024 * 1024
+MAX_COST = 1_000_000_000
+
+CACHE_KEY = web.AppKey("cache", QuotaCache)
+
+
+class SnapshotMark(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(..., min_length=1, max_length=128)
+    final: bool
+
+
+class PushBody(BaseModel):
+    """The push envelope; updates are validated one by one so one bad record is isolated."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    region: str = Field(..., min_length=1, max_length=64)
+    updates: list[dict[str, Any]]
+    snapshot: SnapshotMark | None = None
+    push_id: str | None = Field(None, max_length=128)
+
+
+class EdgeState:
+    """What the handlers share besides the cache."""
+
+    def __init__(self, cache: QuotaCache, verifier: PushVerifier, region: str) -> None:
+        self.cache = cache
+        self.verifier = verifier
+        self.region = region
+        self.metrics = EdgeMetrics(cache)
+        self.ready = False
+        self.snapshots_completed = 0
+
+
+STATE_KEY = web.AppKey("state", EdgeState)
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": {"reason": reason}}),
+        content_type="application/json",
+    )
+
+
+def _json(doc: object) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), content_type="application/json")
+
+
+class _Handlers:
+    def __init__(self, state: EdgeState) -> None:
+        self.s = state
+
+    async def push(self, request: web.Request) -> web.Response:
+        """Applies a signed batch of quota updates from the region's pusher."""
+        s = self.s
+        body = await request.read()
+        try:
+            s.verifier.verify(request.headers.get(SIGNATURE_HEADER), body)
+        except SignatureError as exc:
+            s.metrics.pushes.labels(outcome="rejected").inc()
+            s.metrics.rejections.labels(reason=exc.reason).inc()
+            log.warning("push refused", extra={"reason": exc.reason})
+            return _error(401, exc.reason)
+        try:
+            push = PushBody.model_validate(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValidationError):
+            s.metrics.pushes.labels(outcome="bad_request").inc()
+            return _error(400, "bad_body")
+        if push.region != s.region:
+            s.metrics.pushes.labels(outcome="bad_request").inc()
+            return _error(400, "wrong_region")
+        applied = stale = invalid = 0
+        for raw in push.updates:
+            try:
+                update = QuotaUpdate.model_validate(raw)
+            except ValidationError:
+                invalid += 1
+                continue
+            if s.cache.apply(update, push.region):
+                applied += 1
+            else:
+                stale += 1
+        s.cache.touch(push.region)
+        if push.snapshot is not None and push.snapshot.final:
+            s.ready = True
+            s.snapshots_completed += 1
+        m = s.metrics
+        m.pushes.labels(outcome="accepted").inc()
+        m.updates.labels(result="applied").inc(applied)
+        m.updates.labels(result="stale").inc(stale)
+        m.updates.labels(result="invalid").inc(invalid)
+        return _json({"applied": applied, "stale": stale, "invalid": invalid})
+
+    async def quota(self, request: web.Request) -> web.Response:
+        """One customer's quota, local consumption included; 404 if unknown."""
+        doc = self.s.cache.get(request.match_info["tenant_id"], request.match_info["customer_id"])
+        if doc is None:
+            return _error(404, "unknown_customer")
+        return _json(doc)
+
+    async def consume(self, request: web.Request) -> web.Response:
+        """Allows and counts a call, or denies it: the Rating node's one question."""
+        try:
+            doc = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(400, "bad_body")
+        if not isinstance(doc, dict):
+            return _error(400, "bad_body")
+        tenant, customer, cost = doc.get("tenant_id"), doc.get("customer_id"), doc.get("cost", 1)
+        if not (isinstance(tenant, str) and tenant and isinstance(customer, str) and customer):
+            return _error(400, "bad_customer")
+        if type(cost) is not int or not 0 <= cost <= MAX_COST:
+            return _error(400, "bad_cost")
+        allowed, remaining, reason = self.s.cache.consume(tenant, customer, cost)
+        self.s.metrics.decision(reason).inc()
+        return _json({"allowed": allowed, "remaining": remaining, "reason": reason})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if not self.s.ready:
+            return web.Response(
+                status=503,
+                body=orjson.dumps({"ready": False, "reason": "no_snapshot"}),
+                content_type="application/json",
+            )
+        return _json({"ready": True, "state_age_seconds": self.s.cache.state_age_seconds()})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.s.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+
+def build_app(cache: QuotaCache, verifier: PushVerifier, *, region: str) -> web.Application:
+    """The sidecar's application; `app[STATE_KEY]` exposes readiness and metrics."""
+    state = EdgeState(cache, verifier, region)
+    handlers = _Handlers(state)
+    app = web.Application(client_max_size=MAX_PUSH_BYTES)
+    app[CACHE_KEY] = cache
+    app[STATE_KEY] = state
+    app.router.add_post("/v1/push", handlers.push)
+    app.router.add_get("/v1/quotas/{tenant_id}/{customer_id}", handlers.quota)
+    app.router.add_post("/v1/consume", handlers.consume)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    return app
+
+
+async def serve(
+    settings: Settings, stop: asyncio.Event, *, cache: QuotaCache | None = None
+) -> None:
+    """Runs the sidecar for `settings.region` on edge_host:edge_port until `stop` is set.
+
+    Pass `cache` to share it with an in-process Rating node.
+    """
+    region = settings.region
+    verifier = PushVerifier.for_region(settings, region)
+    if not verifier.key_ids:
+        log.warning("no push keys for region: every push will be refused", extra={"region": region})
+    cache = cache if cache is not None else QuotaCache(regions=(region,))
+    runner = web.AppRunner(build_app(cache, verifier, region=region), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.edge_host, settings.edge_port)
+        await site.start()
+        log.info(
+            "edge listening",
+            extra={"host": settings.edge_host, "port": settings.edge_port, "region": region},
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,272 @@
+"""The two webhook endpoints: verify, check, publish, answer, in that order.
+
+Per request the work is small on purpose: a dict lookup for the tenant, a token from its
+bucket, one HMAC per active secret, one `orjson.loads`, one produce awaited until the
+broker's ack. The tenant's route chooses its secrets before the body is trusted; the
+Connect route verifies with the platform's secrets, then routes by `event.account`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+from ingress.access_log import log_access
+from ingress.event import StripeEventFields, parse_event
+from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected, Throttled
+from ingress.limits import IngressLimits, TenantThrottle
+from ingress.metrics import IngressMetrics
+from ingress.publisher import Publisher
+from ingress.signature import verify
+from quotaflow.envelope import Envelope
+from quotaflow.registry import TenantRegistry
+from quotaflow.settings import Settings
+from tables.tenant import Tenant, WebhookSecret
+
+__all__ = ["WebhookEndpoints", "error_response"]
+
+_JSON = "application/json"
+_ACCEPTED = b'{"status":"accepted"}'
+_IGNORED = b'{"status":"ignored","reason":"ignored_event_type"}'
+
+# (secret id, key bytes, expires_at) for one tenant; rebuilt when the Tenant object changes.
+_Keys = tuple[tuple[str, bytes, float | None], ...]
+
+
+def _keys_of(secrets: Sequence[WebhookSecret]) -> _Keys:
+    return tuple((s.id, s.secret.get_secret_value().encode(), s.expires_at) for s in secrets)
+
+
+def error_response(exc: IngressError, retry_after: float | None = None) -> web.Response:
+    """`{"error": {"reason", "message"}}` with the error's status (and Retry-After)."""
+    body = orjson.dumps({"error": {"reason": exc.reason, "message": exc.message}})
+    response = web.Response(body=body, status=exc.status, content_type=_JSON)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+    return response
+
+
+@dataclass(slots=True)
+class _Trace:
+    """What one request learned, for its access log line and metrics."""
+
+    route: str
+    tenant_id: str | None = None
+    event: StripeEventFields | None = None
+    secret_id: str | None = None
+
+
+class WebhookEndpoints:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: TenantRegistry,
+        publisher: Publisher,
+        metrics: IngressMetrics,
+        limits: IngressLimits,
+        platform_secrets: Sequence[WebhookSecret],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._publisher = publisher
+        self._metrics = metrics
+        self._limits = limits
+        self._clock = clock
+        self._throttle = TenantThrottle(limits)
+        self._topic = settings.topics.stripe_events
+        self._max_body = settings.max_body_bytes
+        self._tolerance = settings.signature_tolerance
+        self._future_skew = settings.signature_future_skew
+        self._publish_timeout = settings.publish_timeout
+        self._platform_keys = _keys_of(platform_secrets)
+        self._keys: dict[str, tuple[Tenant, _Keys]] = {}
+
+    async def tenant(self, request: web.Request) -> web.Response:
+        """POST /v1/webhooks/stripe/{tenant_id}: a tenant's own Stripe endpoint."""
+        started = time.perf_counter()
+        trace = _Trace("tenant", tenant_id=request.match_info["tenant_id"])
+        return await self._answer(request, trace, started, self._tenant_flow(request, trace))
+
+    async def connect(self, request: web.Request) -> web.Response:
+        """POST /v1/webhooks/stripe: the platform's Connect endpoint, routed by event.account."""
+        started = time.perf_counter()
+        trace = _Trace("connect")
+        return await self._answer(request, trace, started, self._connect_flow(request, trace))
+
+    async def _answer(
+        self,
+        request: web.Request,
+        trace: _Trace,
+        started: float,
+        flow: Awaitable[bool],
+    ) -> web.Response:
+        self._metrics.in_flight.inc()
+        retry_after: float | None = None
+        try:
+            published = await flow
+            if published:
+                outcome, reason, response = (
+                    "accepted",
+                    "published",
+                    web.Response(body=_ACCEPTED, content_type=_JSON),
+                )
+            else:
+                outcome, reason, response = (
+                    "ignored",
+                    "ignored_event_type",
+                    web.Response(body=_IGNORED, content_type=_JSON),
+                )
+        except IngressError as exc:
+            if isinstance(exc, Throttled):
+                outcome, retry_after = "throttled", exc.retry_after
+            elif isinstance(exc, PublishUnavailable):
+                outcome, retry_after = "unavailable", exc.retry_after
+            else:
+                outcome = "rejected"
+            reason, response = exc.reason, error_response(exc, retry_after)
+            if exc.status == 413:
+                response.force_close()  # the rest of the body is never read
+        except Exception:
+            # A bug or a vanished client: counted, then aiohttp logs it and answers 500.
+            elapsed = time.perf_counter() - started
+            self._metrics.count(trace.route, "error", "internal_error", elapsed)
+            raise
+        finally:
+            self._metrics.in_flight.dec()
+        self._metrics.count(trace.route, outcome, reason, time.perf_counter() - started)
+        event = trace.event
+        log_access(
+            route=trace.route,
+            tenant_id=trace.tenant_id,
+            event_id=event.id if event else None,
+            event_type=event.type if event else None,
+            outcome=outcome,
+            reason=reason,
+            status=response.status,
+            started=started,
+            secret_id=trace.secret_id,
+        )
+        return response
+
+    async def _tenant_flow(self, request: web.Request, trace: _Trace) -> bool:
+        tenant_id = request.match_info["tenant_id"]
+        tenant = self._registry.get(tenant_id)
+        if tenant is None:
+            raise RequestRejected("unknown_tenant", "no such tenant", status=404)
+        self._check_active(tenant)
+        wait = self._throttle.acquire(tenant.id)
+        if wait:
+            raise Throttled(retry_after=wait)
+        try:
+            body = await self._read_body(request)
+            now = self._clock()
+            trace.secret_id = verify(
+                request.headers.get("Stripe-Signature"),
+                body,
+                self._tenant_keys(tenant, now),
+                now,
+                self._tolerance,
+                self._future_skew,
+            )
+            trace.event = event = parse_event(body)
+            if event.account is not None and event.account != tenant.stripe_account:
+                raise RequestRejected("account_mismatch", "event.account is not this tenant's")
+            return await self._publish(tenant, event, body, now, trace.secret_id)
+        finally:
+            self._throttle.release(tenant.id)
+
+    async def _connect_flow(self, request: web.Request, trace: _Trace) -> bool:
+        if not self._platform_keys:
+            raise RequestRejected(
+                "connect_not_configured", "no platform webhook secret is configured", status=404
+            )
+        body = await self._read_body(request)
+        now = self._clock()
+        keys = [(i, k) for i, k, expires in self._platform_keys if expires is None or now < expires]
+        secret_id = verify(
+            request.headers.get("Stripe-Signature"),
+            body,
+            keys,
+            now,
+            self._tolerance,
+            self._future_skew,
+        )
+        trace.secret_id = secret_id
+        trace.event = event = parse_event(body)
+        if event.account is None:
+            raise RequestRejected("missing_account", "a Connect event must carry event.account")
+        tenant = self._registry.by_account(event.account)
+        if tenant is None:
+            raise RequestRejected("unknown_account", "no tenant has this account", status=404)
+        trace.tenant_id = tenant.id
+        self._check_active(tenant)
+        wait = self._throttle.acquire(tenant.id)
+        if wait:
+            raise Throttled(retry_after=wait)
+        try:
+            return await self._publish(tenant, event, body, now, secret_id)
+        finally:
+            self._throttle.release(tenant.id)
+
+    async def _publish(
+        self, tenant: Tenant, event: StripeEventFields, body: bytes, now: float, secret_id: str
+    ) -> bool:
+        """Publishes and returns True, or returns False for a type outside the allow-list."""
+        if event.livemode != tenant.livemode:
+            raise RequestRejected("livemode_mismatch", f"tenant is in {tenant.mode} mode")
+        if tenant.event_types is not None and event.type not in tenant.event_types:
+            return False
+        headers = Envelope(
+            tenant_id=tenant.id,
+            event_id=event.id,
+            event_type=event.type,
+            livemode=event.livemode,
+            received_at=now,
+            secret_id=secret_id,
+        ).headers()
+        sent = time.perf_counter()
+        try:
+            await self._publisher.publish(
+                self._topic, tenant.id.encode(), body, headers, self._publish_timeout
+            )
+        except PublishUnavailable as exc:
+            exc.retry_after = self._limits.retry_after
+            raise
+        self._metrics.publish_latency.observe(time.perf_counter() - sent)
+        self._metrics.body_bytes.inc(len(body))
+        return True
+
+    @staticmethod
+    def _check_active(tenant: Tenant) -> None:
+        if tenant.status != "active":
+            raise RequestRejected("tenant_suspended", "tenant is suspended", status=403)
+
+    def _tenant_keys(self, tenant: Tenant, now: float) -> list[tuple[str, bytes]]:
+        cached = self._keys.get(tenant.id)
+        if cached is None or cached[0] is not tenant:
+            cached = self._keys[tenant.id] = (tenant, _keys_of(tenant.webhook_secrets))
+        return [(i, k) for i, k, expires in cached[1] if expires is None or now < expires]
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, refused by Content-Length first and by a running count after."""
+        if request.content_type != _JSON:
+            raise RequestRejected(
+                "unsupported_media_type", "Content-Type must be application/json", status=415
+            )
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise RequestRejected("body_too_large", "body exceeds the limit", status=413)
+        try:
+            if request.content.is_eof():
+                return await request.read()  # all buffered already: no timer needed
+            async with asyncio.timeout(self._limits.body_read_timeout):
+                return await request.read()  # client_max_size stops it past the limit
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestRejected("body_too_large", "body exceeds the limit", status=413) from None
+        except TimeoutError:
+            raise RequestRejected("body_timeout", "body not received in time", status=408) from None

@@ -1,0 +1,186 @@
+"""The tenant admin HTTP API: the CLI's operations for automation (docs: openapi.json).
+
+Every `/v1/tenants` route needs `Authorization: Bearer <token>` with one of the admin
+tokens (several, for rotation); the token's name becomes the audit actor. Each presented
+token is compared with every configured one in constant time. `/v1/openapi.json` is
+public. Responses never carry a secret: tenants are shown masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import SecretStr
+
+from quotaflow.settings import Settings
+from quotaflow.tenants.documents import masked
+from quotaflow.tenants.exceptions import (
+    InvalidTenant,
+    TenantExists,
+    TenantNotFound,
+    TenantsError,
+    TenantStateError,
+)
+from quotaflow.tenants.openapi import stored_openapi
+from quotaflow.tenants.running import open_writer
+from quotaflow.tenants.writer import TenantWriter
+
+__all__ = ["build_admin_app", "serve_admin"]
+
+log = logging.getLogger("quotaflow.tenants.admin")
+
+_WRITER = web.AppKey("writer", TenantWriter)
+_ACTOR = web.RequestKey("actor", str)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
+
+
+def _error(status: int, error: str, message: str, field: str | None = None) -> web.Response:
+    doc = {"error": error, "message": message}
+    if field is not None:
+        doc["field"] = field
+    return _json(doc, status)
+
+
+def _authenticate(tokens: Mapping[str, SecretStr], header: str) -> str | None:
+    """The name of the token presented, or None. Checks every token so timing is the same
+    whichever one matches."""
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return None
+    given = presented.strip().encode()
+    found: str | None = None
+    for name, token in tokens.items():
+        if hmac.compare_digest(given, token.get_secret_value().encode()):
+            found = name
+    return found
+
+
+def _auth_middleware(tokens: Mapping[str, SecretStr]) -> Any:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/tenants"):
+            name = _authenticate(tokens, request.headers.get("Authorization", ""))
+            if name is None:
+                return web.Response(
+                    body=orjson.dumps(
+                        {"error": "unauthorized", "message": "bearer token required"}
+                    ),
+                    status=401,
+                    content_type="application/json",
+                    headers={"WWW-Authenticate": 'Bearer realm="quotaflow-admin"'},
+                )
+            request[_ACTOR] = f"admin:{name}"
+        try:
+            return await handler(request)
+        except _BadBody as exc:
+            return _error(400, "invalid_json", str(exc))
+        except InvalidTenant as exc:
+            return _error(422, "invalid_tenant", str(exc), exc.field)
+        except TenantNotFound as exc:
+            return _error(404, "not_found", str(exc))
+        except TenantExists as exc:
+            return _error(409, "exists", str(exc))
+        except TenantStateError as exc:
+            return _error(409, "conflict", str(exc))
+        except TenantsError as exc:
+            log.error("admin request failed", extra={"error": type(exc).__name__})
+            return _error(500, "internal", "the change could not be made")
+
+    return auth
+
+
+class _BadBody(Exception):
+    """The request body is not a JSON object (400)."""
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise _BadBody("body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise _BadBody("body must be a JSON object")
+    return doc
+
+
+async def _list(request: web.Request) -> web.Response:
+    """GET /v1/tenants: every tenant, masked."""
+    registry = request.app[_WRITER].registry
+    return _json([masked(t) for t in sorted(registry, key=lambda t: t.id)])
+
+
+async def _add(request: web.Request) -> web.Response:
+    """POST /v1/tenants: add a tenant; 201 with the masked document."""
+    tenant = await request.app[_WRITER].add(await _body(request), request[_ACTOR])
+    return _json(masked(tenant), 201)
+
+
+async def _show(request: web.Request) -> web.Response:
+    """GET /v1/tenants/{tenant_id}: one tenant, masked."""
+    tenant_id = request.match_info["tenant_id"]
+    tenant = request.app[_WRITER].registry.get(tenant_id)
+    if tenant is None:
+        raise TenantNotFound(tenant_id)
+    return _json(masked(tenant))
+
+
+async def _update(request: web.Request) -> web.Response:
+    """PATCH /v1/tenants/{tenant_id}: apply a JSON merge patch."""
+    tenant = await request.app[_WRITER].update(
+        request.match_info["tenant_id"], await _body(request), request[_ACTOR]
+    )
+    return _json(masked(tenant))
+
+
+async def _delete(request: web.Request) -> web.Response:
+    """DELETE /v1/tenants/{tenant_id}: tombstone the tenant."""
+    await request.app[_WRITER].delete(request.match_info["tenant_id"], request[_ACTOR])
+    return web.Response(status=204)
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=stored_openapi(), content_type="application/json")
+
+
+def build_admin_app(writer: TenantWriter, tokens: Mapping[str, SecretStr]) -> web.Application:
+    """The admin app over a started writer; `tokens` maps a token's name to the token."""
+    if not tokens:
+        raise TenantsError("no admin tokens: set QUOTAFLOW_ADMIN_TOKENS")
+    app = web.Application(middlewares=[_auth_middleware(dict(tokens))], client_max_size=256 * 1024)
+    app[_WRITER] = writer
+    app.router.add_get("/v1/openapi.json", _openapi)
+    app.router.add_get("/v1/tenants", _list)
+    app.router.add_post("/v1/tenants", _add)
+    app.router.add_get("/v1/tenants/{tenant_id}", _show)
+    app.router.add_patch("/v1/tenants/{tenant_id}", _update)
+    app.router.add_delete("/v1/tenants/{tenant_id}", _delete)
+    return app
+
+
+async def serve_admin(settings: Settings, stop: asyncio.Event) -> None:
+    """Serves the admin API on QUOTAFLOW_ADMIN_HOST:QUOTAFLOW_ADMIN_PORT until `stop`."""
+    async with open_writer(settings) as writer:
+        runner = web.AppRunner(
+            build_admin_app(writer, settings.admin_tokens), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
+            await site.start()
+            log.info(
+                "admin API listening",
+                extra={"host": settings.admin_host, "port": settings.admin_port},
+            )
+            await stop.wait()
+        finally:
+            await runner.cleanup()

@@ -1,0 +1,371 @@
+"""`quotaflow tenants …` and `quotaflow keys …`: onboarding and key management.
+
+Each command connects, does its one change (encrypted, audited, in effect everywhere
+within 1 s) and exits. Output never shows a secret: `show` and `list` mask them. Secrets
+given as flags can come from environment variables instead, so they stay out of shell
+history and `ps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from quotaflow.settings import Settings
+from quotaflow.tenants.audit import cli_actor
+from quotaflow.tenants.documents import load_document, masked
+from quotaflow.tenants.exceptions import InvalidTenant, TenantNotFound, TenantsError
+from quotaflow.tenants.keyring import generate_kek
+from quotaflow.tenants.running import keyring_from_settings, open_writer
+from quotaflow.tenants.stripe_webhooks import create_endpoint
+from quotaflow.tenants.writer import DEFAULT_OVERLAP, TenantWriter
+from tables.tenant import Tenant
+
+__all__ = ["keys", "tenants"]
+
+T = TypeVar("T")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `24h`, `1d` -> seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 24h or 1d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except TenantsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(work: Callable[[TenantWriter], Awaitable[T]]) -> T:
+    """Runs `work` with a started writer; tenants errors become clean CLI errors."""
+
+    async def main() -> T:
+        async with open_writer(Settings()) as writer:
+            return await work(writer)
+
+    with _errors():
+        return asyncio.run(main())
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+def _parse_plan(text: str) -> tuple[str, dict[str, Any]]:
+    key, sep, quota = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(
+            f"{text!r}: use LOOKUP_KEY=QUOTA (QUOTA an integer or 'unlimited')"
+        )
+    if quota == "unlimited":
+        return key, {"quota": None}
+    if not quota.isdigit():
+        raise click.BadParameter(f"plans.{key}.quota: {quota!r} is not a non-negative integer")
+    return key, {"quota": int(quota)}
+
+
+@click.group()
+def tenants() -> None:
+    """Onboard and manage tenants (the registry on the compacted tenants topic)."""
+
+
+@tenants.command("add")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A tenant document, JSON or YAML. Flags below override its fields.",
+)
+@click.option("--id", "tenant_id", help="Tenant id: lower-case letters, digits, - and _.")
+@click.option("--name")
+@click.option("--mode", type=click.Choice(["live", "test"]))
+@click.option("--stripe-account", help="Stripe Connect account id (acct_…).")
+@click.option(
+    "--stripe-api-key",
+    envvar="QUOTAFLOW_TENANT_STRIPE_API_KEY",
+    help="Restricted key (rk_…) expected. Env: QUOTAFLOW_TENANT_STRIPE_API_KEY.",
+)
+@click.option(
+    "--webhook-secret",
+    envvar="QUOTAFLOW_TENANT_WEBHOOK_SECRET",
+    help="Signing secret (whsec_…). Env: QUOTAFLOW_TENANT_WEBHOOK_SECRET.",
+)
+@click.option("--region", "regions", multiple=True, help="A region it is served in (repeat).")
+@click.option("--plan", "plans", multiple=True, help="LOOKUP_KEY=QUOTA (repeat).")
+@click.option("--event-type", "event_types", multiple=True, help="Allow-list entry (repeat).")
+@click.option("--webhook-url", help="Also register the Stripe webhook endpoint at this URL.")
+def add(
+    file: Path | None,
+    tenant_id: str | None,
+    name: str | None,
+    mode: str | None,
+    stripe_account: str | None,
+    stripe_api_key: str | None,
+    webhook_secret: str | None,
+    regions: tuple[str, ...],
+    plans: tuple[str, ...],
+    event_types: tuple[str, ...],
+    webhook_url: str | None,
+) -> None:
+    """Add a tenant from flags or a JSON/YAML file; prints it with secrets masked."""
+    with _errors():
+        doc: dict[str, Any] = load_document(file) if file is not None else {}
+    flags: dict[str, Any] = {
+        "id": tenant_id,
+        "name": name,
+        "mode": mode,
+        "stripe_account": stripe_account,
+        "stripe_api_key": stripe_api_key,
+        "regions": list(regions) or None,
+        "event_types": list(event_types) or None,
+    }
+    doc.update({k: v for k, v in flags.items() if v is not None})
+    if webhook_secret is not None:
+        doc["webhook_secrets"] = [{"id": "s1", "secret": webhook_secret}]
+    if plans:
+        doc["plans"] = {**doc.get("plans", {}), **dict(_parse_plan(p) for p in plans)}
+    actor = cli_actor()
+
+    async def work(writer: TenantWriter) -> Tenant:
+        tenant = await writer.add(doc, actor)
+        if webhook_url is not None:
+            tenant = await _register(writer, tenant, webhook_url, 0.0, actor)
+        return tenant
+
+    _echo_json(masked(_run(work)))
+
+
+@tenants.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Masked documents as JSON.")
+def list_(as_json: bool) -> None:
+    """List tenants: id, status, mode, regions, plans, secrets (count)."""
+
+    async def work(writer: TenantWriter) -> list[Tenant]:
+        return sorted(writer.registry, key=lambda t: t.id)
+
+    found = _run(work)
+    if as_json:
+        _echo_json([masked(t) for t in found])
+        return
+    for t in found:
+        click.echo(
+            f"{t.id}\t{t.status}\t{t.mode}\t{','.join(t.regions)}\t"
+            f"plans={len(t.plans)}\tsecrets={len(t.webhook_secrets)}"
+        )
+
+
+@tenants.command("show")
+@click.argument("tenant_id")
+def show(tenant_id: str) -> None:
+    """Show one tenant as JSON, secrets masked."""
+
+    async def work(writer: TenantWriter) -> Tenant:
+        tenant = writer.registry.get(tenant_id)
+        if tenant is None:
+            raise TenantNotFound(tenant_id)
+        return tenant
+
+    _echo_json(masked(_run(work)))
+
+
+@tenants.command("update")
+@click.argument("tenant_id")
+@click.option("--patch", "patch_text", help='A JSON merge patch, e.g. \'{"regions": ["eu"]}\'.')
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSON/YAML merge patch file.",
+)
+@click.option(
+    "--stripe-api-key",
+    envvar="QUOTAFLOW_TENANT_STRIPE_API_KEY",
+    help="Replace the Stripe API key. Env: QUOTAFLOW_TENANT_STRIPE_API_KEY.",
+)
+@click.option("--plan", "plans", multiple=True, help="LOOKUP_KEY=QUOTA to set (repeat).")
+def update(
+    tenant_id: str,
+    patch_text: str | None,
+    file: Path | None,
+    stripe_api_key: str | None,
+    plans: tuple[str, ...],
+) -> None:
+    """Change a tenant with a JSON merge patch (null removes a field or plan)."""
+    patch: dict[str, Any] = {}
+    with _errors():
+        if file is not None:
+            patch.update(load_document(file))
+        if patch_text is not None:
+            try:
+                loaded = orjson.loads(patch_text)
+            except orjson.JSONDecodeError:
+                raise InvalidTenant("", "--patch is not JSON") from None
+            if not isinstance(loaded, dict):
+                raise InvalidTenant("", "--patch must be a JSON object")
+            patch.update(loaded)
+    if stripe_api_key is not None:
+        patch["stripe_api_key"] = stripe_api_key
+    if plans:
+        patch["plans"] = {**patch.get("plans", {}), **dict(_parse_plan(p) for p in plans)}
+    if not patch:
+        raise click.UsageError("nothing to change: give --patch, --file, --plan or a key")
+    actor = cli_actor()
+    _echo_json(masked(_run(lambda w: w.update(tenant_id, patch, actor))))
+
+
+@tenants.command("suspend")
+@click.argument("tenant_id")
+def suspend(tenant_id: str) -> None:
+    """Suspend a tenant: its webhooks are refused (403) until `resume`."""
+    actor = cli_actor()
+    _run(lambda w: w.suspend(tenant_id, actor))
+    click.echo(f"suspended {tenant_id}")
+
+
+@tenants.command("resume")
+@click.argument("tenant_id")
+def resume(tenant_id: str) -> None:
+    """Make a suspended tenant active again."""
+    actor = cli_actor()
+    _run(lambda w: w.resume(tenant_id, actor))
+    click.echo(f"resumed {tenant_id}")
+
+
+@tenants.command("delete")
+@click.argument("tenant_id")
+@click.confirmation_option(prompt="Delete the tenant? Its webhooks will answer 404.")
+def delete(tenant_id: str) -> None:
+    """Delete a tenant: webhooks answer 404 and pushes stop; state stays until `purge`."""
+    actor = cli_actor()
+    _run(lambda w: w.delete(tenant_id, actor))
+    click.echo(f"deleted {tenant_id}")
+
+
+@tenants.command("purge")
+@click.argument("tenant_id")
+@click.confirmation_option(prompt="Purge the deleted tenant's quotas? This cannot be undone.")
+def purge(tenant_id: str) -> None:
+    """Remove a deleted tenant's quotas from quota.updates (refused while it exists)."""
+    actor = cli_actor()
+    count = _run(lambda w: w.purge(tenant_id, actor))
+    click.echo(f"purged {tenant_id}: {count} quota keys")
+
+
+async def _register(
+    writer: TenantWriter, tenant: Tenant, url: str, overlap: float, actor: str
+) -> Tenant:
+    endpoint = await create_endpoint(tenant, url, api_base=writer.settings.stripe_api_base)
+    return await writer.roll_webhook_secret(
+        tenant.id, endpoint.secret, actor, overlap=overlap, endpoint_id=endpoint.endpoint_id
+    )
+
+
+@tenants.command("register-webhook")
+@click.argument("tenant_id")
+@click.option(
+    "--url",
+    required=True,
+    help="The tenant's ingress route: https://…/v1/webhooks/stripe/TENANT_ID.",
+)
+@click.option(
+    "--overlap",
+    default="24h",
+    show_default=True,
+    help="How long a previous signing secret keeps verifying.",
+)
+def register_webhook(tenant_id: str, url: str, overlap: str) -> None:
+    """Create the tenant's Stripe webhook endpoint and store its signing secret."""
+    seconds, actor = parse_duration(overlap), cli_actor()
+
+    async def work(writer: TenantWriter) -> Tenant:
+        tenant = writer.registry.get(tenant_id)
+        if tenant is None:
+            raise TenantNotFound(tenant_id)
+        return await _register(writer, tenant, url, seconds, actor)
+
+    tenant = _run(work)
+    click.echo(f"registered {tenant.webhook_endpoint_id} for {tenant_id}")
+
+
+@tenants.command("roll-webhook-secret")
+@click.argument("tenant_id")
+@click.option(
+    "--new",
+    "new_secret",
+    required=True,
+    envvar="QUOTAFLOW_TENANT_WEBHOOK_SECRET",
+    help="The new signing secret (whsec_…). Env: QUOTAFLOW_TENANT_WEBHOOK_SECRET.",
+)
+@click.option(
+    "--overlap",
+    default=f"{int(DEFAULT_OVERLAP // 3600)}h",
+    show_default=True,
+    help="How long the old secret keeps verifying.",
+)
+def roll_webhook_secret(tenant_id: str, new_secret: str, overlap: str) -> None:
+    """Roll the webhook signing secret: both verify during the overlap, then only the new."""
+    seconds, actor = parse_duration(overlap), cli_actor()
+    _run(lambda w: w.roll_webhook_secret(tenant_id, new_secret, actor, overlap=seconds))
+    click.echo(f"rolled {tenant_id}: old secret verifies for {overlap}")
+
+
+@click.group()
+def keys() -> None:
+    """Key-encryption keys (QUOTAFLOW_KEYRING) that wrap every tenant's data key."""
+
+
+@keys.command("generate")
+@click.option("--id", "key_id", default="k1", show_default=True)
+def generate(key_id: str) -> None:
+    """Print a new key as a QUOTAFLOW_KEYRING entry; put it first to make it active."""
+    click.echo(orjson.dumps({key_id: generate_kek()}).decode())
+
+
+@keys.command("status")
+def status() -> None:
+    """How many tenants each key wraps; a key wrapping none can be removed."""
+
+    async def work(writer: TenantWriter) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in writer.registry.sealed_records().values():
+            counts[record.data_key.kek_id] = counts.get(record.data_key.kek_id, 0) + 1
+        return counts
+
+    with _errors():
+        ring = keyring_from_settings(Settings())
+    counts = _run(work)
+    for key_id in ring.key_ids:
+        active = " (active)" if key_id == ring.active_key_id else ""
+        click.echo(f"{key_id}{active}\t{counts.pop(key_id, 0)} tenants")
+    for key_id, count in counts.items():
+        click.echo(f"{key_id} (NOT IN KEYRING)\t{count} tenants")
+
+
+@keys.command("rotate")
+def rotate() -> None:
+    """Re-wrap every tenant's data key under the active (first) key, while all runs."""
+    actor = cli_actor()
+
+    async def work(writer: TenantWriter) -> int:
+        total = len(writer.registry.sealed_records())
+        with click.progressbar(length=total, label="re-wrapping", file=sys.stderr) as bar:
+            return await writer.rotate_keys(actor, on_progress=bar.update)
+
+    count = _run(work)
+    click.echo(f"re-wrapped {count} data keys; keys other than the active one can now go")

@@ -1,0 +1,18 @@
+"""What the tenants package derives from `Settings`: allowed regions, the audit topic."""
+
+from __future__ import annotations
+
+from quotaflow.settings import Settings
+
+
+def known_regions(settings: Settings) -> frozenset[str]:
+    """The regions a tenant may name (see `TenantsConfig.regions`)."""
+    configured = settings.regions
+    if configured:
+        return frozenset(configured)
+    return frozenset(settings.edge_nodes) | frozenset(settings.push_keys) | {settings.region}
+
+
+def audit_topic(settings: Settings) -> str:
+    """`{prefix}tenants.audit` (proposed as `settings.topics.tenants_audit`)."""
+    return settings.topics.tenants_audit

@@ -1,0 +1,77 @@
+"""`open_registry`: the one call every component makes to get its tenants.
+
+With `QUOTAFLOW_TENANTS_FILE` set, the tenants come from that JSON file (local dev, tests);
+otherwise from the `tenants` topic, decrypted with the keyring from `QUOTAFLOW_KEYRING`
+and followed in the background.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from quotaflow.registry import StaticTenantRegistry, TenantRegistry, load_tenants_file
+from quotaflow.settings import Settings
+from quotaflow.tenants.audit import ensure_audit_topic
+from quotaflow.tenants.config import known_regions
+from quotaflow.tenants.keyring import KeyEncryptionKeys, LocalKeyring
+from quotaflow.tenants.topic_registry import TopicTenantRegistry
+from quotaflow.tenants.writer import TenantWriter
+from quotaflow.topics import ensure_topics
+
+__all__ = [
+    "FileTenantRegistry",
+    "RunningRegistry",
+    "keyring_from_settings",
+    "open_registry",
+    "open_writer",
+]
+
+
+class RunningRegistry(TenantRegistry, Protocol):
+    """A started registry; `stop()` releases what it holds and is safe to call twice."""
+
+    async def stop(self) -> None: ...
+
+
+class FileTenantRegistry(StaticTenantRegistry):
+    """The tenants of a JSON file, fixed for the life of the process."""
+
+    async def stop(self) -> None:
+        return None
+
+
+def keyring_from_settings(settings: Settings) -> LocalKeyring:
+    """The keyring `QUOTAFLOW_KEYRING` describes; `KeyringError` if it is empty or malformed."""
+    return LocalKeyring.from_secrets(settings.keyring)
+
+
+async def open_registry(
+    settings: Settings, *, keyring: KeyEncryptionKeys | None = None
+) -> RunningRegistry:
+    """The file registry if `settings.tenants_file` is set, else the topic registry, started
+    (its initial load complete). Call `stop()` on it when the component stops."""
+    if settings.tenants_file is not None:
+        return FileTenantRegistry(load_tenants_file(settings.tenants_file))
+    registry = TopicTenantRegistry(settings, keyring or keyring_from_settings(settings))
+    await registry.start()
+    return registry
+
+
+@contextlib.asynccontextmanager
+async def open_writer(
+    settings: Settings, *, keyring: KeyEncryptionKeys | None = None
+) -> AsyncIterator[TenantWriter]:
+    """A started `TenantWriter` with its own registry; creates missing topics first."""
+    ring = keyring or keyring_from_settings(settings)
+    await ensure_topics(settings)
+    await ensure_audit_topic(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        registry = TopicTenantRegistry(settings, ring)
+        await registry.start()
+        stack.push_async_callback(registry.stop)
+        writer = TenantWriter(settings, ring, registry, known_regions=known_regions(settings))
+        await writer.start()
+        stack.push_async_callback(writer.stop)
+        yield writer

@@ -1,0 +1,205 @@
+"""The tenant registry on the compacted `tenants` topic.
+
+Each instance reads the topic's single partition from the beginning with its own
+group-less consumer (every component needs every tenant), decrypts each record, and
+then follows the partition in a background task: a change is applied as soon as the
+broker hands it over (fetch wait 100 ms), so it is in effect everywhere well within 1 s.
+It reads `read_committed`, because writers put each change and its audit record in one
+transaction. A tombstone removes the tenant.
+
+A record that does not decrypt (for example a KEK dropped from the keyring too early)
+is logged by tenant id and skipped; the tenant's previous version, if any, stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from quotaflow.registry import StaticTenantRegistry
+from quotaflow.settings import Settings
+from quotaflow.tenants.exceptions import DecryptionError, TenantsError
+from quotaflow.tenants.keyring import KeyEncryptionKeys
+from quotaflow.tenants.sealing import SealedRecord, open_record
+from tables.tenant import Tenant
+
+__all__ = ["ChangeListener", "TopicTenantRegistry"]
+
+log = logging.getLogger("quotaflow.tenants.registry")
+
+ChangeListener = Callable[[str, Tenant | None], None]
+"""Called after a tenant was put (with the tenant) or removed (with None)."""
+
+
+class TopicTenantRegistry:
+    """`TenantRegistry` built from and following the `tenants` topic."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keyring: KeyEncryptionKeys,
+        *,
+        fetch_wait: float = 0.1,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self._settings = settings
+        self._keyring = keyring
+        self._tp = TopicPartition(settings.topics.tenants, 0)
+        self._fetch_wait = fetch_wait
+        self._start_timeout = start_timeout
+        self._view = StaticTenantRegistry()
+        self._sealed: dict[str, SealedRecord] = {}
+        self._position = 0
+        self._progress = asyncio.Condition()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = False
+        self._failed: BaseException | None = None
+        self._listeners: list[ChangeListener] = []
+        self.undecryptable: dict[str, str] = {}
+        """Tenant id -> the field that failed, for records skipped since start."""
+
+    # -- TenantRegistry ------------------------------------------------------------------
+    def get(self, tenant_id: str) -> Tenant | None:
+        return self._view.get(tenant_id)
+
+    def by_account(self, account: str) -> Tenant | None:
+        return self._view.by_account(account)
+
+    def __iter__(self) -> Iterator[Tenant]:
+        return iter(self._view)
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    @property
+    def ready(self) -> bool:
+        """True once the initial load is complete and while the follower runs."""
+        return self._ready and self._failed is None
+
+    # -- for writers -----------------------------------------------------------------------
+    def sealed(self, tenant_id: str) -> SealedRecord | None:
+        """The stored (encrypted) record of a tenant, as last read."""
+        return self._sealed.get(tenant_id)
+
+    def sealed_records(self) -> dict[str, SealedRecord]:
+        return dict(self._sealed)
+
+    @property
+    def position(self) -> int:
+        """The next offset to apply: every record below it is in effect here."""
+        return self._position
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    async def wait_for(self, offset: int, timeout: float = 5.0) -> None:
+        """Returns once the record at `offset` is in effect in this instance."""
+        async with asyncio.timeout(timeout), self._progress:
+            await self._progress.wait_for(
+                lambda: self._position > offset or self._failed is not None
+            )
+        if self._failed is not None:
+            raise TenantsError("the tenants registry follower stopped") from self._failed
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Loads every tenant, then follows the topic in the background."""
+        if self._consumer is not None:
+            raise RuntimeError("registry already started")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=int(self._fetch_wait * 1000),
+            auto_offset_reset="earliest",
+            request_timeout_ms=int(self._start_timeout * 1000),
+        )
+        self._consumer = consumer
+        async with asyncio.timeout(self._start_timeout):
+            await consumer.start()
+            consumer.assign([self._tp])
+            await consumer.seek_to_beginning(self._tp)
+            end = (await consumer.end_offsets([self._tp]))[self._tp]
+            while await consumer.position(self._tp) < end:
+                await self._poll(consumer, timeout=self._fetch_wait)
+        self._ready = True
+        log.info("tenants loaded", extra={"tenants": len(self._view), "offset": self._position})
+        self._task = asyncio.create_task(self._follow(consumer), name="tenants-registry")
+        self._task.add_done_callback(self._follower_done)
+
+    async def stop(self) -> None:
+        """Stops following; safe to call twice."""
+        self._ready = False
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            async with asyncio.timeout(10):
+                await consumer.stop()
+
+    def _follower_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._failed = error
+            log.error("tenants registry follower failed", exc_info=error)
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            await self._poll(consumer, timeout=1.0)
+
+    async def _poll(self, consumer: AIOKafkaConsumer, timeout: float) -> None:
+        batches = await consumer.getmany(self._tp, timeout_ms=int(timeout * 1000))
+        for message in batches.get(self._tp, []):
+            await self._apply(message.key, message.value)
+        position = await consumer.position(self._tp)
+        if position != self._position:
+            async with self._progress:
+                self._position = position
+                self._progress.notify_all()
+
+    async def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        tenant_id = key.decode()
+        if value is None:
+            self._view.remove(tenant_id)
+            self._sealed.pop(tenant_id, None)
+            self.undecryptable.pop(tenant_id, None)
+            self._emit(tenant_id, None)
+            return
+        try:
+            tenant, record = await open_record(tenant_id, value, self._keyring)
+        except DecryptionError as exc:
+            self.undecryptable[tenant_id] = exc.field
+            log.error(
+                "tenant record does not decrypt; keeping the previous version",
+                extra={"tenant_id": tenant_id, "field": exc.field},
+            )
+            return
+        self.undecryptable.pop(tenant_id, None)
+        self._view.put(tenant)
+        self._sealed[tenant_id] = record
+        self._emit(tenant_id, tenant)
+
+    def _emit(self, tenant_id: str, tenant: Tenant | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(tenant_id, tenant)
+            except Exception:  # a listener's bug must not stop the registry
+                log.exception("tenant change listener failed", extra={"tenant_id": tenant_id})

@@ -1,0 +1,301 @@
+"""The write side of the registry: every tenant change, encrypted, audited, in effect.
+
+One `TenantWriter` per process (CLI command or admin API). Each change is a
+read-modify-write under one lock: read the current tenant from the writer's own
+`TopicTenantRegistry`, validate the new document, seal it, and write the tenant record
+and its audit record in one Kafka transaction (acks=all, idempotent). The call returns
+once the writer's own registry has applied the record, so the next call sees it.
+
+Two writers in different processes are not serialised against each other: the last
+write wins, and both are in the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets as token_source
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from quotaflow.settings import Settings
+from quotaflow.tenants.audit import audit_record
+from quotaflow.tenants.config import audit_topic
+from quotaflow.tenants.documents import apply_patch, audit_changes, parse_tenant, plain_document
+from quotaflow.tenants.exceptions import TenantExists, TenantNotFound, TenantStateError
+from quotaflow.tenants.keyring import KeyEncryptionKeys
+from quotaflow.tenants.sealing import (
+    DataKey,
+    SealedDataKey,
+    SealedRecord,
+    new_data_key,
+    rewrap_data_key,
+    seal_tenant,
+    unwrap_data_key,
+)
+from quotaflow.tenants.topic_registry import TopicTenantRegistry
+from quotaflow.tenants.topicscan import scan_topic
+from tables.tenant import Tenant
+
+__all__ = ["TenantWriter"]
+
+DEFAULT_OVERLAP = 24 * 3600.0
+
+
+class TenantWriter:
+    """Adds, changes and removes tenants on the `tenants` topic."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keyring: KeyEncryptionKeys,
+        registry: TopicTenantRegistry,
+        *,
+        known_regions: frozenset[str] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self._settings = settings
+        self._keyring = keyring
+        self._registry = registry
+        self._regions = known_regions
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def registry(self) -> TopicTenantRegistry:
+        return self._registry
+
+    async def start(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            transactional_id=f"{self._settings.topic_prefix}quotaflow-tenants-{uuid.uuid4().hex}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            request_timeout_ms=int(self._timeout * 1000),
+        )
+        async with asyncio.timeout(self._timeout):
+            await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            async with asyncio.timeout(self._timeout):
+                await producer.stop()
+
+    # -- operations --------------------------------------------------------------------------
+    async def add(self, doc: Mapping[str, Any], actor: str) -> Tenant:
+        """Registers a new tenant from a document; refuses an id that exists."""
+        now = time.time()
+        tenant = parse_tenant({**doc, "created_at": now, "updated_at": now}, self._regions)
+        async with self._lock:
+            if self._registry.sealed(tenant.id) is not None or self._registry.get(tenant.id):
+                raise TenantExists(tenant.id)
+            key = await new_data_key(tenant.id, self._keyring)
+            await self._write(
+                tenant.id,
+                seal_tenant(tenant, key),
+                audit_record("add", tenant.id, actor, None, tenant, kek_id=key.wrapped.kek_id),
+            )
+        return tenant
+
+    async def update(
+        self,
+        tenant_id: str,
+        patch: Mapping[str, Any],
+        actor: str,
+        *,
+        action: str = "update",
+        **details: Any,
+    ) -> Tenant:
+        """Applies a JSON merge patch; a patch that changes nothing writes nothing."""
+        async with self._lock:
+            return await self._update(tenant_id, patch, actor, action, details)
+
+    async def suspend(self, tenant_id: str, actor: str) -> Tenant:
+        return await self.update(tenant_id, {"status": "suspended"}, actor, action="suspend")
+
+    async def resume(self, tenant_id: str, actor: str) -> Tenant:
+        return await self.update(tenant_id, {"status": "active"}, actor, action="resume")
+
+    async def delete(self, tenant_id: str, actor: str) -> None:
+        """Writes the tombstone: webhooks answer 404 and pushes stop everywhere within 1 s."""
+        async with self._lock:
+            current = self._current(tenant_id)
+            await self._write(
+                tenant_id, None, audit_record("delete", tenant_id, actor, current, None)
+            )
+
+    async def roll_webhook_secret(
+        self,
+        tenant_id: str,
+        new_secret: str,
+        actor: str,
+        *,
+        overlap: float = DEFAULT_OVERLAP,
+        endpoint_id: str | None = None,
+    ) -> Tenant:
+        """Makes `new_secret` the tenant's signing secret; the current one keeps verifying
+        for `overlap` seconds (0: it stops at once). A previous roll's old secret goes."""
+        async with self._lock:
+            current = self._current(tenant_id)
+            now = time.time()
+            secrets: list[dict[str, Any]] = []
+            keep = [
+                s for s in plain_document(current)["webhook_secrets"] if s["expires_at"] is None
+            ]
+            if any(s["secret"] == new_secret for s in keep):
+                raise TenantStateError(tenant_id, "the new secret is already active")
+            secret_id = f"ws_{token_source.token_hex(4)}"
+            secrets.append({"id": secret_id, "secret": new_secret, "expires_at": None})
+            if keep and overlap > 0:
+                secrets.append({**keep[0], "expires_at": now + overlap})
+            patch: dict[str, Any] = {"webhook_secrets": secrets}
+            if endpoint_id is not None:
+                patch["webhook_endpoint_id"] = endpoint_id
+            action = "register-webhook" if endpoint_id is not None else "roll-webhook-secret"
+            return await self._update(
+                tenant_id, patch, actor, action, {"new_secret_id": secret_id, "overlap": overlap}
+            )
+
+    async def rotate_keys(
+        self, actor: str, on_progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Re-wraps every data key not under the active KEK; returns how many were. The
+        secrets' ciphertexts stay as they are: only the wrapped data key changes."""
+        active = self._keyring.active_key_id
+        count = 0
+        async with self._lock:
+            last: int | None = None
+            for tenant_id, record in sorted(self._registry.sealed_records().items()):
+                if record.data_key.kek_id != active:
+                    old = record.data_key.kek_id
+                    key = await rewrap_data_key(
+                        tenant_id,
+                        await unwrap_data_key(tenant_id, record, self._keyring),
+                        self._keyring,
+                    )
+                    value = _with_key(record, key)
+                    audit = audit_record(
+                        "rotate-key", tenant_id, actor, None, None, kek_from=old, kek_to=active
+                    )
+                    last = await self._write(tenant_id, value, audit, wait=False)
+                    count += 1
+                if on_progress is not None:
+                    on_progress(1)
+            if last is not None:
+                await self._registry.wait_for(last, self._timeout)
+        return count
+
+    async def purge(self, tenant_id: str, actor: str) -> int:
+        """Tombstones a deleted tenant's keys in `quota.updates`; returns how many. Refused
+        while the tenant exists: delete it first."""
+        async with self._lock:
+            if self._registry.get(tenant_id) is not None:
+                raise TenantStateError(tenant_id, "still registered: delete it before purging")
+            keys = await self._live_keys(self._settings.topics.quota_updates, f"{tenant_id}/")
+            producer = self._started()
+            async with asyncio.timeout(self._timeout):
+                async with producer.transaction():
+                    for partition, key in keys:
+                        await producer.send(
+                            self._settings.topics.quota_updates, None, key=key, partition=partition
+                        )
+                    audit = audit_record(
+                        "purge",
+                        tenant_id,
+                        actor,
+                        None,
+                        None,
+                        purged={self._settings.topics.quota_updates: len(keys)},
+                    )
+                    await producer.send(audit_topic(self._settings), audit, key=tenant_id.encode())
+        return len(keys)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _current(self, tenant_id: str) -> Tenant:
+        tenant = self._registry.get(tenant_id)
+        if tenant is None:
+            raise TenantNotFound(tenant_id)
+        return tenant
+
+    async def _update(
+        self,
+        tenant_id: str,
+        patch: Mapping[str, Any],
+        actor: str,
+        action: str,
+        details: Mapping[str, Any],
+    ) -> Tenant:
+        current = self._current(tenant_id)
+        tenant = apply_patch(current, patch, self._regions)
+        if not audit_changes(current, tenant):
+            return current
+        record = self._registry.sealed(tenant_id)
+        if record is None:  # pragma: no cover - get() and sealed() are updated together
+            raise TenantNotFound(tenant_id)
+        key = await self._data_key(tenant_id, record)
+        await self._write(
+            tenant_id,
+            seal_tenant(tenant, key),
+            audit_record(action, tenant_id, actor, current, tenant, **details),
+        )
+        return tenant
+
+    async def _data_key(self, tenant_id: str, record: SealedRecord) -> DataKey:
+        """The tenant's data key, wrapped under the active KEK (every write moves it there)."""
+        key = await unwrap_data_key(tenant_id, record, self._keyring)
+        return await rewrap_data_key(tenant_id, key, self._keyring)
+
+    def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("TenantWriter.start() was not awaited")
+        return self._producer
+
+    async def _write(
+        self, tenant_id: str, value: bytes | None, audit: bytes, *, wait: bool = True
+    ) -> int:
+        """Tenant record and audit record in one transaction; returns the record's offset."""
+        producer = self._started()
+        key = tenant_id.encode()
+        async with asyncio.timeout(self._timeout):
+            async with producer.transaction():
+                sent = await producer.send(
+                    self._settings.topics.tenants, value, key=key, partition=0
+                )
+                await producer.send(audit_topic(self._settings), audit, key=key)
+            offset: int = (await sent).offset
+        if wait:
+            await self._registry.wait_for(offset, self._timeout)
+        return offset
+
+    async def _live_keys(self, topic: str, key_prefix: str) -> list[tuple[int, bytes]]:
+        """(partition, key) of every key with `key_prefix` whose latest value is not a tombstone."""
+        prefix = key_prefix.encode()
+        live: dict[tuple[int, bytes], bool] = {}
+        async for partition, m in scan_topic(self._settings.kafka_bootstrap, topic):
+            if m.key is not None and m.key.startswith(prefix):
+                live[(partition, m.key)] = m.value is not None
+        return sorted(k for k, alive in live.items() if alive)
+
+
+def _with_key(record: SealedRecord, key: DataKey) -> bytes:
+    rewrapped = record.model_copy(
+        update={
+            "data_key": SealedDataKey(
+                kek_id=key.wrapped.kek_id, wrapped=base64.b64encode(key.wrapped.blob).decode()
+            )
+        }
+    )
+    return orjson.dumps(rewrapped.model_dump(mode="json"))

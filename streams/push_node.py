@@ -1,0 +1,317 @@
+"""Delivery to one edge node: its own bounded queue, sender task, keep-alive session,
+retries with exponential backoff and jitter, and a circuit breaker.
+
+Node life cycle (one sender task per node, so a slow, dead or hung node only ever
+delays itself):
+
+    join ──▶ snapshot ──▶ live (deltas, heartbeats) ──failure──▶ open ──probe ok──▶ join
+      ▲                         │ queue overflow / resync requested             │
+      └─────────────────────────┴───────────────────────────────────────────────┘
+
+- join: the node starts accepting deltas, then receives a full snapshot (final batch
+  marked), then the queued deltas. Per-key versions make the overlap harmless.
+- A batch that fails `max_attempts` times opens the breaker: the queue and the node's
+  outstanding offsets are dropped (it will be caught up by a snapshot), and a
+  `GET /healthz` probe is retried with growing, jittered delays.
+- A full queue (a node slower than the stream) triggers a fresh join rather than
+  blocking the consumer.
+
+Offsets: `low_watermark(tp)` is the first offset handed to this node and not yet
+acknowledged. The pusher commits, per partition, the minimum of these over all nodes
+(and its own position); a node that is not accepting holds nothing back, because it
+is caught up by snapshot when it rejoins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from edge.signing import SIGNATURE_HEADER, PushSigner
+
+log = logging.getLogger(__name__)
+
+BATCHES = Counter(
+    "quotaflow_push_batches",
+    "Push batches by region, node and outcome (ok, retry, dropped, down).",
+    ["region", "node", "outcome"],
+)
+SNAPSHOTS = Counter(
+    "quotaflow_push_snapshots", "Snapshots delivered to a node.", ["region", "node"]
+)
+NODE_UP = Gauge("quotaflow_push_node_up", "1 while the node is live.", ["region", "node"])
+LATENCY = Histogram(
+    "quotaflow_push_latency_seconds",
+    "Duration of one successful push request.",
+    ["region"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+
+# 4xx answers that retrying cannot fix: the batch is dropped and logged, not retried
+# forever (401, 408 and 429 stay retryable: key rotation, timeouts and throttling pass).
+_RETRYABLE_4XX = frozenset({401, 408, 429})
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Delivery tuning; defaults suit one region of a few nodes."""
+
+    batch_max: int = 500
+    snapshot_batch: int = 1000
+    queue_max: int = 100_000
+    request_timeout: float = 2.0
+    probe_timeout: float = 1.0
+    max_attempts: int = 4
+    backoff_base: float = 0.05
+    backoff_max: float = 1.0
+    breaker_base: float = 0.5
+    breaker_max: float = 10.0
+    heartbeat: float = 1.0
+    snapshot_timeout: float = 60.0
+    commit_interval: float = 0.5
+    drain_timeout: float = 2.0
+
+
+class NodeDown(Exception):
+    """A node failed a batch `max_attempts` times (or its snapshot could not be read)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _jittered(base: float, attempt: int, cap: float) -> float:
+    """Full-range jitter in [delay/2, delay] so retrying senders spread out."""
+    delay = min(cap, base * (2.0**attempt))
+    return delay / 2 + random.random() * delay / 2
+
+
+class NodeSender:
+    """Pushes one node's deltas and snapshots; see the module docstring for the states."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        region: str,
+        signer: PushSigner,
+        snapshot: Callable[[], Awaitable[list[bytes]]],
+        config: PushConfig,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.region = region
+        self.state = "idle"
+        self.accepting = False
+        self._signer = signer
+        self._snapshot = snapshot
+        self._config = config
+        self._region_json = orjson.dumps(region)
+        self._queue: asyncio.Queue[tuple[Hashable, int, bytes]] = asyncio.Queue()
+        self._outstanding: dict[Hashable, deque[int]] = {}
+        self._resync = False
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._labels = {"region": region, "node": self.url}
+
+    # -- called by the pusher (same event loop, never awaits) -----------------------
+
+    def offer(self, tp: Hashable, offset: int, value: bytes) -> None:
+        """Queues one delta if the node is accepting; never blocks the consumer."""
+        if not self.accepting:
+            return
+        if self._queue.qsize() >= self._config.queue_max:
+            log.warning("push queue full, node will resync", extra=self._labels)
+            self.request_resync()
+            return
+        self._queue.put_nowait((tp, offset, value))
+        self._outstanding.setdefault(tp, deque()).append(offset)
+
+    def low_watermark(self, tp: Hashable) -> int | None:
+        pending = self._outstanding.get(tp)
+        return pending[0] if pending else None
+
+    def request_resync(self) -> None:
+        """Asks for a fresh join (snapshot); the sender acts on it between batches."""
+        self.accepting = False
+        self._resync = True
+
+    @property
+    def resync_requested(self) -> bool:
+        return self._resync
+
+    @property
+    def idle(self) -> bool:
+        return not any(self._outstanding.values())
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=2, keepalive_timeout=30.0),
+            timeout=aiohttp.ClientTimeout(total=self._config.request_timeout),
+        )
+        self._task = asyncio.create_task(self._run(), name=f"push-node {self.url}")
+        self._task.add_done_callback(self._died)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        self._leave()
+
+    def _died(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("push sender died", exc_info=task.exception(), extra=self._labels)
+
+    # -- the sender task ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if failures:
+                await asyncio.sleep(
+                    _jittered(self._config.breaker_base, failures - 1, self._config.breaker_max)
+                )
+                if not await self._probe():
+                    failures += 1
+                    continue
+            self._join()
+            try:
+                await self._send_snapshot()
+                failures = 0
+                self.state = "live"
+                NODE_UP.labels(**self._labels).set(1)
+                await self._deliver()
+            except NodeDown as exc:
+                failures += 1
+                BATCHES.labels(**self._labels, outcome="down").inc()
+                log.warning("edge node down", extra={**self._labels, "reason": exc.reason})
+            self._leave()
+
+    def _join(self) -> None:
+        self._drop_queue()
+        self._resync = False
+        self.accepting = True
+        self.state = "snapshot"
+
+    def _leave(self) -> None:
+        self.accepting = False
+        self.state = "open"
+        self._drop_queue()
+        NODE_UP.labels(**self._labels).set(0)
+
+    def _drop_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._outstanding.clear()
+
+    async def _probe(self) -> bool:
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(self._config.probe_timeout):
+                async with self._session.get(f"{self.url}/healthz") as resp:
+                    await resp.read()
+                    return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _send_snapshot(self) -> None:
+        try:
+            values = await self._snapshot()
+        except (OSError, TimeoutError) as exc:
+            raise NodeDown(f"snapshot_read:{type(exc).__name__}") from exc
+        except Exception as exc:  # aiokafka's errors share no base we can name narrowly
+            log.exception("snapshot read failed", extra=self._labels)
+            raise NodeDown("snapshot_read") from exc
+        snapshot_id = uuid.uuid4().hex
+        step = self._config.snapshot_batch
+        chunks = [values[i : i + step] for i in range(0, len(values), step)] or [[]]
+        for i, chunk in enumerate(chunks):
+            final = i == len(chunks) - 1
+            flag = b"true" if final else b"false"
+            mark = b'{"id":"%s","final":%s}' % (snapshot_id.encode(), flag)
+            await self._post(chunk, mark)
+        SNAPSHOTS.labels(**self._labels).inc()
+        log.info("snapshot delivered", extra={**self._labels, "keys": len(values)})
+
+    async def _deliver(self) -> None:
+        """Sends queued deltas in batches (or a heartbeat when idle) until a resync."""
+        queue, cfg = self._queue, self._config
+        while not self._resync:
+            try:
+                async with asyncio.timeout(cfg.heartbeat):
+                    first = await queue.get()
+            except TimeoutError:
+                await self._post([], b"null")
+                continue
+            batch = [first]
+            while len(batch) < cfg.batch_max and not queue.empty():
+                batch.append(queue.get_nowait())
+            await self._post([value for _, _, value in batch], b"null")
+            if self.resync_requested:
+                return  # outstanding is dropped on leave; nothing to acknowledge
+            for tp, offset, _ in batch:
+                pending = self._outstanding.get(tp)
+                if pending and pending[0] == offset:
+                    pending.popleft()
+
+    def _body(self, values: list[bytes], snapshot: bytes) -> bytes:
+        # A fresh push id per attempt: identical retries must not look like replays.
+        return (
+            b'{"region":%s,"push_id":"%s","snapshot":%s,"updates":['
+            % (self._region_json, uuid.uuid4().hex.encode(), snapshot)
+            + b",".join(values)
+            + b"]}"
+        )
+
+    async def _post(self, values: list[bytes], snapshot: bytes) -> None:
+        """One batch, retried with backoff; raises `NodeDown` when attempts run out."""
+        assert self._session is not None
+        cfg = self._config
+        reason = "unknown"
+        for attempt in range(cfg.max_attempts):
+            if attempt:
+                BATCHES.labels(**self._labels, outcome="retry").inc()
+                await asyncio.sleep(_jittered(cfg.backoff_base, attempt - 1, cfg.backoff_max))
+            body = self._body(values, snapshot)
+            headers = {
+                SIGNATURE_HEADER: self._signer.header(body),
+                "Content-Type": "application/json",
+            }
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(cfg.request_timeout):
+                    async with self._session.post(
+                        f"{self.url}/v1/push", data=body, headers=headers
+                    ) as resp:
+                        status = resp.status
+                        await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = type(exc).__name__
+                continue
+            if status == 200:
+                LATENCY.labels(region=self.region).observe(time.perf_counter() - started)
+                BATCHES.labels(**self._labels, outcome="ok").inc()
+                return
+            reason = f"http_{status}"
+            if 400 <= status < 500 and status not in _RETRYABLE_4XX:
+                BATCHES.labels(**self._labels, outcome="dropped").inc()
+                log.error("push batch refused, dropped", extra={**self._labels, "status": status})
+                return
+        raise NodeDown(reason)

@@ -1,0 +1,272 @@
+"""The regional pusher (`quotaflow push --region R`): carries `quota.updates` to every
+edge node of one region, signed, within milliseconds.
+
+One consumer group per region (`{app_id}-push-{region}`), aiokafka directly with a
+5 ms fetch wait. Each record's key is `tenant_id/customer_id`; only tenants whose
+`regions` include R (looked up in the registry per record, so a region change takes
+effect without a restart) are handed to every node's `NodeSender` (see
+`streams.push_node`), which never blocks this loop.
+
+Commit rule (owned here, one place): per partition, commit the smallest of
+- this pusher's position (next offset to read), and
+- each node's first handed-over but unacknowledged offset.
+A node whose breaker is open, or that is re-joining, holds nothing back: whatever it
+missed is in the compacted topic and reaches it in the snapshot it receives first when
+it joins (end offsets are read after it starts accepting deltas). A crash therefore
+redelivers at most what no live node acknowledged; duplicates are harmless because the
+edge applies only newer versions.
+
+A tenant newly added to the region has quotas the nodes never saw: the region watcher
+notices (once a second) and asks every node to re-join, i.e. to take a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from edge.signing import PushSigner
+from quotaflow.registry import TenantRegistry
+from quotaflow.settings import Settings
+from streams.push_node import NodeSender, PushConfig
+from streams.push_snapshot import read_snapshot
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+COMMIT_TIMEOUT = 5.0
+REGION_WATCH_INTERVAL = 1.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pusher: Pusher) -> None:
+        self._pusher = pusher
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._pusher.commit(only=set(revoked))
+        for tp in revoked:
+            self._pusher.positions.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
+
+class Pusher:
+    """Consumes a region's quota updates and fans them out to the region's edge nodes."""
+
+    def __init__(
+        self, settings: Settings, registry: TenantRegistry, *, config: PushConfig | None = None
+    ) -> None:
+        self.settings = settings
+        self.region = settings.region
+        self.registry = registry
+        self.config = config or PushConfig()
+        self.positions: dict[Hashable, int] = {}
+        self.nodes: list[NodeSender] = []
+        self._committed: dict[Hashable, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._served: set[str] | None = None
+
+    # -- routing ----------------------------------------------------------------------
+
+    def serves(self, tenant_id: str) -> bool:
+        tenant = self.registry.get(tenant_id)
+        return tenant is not None and self.region in tenant.regions
+
+    def _serves_key(self, key: bytes) -> bool:
+        return self.serves(key.split(b"/", 1)[0].decode("utf-8", "replace"))
+
+    def _dispatch(self, tp: Hashable, record: ConsumerRecord) -> None:
+        key, value = record.key, record.value
+        if key is None or value is None:
+            return  # tombstones: the edge has no delete yet (see the usage/tenant issues)
+        if not self._serves_key(key):
+            return
+        try:
+            if not isinstance(orjson.loads(value), dict):
+                raise ValueError("not an object")
+        except ValueError:
+            log.error("quota update is not a JSON object, skipped", extra={"offset": record.offset})
+            return
+        for node in self.nodes:
+            node.offer(tp, record.offset, value)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        signer = PushSigner.for_region(self.settings, self.region)
+        urls = self.settings.edge_nodes.get(self.region, [])
+        if not urls:
+            log.warning("no edge nodes configured", extra={"region": self.region})
+        self.nodes = [
+            NodeSender(
+                url,
+                region=self.region,
+                signer=signer,
+                snapshot=self._snapshot,
+                config=self.config,
+            )
+            for url in urls
+        ]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=f"{self.settings.app_id}-push-{self.region}",
+            client_id=f"{self.settings.app_id}-push-{self.region}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=5,
+        )
+        consumer.subscribe([self.settings.topics.quota_updates], listener=_Rebalance(self))
+        self._consumer = consumer
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await consumer.start()
+            for node in self.nodes:
+                await node.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._served = self._region_tenants()
+        for name, coro in (
+            ("consume", self._consume()),
+            ("commit", self._commit_loop()),
+            ("region-watch", self._watch_region()),
+        ):
+            task = asyncio.create_task(coro, name=f"pusher {self.region} {name}")
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
+        log.info("pusher started", extra={"region": self.region, "nodes": len(self.nodes)})
+
+    async def stop(self) -> None:
+        """Stops consuming, gives live nodes a moment to drain, commits, closes. Idempotent."""
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            tasks[0].cancel()  # consume first: nothing new is handed out
+            await asyncio.gather(tasks[0], return_exceptions=True)
+            for _ in range(max(1, int(self.config.drain_timeout / 0.02))):
+                if all(node.idle for node in self.nodes):
+                    break
+                await asyncio.sleep(0.02)
+            for task in tasks[1:]:
+                task.cancel()
+            await asyncio.gather(*tasks[1:], return_exceptions=True)
+            await self.commit()
+        for node in self.nodes:
+            await node.stop()
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "pusher task died", exc_info=task.exception(), extra={"task": task.get_name()}
+            )
+
+    async def wait_failed(self) -> BaseException:
+        """Returns the error of the first background task that dies (never, normally)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                return task.exception() or RuntimeError("unreachable")
+        return RuntimeError(f"pusher task ended: {[t.get_name() for t in done]}")
+
+    # -- background tasks ---------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            batches = await consumer.getmany(timeout_ms=100, max_records=2000)
+            for tp, records in batches.items():
+                for record in records:
+                    self._dispatch(tp, record)
+                if records:
+                    self.positions[tp] = records[-1].offset + 1
+
+    async def _snapshot(self) -> list[bytes]:
+        return await read_snapshot(
+            self.settings, self._serves_key, time_limit=self.config.snapshot_timeout
+        )
+
+    def safe_offsets(self) -> dict[Hashable, int]:
+        """Per partition, the offset below which every live node has acknowledged."""
+        safe: dict[Hashable, int] = {}
+        for tp, position in self.positions.items():
+            low = position
+            for node in self.nodes:
+                mark = node.low_watermark(tp)
+                if mark is not None and mark < low:
+                    low = mark
+            safe[tp] = low
+        return safe
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        offsets = {
+            tp: offset
+            for tp, offset in self.safe_offsets().items()
+            if self._committed.get(tp) != offset and (only is None or tp in only)
+        }
+        if not offsets:
+            return
+        try:
+            async with asyncio.timeout(COMMIT_TIMEOUT):
+                await asyncio.shield(consumer.commit(offsets))
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("offset commit failed", extra={"error": type(exc).__name__})
+            return
+        self._committed.update(offsets)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.commit_interval)
+            await self.commit()
+
+    def _region_tenants(self) -> set[str]:
+        return {t.id for t in self.registry if self.region in t.regions}
+
+    async def _watch_region(self) -> None:
+        while True:
+            await asyncio.sleep(REGION_WATCH_INTERVAL)
+            current = self._region_tenants()
+            added = current - (self._served or set())
+            self._served = current
+            if added:
+                log.info("tenants joined region, nodes resync", extra={"tenants": len(added)})
+                for node in self.nodes:
+                    node.request_resync()
+
+
+async def run_pusher(
+    settings: Settings,
+    registry: TenantRegistry,
+    stop: asyncio.Event,
+    *,
+    config: PushConfig | None = None,
+) -> None:
+    """Runs the pusher for `settings.region` until `stop` is set."""
+    pusher = Pusher(settings, registry, config=config)
+    await pusher.start()
+    try:
+        stopping = asyncio.create_task(stop.wait())
+        failing = asyncio.create_task(pusher.wait_failed())
+        try:
+            done, _ = await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopping, failing):
+                task.cancel()
+            await asyncio.gather(stopping, failing, return_exceptions=True)
+        if failing in done:
+            raise failing.result()
+    finally:
+        await pusher.stop()

@@ -1,0 +1,127 @@
+"""The billing state of one customer: the value of the billing table.
+
+One `CustomerState` per `tenant_id/stripe_customer_id`. It holds everything the quota
+is computed from (subscriptions, entitlements, usage and top-ups in the current period)
+and, in the same value, everything that makes reprocessing harmless (applied source
+offsets, recent event ids, the last fingerprint per Stripe object, usage marks, the last
+published quota). Faust writes the value and its guards in one changelog record, so a
+crash can never separate them.
+
+`CustomerState` is a pydantic model serialised with `model_dump_json` and read back
+with `model_validate_json`; its parts are frozen stdlib dataclasses (pydantic validates
+them on the way in, and they cost a fraction of a model to build on the hot path).
+The transition functions treat a state as immutable: they build new values with
+`model_copy(update=...)`, never mutate one that a caller holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from tables.quota import QuotaUpdate
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "CustomerState",
+    "ItemState",
+    "SubscriptionState",
+    "UsageMark",
+]
+
+# Statuses a subscription never leaves: a snapshot showing anything else is older.
+TERMINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
+
+
+@dataclass(frozen=True, slots=True)
+class ItemState:
+    """One subscription item as last seen."""
+
+    price: str | None = None
+    lookup_key: str | None = None
+    product: str | None = None
+    quantity: int = 1
+    period_start: int | None = None
+    period_end: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionState:
+    """One subscription as last applied, with the key that orders its snapshots."""
+
+    id: str
+    status: str
+    items: tuple[ItemState, ...] = ()
+    period_start: int | None = None
+    period_end: int | None = None
+    as_of: float = 0.0
+    past_due_since: float | None = None
+    # What the items grant, resolved through the tenant's catalog when applied.
+    quota: int | None = 0
+    rate_per_second: float | None = None
+    features: tuple[str, ...] = ()
+
+    def order_key(self) -> tuple[bool, int, float]:
+        """Snapshots apply in this order: terminal last, then newer period, then newer time."""
+        return (self.status in TERMINAL_STATUSES, self.latest_start(), self.as_of)
+
+    def latest_start(self) -> int:
+        starts = [i.period_start for i in self.items if i.period_start is not None]
+        if self.period_start is not None:
+            starts.append(self.period_start)
+        return max(starts, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageMark:
+    """Which usage batches of one edge node were applied: all seq <= low, plus `above`."""
+
+    low: int = 0
+    above: tuple[int, ...] = ()
+    at: float = 0.0  # last batch applied; marks idle for the id window are dropped
+
+
+class CustomerState(BaseModel):
+    """Everything quotaflow knows and has applied for one customer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tenant_id: str
+    stripe_customer_id: str
+    alias: str | None = None
+    deleted: bool = False
+    customer_as_of: float = 0.0
+    subscriptions: dict[str, SubscriptionState] = {}
+    entitlements: tuple[str, ...] = ()
+    entitlements_as_of: float = 0.0
+    period_start: int | None = None
+    period_end: int | None = None
+    used: int = 0
+    # Paid top-up invoices: id -> (paid at, units). They count while paid at >= period
+    # start, so a top-up delivered before the period it was bought in is not lost.
+    topups: dict[str, tuple[int, int]] = {}
+    # Idempotency guards (see tables/dedupe.py).
+    offsets: dict[int, int] = {}
+    event_ids: dict[str, float] = {}
+    fingerprints: dict[str, tuple[str, float]] = {}
+    usage_marks: dict[str, UsageMark] = {}
+    usage_ids: dict[str, float] = {}
+    # The last quota published for this customer; its version is the per-key counter.
+    last: QuotaUpdate | None = None
+
+    @property
+    def key(self) -> str:
+        """The table key: `tenant_id/stripe_customer_id`."""
+        return f"{self.tenant_id}/{self.stripe_customer_id}"
+
+    @property
+    def topup_units(self) -> int:
+        """Units bought with top-ups in the current period."""
+        start = self.period_start
+        return sum(u for paid, u in self.topups.values() if start is None or paid >= start)
+
+    @property
+    def published_customer_id(self) -> str:
+        """The customer id the edge and downstream services see: the alias if known."""
+        return self.alias or self.stripe_customer_id

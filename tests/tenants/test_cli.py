@@ -1,0 +1,130 @@
+"""`quotaflow tenants …` and `quotaflow keys …` through click's runner, on the real broker."""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+
+from quotaflow.tenants.cli import keys, parse_duration, tenants
+
+
+@pytest.fixture
+def env(kafka_bootstrap: str) -> dict[str, str]:
+    return {
+        "QUOTAFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "QUOTAFLOW_TOPIC_PREFIX": f"cli-{uuid.uuid4().hex[:10]}.",
+        "QUOTAFLOW_PARTITIONS": "2",
+        "QUOTAFLOW_TENANTS_FILE": "",
+        "QUOTAFLOW_REGIONS": '["eu", "us"]',
+        "QUOTAFLOW_KEYRING": orjson.dumps(
+            {"k1": base64.b64encode(os.urandom(32)).decode()}
+        ).decode(),
+    }
+
+
+def _ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_add_show_update_suspend_delete(env: dict[str, str], tmp_path: Path) -> None:
+    runner = CliRunner(env=env)
+    secret, key = "whsec_cli_" + os.urandom(8).hex(), "rk_test_cli_" + os.urandom(8).hex()
+    out = _ok(
+        runner.invoke(
+            tenants,
+            [
+                "add",
+                "--id",
+                "acme",
+                "--name",
+                "Acme",
+                "--region",
+                "eu",
+                "--plan",
+                "pro=1000",
+                "--plan",
+                "max=unlimited",
+                "--webhook-secret",
+                secret,
+                "--stripe-api-key",
+                key,
+            ],
+        )
+    )
+    shown = orjson.loads(out)
+    assert shown["plans"]["max"]["quota"] is None
+    assert secret not in out
+    assert key not in out
+
+    out = _ok(runner.invoke(tenants, ["show", "acme"]))
+    assert orjson.loads(out)["webhook_secrets"][0]["secret"] == "**********"
+    assert secret not in out
+
+    patch = tmp_path / "patch.yaml"
+    patch.write_text("regions: [eu, us]\n")
+    out = _ok(runner.invoke(tenants, ["update", "acme", "--file", str(patch), "--plan", "pro=5"]))
+    assert orjson.loads(out)["regions"] == ["eu", "us"]
+    _ok(runner.invoke(tenants, ["suspend", "acme"]))
+    assert "suspended" in _ok(runner.invoke(tenants, ["list"]))
+    _ok(
+        runner.invoke(
+            tenants, ["roll-webhook-secret", "acme", "--new", "whsec_next", "--overlap", "1h"]
+        )
+    )
+    _ok(runner.invoke(tenants, ["delete", "acme", "--yes"]))
+    assert _ok(runner.invoke(tenants, ["list"])) == ""
+    assert "0 quota keys" in _ok(runner.invoke(tenants, ["purge", "acme", "--yes"]))
+
+
+def test_invalid_document_is_refused_naming_the_field(env: dict[str, str], tmp_path: Path) -> None:
+    doc = tmp_path / "t.json"
+    doc.write_text(
+        orjson.dumps({"id": "acme", "regions": ["eu"], "plans": {"pro": {"quota": -3}}}).decode()
+    )
+    result = CliRunner(env=env).invoke(tenants, ["add", "--file", str(doc)])
+    assert result.exit_code == 1
+    assert "plans.pro.quota" in result.output
+    result = CliRunner(env=env).invoke(tenants, ["add", "--id", "acme", "--region", "mars"])
+    assert "regions.0" in result.output
+    result = CliRunner(env=env).invoke(tenants, ["show", "nobody"])
+    assert result.exit_code == 1
+    assert "no tenant 'nobody'" in result.output
+
+
+def test_keys_rotate_then_old_key_can_go(env: dict[str, str]) -> None:
+    runner = CliRunner(env=env)
+    _ok(runner.invoke(tenants, ["add", "--id", "acme", "--region", "eu"]))
+    new = orjson.loads(_ok(runner.invoke(keys, ["generate", "--id", "k2"])))
+    old = orjson.loads(env["QUOTAFLOW_KEYRING"])
+    both = {**env, "QUOTAFLOW_KEYRING": orjson.dumps({**new, **old}).decode()}
+    assert "k1\t1 tenants" in _ok(CliRunner(env=both).invoke(keys, ["status"]))
+    assert "re-wrapped 1" in _ok(CliRunner(env=both).invoke(keys, ["rotate"]))
+    only_new = {**env, "QUOTAFLOW_KEYRING": orjson.dumps(new).decode()}
+    assert "k2 (active)\t1 tenants" in _ok(CliRunner(env=only_new).invoke(keys, ["status"]))
+    assert "acme" in _ok(CliRunner(env=only_new).invoke(tenants, ["list"]))
+
+
+def test_missing_keyring_is_a_clear_error(env: dict[str, str]) -> None:
+    result = CliRunner(env={**env, "QUOTAFLOW_KEYRING": "{}"}).invoke(tenants, ["list"])
+    assert result.exit_code == 1
+    assert "QUOTAFLOW_KEYRING" in result.output
+
+
+def test_every_verb_has_help() -> None:
+    for group in (tenants, keys):
+        for name in group.commands:
+            result = CliRunner().invoke(group, [name, "--help"])
+            assert result.exit_code == 0, name
+
+
+def test_durations() -> None:
+    assert parse_duration("24h") == 86400
+    assert parse_duration("30m") == 1800
+    assert parse_duration("0") == 0

@@ -1,0 +1,39 @@
+"""`open_registry`: the file registry when a tenants file is set, else the topic registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from quotaflow.registry import dump_tenants
+from quotaflow.settings import Settings
+from quotaflow.tenants.documents import parse_tenant
+from quotaflow.tenants.keyring import LocalKeyring
+from quotaflow.tenants.running import FileTenantRegistry, open_registry
+from quotaflow.tenants.topic_registry import TopicTenantRegistry
+from quotaflow.tenants.writer import TenantWriter
+from tests.tenants.conftest import tenant_doc
+
+
+async def test_file_registry_when_a_file_is_set(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    path = tmp_path / "tenants.json"
+    path.write_bytes(dump_tenants([parse_tenant(tenant_doc("acme"))]))
+    registry = await open_registry(settings_factory(tenants_file=path))
+    assert isinstance(registry, FileTenantRegistry)
+    assert registry.get("acme") is not None
+    await registry.stop()
+
+
+async def test_topic_registry_started_with_tenants_loaded(
+    settings: Settings, keyring: LocalKeyring, writer: TenantWriter
+) -> None:
+    await writer.add(tenant_doc("acme"), actor="test")
+    registry = await open_registry(settings, keyring=keyring)
+    try:
+        assert isinstance(registry, TopicTenantRegistry)
+        assert registry.ready
+        assert registry.get("acme") is not None
+    finally:
+        await registry.stop()
