@@ -22,7 +22,7 @@ from tables.tenant import Tenant
 
 log = logging.getLogger("quotaflow.stripe")
 
-# Below Stripe's per-account limits (live 100/s, test 25/s), leaving room for the tenant.
+# Below Stripe's per-account limits (live 100/s, test 25/s) even with a full bucket's burst.
 DEFAULT_RATES = {"live": 80.0, "test": 20.0}
 
 
@@ -86,7 +86,9 @@ class StripeReader:
         limiter = self._limiters.get(account)
         if limiter is None:
             rate = self._rates.get(tenant.mode, 20.0)
-            limiter = AsyncLimiter(max_rate=rate, time_period=1.0)
+            # A quarter-second bucket: any one-second window holds at most 1.25 x rate
+            # requests, which the defaults keep under Stripe's own per-account limit.
+            limiter = AsyncLimiter(max_rate=max(rate / 4, 1.0), time_period=0.25)
             self._limiters[account] = limiter
         return limiter
 
