@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from quotaflow.logs import setup_logging
+from quotaflow.logs import logging_config, setup_logging
 from quotaflow.registry import TenantRegistry
 from quotaflow.runner import run_until_signalled
 from quotaflow.settings import Settings
@@ -76,7 +76,12 @@ def worker(web_port: int | None) -> None:
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, web_port=web_port)
-    faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        logging_config=logging_config(settings.log_level),
+    ).execute_from_commandline()
 
 
 @main.command()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
-import time
 
 import orjson
 
@@ -30,9 +30,21 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.Formatter.converter = time.gmtime
+    logging.config.dictConfig(logging_config(level))
+
+
+def logging_config(level: str = "INFO") -> dict[str, object]:
+    """A `logging.config.dictConfig` document with the JSON formatter on stderr.
+
+    Faust's worker configures logging itself; handing it this document keeps its lines
+    (and ours) JSON too.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
+        },
+        "root": {"level": level.upper(), "handlers": ["json"]},
+    }
