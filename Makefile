@@ -10,7 +10,7 @@ STRIPE_MOCK := $(CACHE)/bin/stripe-mock
 LOCALSTRIPE_VERSION := 1.15.10
 # localstripe is GPL: it gets a virtualenv of its own and runs as a separate process.
 LOCALSTRIPE := $(CACHE)/localstripe-venv/bin/localstripe
-TEST_ENV := QUOTAFLOW_STRIPE_MOCK=$(STRIPE_MOCK) QUOTAFLOW_LOCALSTRIPE_PYTHON=$(CACHE)/localstripe-venv/bin/python
+TEST_ENV := QUOTAFLOW_STRIPE_MOCK=$(STRIPE_MOCK) QUOTAFLOW_LOCALSTRIPE_PYTHON=$(CACHE)/localstripe-venv/bin/python QUOTAFLOW_TOOLS_BIN=$(CACHE)/bin
 
 .PHONY: dev test lint types unit tools bench reliability clean
 
@@ -29,6 +29,7 @@ $(LOCALSTRIPE):
 	$(CACHE)/localstripe-venv/bin/pip install -q localstripe==$(LOCALSTRIPE_VERSION)
 
 tools: $(BIN)/quotaflow $(STRIPE_MOCK) $(LOCALSTRIPE)
+	QUOTAFLOW_TOOLS_BIN=$(CACHE)/bin scripts/install-deploy-tools.sh
 	$(BIN)/quotaflow kafka fetch
 
 dev: $(BIN)/quotaflow

@@ -76,7 +76,14 @@ class Settings(BaseSettings):
         None, description="Stripe API base URL override (stripe-mock/localstripe in tests)."
     )
 
+    worker_web_host: str = Field(
+        "127.0.0.1", description="Listen address of the worker's --web-port (metrics, readiness)."
+    )
     region: str = Field("local", description="This pusher's or edge node's region.")
+    pusher_host: str = Field("127.0.0.1", description="Pusher health/metrics listen address.")
+    pusher_port: int = Field(
+        0, ge=0, le=65535, description="Pusher /healthz, /readyz, /metrics port (0: any free)."
+    )
     edge_host: str = Field("127.0.0.1", description="Edge sidecar listen address.")
     edge_port: int = Field(9101, ge=0, le=65535, description="Edge sidecar listen port.")
     edge_nodes: dict[str, list[str]] = Field(
@@ -88,6 +95,52 @@ class Settings(BaseSettings):
         description='Push signing keys per region, newest first, JSON: {"eu": ["k2", "k1"]}.',
     )
     push_tolerance: float = Field(30.0, gt=0, description="Push timestamp window, seconds.")
+
+    usage_keys: dict[str, list[SecretStr]] = Field(
+        default_factory=dict,
+        description="Usage report signing keys per region, newest first, JSON like "
+        "QUOTAFLOW_PUSH_KEYS; a region without its own uses its push keys.",
+    )
+    usage_ingress_url: str = Field(
+        "http://127.0.0.1:8080", description="Ingress base URL the edge reports usage to."
+    )
+    usage_report_interval: float = Field(
+        1.0, gt=0, description="Seconds between the edge's usage reports."
+    )
+    usage_node_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="Stable id of this edge node in usage batch ids (default: region-host-port).",
+    )
+    usage_spool_dir: Path = Field(
+        Path(".quotaflow/usage-spool"),
+        description="Edge directory where unreported usage batches wait (survives restarts).",
+    )
+    usage_spool_max_batches: int = Field(
+        600, ge=2, description="Unsent batches kept apart; past it new usage merges into the last."
+    )
+    usage_max_body_bytes: int = Field(
+        1_048_576, gt=0, description="Largest accepted usage report at the ingress."
+    )
+    usage_max_items: int = Field(
+        5_000, gt=0, description="Most (tenant, customer) items in one usage report."
+    )
+    usage_thresholds: list[float] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 0.99, 1.0],
+        description="Fractions of the limit whose crossing by usage publishes a quota update.",
+    )
+    meter_enabled: bool = Field(
+        True, description="Report usage to Stripe Billing meters from the worker."
+    )
+    meter_rate_live: float = Field(
+        80.0, gt=0, description="Meter event calls/s per live Stripe account."
+    )
+    meter_rate_test: float = Field(
+        20.0, gt=0, description="Meter event calls/s per test Stripe account."
+    )
+    meter_max_in_flight: int = Field(
+        64, gt=0, description="Meter event calls in flight per worker."
+    )
 
     keyring: dict[str, SecretStr] = Field(
         default_factory=dict,
@@ -112,6 +165,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    def usage_keys_for(self, region: str) -> list[SecretStr]:
+        """The region's usage signing keys, newest first; its push keys if it has none."""
+        return self.usage_keys.get(region) or self.push_keys.get(region, [])
 
     @cached_property
     def topics(self) -> Topics:

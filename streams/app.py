@@ -43,6 +43,18 @@ from tables.quota import SCHEMA_HEADER
 log = logging.getLogger("quotaflow.worker")
 
 
+# RocksDB's defaults (per table partition: a 2 GiB block cache, 3 x 64 MiB write
+# buffers) would let eight partitions claim gigabytes. These cap each partition near
+# 24 MiB; the scale benchmark in BENCHMARKS.md measures what a million keys then cost.
+ROCKSDB_OPTIONS = {
+    "block_cache_size": 16 * 1024 * 1024,
+    "block_cache_compressed_size": 0,
+    "write_buffer_size": 4 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "max_open_files": 256,
+}
+
+
 class WorkerResources:
     """What the agent needs beyond Faust, opened in the worker's own loop.
 
@@ -94,7 +106,7 @@ def create_app(
         topic_allow_declare=True,
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
-        web_bind="127.0.0.1",
+        web_bind=settings.worker_web_host,
         web_in_thread=False,
         broker_commit_interval=settings.commit_interval,
         consumer_group_instance_id=settings.worker_id,
@@ -132,6 +144,7 @@ def create_app(
         # owns the encoding (CustomerState JSON).
         key_type=bytes,
         value_type=bytes,
+        options=ROCKSDB_OPTIONS if settings.store.startswith("rocksdb") else None,
     )
 
     async def dead(event: Any, reason: str, detail: str) -> None:

@@ -32,6 +32,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from edge.signing import PushSigner
+from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from streams.push_node import NodeSender, PushConfig
@@ -164,6 +165,14 @@ class Pusher:
         if consumer is not None:
             await consumer.stop()
 
+    def ready(self) -> bool:
+        """Consuming, with every background task alive."""
+        return (
+            self._consumer is not None
+            and bool(self._tasks)
+            and not any(t.done() for t in self._tasks)
+        )
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error(
@@ -254,8 +263,17 @@ async def run_pusher(
     *,
     config: PushConfig | None = None,
 ) -> None:
-    """Runs the pusher for `settings.region` until `stop` is set."""
+    """Runs the pusher for `settings.region` until `stop` is set.
+
+    `/healthz`, `/readyz` (ready once consuming) and `/metrics` are served on
+    QUOTAFLOW_PUSHER_HOST:QUOTAFLOW_PUSHER_PORT meanwhile.
+    """
     pusher = Pusher(settings, registry, config=config)
+    async with ops_server(settings.pusher_host, settings.pusher_port, pusher.ready):
+        await _run(pusher, stop)
+
+
+async def _run(pusher: Pusher, stop: asyncio.Event) -> None:
     await pusher.start()
     try:
         stopping = asyncio.create_task(stop.wait())

@@ -1,0 +1,39 @@
+# One image for every quotaflow component: `docker run IMAGE ingress|worker|push|edge|topics ...`.
+# Two stages so the runtime image carries no pip cache, no compiler and no build metadata.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/quotaflow
+WORKDIR /src
+# Only what the package needs: no .venv, tests, caches or local broker state from the tree.
+COPY pyproject.toml README.md ./
+COPY quotaflow ./quotaflow
+COPY ingress ./ingress
+COPY streams ./streams
+COPY tables ./tables
+COPY edge ./edge
+RUN /opt/quotaflow/bin/pip install --upgrade pip \
+ && /opt/quotaflow/bin/pip install .
+
+FROM python:3.11-slim
+LABEL org.opencontainers.image.title="quotaflow" \
+      org.opencontainers.image.description="Stripe billing turned into live API quotas at the edge" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# A fixed numeric uid/gid so Kubernetes' runAsNonRoot and fsGroup can check and match it.
+RUN groupadd --system --gid 10001 quotaflow \
+ && useradd --system --uid 10001 --gid quotaflow --home-dir /var/lib/quotaflow \
+      --shell /usr/sbin/nologin quotaflow \
+ && mkdir -p /var/lib/quotaflow/data \
+ && chown -R quotaflow:quotaflow /var/lib/quotaflow
+COPY --from=build /opt/quotaflow /opt/quotaflow
+ENV PATH=/opt/quotaflow/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    QUOTAFLOW_INGRESS_HOST=0.0.0.0 \
+    QUOTAFLOW_EDGE_HOST=0.0.0.0 \
+    QUOTAFLOW_DATA_DIR=/var/lib/quotaflow/data
+WORKDIR /var/lib/quotaflow
+USER 10001:10001
+# ingress, edge sidecar, worker web (metrics/readiness), pusher metrics/readiness, admin API
+EXPOSE 8080 9101 6066 9102 8090
+ENTRYPOINT ["quotaflow"]
+CMD ["--help"]

@@ -1,0 +1,54 @@
+"""A small operations HTTP server: `/healthz`, `/readyz` and `/metrics`.
+
+For components whose main job is not HTTP (the pusher); the ingress and the edge serve
+the same three routes from their own apps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("quotaflow.health")
+
+
+def ops_app(ready: Callable[[], bool], registry: CollectorRegistry = REGISTRY) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = ready()
+        return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+@asynccontextmanager
+async def ops_server(
+    host: str, port: int, ready: Callable[[], bool], registry: CollectorRegistry = REGISTRY
+) -> AsyncIterator[int]:
+    """Serves the three routes while the block runs; yields the bound port (0 picks one)."""
+    runner = web.AppRunner(ops_app(ready, registry), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound: int = runner.addresses[0][1]
+        log.info("ops server listening", extra={"host": host, "port": bound})
+        yield bound
+    finally:
+        await runner.cleanup()
