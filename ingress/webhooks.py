@@ -138,7 +138,9 @@ class WebhookEndpoints:
             raise
         finally:
             self._metrics.in_flight.dec()
-        self._metrics.count(trace.route, outcome, reason, time.perf_counter() - started)
+        self._metrics.count(
+            trace.route, outcome, reason, time.perf_counter() - started, trace.tenant_id
+        )
         event = trace.event
         log_access(
             route=trace.route,
