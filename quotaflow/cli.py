@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from quotaflow.logs import logging_config, setup_logging
+from quotaflow.ops import cli as ops_cli
 from quotaflow.registry import TenantRegistry
 from quotaflow.runner import run_until_signalled
 from quotaflow.settings import Settings
@@ -64,18 +65,27 @@ def ingress(port: int | None) -> None:
 
 
 @main.command()
-@click.option("--web-port", type=int, default=None, help="Serve worker metrics on this port.")
+@click.option(
+    "--web-port",
+    type=int,
+    default=None,
+    help="Serve /healthz, /readyz (after table recovery) and /metrics on this port.",
+)
 def worker(web_port: int | None) -> None:
     """Run a stream worker: Stripe events into customer state and quota updates."""
     import faust
 
     from streams.app import create_app
+    from streams.worker_web import WorkerMetrics, attach_worker_web
 
     settings = _settings()
     setup_logging(settings.log_level)
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, web_port=web_port)
+    metrics = WorkerMetrics()
+    app = create_app(settings, stripe_reader=metrics.stripe_reader(settings))
+    if web_port is not None:
+        attach_worker_web(app, settings, web_port, metrics=metrics)
     faust.Worker(
         app,
         loglevel=settings.log_level,
@@ -120,6 +130,8 @@ def admin() -> None:
 
 main.add_command(tenants_cli.tenants)
 main.add_command(tenants_cli.keys)
+for _command in ops_cli.COMMANDS:  # replay, deadletter, quota, reconcile, lag
+    main.add_command(_command)
 
 
 @main.group()

@@ -45,6 +45,7 @@ class StripeReader:
         max_network_retries: int = 2,
         rates: Mapping[str, float] = DEFAULT_RATES,
         cache_size: int = 100_000,
+        http_client: stripe.AIOHTTPClient | None = None,
     ) -> None:
         self._api_base = api_base
         self._timeout = timeout
@@ -57,7 +58,8 @@ class StripeReader:
         # (wall-clock fetch time, object): compared with events' received-at times.
         self._cache: dict[tuple[str, str], Fetched] = {}
         self._inflight: dict[tuple[str, str], tuple[float, asyncio.Future[Fetched | None]]] = {}
-        self._http: stripe.AIOHTTPClient | None = None
+        # Created on first use unless given (the worker passes one that counts requests).
+        self._http: stripe.AIOHTTPClient | None = http_client
 
     def _client(self, tenant: Tenant) -> stripe.StripeClient | None:
         if tenant.stripe_api_key is None:

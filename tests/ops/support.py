@@ -1,0 +1,33 @@
+"""Shared helpers of the ops tests: records as the ingress writes them, worker env."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from quotaflow.envelope import Envelope
+from quotaflow.settings import Settings
+
+Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
+PERIOD = (1_767_225_600, 1_769_904_000)
+
+
+def stripe_record(tenant: str, body: dict[str, Any]) -> Record:
+    env = Envelope(tenant, str(body["id"]), str(body["type"]), False, time.time(), "s1")
+    return tenant.encode(), orjson.dumps(body), env.headers()
+
+
+def worker_env(settings: Settings, tenants_file: Path, data: Path) -> dict[str, str]:
+    return {
+        "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        "QUOTAFLOW_PARTITIONS": str(settings.partitions),
+        "QUOTAFLOW_APP_ID": settings.app_id,
+        "QUOTAFLOW_DATA_DIR": str(data),
+        "QUOTAFLOW_STORE": "memory://",
+        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
+        "QUOTAFLOW_STRIPE_FETCH": "false",
+    }
