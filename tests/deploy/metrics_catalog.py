@@ -19,13 +19,9 @@ BUILTIN = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_second
 # Metric -> the component that should expose it. Rules and panels on these stay empty until
 # it does; each is in the deployment report to the lead.
 PENDING = {
-    "quotaflow_consumer_lag": "worker and pushers: records behind per group, topic, partition",
-    "quotaflow_worker_events_total": "worker: Stripe events handled, by outcome",
-    "quotaflow_deadletters_total": "worker: records sent to deadletter, by reason",
-    "quotaflow_stripe_requests_total": "worker's Stripe client: calls by mode and outcome",
-    "quotaflow_ingress_tenant_signature_failures_total": (
-        "ingress: signature failures of the top-N tenants, by tenant_id and reason"
-    ),
+    # The worker registers it with its Faust app (streams/worker_web.py), so it does not
+    # show in a bare WorkerMetrics(); the pushers do not export it yet.
+    "quotaflow_consumer_lag": "pushers: records behind per group, topic, partition",
 }
 
 _KEYWORDS = frozenset(
@@ -56,15 +52,17 @@ def _sample_names(registry: CollectorRegistry) -> set[str]:
 
 
 def exposed() -> frozenset[str]:
-    """Sample names the code registers today (ingress, edge, pusher, process collectors)."""
+    """Sample names the code registers today (ingress, edge, pusher, worker, process)."""
     import streams.push_node  # noqa: F401  (registers the pusher's metrics on REGISTRY)
     from edge.cache import QuotaCache
     from edge.metrics import EdgeMetrics
     from ingress.metrics import IngressMetrics
+    from streams.worker_web import WorkerMetrics
 
     names = _sample_names(REGISTRY)
     names |= _sample_names(IngressMetrics().registry)
     names |= _sample_names(EdgeMetrics(QuotaCache()).registry)
+    names |= _sample_names(WorkerMetrics().registry)
     return frozenset(names)
 
 
