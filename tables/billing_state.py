@@ -101,8 +101,10 @@ class CustomerState(BaseModel):
     # Paid top-up invoices: id -> (paid at, units). They count while paid at >= period
     # start, so a top-up delivered before the period it was bought in is not lost.
     topups: dict[str, tuple[int, int]] = {}
-    # Idempotency guards (see tables/dedupe.py).
+    # Idempotency guards (see tables/dedupe.py). `offsets` are stripe.events positions,
+    # `usage_offsets` usage.events positions: two topics, two offset spaces per partition.
     offsets: dict[int, int] = {}
+    usage_offsets: dict[int, int] = {}
     event_ids: dict[str, float] = {}
     fingerprints: dict[str, tuple[str, float]] = {}
     usage_marks: dict[str, UsageMark] = {}

@@ -3,22 +3,49 @@
 Lives beside the billing transitions because it guards and updates the same state value
 (`CustomerState`), so a usage batch and a Stripe event can never overwrite each other's
 effects when both are applied in one partition.
+
+Publishing is coalesced: a usage batch changes `used` every second for a hot customer,
+but the edge only needs to hear about it when it matters for enforcement. With
+`thresholds` (fractions of the limit, e.g. 0.5, 0.8, 0.9, 0.95, 0.99, 1.0) a batch
+publishes only when the status changes (`exhausted`), when anything but `used` changed,
+or when `used` crossed a threshold; so a customer gets at most `len(thresholds)` + a few
+usage-driven updates per period, however hot. Without `thresholds` every change publishes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from tables.billing_state import CustomerState, UsageMark
 from tables.dedupe import ID_WINDOW, mark_add, mark_applied, parse_batch_id, remember
 from tables.outcome import Outcome, Source, new_state, publish_if_changed, retired_key
-from tables.policy import QuotaPolicy
-from tables.quota import Reason
+from tables.policy import QuotaPolicy, QuotaView, quota_of
+from tables.quota import QuotaUpdate, Reason
+from tables.tenant import Tenant
 
-__all__ = ["MAX_IDLE_CHECK", "apply_usage"]
+__all__ = [
+    "BATCH_ID_PATTERN",
+    "DEFAULT_THRESHOLDS",
+    "MAX_IDLE_CHECK",
+    "MAX_UNITS",
+    "USAGE_SCHEMA",
+    "UsageItem",
+    "UsageRecord",
+    "apply_usage",
+    "meters_of",
+    "threshold_of",
+]
 
 # Past this many edge nodes in a customer's usage marks, idle ones are dropped.
 MAX_IDLE_CHECK = 16
+DEFAULT_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Sanity bound on one customer's units in one batch (a second of one node's traffic).
+MAX_UNITS = 1_000_000_000
+NODE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+BATCH_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}:[0-9]{1,18}$"
 
 
 def apply_usage(
@@ -31,19 +58,24 @@ def apply_usage(
     source: Source,
     now: float,
     policy: QuotaPolicy,
+    thresholds: Sequence[float] | None = None,
 ) -> Outcome:
     """Adds a usage batch to the current period, exactly once per batch id.
 
     Batch ids `node:seq` are tracked per node with a low-water mark plus the applied
     sequence numbers above it (tables/dedupe.py); other ids in a bounded window.
     `customer_id` is the Stripe customer id (the table key); the usage agent maps a
-    Rating API alias to it. Duplicates follow `apply_event`'s offset rule.
+    Rating API alias to it. A usage.events offset at or below the recorded one
+    (`usage_offsets`, a separate offset space from stripe.events) is a reprocessed
+    record: nothing changes and the current quota is handed back for re-emission.
     """
     if state is None:
         state = new_state(tenant_id, customer_id)
-    if source.offset <= state.offsets.get(source.partition, -1):
+    if source.offset <= state.usage_offsets.get(source.partition, -1):
         return Outcome(None, state.last, True)
-    changes: dict[str, Any] = {"offsets": {**state.offsets, source.partition: source.offset}}
+    changes: dict[str, Any] = {
+        "usage_offsets": {**state.usage_offsets, source.partition: source.offset}
+    }
     parsed = parse_batch_id(batch_id)
     if parsed is not None:
         node, seq = parsed
@@ -53,7 +85,7 @@ def apply_usage(
         low, above = mark_add(mark.low, mark.above, seq)
         marks = {**state.usage_marks, node: UsageMark(low=low, above=above, at=now)}
         if len(marks) > MAX_IDLE_CHECK:
-            # Node ids carry a boot id, so marks of restarted nodes would pile up.
+            # Marks of retired nodes would otherwise pile up.
             marks = {k: m for k, m in marks.items() if m.at >= now - ID_WINDOW}
         changes["usage_marks"] = marks
     else:
@@ -62,7 +94,98 @@ def apply_usage(
         changes["usage_ids"] = remember(state.usage_ids, batch_id, now)
     changes["used"] = state.used + max(units, 0)
     new = state.model_copy(update=changes)
-    update = publish_if_changed(new, now, policy, Reason(kind="usage", id=batch_id))
+    reason = Reason(kind="usage", id=batch_id)
+    if thresholds is None or new.last is None:
+        update = publish_if_changed(new, now, policy, reason)
+    else:
+        update = _coalesced(new, new.last, now, policy, reason, thresholds)
     if update is not None:
         new.last = update
     return Outcome(new, update, False, (), retired_key(state, update))
+
+
+def _coalesced(
+    state: CustomerState,
+    last: QuotaUpdate,
+    now: float,
+    policy: QuotaPolicy,
+    reason: Reason,
+    thresholds: Sequence[float],
+) -> QuotaUpdate | None:
+    view = quota_of(state, now, policy)
+    if _same_but_used(view, last) and threshold_of(
+        view.used, view.limit, thresholds
+    ) == threshold_of(last.used, last.limit, thresholds):
+        return None
+    return publish_if_changed(state, now, policy, reason)
+
+
+def threshold_of(used: int, limit: int | None, thresholds: Sequence[float]) -> int:
+    """How many thresholds (fractions of `limit`) `used` has reached; 0 when unlimited."""
+    if limit is None:
+        return 0
+    if limit <= 0:
+        return len(thresholds)
+    return sum(1 for t in thresholds if used >= t * limit)
+
+
+def _same_but_used(view: QuotaView, last: QuotaUpdate) -> bool:
+    return (
+        view.limit == last.limit
+        and view.status == last.status
+        and view.period_start == last.period_start
+        and view.period_end == last.period_end
+        and view.customer_id == last.customer_id
+        and view.features == last.features
+        and view.rate_per_second == last.rate_per_second
+    )
+
+
+def meters_of(state: CustomerState, tenant: Tenant) -> tuple[str, ...]:
+    """The Stripe meter event names usage of this customer is billed on.
+
+    Every subscription item (whatever its status: usage counted in the last days of a
+    cancelled subscription is still owed) whose catalog entry names a `meter_event_name`.
+    """
+    names: list[str] = []
+    for sub in state.subscriptions.values():
+        for item in sub.items:
+            plan = tenant.plan_for(item.lookup_key, item.price, item.product)
+            if plan is not None and plan.meter_event_name and plan.meter_event_name not in names:
+                names.append(plan.meter_event_name)
+    return tuple(names)
+
+
+# -- the usage.events record: written by the ingress, read by the usage agent ----------
+
+USAGE_SCHEMA = b"usage-batch/1"
+BATCH_ID_HEADER = "qf-batch-id"
+REGION_HEADER = "qf-region"
+KEY_ID_HEADER = "qf-key-id"
+
+
+class UsageItem(BaseModel):
+    """Units one customer consumed at one edge node since that node's previous batch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    customer_id: str = Field(..., min_length=1, max_length=255)
+    units: int = Field(..., ge=1, le=MAX_UNITS, strict=True)
+
+
+class UsageRecord(BaseModel):
+    """The value of one `usage.events` record: one tenant's part of an edge batch.
+
+    `customer_id` is what the edge knows the customer by: the Stripe customer id, or the
+    tenant's alias when `customer_alias_key` is set (the usage agent maps it back).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    batch_id: str = Field(..., pattern=BATCH_ID_PATTERN)
+    node_id: str
+    region: str
+    tenant_id: str
+    sent_at: float
+    received_at: float
+    items: tuple[UsageItem, ...]
