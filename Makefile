@@ -45,6 +45,9 @@ types: $(BIN)/quotaflow
 test: tools lint types
 	$(TEST_ENV) $(BIN)/pytest -q
 
+reliability: tools
+	$(TEST_ENV) $(BIN)/pytest -q tests/reliability
+
 bench: tools
 	$(TEST_ENV) $(BIN)/python -m bench
 

@@ -45,6 +45,7 @@ UNLIMITED = Decision(True, None, OK)
 BLOCKED = Decision(False, 0, "blocked")
 EXHAUSTED = Decision(False, 0, "exhausted")
 STALE = Decision(False, None, "stale_state")
+GRACE_ENDED = Decision(False, 0, "grace_ended")
 
 # Skips NamedTuple's Python-level __new__ on the hot path (about 3x cheaper).
 _new_decision: Callable[[type[Decision], tuple[bool, int | None, str]], Decision] = tuple.__new__
@@ -55,7 +56,7 @@ def _denied(remaining: int) -> Decision:
 
 
 class _Entry:
-    __slots__ = ("deny", "local", "pending", "region", "remaining", "update")
+    __slots__ = ("deny", "grace_until", "local", "pending", "region", "remaining", "update")
 
     def __init__(self, update: QuotaUpdate, region: str, pending: int) -> None:
         self.update = update
@@ -72,6 +73,9 @@ class _Entry:
             if update.status == "exhausted"
             else None
         )
+        # The core publishes the deadline with the grace status: past it the customer is
+        # blocked here at once, before the core's next record says so.
+        self.grace_until = update.grace_until if update.status == "grace" else None
 
 
 class QuotaCache:
@@ -84,10 +88,12 @@ class QuotaCache:
         stale_after: float | None = None,
         fail_open: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """`fail_open(tenant_id)` picks a tenant's stale-state policy; default: fail open."""
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._clock = clock
+        self._wall = wall_clock
         self._created = clock()
         self._last_push: dict[str, float] = {}
         self._regions = set(regions)
@@ -134,6 +140,8 @@ class QuotaCache:
             return STALE
         if entry.deny is not None:
             return entry.deny
+        if entry.grace_until is not None and self._wall() >= entry.grace_until:
+            return GRACE_ENDED
         remaining = entry.remaining
         if remaining is None:
             return UNLIMITED
@@ -152,6 +160,8 @@ class QuotaCache:
             return STALE
         if entry.deny is not None:
             return entry.deny
+        if entry.grace_until is not None and self._wall() >= entry.grace_until:
+            return GRACE_ENDED
         remaining = entry.remaining
         if remaining is None:
             entry.local += cost

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge.cache import QuotaCache
 from edge.exceptions import SignatureError
 from edge.metrics import EdgeMetrics
+from edge.reporter import UsageReporter
 from edge.signing import SIGNATURE_HEADER, PushVerifier
 from quotaflow.settings import Settings
 from tables.quota import QuotaUpdate
@@ -92,6 +93,10 @@ class _Handlers:
     async def push(self, request: web.Request) -> web.Response:
         """Applies a signed batch of quota updates from the region's pusher."""
         s = self.s
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            # The pusher never compresses; a compressed body is someone else's (a zip bomb).
+            s.metrics.pushes.labels(outcome="bad_request").inc()
+            return _error(415, "unsupported_encoding")
         body = await request.read()
         try:
             s.verifier.verify(request.headers.get(SIGNATURE_HEADER), body)
@@ -200,9 +205,18 @@ async def serve(
     if not verifier.key_ids:
         log.warning("no push keys for region: every push will be refused", extra={"region": region})
     cache = cache if cache is not None else QuotaCache(regions=(region,))
-    runner = web.AppRunner(build_app(cache, verifier, region=region), access_log=None)
+    app = build_app(cache, verifier, region=region)
+    reporter: UsageReporter | None = None
+    if settings.usage_keys_for(region):
+        reporter = UsageReporter.from_settings(settings, cache, app[STATE_KEY].metrics.registry)
+    else:
+        log.warning("no usage keys for region: usage is not reported", extra={"region": region})
+    # No automatic decompression: bodies are read as sent, and refused if encoded.
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     try:
+        if reporter is not None:
+            await reporter.start()
         site = web.TCPSite(runner, settings.edge_host, settings.edge_port)
         await site.start()
         log.info(
@@ -211,4 +225,8 @@ async def serve(
         )
         await stop.wait()
     finally:
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            if reporter is not None:
+                await reporter.stop()  # after the HTTP face: no consume is lost unsealed

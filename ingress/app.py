@@ -16,6 +16,7 @@ from ingress.exceptions import RequestRejected
 from ingress.limits import IngressLimits
 from ingress.metrics import IngressMetrics
 from ingress.publisher import Publisher
+from ingress.usage import UsageEndpoint
 from ingress.webhooks import WebhookEndpoints, error_response
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
@@ -101,6 +102,8 @@ def build_app(
     app[METRICS_KEY] = metrics
     app.router.add_post("/v1/webhooks/stripe/{tenant_id}", endpoints.tenant)
     app.router.add_post("/v1/webhooks/stripe", endpoints.connect)
+    usage = UsageEndpoint(settings, registry, publisher, metrics.registry, clock)
+    app.router.add_post("/v1/usage", usage.handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

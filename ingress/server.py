@@ -39,6 +39,9 @@ async def serve(settings: Settings, registry: TenantRegistry, stop: asyncio.Even
             access_log=None,  # we write our own JSON access log
             handle_signals=False,  # the caller owns signals and sets `stop`
             shutdown_timeout=settings.publish_timeout + 1.0,
+            # Bodies are verified byte for byte and never compressed by Stripe: inflating
+            # them in the parser would let a tiny gzip bomb cost a lot before any check.
+            auto_decompress=False,
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -260,6 +260,12 @@ class WebhookEndpoints:
             raise RequestRejected(
                 "unsupported_media_type", "Content-Type must be application/json", status=415
             )
+        # Stripe never compresses webhooks; a compressed body is refused unread (a 16 KiB
+        # gzip bomb would otherwise cost tens of ms of inflating per request).
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise RequestRejected(
+                "unsupported_encoding", "Content-Encoding must be identity", status=415
+            )
         length = request.content_length
         if length is not None and length > self._max_body:
             raise RequestRejected("body_too_large", "body exceeds the limit", status=413)

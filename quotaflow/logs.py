@@ -33,6 +33,20 @@ def setup_logging(level: str = "INFO") -> None:
     logging.config.dictConfig(logging_config(level))
 
 
+class ClientErrorDemotion(logging.Filter):
+    """aiohttp logs a malformed request (a client's fault) at ERROR; make it INFO.
+
+    Otherwise anyone can trip error-log alerts at will with a bad header.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.getMessage().startswith(
+            "Error handling request"
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def logging_config(level: str = "INFO") -> dict[str, object]:
     """A `logging.config.dictConfig` document with the JSON formatter on stderr.
 
@@ -46,5 +60,7 @@ def logging_config(level: str = "INFO") -> dict[str, object]:
         "handlers": {
             "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
         },
+        "filters": {"client_errors": {"()": ClientErrorDemotion}},
+        "loggers": {"aiohttp.server": {"filters": ["client_errors"]}},
         "root": {"level": level.upper(), "handlers": ["json"]},
     }

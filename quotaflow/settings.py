@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="Static group member id of this worker (e.g. the pod name); a restart "
         "with the same id takes its partitions back without a rebalance.",
     )
+    worker_fetch_wait_ms: int = Field(
+        10,
+        ge=0,
+        le=1500,
+        description="How long the broker may hold the worker's fetch when no data is ready.",
+    )
     commit_interval: float = Field(
         0.5, gt=0, description="Seconds between the worker's offset commits."
     )
@@ -186,6 +192,7 @@ class Topics:
         self.tenants_audit = f"{prefix}tenants.audit"
         self.quota_updates = f"{prefix}quota.updates"
         self.deadletter = f"{prefix}deadletter"
+        self.meter_jobs = f"{prefix}meter.jobs"
 
     def __repr__(self) -> str:
         return f"Topics(prefix={self.prefix!r})"

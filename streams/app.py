@@ -28,7 +28,9 @@ from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.running import RunningRegistry, open_registry
 from streams.deadletter import deadletter_headers
+from streams.faust_tuning import set_fetch_max_wait
 from streams.stripe_client import StripeReader
+from streams.usage_agent import add_usage_agent
 from tables.billing import (
     CustomerState,
     Outcome,
@@ -96,6 +98,7 @@ def create_app(
     Without `registry`, the app opens the one `open_registry(settings)` gives when it starts.
     """
     topics = settings.topics
+    set_fetch_max_wait(settings.worker_fetch_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -164,6 +167,16 @@ def create_app(
         )
 
     resources = WorkerResources(settings, registry)
+    usage = add_usage_agent(
+        app,
+        settings,
+        customers=customers,
+        quota_updates=quota_updates,
+        deadletter=deadletter,
+        registry=lambda: resources.registry,
+        ready=resources.ready.wait,
+        policy=policy,
+    )
 
     async def handle(event: Any) -> None:
         started = time.perf_counter()
@@ -179,12 +192,14 @@ def create_app(
         if customer is None:
             return  # a type we do not act on; counted by the ingress and metrics
         key = f"{tenant.id}/{customer}".encode()
-        stored = customers.get(key)
-        state = CustomerState.model_validate_json(stored) if stored is not None else None
         fetched = None
         target = fetch_target(body)
         if reader is not None and target is not None:
             fetched = await reader.fetch(tenant, target.kind, target.id, not_before=env.received_at)
+        # Read after the fetch: the usage agent may have written this key meanwhile, and
+        # no await may sit between this read and the write below.
+        stored = customers.get(key)
+        state = CustomerState.model_validate_json(stored) if stored is not None else None
         outcome: Outcome = apply_event(
             state,
             body,
@@ -197,6 +212,7 @@ def create_app(
         )
         if outcome.state is not None:
             customers[key] = outcome.state.model_dump_json().encode()
+            usage.remember_alias(outcome.state)
         if outcome.update is not None:
             await quota_updates.send(
                 key=outcome.update.key.encode(),

@@ -84,6 +84,7 @@ def publish_if_changed(
         updated_at=float(now),
         features=view.features,
         rate_per_second=view.rate_per_second,
+        grace_until=view.grace_until,
     )
 
 
@@ -105,6 +106,7 @@ def _same(view: QuotaView, last: QuotaUpdate) -> bool:
         and view.customer_id == last.customer_id
         and view.features == last.features
         and view.rate_per_second == last.rate_per_second
+        and view.grace_until == last.grace_until
     )
 
 

@@ -143,6 +143,7 @@ class QuotaView:
     period_end: int | None
     features: tuple[str, ...]
     rate_per_second: float | None
+    grace_until: float | None = None
 
     @property
     def remaining(self) -> int | None:
@@ -184,4 +185,5 @@ def quota_of(state: CustomerState, now: float, policy: QuotaPolicy) -> QuotaView
         period_end=state.period_end,
         features=tuple(sorted(features)),
         rate_per_second=rate,
+        grace_until=grace_deadline(state, policy) if status == "grace" else None,
     )

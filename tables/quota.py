@@ -47,6 +47,11 @@ class QuotaUpdate(BaseModel):
     updated_at: float = Field(..., description="Unix seconds when the core computed it.")
     features: tuple[str, ...] = ()
     rate_per_second: float | None = None
+    grace_until: float | None = Field(
+        None,
+        description="With status grace: when the grace ends (Unix seconds). Past it, treat "
+        "the customer as blocked even before the next record says so.",
+    )
 
     @property
     def key(self) -> str:

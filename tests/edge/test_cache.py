@@ -131,3 +131,30 @@ def test_stale_state_fails_closed_or_open_per_tenant() -> None:
     assert cache.consume("rate", "c1").allowed
     cache.touch("eu")
     assert cache.consume("money", "c1").allowed
+
+
+def test_a_customer_in_grace_is_denied_once_the_published_deadline_passes() -> None:
+    from edge.cache import QuotaCache
+    from tables.quota import QuotaUpdate, Reason
+
+    now = [1_000.0]
+    cache = QuotaCache(wall_clock=lambda: now[0])
+    cache.apply(
+        QuotaUpdate(
+            tenant_id="acme",
+            customer_id="cus_1",
+            limit=10,
+            used=0,
+            remaining=10,
+            status="grace",
+            version=1,
+            reason=Reason(kind="stripe_event", id="evt_1"),
+            updated_at=now[0],
+            grace_until=1_060.0,
+        )
+    )
+    assert cache.consume("acme", "cus_1").allowed
+    now[0] = 1_060.0
+    decision = cache.check("acme", "cus_1")
+    assert (decision.allowed, decision.reason) == (False, "grace_ended")
+    assert not cache.consume("acme", "cus_1").allowed

@@ -192,3 +192,24 @@ async def test_metrics_expose_state_age_per_region(
     metrics = await (await client.get("/metrics")).text()
     assert 'quota_state_age_seconds{region="eu"}' in metrics
     assert 'edge_pushes_total{outcome="accepted"} 1.0' in metrics
+
+
+async def test_compressed_push_is_refused_before_it_is_read() -> None:
+    import gzip
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from edge.cache import QuotaCache
+    from edge.server import build_app
+    from edge.signing import PushVerifier
+
+    verifier = PushVerifier(["k1"])
+    client = TestClient(TestServer(build_app(QuotaCache(), verifier, region="eu")))
+    await client.start_server()
+    try:
+        bomb = gzip.compress(b"\0" * 1_000_000)
+        async with client.post("/v1/push", data=bomb, headers={"Content-Encoding": "gzip"}) as resp:
+            assert resp.status == 415
+            assert (await resp.json())["error"]["reason"] == "unsupported_encoding"
+    finally:
+        await client.close()

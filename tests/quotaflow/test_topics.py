@@ -21,7 +21,15 @@ async def test_ensure_topics_creates_each_topic_once_with_its_policy(
     created = await ensure_topics(settings)
     t = settings.topics
     assert sorted(created) == sorted(
-        [t.stripe_events, t.usage_events, t.tenants, t.tenants_audit, t.quota_updates, t.deadletter]
+        [
+            t.stripe_events,
+            t.usage_events,
+            t.tenants,
+            t.tenants_audit,
+            t.quota_updates,
+            t.deadletter,
+            t.meter_jobs,
+        ]
     )
     assert await ensure_topics(settings) == []
 

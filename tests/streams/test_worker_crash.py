@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from quotaflow.envelope import Envelope
+from quotaflow.ops.lag import Lag, consumer_lag
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
@@ -108,18 +109,18 @@ def _final(updates: list[Any]) -> tuple[dict[str, tuple[object, ...]], int]:
     return final, len(updates)
 
 
-async def _settle(settings: Settings, expected_keys: int, timeout: float = 90) -> list[Any]:
-    """Waits until every customer has an update and the topic stops growing."""
+async def _settle(settings: Settings, timeout: float = 120) -> list[Any]:
+    """Waits until the worker has committed every stripe.events record, then reads."""
     deadline = time.monotonic() + timeout
-    seen = -1
+    behind: list[Lag] = []
     while time.monotonic() < deadline:
-        updates = await read_all(settings.kafka_bootstrap, settings.topics.quota_updates)
-        keys = {r.key for r in updates}
-        if len(keys) >= expected_keys and len(updates) == seen:
-            return updates
-        seen = len(updates)
-        await asyncio.sleep(3.0)
-    raise AssertionError(f"quota.updates did not settle: {seen} records")
+        rows = await consumer_lag(settings, group=settings.app_id)
+        source = [r for r in rows if r.topic == settings.topics.stripe_events]
+        behind = [r for r in source if r.lag]
+        if source and not behind:
+            return await read_all(settings.kafka_bootstrap, settings.topics.quota_updates)
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"the worker did not catch up: {behind}")
 
 
 async def _run(
@@ -142,7 +143,7 @@ async def _run(
             worker.kill()
             worker = start(started, ["worker"], env, tmp_path)
         await produce(settings.kafka_bootstrap, settings.topics.stripe_events, chunks[-1])
-        updates = await _settle(settings, CUSTOMERS)
+        updates = await _settle(settings)
     return _final(updates)
 
 

@@ -30,7 +30,7 @@ def env(kafka_bootstrap: str) -> dict[str, str]:
 
 def _ok(result: Result) -> str:
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # logs go to stderr; the command's answer is stdout alone
 
 
 def test_add_show_update_suspend_delete(env: dict[str, str], tmp_path: Path) -> None:

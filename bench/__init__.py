@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench [--quick] [--only NAME]` runs them all; see `bench.__main__`."""

@@ -1,0 +1,335 @@
+"""What every benchmark shares: percentiles, per-process CPU and RSS from /proc, a private
+broker, the machine's description (load average included: the machine is shared), child
+processes with log files, tenants files and topic creation.
+
+A bench prints exactly one JSON document on stdout (`emit`); `python -m bench` collects
+them. Figures are only comparable within one run: report ratios against a baseline
+measured in the same run, beside the load average at its start and end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (q in 0..1)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[rank]
+
+
+def summary(values: Iterable[float], digits: int = 2) -> dict[str, Any]:
+    """n, mean, p50, p90, p99, max of `values` (milliseconds by convention)."""
+    data = sorted(values)
+    if not data:
+        return {"n": 0}
+    return {
+        "n": len(data),
+        "mean": round(sum(data) / len(data), digits),
+        "p50": round(percentile(data, 0.50), digits),
+        "p90": round(percentile(data, 0.90), digits),
+        "p99": round(percentile(data, 0.99), digits),
+        "max": round(data[-1], digits),
+    }
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (its threads included), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+
+
+class ProcSampler:
+    """Samples one process's RSS in a thread (peak and last) and its CPU between marks."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_rss = 0
+        self.last_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sampler-{pid}", daemon=True)
+        self._cpu0 = 0.0
+        self._t0 = 0.0
+
+    def __enter__(self) -> ProcSampler:
+        self.mark()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                self.last_rss = rss_bytes(self.pid)
+                self.peak_rss = max(self.peak_rss, self.last_rss)
+            self._stop.wait(self.interval)
+
+    def mark(self) -> None:
+        """Starts a CPU measurement window."""
+        with contextlib.suppress(OSError):
+            self._cpu0 = cpu_seconds(self.pid)
+        self._t0 = time.monotonic()
+
+    def window(self) -> dict[str, float]:
+        """CPU seconds and mean cores used since `mark()`, and RSS figures in MiB."""
+        try:
+            cpu = cpu_seconds(self.pid) - self._cpu0
+        except OSError:
+            cpu = math.nan
+        wall = max(1e-9, time.monotonic() - self._t0)
+        return {
+            "cpu_s": round(cpu, 2),
+            "cpu_cores": round(cpu / wall, 2),
+            "rss_mib": round(self.last_rss / 2**20, 1),
+            "peak_rss_mib": round(self.peak_rss / 2**20, 1),
+        }
+
+
+class Proc:
+    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], log: Path) -> None:
+        self.args = list(args)
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._out = log.open("ab")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.args,
+            env={**os.environ, **env},
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    @classmethod
+    def quotaflow(cls, verb: Sequence[str], env: Mapping[str, str], logdir: Path) -> Proc:
+        """`quotaflow <verb>` exactly as an operator runs it."""
+        return cls(
+            [sys.executable, "-m", "quotaflow.cli", *verb], env, logdir / f"{'-'.join(verb)}.log"
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def check(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.args} exited {self.proc.returncode}:\n{self.tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._out.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._out.close()
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[Proc]]:
+    """A list to start children into; all are stopped, newest first, on exit."""
+    started: list[Proc] = []
+    try:
+        yield started
+    finally:
+        for proc in reversed(started):
+            with contextlib.suppress(Exception):
+                proc.stop()
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: Proc | None = None) -> None:
+    """Waits until `url` answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.check()
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - localhost
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+
+# --- the machine -----------------------------------------------------------------------
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict[str, Any]:
+    """What the figures ran on; the load average says how busy the shared machine was."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+    }
+
+
+# --- a private broker ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def kafka_bootstrap() -> Iterator[tuple[str, bool]]:
+    """(bootstrap, private): QUOTAFLOW_KAFKA_BOOTSTRAP if set, else a fresh LocalKafka on a
+    free port in a temporary directory, stopped and deleted on exit."""
+    given = os.environ.get("QUOTAFLOW_KAFKA_BOOTSTRAP")
+    if given:
+        yield given, False
+        return
+    from quotaflow.localkafka import LocalKafka, free_port
+
+    with tempfile.TemporaryDirectory(prefix="qf-bench-kafka-") as tmp:
+        broker = LocalKafka(Path(tmp), port=free_port())
+        broker.start()
+        try:
+            yield broker.bootstrap, True
+        finally:
+            broker.stop()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{os.getpid():x}{time.monotonic_ns() % 10**9:x}"
+
+
+# --- topics and tenants ----------------------------------------------------------------
+
+
+async def create_topics(
+    bootstrap: str, specs: Sequence[tuple[str, int, Mapping[str, str]]], timeout: float = 30.0
+) -> None:
+    """Creates (name, partitions, config) topics, replication 1."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    async with asyncio.timeout(timeout):
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(n, p, 1, topic_configs=dict(c)) for n, p, c in specs]
+            )
+        finally:
+            await admin.close()
+
+
+async def end_offsets_total(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
+    """Sum of a topic's end offsets."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    async with asyncio.timeout(timeout):
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            return sum(ends.values())
+        finally:
+            await consumer.stop()
+
+
+def write_json(path: Path, doc: Any) -> None:
+    path.write_bytes(orjson.dumps(doc))
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+class Report:
+    """The one JSON document a bench prints: its figures plus machine and load averages."""
+
+    def __init__(self, name: str, args: Mapping[str, Any]) -> None:
+        self.doc: dict[str, Any] = {
+            "bench": name,
+            "args": dict(args),
+            "machine": machine(),
+            "load_start": load_average(),
+            "started_at": time.time(),
+        }
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.doc[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.doc[key]
+
+    def emit(self) -> None:
+        self.doc["load_end"] = load_average()
+        self.doc["seconds"] = round(time.time() - self.doc["started_at"], 1)
+        sys.stdout.write(orjson.dumps(self.doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.flush()
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr; stdout carries only the JSON document."""
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()

@@ -1,0 +1,208 @@
+"""POST /v1/usage on the real broker: signed batches land per tenant, bad ones publish nothing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from edge.signing import PushSigner
+from ingress.usage import REGION_HTTP_HEADER
+from tables.usage import UsageRecord
+from tests.ingress.conftest import Ingress, IngressFactory, create_topic, make_tenant, read_topic
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+KEY = "usage-key-eu"
+
+
+async def _ingress(ingress_factory: IngressFactory, **overrides: Any) -> Ingress:
+    tenants = [
+        make_tenant("acme"),
+        make_tenant("globex"),
+        make_tenant("usonly").model_copy(update={"regions": ("us",)}),
+        make_tenant("frozen", status="suspended"),
+    ]
+    overrides.setdefault("usage_keys", {"eu": [KEY]})
+    ingress = await ingress_factory(tenants, **overrides)
+    await create_topic(ingress.settings.kafka_bootstrap, ingress.settings.topics.usage_events, 2)
+    return ingress
+
+
+def _report(items: list[dict[str, Any]], *, seq: int = 1, **fields: Any) -> bytes:
+    doc: dict[str, Any] = {
+        "batch_id": f"node-1:{seq}",
+        "node_id": "node-1",
+        "region": "eu",
+        "sent_at": time.time(),
+        "items": items,
+    }
+    doc.update(fields)
+    return orjson.dumps(doc)
+
+
+async def _post(
+    ingress: Ingress, body: bytes, *, key: str = KEY, region: str = "eu", **headers: str
+) -> tuple[int, dict[str, Any]]:
+    sent = {
+        **PushSigner([key]).headers(body),
+        REGION_HTTP_HEADER: region,
+        "Content-Type": "application/json",
+    }
+    sent.update(headers)
+    async with ingress.client.post("/v1/usage", data=body, headers=sent) as resp:
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def test_signed_batch_is_published_per_tenant_after_the_ack(
+    ingress_factory: IngressFactory,
+) -> None:
+    ingress = await _ingress(ingress_factory)
+    items = [
+        {"tenant_id": "acme", "customer_id": "cus_1", "units": 30},
+        {"tenant_id": "acme", "customer_id": "rating-7", "units": 2},
+        {"tenant_id": "globex", "customer_id": "cus_9", "units": 5},
+    ]
+    status, doc = await _post(ingress, _report(items))
+    assert (status, doc["status"], doc["records"]) == (200, "accepted", 2)
+    records = await read_topic(
+        ingress.settings.kafka_bootstrap, ingress.settings.topics.usage_events
+    )
+    by_tenant = {r.key: r for r in records}
+    assert set(by_tenant) == {b"acme", b"globex"}
+    acme = UsageRecord.model_validate_json(by_tenant[b"acme"].value)
+    assert acme.batch_id == "node-1:1"
+    assert [(i.customer_id, i.units) for i in acme.items] == [("cus_1", 30), ("rating-7", 2)]
+    headers = dict(by_tenant[b"acme"].headers)
+    assert headers["qf-schema"] == b"usage-batch/1"
+    assert headers["qf-batch-id"] == b"node-1:1"
+    assert headers["qf-region"] == b"eu"
+    assert KEY.encode() not in b"".join(v for _, v in by_tenant[b"acme"].headers)
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "reason"),
+    [
+        ("unsigned", 401, "missing_signature"),
+        ("wrong_key", 401, "unknown_key"),
+        ("unknown_region", 401, "unknown_region"),
+        ("region_mismatch", 400, "region_mismatch"),
+        ("not_json", 400, "bad_body"),
+        ("negative_units", 400, "bad_body"),
+        ("float_units", 400, "bad_body"),
+        ("huge_units", 400, "bad_body"),
+        ("bad_batch_id", 400, "bad_body"),
+        ("foreign_batch_id", 400, "bad_batch_id"),
+        ("empty", 400, "empty_batch"),
+        ("duplicate", 400, "duplicate_item"),
+        ("too_many", 400, "too_many_items"),
+        ("unknown_tenant", 422, "unknown_tenant"),
+        ("suspended", 422, "tenant_suspended"),
+        ("other_region", 422, "tenant_not_in_region"),
+        ("too_large", 413, "body_too_large"),
+        ("text", 415, "unsupported_media_type"),
+    ],
+)
+async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_published(
+    ingress_factory: IngressFactory, case: str, status: int, reason: str
+) -> None:
+    ingress = await _ingress(ingress_factory, usage_max_items=3, usage_max_body_bytes=4096)
+    good = {"tenant_id": "acme", "customer_id": "cus_1", "units": 1}
+    body = _report([good])
+    extra: dict[str, str] = {}
+    key, region = KEY, "eu"
+    if case == "unsigned":
+        async with ingress.client.post(
+            "/v1/usage",
+            data=body,
+            headers={REGION_HTTP_HEADER: "eu", "Content-Type": "application/json"},
+        ) as resp:
+            got = resp.status, orjson.loads(await resp.read())
+    else:
+        if case == "wrong_key":
+            key = "another-key"
+        elif case == "unknown_region":
+            region = "mars"
+        elif case == "region_mismatch":
+            body = _report([good], region="us")
+        elif case == "not_json":
+            body = b"{nope"
+        elif case == "negative_units":
+            body = _report([{**good, "units": -5}])
+        elif case == "float_units":
+            body = _report([{**good, "units": 1.5}])
+        elif case == "huge_units":
+            body = _report([{**good, "units": 10**12}])
+        elif case == "bad_batch_id":
+            body = _report([good], batch_id="node-1:x")
+        elif case == "foreign_batch_id":
+            body = _report([good], batch_id="node-2:1")
+        elif case == "empty":
+            body = _report([])
+        elif case == "duplicate":
+            body = _report([good, good])
+        elif case == "too_many":
+            body = _report([{**good, "customer_id": f"c{i}"} for i in range(4)])
+        elif case == "unknown_tenant":
+            body = _report([good, {**good, "tenant_id": "nobody"}])
+        elif case == "suspended":
+            body = _report([{**good, "tenant_id": "frozen"}])
+        elif case == "other_region":
+            body = _report([{**good, "tenant_id": "usonly"}])
+        elif case == "too_large":
+            body = _report([{**good, "customer_id": "x" * 200}] * 1, pad="y" * 5000)
+        elif case == "text":
+            extra = {"Content-Type": "text/plain"}
+        got = await _post(ingress, body, key=key, region=region, **extra)
+    assert got[0] == status
+    assert got[1]["error"]["reason"] == reason
+    if status == 422:
+        assert got[1]["error"]["tenant_id"] in {"nobody", "frozen", "usonly"}
+    records = await read_topic(
+        ingress.settings.kafka_bootstrap, ingress.settings.topics.usage_events
+    )
+    assert records == []
+
+
+async def test_a_replayed_request_is_refused_and_rotation_keeps_old_keys_valid(
+    ingress_factory: IngressFactory,
+) -> None:
+    ingress = await _ingress(ingress_factory, usage_keys={"eu": ["new-key", KEY]})
+    body = _report([{"tenant_id": "acme", "customer_id": "cus_1", "units": 1}])
+    headers = {
+        **PushSigner([KEY]).headers(body),
+        REGION_HTTP_HEADER: "eu",
+        "Content-Type": "application/json",
+    }
+    async with ingress.client.post("/v1/usage", data=body, headers=headers) as resp:
+        assert resp.status == 200
+    async with ingress.client.post("/v1/usage", data=body, headers=headers) as resp:
+        assert resp.status == 401
+        assert orjson.loads(await resp.read())["error"]["reason"] == "replayed"
+    status, _ = await _post(
+        ingress,
+        _report([{"tenant_id": "acme", "customer_id": "c", "units": 1}], seq=2),
+        key="new-key",
+    )
+    assert status == 200
+
+
+async def test_unreachable_broker_answers_503_with_retry_after(
+    ingress_factory: IngressFactory,
+) -> None:
+    ingress = await _ingress(ingress_factory, bootstrap="127.0.0.1:1", publish_timeout=0.5)
+    body = _report([{"tenant_id": "acme", "customer_id": "cus_1", "units": 1}])
+    sent = {
+        **PushSigner([KEY]).headers(body),
+        REGION_HTTP_HEADER: "eu",
+        "Content-Type": "application/json",
+    }
+    async with ingress.client.post("/v1/usage", data=body, headers=sent) as resp:
+        assert resp.status == 503
+        assert "Retry-After" in resp.headers
+        assert orjson.loads(await resp.read())["error"]["reason"] in {
+            "kafka_unavailable",
+            "publish_timeout",
+        }

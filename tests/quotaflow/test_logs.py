@@ -1,0 +1,27 @@
+"""JSON logs: one object per line, fields from `extra`, client errors not at ERROR."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+
+import orjson
+import pytest
+
+from quotaflow.logs import logging_config
+
+
+def test_log_lines_are_json_with_extra_fields_and_bad_requests_are_info(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logging.config.dictConfig(logging_config("INFO"))
+    try:
+        logging.getLogger("quotaflow.test").info("hello", extra={"tenant_id": "acme"})
+        logging.getLogger("aiohttp.server").error("Error handling request from 10.0.0.1")
+        logging.getLogger("aiohttp.server").error("something else broke")
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[0]["msg"] == "hello"
+    assert lines[0]["tenant_id"] == "acme"
+    assert [line["level"] for line in lines[1:]] == ["info", "error"]
