@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from pydantic import SecretStr
 
 from quotaflow.registry import StaticTenantRegistry, dump_tenants
@@ -87,7 +88,10 @@ async def _committed(bootstrap: str, group: str, topic: str) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        except GroupCoordinatorNotAvailableError:
+            return 0  # the group is still forming: nothing committed yet
         return sum(
             meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0
         )

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         description="How long the broker may hold the worker's fetch when no data is ready.",
     )
     commit_interval: float = Field(
-        0.5, gt=0, description="Seconds between the worker's offset commits."
+        5.0, gt=0, description="Seconds between the worker's offset commits."
     )
     grace_seconds: float = Field(
         3 * 86400.0, ge=0, description="How long past_due keeps a quota in grace."
@@ -192,6 +192,7 @@ class Topics:
         self.tenants_audit = f"{prefix}tenants.audit"
         self.quota_updates = f"{prefix}quota.updates"
         self.deadletter = f"{prefix}deadletter"
+        self.deadletter_redriven = f"{prefix}deadletter.redriven"
         self.meter_jobs = f"{prefix}meter.jobs"
 
     def __repr__(self) -> str:

@@ -41,6 +41,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.tenants_audit, 1, {"cleanup.policy": "delete", "retention.ms": "-1"}),
         TopicSpec(t.quota_updates, n, compact),
         TopicSpec(t.deadletter, n, {"cleanup.policy": "delete"}),
+        # Which dead letters `quotaflow deadletter redrive` already re-drove (one total order).
+        TopicSpec(t.deadletter_redriven, 1, compact),
         # Internal: usage to report to Stripe Billing meters (streams/meter_reporter.py).
         TopicSpec(t.meter_jobs, n, keep),
     ]

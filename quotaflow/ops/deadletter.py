@@ -14,14 +14,11 @@ re-driven record that fails again is a new dead letter, re-drivable after the ne
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from quotaflow.envelope import EVENT_ID, EVENT_TYPE, TENANT
 from quotaflow.ops.exceptions import OpsError
@@ -29,6 +26,7 @@ from quotaflow.ops.produce import OpsProducer
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import TopicReader, Tracker, tenant_partition
 from quotaflow.settings import Settings
+from quotaflow.topics import ensure_topics
 from streams.deadletter import (
     DETAIL,
     FAILED_AT,
@@ -43,7 +41,7 @@ REDRIVE = "qf-redrive"
 
 
 def redriven_topic(settings: Settings) -> str:
-    return f"{settings.topics.prefix}deadletter.redriven"
+    return settings.topics.deadletter_redriven
 
 
 @dataclass(frozen=True)
@@ -162,38 +160,11 @@ async def read_letters(
     return out
 
 
-async def _ensure_redriven_topic(settings: Settings, timeout: float = 30.0) -> None:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
-    )
-    async with asyncio.timeout(timeout):
-        await admin.start()
-    try:
-        async with asyncio.timeout(timeout):
-            if redriven_topic(settings) in set(await admin.list_topics()):
-                return
-            response = await admin.create_topics(
-                [
-                    NewTopic(
-                        redriven_topic(settings),
-                        1,
-                        settings.replication,
-                        topic_configs={"cleanup.policy": "compact"},
-                    )
-                ]
-            )
-            for name, code, *_ in response.topic_errors:
-                if code not in (0, TopicAlreadyExistsError.errno):
-                    raise OpsError(f"cannot create topic {name} (error {code})")
-    finally:
-        await admin.close()
-
-
 async def redriven_refs(settings: Settings, *, create: bool = False) -> set[str]:
     """`partition:offset` of every dead letter already re-driven (none if the topic that
     records them does not exist yet; `create` makes it, for a re-drive)."""
     if create:
-        await _ensure_redriven_topic(settings)
+        await ensure_topics(settings)
     refs: set[str] = set()
     async with TopicReader(settings, redriven_topic(settings)) as reader:
         try:

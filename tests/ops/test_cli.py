@@ -16,7 +16,7 @@ from quotaflow.ops.timespec import parse_duration, parse_position, parse_time
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tests.kafkautil import produce
-from tests.ops.support import PERIOD, stripe_record
+from tests.pipeline import PERIOD, stripe_record
 from tests.tables.factories import BASIC, event, subscription
 
 pytestmark = [pytest.mark.timeout(120)]

@@ -13,7 +13,7 @@ from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from streams.deadletter import deadletter_headers
 from tests.kafkautil import produce, read_all
-from tests.ops.support import PERIOD, Record, stripe_record
+from tests.pipeline import PERIOD, Record, stripe_record
 from tests.tables.factories import BASIC, event, subscription
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]

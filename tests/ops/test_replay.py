@@ -17,7 +17,7 @@ from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tables.quota import QuotaUpdate
 from tests.kafkautil import produce, read_all, wait_for_records
-from tests.ops.support import PERIOD, stripe_record, worker_env
+from tests.pipeline import PERIOD, stripe_record, worker_env
 from tests.processes import components, start
 from tests.tables.factories import BASIC, PRO, UNKNOWN, event, make_tenant, subscription
 

@@ -23,7 +23,7 @@ from quotaflow.topics import ensure_topics
 from streams.worker_web import MAX_REASONS, WorkerMetrics
 from tables.tenant import Tenant
 from tests.kafkautil import produce, wait_for_records
-from tests.ops.support import PERIOD, stripe_record, worker_env
+from tests.pipeline import PERIOD, stripe_record, worker_env
 from tests.tables.factories import BASIC, UNKNOWN, event, make_tenant, subscription
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]

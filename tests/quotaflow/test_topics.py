@@ -28,6 +28,7 @@ async def test_ensure_topics_creates_each_topic_once_with_its_policy(
             t.tenants_audit,
             t.quota_updates,
             t.deadletter,
+            t.deadletter_redriven,
             t.meter_jobs,
         ]
     )

@@ -18,30 +18,11 @@ from quotaflow.topics import ensure_topics
 from streams.deadletter import REASON
 from tables.quota import QuotaUpdate
 from tests.kafkautil import produce, wait_for_records
+from tests.pipeline import PERIOD, stripe_record, worker_env
 from tests.processes import components, start
 from tests.tables.factories import BASIC, PRO, UNKNOWN, event, make_tenant, subscription
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
-
-PERIOD = (1_767_225_600, 1_769_904_000)
-
-
-def _record(tenant: str, body: dict[str, object]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    env = Envelope(tenant, str(body["id"]), str(body["type"]), False, time.time(), "s1")
-    return tenant.encode(), orjson.dumps(body), env.headers()
-
-
-def _env(settings: Settings, tenants_file: Path, data: Path) -> dict[str, str]:
-    return {
-        "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
-        "QUOTAFLOW_PARTITIONS": str(settings.partitions),
-        "QUOTAFLOW_APP_ID": settings.app_id,
-        "QUOTAFLOW_DATA_DIR": str(data),
-        "QUOTAFLOW_STORE": "memory://",
-        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
-        "QUOTAFLOW_STRIPE_FETCH": "false",
-    }
 
 
 async def test_worker_turns_events_into_versioned_quota_updates_once(
@@ -66,21 +47,21 @@ async def test_worker_turns_events_into_versioned_quota_updates_once(
     )
     t = settings.topics
     records = [
-        _record("acme", created),
-        _record("acme", created),  # a redelivery
-        _record("acme", upgraded),
-        _record("acme", unknown_price),
+        stripe_record("acme", created),
+        stripe_record("acme", created),  # a redelivery
+        stripe_record("acme", upgraded),
+        stripe_record("acme", unknown_price),
         (
             b"acme",
             b"{not json",
             Envelope("acme", "evt_bad", "x", False, time.time(), "s1").headers(),
         ),
-        _record("nobody", created),
+        stripe_record("nobody", created),
     ]
     await produce(settings.kafka_bootstrap, t.stripe_events, records)
 
     with components({}, tmp_path) as started:
-        start(started, ["worker"], _env(settings, tenants_file, tmp_path / "w"), tmp_path)
+        start(started, ["worker"], worker_env(settings, tenants_file, tmp_path / "w"), tmp_path)
         updates = await wait_for_records(settings.kafka_bootstrap, t.quota_updates, 3)
         letters = await wait_for_records(settings.kafka_bootstrap, t.deadletter, 3)
 
@@ -116,9 +97,9 @@ async def test_restarted_worker_reprocessing_changes_nothing(
     await produce(
         settings.kafka_bootstrap,
         settings.topics.stripe_events,
-        [_record("acme", event("customer.subscription.created", sub))],
+        [stripe_record("acme", event("customer.subscription.created", sub))],
     )
-    env = _env(settings, tenants_file, tmp_path / "w")
+    env = worker_env(settings, tenants_file, tmp_path / "w")
     with components({}, tmp_path) as started:
         start(started, ["worker"], env, tmp_path)
         await wait_for_records(settings.kafka_bootstrap, settings.topics.quota_updates, 1)
@@ -127,7 +108,7 @@ async def test_restarted_worker_reprocessing_changes_nothing(
     await produce(
         settings.kafka_bootstrap,
         settings.topics.stripe_events,
-        [_record("acme", event("customer.subscription.updated", sub))],
+        [stripe_record("acme", event("customer.subscription.updated", sub))],
     )
     with components({}, tmp_path) as started:
         start(started, ["worker"], env, tmp_path)
@@ -136,7 +117,7 @@ async def test_restarted_worker_reprocessing_changes_nothing(
             subscription("sub_10", "cus_10", "active", [(BASIC, 1)], period=PERIOD),
         )
         await produce(
-            settings.kafka_bootstrap, settings.topics.stripe_events, [_record("acme", marker)]
+            settings.kafka_bootstrap, settings.topics.stripe_events, [stripe_record("acme", marker)]
         )
         updates = await wait_for_records(settings.kafka_bootstrap, settings.topics.quota_updates, 2)
         while b"cus_10" not in b"".join(r.key for r in updates):

@@ -18,8 +18,8 @@ from streams.usage_agent import meter_identifier, meter_topic
 from tables.quota import QuotaUpdate
 from tables.tenant import PlanEntry
 from tests.kafkautil import produce, read_all, wait_for_records
+from tests.pipeline import PERIOD, stripe_record, worker_env
 from tests.processes import components, start
-from tests.streams.test_billing_worker import PERIOD, _env, _record
 from tests.tables.factories import BASIC, customer, event, make_tenant, subscription
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -55,10 +55,10 @@ async def test_usage_batches_apply_once_through_aliases_and_emit_meter_jobs(
         settings.kafka_bootstrap,
         t.stripe_events,
         [
-            _record(
+            stripe_record(
                 "acme", event("customer.created", customer("cus_1", metadata={"rating_id": "r-1"}))
             ),
-            _record(
+            stripe_record(
                 "acme",
                 event(
                     "customer.subscription.created",
@@ -67,7 +67,10 @@ async def test_usage_batches_apply_once_through_aliases_and_emit_meter_jobs(
             ),
         ],
     )
-    env = {**_env(settings, tenants_file, tmp_path / "w"), "QUOTAFLOW_STRIPE_API_BASE": stripe_mock}
+    env = {
+        **worker_env(settings, tenants_file, tmp_path / "w"),
+        "QUOTAFLOW_STRIPE_API_BASE": stripe_mock,
+    }
     with components({}, tmp_path) as started:
         start(started, ["worker"], env, tmp_path)
         first = await wait_for_records(settings.kafka_bootstrap, t.quota_updates, 1)

@@ -15,22 +15,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from quotaflow.envelope import Envelope
 from quotaflow.ops.lag import Lag, consumer_lag
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tables.quota import QuotaUpdate
 from tests.kafkautil import produce, read_all
+from tests.pipeline import PERIOD, stripe_record, worker_env
 from tests.processes import components, start
 from tests.tables.factories import BASIC, PRO, TOPUP, event, invoice, make_tenant, subscription
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
-PERIOD = (1_767_225_600, 1_769_904_000)
 CUSTOMERS = 40
 
 
@@ -69,30 +67,11 @@ def _records() -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
     out = []
     for i, body in enumerate(events):
         tenant = tenant_of[int(str(body["data"]["object"]["customer"])[4:]) % 2]
-        env = Envelope(tenant, str(body["id"]), str(body["type"]), False, time.time(), "s1")
-        out.append((tenant.encode(), orjson.dumps(body), env.headers()))
+        record = stripe_record(tenant, body)
+        out.append(record)
         if i % 7 == 0:  # Stripe redelivers some events
-            out.append((tenant.encode(), orjson.dumps(body), env.headers()))
+            out.append(record)
     return out
-
-
-def _env(settings: Settings, tenants_file: Path, data: Path) -> dict[str, str]:
-    return {
-        "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
-        "QUOTAFLOW_PARTITIONS": str(settings.partitions),
-        "QUOTAFLOW_APP_ID": settings.app_id,
-        "QUOTAFLOW_DATA_DIR": str(data),
-        "QUOTAFLOW_STORE": "rocksdb://",
-        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
-        "QUOTAFLOW_STRIPE_FETCH": "false",
-        "QUOTAFLOW_LOG_LEVEL": "INFO",
-        # Commit rarely so that every kill leaves processed-but-uncommitted events behind.
-        "QUOTAFLOW_COMMIT_INTERVAL": "5",
-        # Static membership: the restarted worker takes over the killed one's partitions
-        # at once instead of waiting a session timeout for it to leave the group.
-        "QUOTAFLOW_WORKER_ID": "worker-0",
-    }
 
 
 def _final(updates: list[Any]) -> tuple[dict[str, tuple[object, ...]], int]:
@@ -131,7 +110,17 @@ async def _run(
     tenants_file.write_bytes(
         dump_tenants([make_tenant(tenant_id="acme"), make_tenant(tenant_id="globex")])
     )
-    env = _env(settings, tenants_file, tmp_path / "data")
+    env = worker_env(
+        settings,
+        tenants_file,
+        tmp_path / "data",
+        store="rocksdb://",
+        # Commit rarely so that every kill leaves processed-but-uncommitted events behind.
+        commit_interval="5",
+        # Static membership: the restarted worker takes over the killed one's partitions
+        # at once instead of waiting a session timeout for it to leave the group.
+        worker_id="worker-0",
+    )
     # Contiguous slices: the topic ends up in the same order as the uninterrupted run's.
     size = -(-len(records) // (kills + 1))
     chunks = [records[i : i + size] for i in range(0, len(records), size)]

@@ -1,4 +1,4 @@
-"""Shared helpers of the ops tests: records as the ingress writes them, worker env."""
+"""Records as the ingress writes them, and the environment of a test's worker process."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def stripe_record(tenant: str, body: dict[str, Any]) -> Record:
     return tenant.encode(), orjson.dumps(body), env.headers()
 
 
-def worker_env(settings: Settings, tenants_file: Path, data: Path) -> dict[str, str]:
+def worker_env(settings: Settings, tenants_file: Path, data: Path, **extra: str) -> dict[str, str]:
+    """`quotaflow worker` on the test's topics, snapshot mode; `extra`: QUOTAFLOW_* overrides."""
     return {
         "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
@@ -30,4 +31,5 @@ def worker_env(settings: Settings, tenants_file: Path, data: Path) -> dict[str, 
         "QUOTAFLOW_STORE": "memory://",
         "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
         "QUOTAFLOW_STRIPE_FETCH": "false",
+        **{f"QUOTAFLOW_{k.upper()}": v for k, v in extra.items()},
     }
