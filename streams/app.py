@@ -29,6 +29,7 @@ from quotaflow.settings import Settings
 from quotaflow.tenants.running import RunningRegistry, open_registry
 from streams.deadletter import deadletter_headers
 from streams.faust_tuning import set_fetch_max_wait
+from streams.records import raw_table, raw_topic
 from streams.stripe_client import StripeReader
 from streams.usage_agent import add_usage_agent
 from tables.billing import (
@@ -43,18 +44,6 @@ from tables.billing import (
 from tables.quota import SCHEMA_HEADER
 
 log = logging.getLogger("quotaflow.worker")
-
-
-# RocksDB's defaults (per table partition: a 2 GiB block cache, 3 x 64 MiB write
-# buffers) would let eight partitions claim gigabytes. These cap each partition near
-# 24 MiB; the scale benchmark in BENCHMARKS.md measures what a million keys then cost.
-ROCKSDB_OPTIONS = {
-    "block_cache_size": 16 * 1024 * 1024,
-    "block_cache_compressed_size": 0,
-    "write_buffer_size": 4 * 1024 * 1024,
-    "max_write_buffer_number": 2,
-    "max_open_files": 256,
-}
 
 
 class WorkerResources:
@@ -126,29 +115,10 @@ def create_app(
         else (StripeReader(api_base=settings.stripe_api_base) if settings.stripe_fetch else None)
     )
 
-    def raw_topic(name: str) -> faust.TopicT:
-        return app.topic(
-            name,
-            partitions=settings.partitions,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-
-    stripe_events = raw_topic(topics.stripe_events)
-    quota_updates = raw_topic(topics.quota_updates)
-    deadletter = raw_topic(topics.deadletter)
-    customers = app.Table(
-        "customers",
-        default=None,
-        partitions=settings.partitions,
-        # bytes types make Faust use the raw codec for the changelog too; the domain
-        # owns the encoding (CustomerState JSON).
-        key_type=bytes,
-        value_type=bytes,
-        options=ROCKSDB_OPTIONS if settings.store.startswith("rocksdb") else None,
-    )
+    stripe_events = raw_topic(app, settings, topics.stripe_events)
+    quota_updates = raw_topic(app, settings, topics.quota_updates)
+    deadletter = raw_topic(app, settings, topics.deadletter)
+    customers = raw_table(app, settings, "customers")  # CustomerState JSON
 
     async def dead(event: Any, reason: str, detail: str) -> None:
         log.warning("dead letter", extra={"reason": reason, "detail": detail[:200]})

@@ -41,6 +41,7 @@ from quotaflow.topics import ensure_topics
 from streams.deadletter import deadletter_headers
 from streams.meter_client import MeterClient
 from streams.meter_reporter import MeterReporter
+from streams.records import raw_table, raw_topic
 from tables.billing_state import CustomerState
 from tables.outcome import Source
 from tables.policy import QuotaPolicy
@@ -98,18 +99,9 @@ def add_usage_agent(
 
     `registry()` gives the tenant registry once `await ready()` returned.
     """
-    raw: dict[str, Any] = {
-        "partitions": settings.partitions,
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }
-    usage_events = app.topic(settings.topics.usage_events, **raw)
-    meter_jobs = app.topic(meter_topic(settings), **raw)
-    aliases = app.Table(
-        "aliases", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes
-    )
+    usage_events = raw_topic(app, settings, settings.topics.usage_events)
+    meter_jobs = raw_topic(app, settings, meter_topic(settings))
+    aliases = raw_table(app, settings, "aliases")
     thresholds = tuple(settings.usage_thresholds)
     wiring = UsageWiring(aliases)
 

@@ -68,7 +68,7 @@ def publish_if_changed(
     """
     view = quota_of(state, now, policy)
     last = state.last
-    if last is not None and _same(view, last):
+    if last is not None and same_quota(view, last):
         return None
     return QuotaUpdate.model_construct(
         tenant_id=state.tenant_id,
@@ -96,10 +96,11 @@ def retired_key(state: CustomerState, update: QuotaUpdate | None) -> str | None:
     return last.key
 
 
-def _same(view: QuotaView, last: QuotaUpdate) -> bool:
+def same_quota(view: QuotaView, last: QuotaUpdate, *, except_used: bool = False) -> bool:
+    """Whether `view` publishes as `last` did (`except_used`: ignoring `used`)."""
     return (
         view.limit == last.limit
-        and view.used == last.used
+        and (except_used or view.used == last.used)
         and view.status == last.status
         and view.period_start == last.period_start
         and view.period_end == last.period_end

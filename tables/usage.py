@@ -21,8 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tables.billing_state import CustomerState, UsageMark
 from tables.dedupe import ID_WINDOW, mark_add, mark_applied, parse_batch_id, remember
-from tables.outcome import Outcome, Source, new_state, publish_if_changed, retired_key
-from tables.policy import QuotaPolicy, QuotaView, quota_of
+from tables.outcome import (
+    Outcome,
+    Source,
+    new_state,
+    publish_if_changed,
+    retired_key,
+    same_quota,
+)
+from tables.policy import QuotaPolicy, quota_of
 from tables.quota import QuotaUpdate, Reason
 from tables.tenant import Tenant
 
@@ -113,7 +120,7 @@ def _coalesced(
     thresholds: Sequence[float],
 ) -> QuotaUpdate | None:
     view = quota_of(state, now, policy)
-    if _same_but_used(view, last) and threshold_of(
+    if same_quota(view, last, except_used=True) and threshold_of(
         view.used, view.limit, thresholds
     ) == threshold_of(last.used, last.limit, thresholds):
         return None
@@ -127,18 +134,6 @@ def threshold_of(used: int, limit: int | None, thresholds: Sequence[float]) -> i
     if limit <= 0:
         return len(thresholds)
     return sum(1 for t in thresholds if used >= t * limit)
-
-
-def _same_but_used(view: QuotaView, last: QuotaUpdate) -> bool:
-    return (
-        view.limit == last.limit
-        and view.status == last.status
-        and view.period_start == last.period_start
-        and view.period_end == last.period_end
-        and view.customer_id == last.customer_id
-        and view.features == last.features
-        and view.rate_per_second == last.rate_per_second
-    )
 
 
 def meters_of(state: CustomerState, tenant: Tenant) -> tuple[str, ...]:

@@ -66,7 +66,14 @@ def run_stripe_mock() -> Iterator[str]:
     """Yields the base URL of a stripe-mock on loopback."""
     port = free_port()
     proc = subprocess.Popen(
-        [stripe_mock_binary(), "-http-addr", f"127.0.0.1:{port}"],
+        # Without -https-addr it also binds HTTPS on :12112 on every interface.
+        [
+            stripe_mock_binary(),
+            "-http-addr",
+            f"127.0.0.1:{port}",
+            "-https-addr",
+            f"127.0.0.1:{free_port()}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

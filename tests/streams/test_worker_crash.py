@@ -22,7 +22,7 @@ from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tables.quota import QuotaUpdate
-from tests.kafkautil import produce, read_all
+from tests.kafkautil import produce, read_all, wait_for_records
 from tests.pipeline import PERIOD, stripe_record, worker_env
 from tests.processes import components, start
 from tests.tables.factories import BASIC, PRO, TOPUP, event, invoice, make_tenant, subscription
@@ -127,8 +127,13 @@ async def _run(
     with components({}, tmp_path) as started:
         worker = start(started, ["worker"], env, tmp_path)
         for chunk in chunks[:-1]:
+            before = len(await read_all(settings.kafka_bootstrap, settings.topics.quota_updates))
             await produce(settings.kafka_bootstrap, settings.topics.stripe_events, chunk)
-            await asyncio.sleep(rng.uniform(2.0, 5.0))
+            # Kill mid-work: once this chunk's first updates are out, at a random moment.
+            await wait_for_records(
+                settings.kafka_bootstrap, settings.topics.quota_updates, before + 1
+            )
+            await asyncio.sleep(rng.uniform(0.0, 1.0))
             worker.kill()
             worker = start(started, ["worker"], env, tmp_path)
         await produce(settings.kafka_bootstrap, settings.topics.stripe_events, chunks[-1])

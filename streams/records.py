@@ -1,0 +1,47 @@
+"""Faust topics and tables of raw bytes: the domain owns every encoding, Faust none.
+
+Raw codecs keep a record byte-exact (the verified Stripe body) and let `tables/` decide
+how a state is stored. Every table also gets the same RocksDB memory caps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from quotaflow.settings import Settings
+
+# RocksDB's defaults (per table partition: a 2 GiB block cache, 3 x 64 MiB write
+# buffers) would let eight partitions claim gigabytes. These cap each partition near
+# 24 MiB; the scale benchmark in BENCHMARKS.md measures what many keys then cost.
+ROCKSDB_OPTIONS = {
+    "block_cache_size": 16 * 1024 * 1024,
+    "block_cache_compressed_size": 0,
+    "write_buffer_size": 4 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "max_open_files": 256,
+}
+
+
+def raw_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT:
+    return app.topic(
+        name,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def raw_table(app: faust.App, settings: Settings, name: str) -> Any:
+    """A table co-partitioned with the topics; bytes types make its changelog raw too."""
+    return app.Table(
+        name,
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        options=ROCKSDB_OPTIONS if settings.store.startswith("rocksdb") else None,
+    )
