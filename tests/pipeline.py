@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import orjson
 
 from quotaflow.envelope import Envelope
+from quotaflow.ops.lag import Lag, consumer_lag
 from quotaflow.settings import Settings
 
 Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
@@ -33,3 +35,17 @@ def worker_env(settings: Settings, tenants_file: Path, data: Path, **extra: str)
         "QUOTAFLOW_STRIPE_FETCH": "false",
         **{f"QUOTAFLOW_{k.upper()}": v for k, v in extra.items()},
     }
+
+
+async def wait_committed(settings: Settings, timeout: float = 120.0) -> None:
+    """Waits until the worker's group has committed every `stripe.events` record."""
+    deadline = time.monotonic() + timeout
+    behind: list[Lag] = []
+    while time.monotonic() < deadline:
+        rows = await consumer_lag(settings, group=settings.app_id)
+        source = [r for r in rows if r.topic == settings.topics.stripe_events]
+        behind = [r for r in source if r.lag]
+        if source and not behind:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"the worker did not catch up: {behind}")

@@ -18,7 +18,7 @@ from quotaflow.topics import ensure_topics
 from streams.deadletter import REASON
 from tables.quota import QuotaUpdate
 from tests.kafkautil import produce, wait_for_records
-from tests.pipeline import PERIOD, stripe_record, worker_env
+from tests.pipeline import PERIOD, stripe_record, wait_committed, worker_env
 from tests.processes import components, start
 from tests.tables.factories import BASIC, PRO, UNKNOWN, event, make_tenant, subscription
 
@@ -99,10 +99,14 @@ async def test_restarted_worker_reprocessing_changes_nothing(
         settings.topics.stripe_events,
         [stripe_record("acme", event("customer.subscription.created", sub))],
     )
-    env = worker_env(settings, tenants_file, tmp_path / "w")
+    # Static membership, as in production: the restarted worker takes the partitions back
+    # at once instead of waiting out the first one's session in the group.
+    env = worker_env(settings, tenants_file, tmp_path / "w", worker_id="worker-0")
     with components({}, tmp_path) as started:
         start(started, ["worker"], env, tmp_path)
         await wait_for_records(settings.kafka_bootstrap, settings.topics.quota_updates, 1)
+        # Stop it once it has committed: a restart then resumes, it does not race startup.
+        await wait_committed(settings)
     # Same app id: the table recovers from its changelog, the group resumes; re-feeding the
     # same event (a Stripe redelivery) must not publish a new version.
     await produce(
@@ -119,7 +123,9 @@ async def test_restarted_worker_reprocessing_changes_nothing(
         await produce(
             settings.kafka_bootstrap, settings.topics.stripe_events, [stripe_record("acme", marker)]
         )
-        updates = await wait_for_records(settings.kafka_bootstrap, settings.topics.quota_updates, 2)
+        updates = await wait_for_records(
+            settings.kafka_bootstrap, settings.topics.quota_updates, 2, timeout=120
+        )
         while b"cus_10" not in b"".join(r.key for r in updates):
             updates = await wait_for_records(
                 settings.kafka_bootstrap, settings.topics.quota_updates, len(updates) + 1

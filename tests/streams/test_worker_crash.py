@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from quotaflow.ops.lag import Lag, consumer_lag
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tables.quota import QuotaUpdate
 from tests.kafkautil import produce, read_all, wait_for_records
-from tests.pipeline import PERIOD, stripe_record, worker_env
+from tests.pipeline import PERIOD, stripe_record, wait_committed, worker_env
 from tests.processes import components, start
 from tests.tables.factories import BASIC, PRO, TOPUP, event, invoice, make_tenant, subscription
 
@@ -88,20 +86,6 @@ def _final(updates: list[Any]) -> tuple[dict[str, tuple[object, ...]], int]:
     return final, len(updates)
 
 
-async def _settle(settings: Settings, timeout: float = 120) -> list[Any]:
-    """Waits until the worker has committed every stripe.events record, then reads."""
-    deadline = time.monotonic() + timeout
-    behind: list[Lag] = []
-    while time.monotonic() < deadline:
-        rows = await consumer_lag(settings, group=settings.app_id)
-        source = [r for r in rows if r.topic == settings.topics.stripe_events]
-        behind = [r for r in source if r.lag]
-        if source and not behind:
-            return await read_all(settings.kafka_bootstrap, settings.topics.quota_updates)
-        await asyncio.sleep(1.0)
-    raise AssertionError(f"the worker did not catch up: {behind}")
-
-
 async def _run(
     settings: Settings, tmp_path: Path, records: list[Any], kills: int, rng: random.Random
 ) -> tuple[dict[str, tuple[object, ...]], int]:
@@ -137,7 +121,8 @@ async def _run(
             worker.kill()
             worker = start(started, ["worker"], env, tmp_path)
         await produce(settings.kafka_bootstrap, settings.topics.stripe_events, chunks[-1])
-        updates = await _settle(settings)
+        await wait_committed(settings)
+        updates = await read_all(settings.kafka_bootstrap, settings.topics.quota_updates)
     return _final(updates)
 
 
