@@ -28,7 +28,7 @@ from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.running import RunningRegistry, open_registry
 from streams.deadletter import deadletter_headers
-from streams.faust_tuning import set_fetch_max_wait
+from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
 from streams.records import raw_table, raw_topic
 from streams.stripe_client import StripeReader
 from streams.usage_agent import add_usage_agent
@@ -88,6 +88,7 @@ def create_app(
     """
     topics = settings.topics
     set_fetch_max_wait(settings.worker_fetch_wait_ms)
+    reseek_after_recovery()
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",

@@ -1,17 +1,32 @@
-"""The one Faust setting quotaflow cannot pass through its configuration: the fetch wait.
+"""Two corrections to Faust that quotaflow cannot make through its configuration.
 
-Faust builds its worker consumer with `fetch_max_wait_ms=1500` hard-coded
-(`faust/transport/drivers/aiokafka.py`). aiokafka keeps one fetch in flight per broker and
-leaves out partitions whose records are still buffered, so that fetch often covers only
-idle partitions and the broker holds it the full 1.5 s while events wait on the busy
-ones: measured end to end, p50 1.6 s before and 66 ms after (BENCHMARKS.md). We wrap the
-driver's consumer factory to set aiokafka's own attribute before `start()` reads it.
+1. The fetch wait. Faust builds its worker consumer with `fetch_max_wait_ms=1500`
+   hard-coded (`faust/transport/drivers/aiokafka.py`). aiokafka keeps one fetch in flight
+   per broker and leaves out partitions whose records are still buffered, so that fetch
+   often covers only idle partitions and the broker holds it the full 1.5 s while events
+   wait on the busy ones: measured end to end, p50 1.6 s before and 66 ms after
+   (BENCHMARKS.md). We wrap the driver's consumer factory to set aiokafka's own attribute
+   before `start()` reads it.
+
+2. Records lost after a rebalance. At the end of recovery Faust resumes the stream
+   partitions, seeks them to their committed offsets, and only then resumes its flow
+   control, which empties every stream queue. The fetcher is already running in between
+   (it was resumed to read the changelogs), so a record fetched after the seek can sit in
+   a queue when it is emptied; the consumer has already moved its read offset past it, so
+   it is never delivered, and the agent's partition stalls behind the unacknowledged
+   offset until the next restart. It showed as a restarted worker that took one event and
+   then nothing (faust-streaming 0.15.3; the same race as faust-streaming#216 in another
+   branch). We seek once more after recovery has finished: nothing empties the queues
+   after that point, so whatever was dropped is fetched again. Re-delivering what was
+   already processed is harmless here: every table value records what it applied.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as driver
 
 _ORIGINAL = driver.AIOKafkaConsumerThread._create_worker_consumer
@@ -29,3 +44,29 @@ def set_fetch_max_wait(ms: int) -> None:
     global _wait_ms
     _wait_ms = ms
     driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+RecoveryStep = Callable[..., Awaitable[None]]
+
+
+def _seek_again_after(step: RecoveryStep) -> RecoveryStep:
+    async def step_then_seek(self: Recovery, generation_id: int = 0) -> None:
+        await step(self, generation_id=generation_id)
+        app = self.app
+        # A newer rebalance has started: its own recovery will seek.
+        if app.consumer_generation_id != generation_id or not app.consumer.assignment():
+            return
+        await self._wait(
+            app.consumer.perform_seek(), timeout=app.conf.broker_request_timeout
+        )
+
+    step_then_seek.__wrapped__ = step  # type: ignore[attr-defined]
+    return step_then_seek
+
+
+def reseek_after_recovery() -> None:
+    """Installs correction 2 once per process; both ends of recovery get it."""
+    for name in ("on_recovery_completed", "_resume_streams"):
+        step = getattr(Recovery, name)
+        if not hasattr(step, "__wrapped__"):
+            setattr(Recovery, name, _seek_again_after(step))
