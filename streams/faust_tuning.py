@@ -56,9 +56,7 @@ def _seek_again_after(step: RecoveryStep) -> RecoveryStep:
         # A newer rebalance has started: its own recovery will seek.
         if app.consumer_generation_id != generation_id or not app.consumer.assignment():
             return
-        await self._wait(
-            app.consumer.perform_seek(), timeout=app.conf.broker_request_timeout
-        )
+        await self._wait(app.consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
 
     step_then_seek.__wrapped__ = step  # type: ignore[attr-defined]
     return step_then_seek
