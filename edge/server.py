@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge.announcer import NodeAnnouncer
 from edge.cache import QuotaCache
 from edge.exceptions import SignatureError
 from edge.metrics import EdgeMetrics
@@ -211,6 +212,9 @@ async def serve(
         reporter = UsageReporter.from_settings(settings, cache, app[STATE_KEY].metrics.registry)
     else:
         log.warning("no usage keys for region: usage is not reported", extra={"region": region})
+    announcer: NodeAnnouncer | None = None
+    if verifier.key_ids:
+        announcer = NodeAnnouncer.from_settings(settings, app[STATE_KEY].metrics.registry)
     # No automatic decompression: bodies are read as sent, and refused if encoded.
     runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
@@ -223,9 +227,13 @@ async def serve(
             "edge listening",
             extra={"host": settings.edge_host, "port": settings.edge_port, "region": region},
         )
+        if announcer is not None:
+            await announcer.start()  # once listening: a pusher may push at once
         await stop.wait()
     finally:
         try:
+            if announcer is not None:
+                await announcer.stop()  # the departure goes out while pushes still land
             await runner.cleanup()
         finally:
             if reporter is not None:

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ingress.exceptions import RequestRejected
 from ingress.limits import IngressLimits
 from ingress.metrics import IngressMetrics
+from ingress.nodes import NodesEndpoint
 from ingress.publisher import Publisher
 from ingress.usage import UsageEndpoint
 from ingress.webhooks import WebhookEndpoints, error_response
@@ -104,6 +105,8 @@ def build_app(
     app.router.add_post("/v1/webhooks/stripe", endpoints.connect)
     usage = UsageEndpoint(settings, registry, publisher, metrics.registry, clock)
     app.router.add_post("/v1/usage", usage.handle)
+    nodes = NodesEndpoint(settings, publisher, metrics.registry)
+    app.router.add_post("/v1/edge/nodes", nodes.handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

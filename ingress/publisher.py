@@ -110,7 +110,7 @@ class Publisher:
         self,
         topic: str,
         key: bytes,
-        value: bytes,
+        value: bytes | None,
         headers: list[tuple[str, bytes]],
         timeout: float,
     ) -> None:

@@ -101,6 +101,17 @@ class Settings(BaseSettings):
         description='Push signing keys per region, newest first, JSON: {"eu": ["k2", "k1"]}.',
     )
     push_tolerance: float = Field(30.0, gt=0, description="Push timestamp window, seconds.")
+    edge_url: str | None = Field(
+        None,
+        description="Base URL this edge node announces for pushes (default: "
+        "http://edge_host:edge_port).",
+    )
+    edge_announce_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between an edge node's announcements; a pusher drops an "
+        "announced node not heard from for three intervals.",
+    )
 
     usage_keys: dict[str, list[SecretStr]] = Field(
         default_factory=dict,
@@ -194,6 +205,7 @@ class Topics:
         self.deadletter = f"{prefix}deadletter"
         self.deadletter_redriven = f"{prefix}deadletter.redriven"
         self.meter_jobs = f"{prefix}meter.jobs"
+        self.edge_nodes = f"{prefix}edge.nodes"
 
     def __repr__(self) -> str:
         return f"Topics(prefix={self.prefix!r})"

@@ -45,6 +45,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.deadletter_redriven, 1, compact),
         # Internal: usage to report to Stripe Billing meters (streams/meter_reporter.py).
         TopicSpec(t.meter_jobs, n, keep),
+        # Edge nodes' signed announcements (tables/edge_node.py): one small total order.
+        TopicSpec(t.edge_nodes, 1, compact),
     ]
 
 

@@ -18,23 +18,36 @@ edge applies only newer versions.
 
 A tenant newly added to the region has quotas the nodes never saw: the region watcher
 notices (once a second) and asks every node to re-join, i.e. to take a fresh snapshot.
+
+Nodes = the configured ones (`QUOTAFLOW_EDGE_NODES[R]`) plus those announced in
+`edge.nodes` (`streams.node_directory`) and heard from within three announcement
+intervals. The node watcher (twice a second) starts a `NodeSender` for a new node (which
+joins with a full snapshot, as any node does) and stops the sender of a node that
+departed or fell silent, unless it is configured. `quotaflow_push_nodes{region}` counts
+them; `quotaflow_consumer_lag{group,topic,partition}` (the worker's convention) is the
+high-water mark minus this pusher's committed offset on its `quota.updates` partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable
+import weakref
+from collections.abc import Hashable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
+from prometheus_client import REGISTRY, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from edge.signing import PushSigner
 from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
+from streams.node_directory import NodeDirectory
 from streams.push_node import NodeSender, PushConfig
 from streams.push_snapshot import read_snapshot
 
@@ -43,6 +56,28 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 30.0
 COMMIT_TIMEOUT = 5.0
 REGION_WATCH_INTERVAL = 1.0
+NODE_WATCH_INTERVAL = 0.5
+
+NODES = Gauge("quotaflow_push_nodes", "Edge nodes this pusher delivers to.", ["region"])
+_LIVE: weakref.WeakSet[Pusher] = weakref.WeakSet()
+
+
+class _LagCollector(Collector):
+    """`quotaflow_consumer_lag` of every running pusher in this process (one registration)."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "quotaflow_consumer_lag",
+            "Records behind: high-water mark minus committed offset",
+            labels=["group", "topic", "partition"],
+        )
+        for pusher in list(_LIVE):
+            for topic, partition, lag in pusher.lag():
+                family.add_metric([pusher.group, topic, str(partition)], lag)
+        yield family
+
+
+REGISTRY.register(_LagCollector())
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -55,7 +90,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self._pusher.positions.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        await self._pusher.learn_committed(assigned)
 
 
 class Pusher:
@@ -70,6 +105,10 @@ class Pusher:
         self.config = config or PushConfig()
         self.positions: dict[Hashable, int] = {}
         self.nodes: list[NodeSender] = []
+        self.group = f"{settings.app_id}-push-{self.region}"
+        self.directory = NodeDirectory(settings)
+        self._configured = [u.rstrip("/") for u in settings.edge_nodes.get(self.region, [])]
+        self._signer: PushSigner | None = None
         self._committed: dict[Hashable, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,25 +140,27 @@ class Pusher:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    def _sender(self, url: str) -> NodeSender:
+        if self._signer is None:
+            self._signer = PushSigner.for_region(self.settings, self.region)
+        return NodeSender(
+            url,
+            region=self.region,
+            signer=self._signer,
+            snapshot=self._snapshot,
+            config=self.config,
+        )
+
     async def start(self) -> None:
-        signer = PushSigner.for_region(self.settings, self.region)
-        urls = self.settings.edge_nodes.get(self.region, [])
-        if not urls:
-            log.warning("no edge nodes configured", extra={"region": self.region})
-        self.nodes = [
-            NodeSender(
-                url,
-                region=self.region,
-                signer=signer,
-                snapshot=self._snapshot,
-                config=self.config,
+        if not self._configured:
+            log.info(
+                "no edge nodes configured, waiting for announcements", extra={"region": self.region}
             )
-            for url in urls
-        ]
+        self.nodes = [self._sender(url) for url in dict.fromkeys(self._configured)]
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=f"{self.settings.app_id}-push-{self.region}",
-            client_id=f"{self.settings.app_id}-push-{self.region}",
+            group_id=self.group,
+            client_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=5,
@@ -131,14 +172,19 @@ class Pusher:
                 await consumer.start()
             for node in self.nodes:
                 await node.start()
+            await self.directory.start()
         except BaseException:
             await self.stop()
             raise
         self._served = self._region_tenants()
+        _LIVE.add(self)
+        NODES.labels(region=self.region).set(len(self.nodes))
         for name, coro in (
             ("consume", self._consume()),
             ("commit", self._commit_loop()),
             ("region-watch", self._watch_region()),
+            ("nodes", self.directory.follow()),
+            ("node-watch", self._watch_nodes()),
         ):
             task = asyncio.create_task(coro, name=f"pusher {self.region} {name}")
             task.add_done_callback(self._task_done)
@@ -159,8 +205,10 @@ class Pusher:
                 task.cancel()
             await asyncio.gather(*tasks[1:], return_exceptions=True)
             await self.commit()
+        _LIVE.discard(self)
         for node in self.nodes:
             await node.stop()
+        await self.directory.stop()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
@@ -240,6 +288,58 @@ class Pusher:
         while True:
             await asyncio.sleep(self.config.commit_interval)
             await self.commit()
+
+    async def learn_committed(self, assigned: Iterable[TopicPartition]) -> None:
+        """Seeds the committed offsets of newly assigned partitions (for the lag gauge)."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in assigned:
+            try:
+                async with asyncio.timeout(COMMIT_TIMEOUT):
+                    offset = await consumer.committed(tp)
+            except (KafkaError, TimeoutError):
+                continue
+            self._committed[tp] = offset if offset is not None else 0
+
+    def lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, high-water mark minus committed offset) per assigned partition."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        rows = []
+        for tp in sorted(consumer.assignment()):
+            high = consumer.highwater(tp)
+            committed = self._committed.get(tp)
+            if high is None or committed is None:
+                continue
+            rows.append((tp.topic, tp.partition, max(int(high) - int(committed), 0)))
+        return rows
+
+    async def _watch_nodes(self) -> None:
+        while True:
+            await self.sync_nodes()
+            await asyncio.sleep(NODE_WATCH_INTERVAL)
+
+    async def sync_nodes(self) -> None:
+        """Starts senders for newly announced nodes, stops those departed or silent."""
+        wanted = dict.fromkeys([*self._configured, *sorted(self.directory.live().values())])
+        have = {node.url: node for node in self.nodes}
+        gone = [node for url, node in have.items() if url not in wanted]
+        added = [self._sender(url) for url in wanted if url not in have]
+        if not gone and not added:
+            return
+        # Rebind, never mutate: `_dispatch` iterates the list between awaits.
+        self.nodes = [node for node in self.nodes if node.url in wanted] + added
+        NODES.labels(region=self.region).set(len(self.nodes))
+        for node in added:
+            log.info("edge node joined", extra={"region": self.region, "node": node.url})
+            await node.start()
+        for node in gone:
+            log.info(
+                "edge node left, delivery stopped", extra={"region": self.region, "node": node.url}
+            )
+            await node.stop()
 
     def _region_tenants(self) -> set[str]:
         return {t.id for t in self.registry if self.region in t.regions}

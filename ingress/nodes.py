@@ -1,0 +1,123 @@
+"""`POST /v1/edge/nodes`: edge nodes' announcements into the compacted `edge.nodes` topic.
+
+Request (sent by `edge/announcer.py`): headers `X-Quotaflow-Region` and
+`X-Quotaflow-Signature` (the push scheme of `edge/signing.py`, with the region's *push*
+keys: the key that already lets one deliver quotas to that region's nodes), body a
+`NodeAnnouncement` (`tables/edge_node.py`).
+
+Checked before anything is published: the signature (window and replay), the body, and
+that its region is the header's. Then: an announcement is published with key
+`region/node_id`, value = the body byte for byte and the signature header kept in the
+record header `qf-signature`, so pushers verify it again; a departure (`leaving: true`)
+becomes a tombstone for that key. 200 `{"status": "accepted"}` once acknowledged (acks=all);
+401 signature reasons, 400 `bad_body` / `region_mismatch`, 415, 413, 503 like `/v1/usage`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import ValidationError
+
+from edge.exceptions import SignatureError
+from edge.signing import SIGNATURE_HEADER, PushVerifier
+from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected
+from ingress.publisher import Publisher
+from quotaflow.settings import Settings
+from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
+
+__all__ = ["NodesEndpoint"]
+
+log = logging.getLogger("quotaflow.ingress.nodes")
+
+REGION_HTTP_HEADER = "X-Quotaflow-Region"
+MAX_BODY = 4096
+_REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _error(exc: IngressError) -> web.Response:
+    return web.Response(
+        body=orjson.dumps({"error": {"reason": exc.reason, "message": exc.message}}),
+        status=exc.status,
+        content_type="application/json",
+    )
+
+
+class NodesEndpoint:
+    """The `/v1/edge/nodes` handler; one per ingress app."""
+
+    def __init__(
+        self, settings: Settings, publisher: Publisher, metrics_registry: CollectorRegistry
+    ) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self._topic = settings.topics.edge_nodes
+        self._verifiers: dict[str, PushVerifier] = {}
+        self.announcements = Counter(
+            "quotaflow_ingress_node_announcements",
+            "Edge node announcements by outcome (accepted, rejected, unavailable) and reason.",
+            ("outcome", "reason"),
+            registry=metrics_registry,
+        )
+
+    def _verifier(self, region: str) -> PushVerifier | None:
+        verifier = self._verifiers.get(region)
+        if verifier is None:
+            if not self._settings.push_keys.get(region):
+                return None
+            verifier = PushVerifier.for_region(self._settings, region)
+            self._verifiers[region] = verifier
+        return verifier
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """POST /v1/edge/nodes: verify the region's push signature, then publish."""
+        try:
+            reason = await self._accept(request)
+        except PublishUnavailable as exc:
+            self.announcements.labels("unavailable", exc.reason).inc()
+            return _error(exc)
+        except IngressError as exc:
+            self.announcements.labels("rejected", exc.reason).inc()
+            log.warning("node announcement refused", extra={"reason": exc.reason})
+            return _error(exc)
+        self.announcements.labels("accepted", reason).inc()
+        return web.json_response({"status": "accepted"})
+
+    async def _accept(self, request: web.Request) -> str:
+        region = request.headers.get(REGION_HTTP_HEADER, "")
+        if not _REGION.match(region):
+            raise RequestRejected("unknown_region", "missing or malformed region", status=401)
+        verifier = self._verifier(region)
+        if verifier is None:
+            raise RequestRejected("unknown_region", "no push keys for this region", status=401)
+        if request.content_type != "application/json":
+            raise RequestRejected("unsupported_media_type", "application/json only", status=415)
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            raise RequestRejected("body_too_large", "body exceeds the limit", status=413)
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            raise RequestRejected("body_too_large", "body exceeds the limit", status=413)
+        signature = request.headers.get(SIGNATURE_HEADER)
+        try:
+            verifier.verify(signature, body)
+        except SignatureError as exc:
+            raise RequestRejected(
+                exc.reason, "announcement signature refused", status=401
+            ) from None
+        try:
+            doc = NodeAnnouncement.model_validate(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValidationError):
+            raise RequestRejected("bad_body", "not a node announcement") from None
+        if doc.region != region:
+            raise RequestRejected("region_mismatch", "body region differs from the header")
+        timeout = self._settings.publish_timeout
+        if doc.leaving:
+            await self._publisher.publish(self._topic, doc.key.encode(), None, [], timeout)
+            return "departed"
+        headers = [(SIGNATURE_RECORD_HEADER, (signature or "").encode())]
+        await self._publisher.publish(self._topic, doc.key.encode(), body, headers, timeout)
+        return "announced"

@@ -1,0 +1,149 @@
+"""Which edge nodes of a region have announced themselves: a follower of `edge.nodes`.
+
+Reads the compacted topic from the beginning with a throwaway consumer (no group: every
+pusher sees every record) and keeps, per node of its region, the newest announcement
+whose signature verifies with the region's push keys (the ingress checked it too; this
+check makes a record written by anything else harmless). Only the HMAC is checked here:
+the record is re-read after restarts, so freshness comes from the signed `at` instead.
+A tombstone is a departure.
+
+Counted in `quotaflow_pusher_announcements_total{region, outcome}` with outcomes
+`announced`, `departed`, `forged` (unsigned or bad signature: ignored), `malformed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from prometheus_client import Counter
+from pydantic import ValidationError
+
+from edge.exceptions import SignatureError
+from edge.signing import PushKey, compute_signature, parse_header, region_keys
+from quotaflow.settings import Settings
+from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+
+ANNOUNCEMENTS = Counter(
+    "quotaflow_pusher_announcements",
+    "Edge node announcements read by a pusher, by outcome (announced, departed, forged, "
+    "malformed).",
+    ["region", "outcome"],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownNode:
+    node_id: str
+    url: str
+    at: float
+
+
+def verified(keys: tuple[PushKey, ...], header: bytes | None, value: bytes) -> bool:
+    """The record's signature header verifies `value` with one of `keys` (any age)."""
+    if header is None or not keys:
+        return False
+    try:
+        parsed = parse_header(header.decode("ascii", "replace"))
+    except SignatureError:
+        return False
+    for key in keys:
+        if parsed.key_id is not None and parsed.key_id != key.id:
+            continue
+        if hmac.compare_digest(compute_signature(key.secret, parsed.timestamp, value), parsed.v1):
+            return True
+    return False
+
+
+class NodeDirectory:
+    """The region's announced nodes; `start()` and `stop()` mirror each other."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self.region = settings.region
+        self._prefix = f"{self.region}/".encode()
+        self._keys = region_keys(settings, self.region)
+        self._ttl = 3 * settings.edge_announce_interval
+        self._clock = clock
+        self._nodes: dict[bytes, KnownNode] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def live(self) -> dict[str, str]:
+        """node_id → url of nodes heard from within three announcement intervals."""
+        oldest = self._clock() - self._ttl
+        return {n.node_id: n.url for n in self._nodes.values() if n.at >= oldest}
+
+    async def start(self) -> None:
+        """Connects; the owner runs `follow()` as one of its tracked tasks."""
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(
+            self._settings.topics.edge_nodes,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            client_id=f"{self._settings.app_id}-push-{self.region}-nodes",
+        )
+        self._consumer = consumer
+        async with asyncio.timeout(START_TIMEOUT):
+            await consumer.start()
+
+    async def stop(self) -> None:
+        """Closes the consumer; cancel `follow()` first. Idempotent."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def follow(self) -> None:
+        """Applies every record as it arrives, forever."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("node directory not started")
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            for records in batches.values():
+                for record in records:
+                    self.apply(record)
+
+    def apply(self, record: ConsumerRecord) -> None:
+        key: bytes | None = record.key
+        if key is None or not key.startswith(self._prefix):
+            return  # another region's node
+        value: bytes | None = record.value
+        if value is None:
+            if self._nodes.pop(key, None) is not None:
+                ANNOUNCEMENTS.labels(region=self.region, outcome="departed").inc()
+                log.info("edge node departed", extra={"region": self.region, "key": key.decode()})
+            return
+        header = dict(record.headers or ()).get(SIGNATURE_RECORD_HEADER)
+        if not verified(self._keys, header, value):
+            ANNOUNCEMENTS.labels(region=self.region, outcome="forged").inc()
+            log.warning(
+                "unsigned or forged node announcement ignored", extra={"region": self.region}
+            )
+            return
+        try:
+            doc = NodeAnnouncement.model_validate(orjson.loads(value))
+        except (orjson.JSONDecodeError, ValidationError):
+            ANNOUNCEMENTS.labels(region=self.region, outcome="malformed").inc()
+            return
+        if doc.key.encode() != key or doc.leaving:
+            ANNOUNCEMENTS.labels(region=self.region, outcome="malformed").inc()
+            return
+        previous = self._nodes.get(key)
+        if previous is not None and previous.at > doc.at:
+            return
+        self._nodes[key] = KnownNode(doc.node_id, doc.url.rstrip("/"), doc.at)
+        ANNOUNCEMENTS.labels(region=self.region, outcome="announced").inc()
