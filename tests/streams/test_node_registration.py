@@ -1,0 +1,266 @@
+"""Edge nodes registering themselves with their region's pusher: every component a real
+process (`quotaflow ingress`, `push`, `edge`) on the real broker, no configured nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import urllib3
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from edge.reporter import REGION_HTTP_HEADER
+from edge.signing import SIGNATURE_HEADER, PushSigner
+from quotaflow.localkafka import free_port
+from quotaflow.registry import dump_tenants
+from quotaflow.settings import Settings
+from quotaflow.topics import ensure_topics
+from tables.edge_node import SIGNATURE_RECORD_HEADER
+from tables.quota import QuotaUpdate, Reason
+from tables.tenant import Tenant, WebhookSecret
+from tests.processes import Component, components, start
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+
+HTTP = urllib3.PoolManager()
+
+
+def update(customer: str, version: int) -> QuotaUpdate:
+    return QuotaUpdate(
+        tenant_id="euco",
+        customer_id=customer,
+        limit=100 * version,
+        used=0,
+        remaining=100 * version,
+        status="active",
+        version=version,
+        reason=Reason(kind="policy", id=f"v{version}"),
+        updated_at=time.time(),
+    )
+
+
+async def _produce(
+    settings: Settings,
+    records: Iterable[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]],
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for topic, key, value, headers in records:
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
+def produce_quotas(settings: Settings, updates: Iterable[QuotaUpdate]) -> None:
+    topic = settings.topics.quota_updates
+    asyncio.run(_produce(settings, [(topic, u.key.encode(), u.to_json(), []) for u in updates]))
+
+
+def eventually(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {within}s: {what}")
+        time.sleep(0.1)
+
+
+def metric(port: int, name: str, **labels: str) -> float | None:
+    """The sum of the samples of `name` whose labels include `labels` (None if none)."""
+    body = HTTP.request("GET", f"http://127.0.0.1:{port}/metrics", timeout=2.0).data.decode()
+    found = None
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                found = (found or 0.0) + sample.value
+    return found
+
+
+def edge_version(port: int, customer: str) -> int | None:
+    try:
+        resp = HTTP.request(
+            "GET", f"http://127.0.0.1:{port}/v1/quotas/euco/{customer}", timeout=2.0
+        )
+    except urllib3.exceptions.HTTPError:
+        return None
+    if resp.status != 200:
+        return None
+    version: int = orjson.loads(resp.data)["version"]
+    return version
+
+
+class Stack:
+    """Ingress and the eu pusher, running; edges can be started into it."""
+
+    def __init__(
+        self, settings: Settings, env: dict[str, str], started: list[Component], logs: Path
+    ) -> None:
+        self.settings = settings
+        self.env = env
+        self.started = started
+        self.logs = logs
+        self.ingress_port = int(env["QUOTAFLOW_INGRESS_PORT"])
+        self.pusher_port = int(env["QUOTAFLOW_PUSHER_PORT"])
+
+    def edge(self, port: int) -> Component:
+        edge = start(
+            self.started, ["edge", "--region", "eu", "--port", str(port)], self.env, self.logs
+        )
+        edge.wait_port(port)
+        return edge
+
+    def pusher_metric(self, name: str, **labels: str) -> float | None:
+        return metric(self.pusher_port, name, **{"region": "eu", **labels})
+
+
+@pytest.fixture
+def stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Stack]:
+    push_key = secrets.token_hex(32)
+    settings = settings_factory(push_keys={"eu": [SecretStr(push_key)]}, edge_announce_interval=1.0)
+    asyncio.run(ensure_topics(settings))
+    tenants_file = tmp_path / "tenants.json"
+    tenant = Tenant(
+        id="euco",
+        webhook_secrets=(WebhookSecret(id="w1", secret=SecretStr("whsec_t")),),
+        regions=("eu",),
+    )
+    tenants_file.write_bytes(dump_tenants([tenant]))
+    ingress_port, pusher_port = free_port(), free_port()
+    env = {
+        "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        "QUOTAFLOW_PARTITIONS": str(settings.partitions),
+        "QUOTAFLOW_APP_ID": settings.app_id,
+        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
+        "QUOTAFLOW_PUSH_KEYS": orjson.dumps({"eu": [push_key]}).decode(),
+        "QUOTAFLOW_EDGE_ANNOUNCE_INTERVAL": "1",
+        "QUOTAFLOW_INGRESS_PORT": str(ingress_port),
+        "QUOTAFLOW_USAGE_INGRESS_URL": f"http://127.0.0.1:{ingress_port}",
+        "QUOTAFLOW_USAGE_SPOOL_DIR": str(tmp_path / "spool"),
+        "QUOTAFLOW_PUSHER_PORT": str(pusher_port),
+    }
+    env.pop("QUOTAFLOW_EDGE_NODES", None)
+    with components(env, tmp_path) as started:
+        ingress = start(started, ["ingress"], env, tmp_path)
+        pusher = start(started, ["push", "--region", "eu"], env, tmp_path)
+        ingress.wait_port(ingress_port)
+        pusher.wait_port(pusher_port)
+        eventually(
+            lambda: HTTP.request("GET", f"http://127.0.0.1:{pusher_port}/readyz").status == 200,
+            "pusher ready",
+        )
+        yield Stack(settings, env, started, tmp_path)
+
+
+def test_an_announced_node_gets_a_snapshot_then_deltas_and_leaving_stops_delivery(
+    stack: Stack,
+) -> None:
+    before = [update(f"c{c}", v) for v in (1, 2) for c in range(6)]
+    produce_quotas(stack.settings, before)
+    assert stack.pusher_metric("quotaflow_push_nodes") == 0
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    edge = stack.edge(port)
+    # (a) snapshot, then live deltas, with no configured node: purely by announcement.
+    eventually(lambda: all(edge_version(port, f"c{c}") == 2 for c in range(6)), "snapshot arrives")
+    assert (stack.pusher_metric("quotaflow_push_snapshots_total", node=url) or 0) >= 1
+    produce_quotas(stack.settings, [update("c0", 3), update("c9", 1)])
+    eventually(
+        lambda: edge_version(port, "c0") == 3 and edge_version(port, "c9") == 1, "deltas arrive"
+    )
+    assert stack.pusher_metric("quotaflow_push_nodes") == 1
+
+    # (d) the lag gauge covers both quota.updates partitions and is 0 once caught up.
+    topic = stack.settings.topics.quota_updates
+    group = f"{stack.settings.app_id}-push-eu"
+
+    def lag_rows() -> list[float]:
+        rows = []
+        for p in range(stack.settings.partitions):
+            value = metric(
+                stack.pusher_port,
+                "quotaflow_consumer_lag",
+                group=group,
+                topic=topic,
+                partition=str(p),
+            )
+            if value is not None:
+                rows.append(value)
+        return rows
+
+    eventually(lambda: lag_rows() == [0.0] * stack.settings.partitions, "lag 0 on every partition")
+
+    # (b) a graceful stop announces the departure; the pusher stops delivering to it.
+    assert edge.stop() == 0
+    eventually(lambda: stack.pusher_metric("quotaflow_push_nodes") == 0, "node dropped")
+    assert (
+        stack.pusher_metric("quotaflow_pusher_announcements_total", outcome="departed") or 0
+    ) >= 1
+    sent = stack.pusher_metric("quotaflow_push_batches_total", node=url)
+    time.sleep(2.5)  # two pusher heartbeats would have gone out to a node still served
+    assert stack.pusher_metric("quotaflow_push_batches_total", node=url) == sent
+    assert stack.pusher_metric("quotaflow_push_node_up", node=url) == 0
+
+
+def test_a_forged_announcement_adds_no_node(stack: Stack) -> None:
+    produce_quotas(stack.settings, [update("c0", 1)])
+    attacker = f"http://127.0.0.1:{free_port()}"
+    doc = {"region": "eu", "node_id": "evil", "url": attacker, "at": time.time(), "leaving": False}
+    body = orjson.dumps(doc)
+
+    # Through the ingress, signed with a key that is not the region's: refused.
+    forged = PushSigner(["not-the-eu-key"]).headers(body)
+    resp = HTTP.request(
+        "POST",
+        f"http://127.0.0.1:{stack.ingress_port}/v1/edge/nodes",
+        body=body,
+        headers={**forged, REGION_HTTP_HEADER: "eu", "Content-Type": "application/json"},
+    )
+    assert resp.status == 401, resp.data
+    unsigned = HTTP.request(
+        "POST",
+        f"http://127.0.0.1:{stack.ingress_port}/v1/edge/nodes",
+        body=body,
+        headers={REGION_HTTP_HEADER: "eu", "Content-Type": "application/json"},
+    )
+    assert unsigned.status == 401, unsigned.data
+    assert (
+        metric(stack.ingress_port, "quotaflow_ingress_node_announcements_total", outcome="rejected")
+        == 2
+    )
+
+    # Straight into the topic, forged and unsigned: the pusher ignores and counts both.
+    topic = stack.settings.topics.edge_nodes
+    asyncio.run(
+        _produce(
+            stack.settings,
+            [
+                (
+                    topic,
+                    b"eu/evil",
+                    body,
+                    [(SIGNATURE_RECORD_HEADER, forged[SIGNATURE_HEADER].encode())],
+                ),
+                (topic, b"eu/evil2", body.replace(b"evil", b"evil2"), []),
+            ],
+        )
+    )
+    eventually(
+        lambda: (
+            (stack.pusher_metric("quotaflow_pusher_announcements_total", outcome="forged") or 0)
+            >= 2
+        ),
+        "forgeries counted",
+    )
+    time.sleep(1.5)  # node watcher runs twice a second
+    assert stack.pusher_metric("quotaflow_push_nodes") == 0
+    assert stack.pusher_metric("quotaflow_push_batches_total", node=attacker) is None
+    assert stack.pusher_metric("quotaflow_pusher_announcements_total", outcome="announced") is None
