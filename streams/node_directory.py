@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
@@ -32,7 +33,8 @@ from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 10.0
+RETRY_DELAY = 2.0
 
 ANNOUNCEMENTS = Counter(
     "quotaflow_pusher_announcements",
@@ -66,7 +68,8 @@ def verified(keys: tuple[PushKey, ...], header: bytes | None, value: bytes) -> b
 
 
 class NodeDirectory:
-    """The region's announced nodes; `start()` and `stop()` mirror each other."""
+    """The region's announced nodes; the owner runs `follow()` as a tracked task, cancels
+    it, then calls `stop()`."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
@@ -83,11 +86,8 @@ class NodeDirectory:
         oldest = self._clock() - self._ttl
         return {n.node_id: n.url for n in self._nodes.values() if n.at >= oldest}
 
-    async def start(self) -> None:
-        """Connects; the owner runs `follow()` as one of its tracked tasks."""
-        if self._consumer is not None:
-            return
-        consumer = AIOKafkaConsumer(
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             self._settings.topics.edge_nodes,
             bootstrap_servers=self._settings.kafka_bootstrap,
             group_id=None,
@@ -96,26 +96,42 @@ class NodeDirectory:
             fetch_max_wait_ms=100,
             client_id=f"{self._settings.app_id}-push-{self.region}-nodes",
         )
-        self._consumer = consumer
-        async with asyncio.timeout(START_TIMEOUT):
-            await consumer.start()
+
+    async def follow(self) -> None:
+        """Connects, then applies every record as it arrives, forever.
+
+        Connecting waits for the topic; until it exists (or while the broker is away at
+        start) only configured nodes are served, so this retries instead of failing the
+        pusher.
+        """
+        while self._consumer is None:
+            consumer = self._new_consumer()
+            try:
+                async with asyncio.timeout(START_TIMEOUT):
+                    await consumer.start()
+            except (KafkaError, TimeoutError) as exc:
+                await consumer.stop()
+                log.warning(
+                    "edge.nodes not readable yet, retrying",
+                    extra={"region": self.region, "error": type(exc).__name__},
+                )
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            except BaseException:
+                await consumer.stop()  # cancelled while connecting
+                raise
+            self._consumer = consumer
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=500, max_records=1000)
+            for records in batches.values():
+                for record in records:
+                    self.apply(record)
 
     async def stop(self) -> None:
         """Closes the consumer; cancel `follow()` first. Idempotent."""
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
-
-    async def follow(self) -> None:
-        """Applies every record as it arrives, forever."""
-        consumer = self._consumer
-        if consumer is None:
-            raise RuntimeError("node directory not started")
-        while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
-            for records in batches.values():
-                for record in records:
-                    self.apply(record)
 
     def apply(self, record: ConsumerRecord) -> None:
         key: bytes | None = record.key

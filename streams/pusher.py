@@ -172,7 +172,6 @@ class Pusher:
                 await consumer.start()
             for node in self.nodes:
                 await node.start()
-            await self.directory.start()
         except BaseException:
             await self.stop()
             raise

@@ -30,6 +30,7 @@ async def test_ensure_topics_creates_each_topic_once_with_its_policy(
             t.deadletter,
             t.deadletter_redriven,
             t.meter_jobs,
+            t.edge_nodes,
         ]
     )
     assert await ensure_topics(settings) == []
