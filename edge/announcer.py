@@ -40,6 +40,7 @@ log = logging.getLogger("quotaflow.edge.announce")
 
 REQUEST_TIMEOUT = 2.0
 LEAVE_BUDGET = 3.0
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 class NodeAnnouncer:
@@ -77,8 +78,17 @@ class NodeAnnouncer:
     @classmethod
     def from_settings(
         cls, settings: Settings, registry: CollectorRegistry | None = None
-    ) -> NodeAnnouncer:
-        url = settings.edge_url or f"http://{settings.edge_host}:{settings.edge_port}"
+    ) -> NodeAnnouncer | None:
+        """None when the node has no address a pusher could use (wildcard listen address
+        and no `QUOTAFLOW_EDGE_URL`): announcing `0.0.0.0` would only make pushers fail."""
+        url = settings.edge_url
+        if url is None:
+            if settings.edge_host in WILDCARD_HOSTS:
+                log.warning(
+                    "listening on a wildcard address without QUOTAFLOW_EDGE_URL: not announced"
+                )
+                return None
+            url = f"http://{settings.edge_host}:{settings.edge_port}"
         return cls(
             ingress_url=settings.usage_ingress_url,
             region=settings.region,
