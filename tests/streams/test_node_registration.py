@@ -264,3 +264,17 @@ def test_a_forged_announcement_adds_no_node(stack: Stack) -> None:
     assert stack.pusher_metric("quotaflow_push_nodes") == 0
     assert stack.pusher_metric("quotaflow_push_batches_total", node=attacker) is None
     assert stack.pusher_metric("quotaflow_pusher_announcements_total", outcome="announced") is None
+
+
+def test_a_silent_node_is_dropped_after_three_intervals(stack: Stack) -> None:
+    produce_quotas(stack.settings, [update("c0", 1)])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    edge = stack.edge(port)
+    eventually(lambda: edge_version(port, "c0") == 1, "snapshot arrives")
+    edge.kill()  # no departure: only silence tells
+    killed = time.monotonic()
+    eventually(lambda: stack.pusher_metric("quotaflow_push_nodes") == 0, "silent node dropped")
+    assert time.monotonic() - killed >= 1.0  # not before its announcements lapse (3 x 1 s)
+    assert stack.pusher_metric("quotaflow_pusher_announcements_total", outcome="departed") is None
+    assert stack.pusher_metric("quotaflow_push_node_up", node=url) == 0
