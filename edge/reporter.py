@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -40,11 +41,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edge.cache import QuotaCache
 from edge.signing import KeyMaterial, PushSigner
-from edge.spool import SpooledBatch, UsageKey, UsageSpool
+from edge.spool import UsageKey, UsageSpool
 from quotaflow.settings import Settings
 
 __all__ = ["REGION_HTTP_HEADER", "UsageReporter", "default_node_id"]
 
+T = TypeVar("T")
 log = logging.getLogger("quotaflow.edge.usage")
 
 REGION_HTTP_HEADER = "X-Quotaflow-Region"
@@ -96,6 +98,10 @@ class UsageReporter:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        # Spool writes fsync, which can take milliseconds: they run in a thread so the loop
+        # keeps answering consumes, and this lock keeps one writer at a time. A batch is
+        # marked sent under the same lock, so a merge can never change a batch being sent.
+        self._spool_lock = asyncio.Lock()
         self._backoff = 0.0
         self._retry_at = 0.0
         self.registry = registry = registry if registry is not None else CollectorRegistry()
@@ -163,7 +169,7 @@ class UsageReporter:
         if session is None:
             return
         try:
-            self.seal()
+            await self.seal()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_FLUSH_BUDGET):
                     await self._flush(session)
@@ -177,17 +183,21 @@ class UsageReporter:
     async def _run(self, session: aiohttp.ClientSession) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            self.seal()
+            await self.seal()
             if time.monotonic() >= self._retry_at:
                 await self._flush(session)
 
     # -- sealing --------------------------------------------------------------------
 
-    def seal(self) -> None:
+    async def seal(self) -> None:
         """Moves the cache's counts since the last seal into the spool (durably)."""
         drained = self._cache.drain_usage()
         if not drained:
             return
+        await self._on_disk(self._seal, drained)
+        self._update_gauges()
+
+    def _seal(self, drained: dict[UsageKey, int]) -> None:
         for chunk in _chunks(drained, self._max_items):
             if len(self.spool) >= self._max_batches:
                 tail = self.spool.tail()
@@ -195,7 +205,10 @@ class UsageReporter:
                 if fits and self.spool.merge_into_tail(chunk) is not None:
                     continue
             self.spool.seal(chunk)
-        self._update_gauges()
+
+    async def _on_disk(self, write: Callable[..., T], *args: Any) -> T:
+        async with self._spool_lock:
+            return await asyncio.to_thread(write, *args)
 
     # -- sending --------------------------------------------------------------------
 
@@ -205,9 +218,9 @@ class UsageReporter:
             await self._flush(self._session)
 
     async def _flush(self, session: aiohttp.ClientSession) -> None:
-        while (batch := self.spool.head()) is not None:
+        while self.spool.head() is not None:
             try:
-                await self._send(session, batch)
+                await self._send(session)
             except _Retry:
                 self.reports.labels(outcome="retry").inc()
                 self._backoff = min(max(self._backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
@@ -217,9 +230,14 @@ class UsageReporter:
                 self._update_gauges()
         self._backoff = 0.0
 
-    async def _send(self, session: aiohttp.ClientSession, batch: SpooledBatch) -> None:
+    async def _send(self, session: aiohttp.ClientSession) -> None:
         if self._signer is None:
             raise _Retry
+        async with self._spool_lock:
+            batch = self.spool.head()
+            if batch is None:
+                return
+            self.spool.mark_attempted(batch.seq)
         body = orjson.dumps(
             {
                 "batch_id": f"{self.node_id}:{batch.seq}",
@@ -237,7 +255,6 @@ class UsageReporter:
             REGION_HTTP_HEADER: self._region,
             "Content-Type": "application/json",
         }
-        self.spool.mark_attempted(batch.seq)
         try:
             async with session.post(self._url, data=body, headers=headers) as response:
                 status = response.status
@@ -246,14 +263,14 @@ class UsageReporter:
             log.info("usage report failed", extra={"error": type(exc).__name__})
             raise _Retry from None
         if status == 200:
-            self.spool.remove(batch.seq)
+            await self._on_disk(self.spool.remove, batch.seq)
             self.reports.labels(outcome="accepted").inc()
             self.units_reported.inc(batch.units)
             return
         error = _error_of(answer)
         refused = error.get("tenant_id")
         if status == 422 and isinstance(refused, str):
-            dropped = self.spool.drop_tenant(batch.seq, refused)
+            dropped = await self._on_disk(self.spool.drop_tenant, batch.seq, refused)
             self.reports.labels(outcome="tenant_dropped").inc()
             self.units_dropped.inc(dropped)
             log.warning(
@@ -266,7 +283,7 @@ class UsageReporter:
             )
             return
         if 400 <= status < 500 and status not in (401, 408, 429):
-            self.spool.reject(batch.seq)
+            await self._on_disk(self.spool.reject, batch.seq)
             self.reports.labels(outcome="rejected").inc()
             self.units_dropped.inc(batch.units)
             log.error(

@@ -27,7 +27,7 @@ from quotaflow.envelope import Envelope
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.running import RunningRegistry, open_registry
-from streams.deadletter import deadletter_headers
+from streams.deadletter import send_deadletter
 from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
 from streams.records import raw_table, raw_topic
 from streams.stripe_client import StripeReader
@@ -122,20 +122,7 @@ def create_app(
     customers = raw_table(app, settings, "customers")  # CustomerState JSON
 
     async def dead(event: Any, reason: str, detail: str) -> None:
-        log.warning("dead letter", extra={"reason": reason, "detail": detail[:200]})
-        await deadletter.send(
-            key=event.key,
-            value=event.value,
-            headers=deadletter_headers(
-                event.headers,
-                reason=reason,
-                detail=detail,
-                source_topic=topics.stripe_events,
-                partition=event.message.partition,
-                offset=event.message.offset,
-            ),
-            partition=event.message.partition,
-        )
+        await send_deadletter(deadletter, event, reason=reason, detail=detail)
 
     resources = WorkerResources(settings, registry)
     usage = add_usage_agent(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
+
+log = logging.getLogger("quotaflow.deadletter")
 
 REASON = "qf-dl-reason"
 DETAIL = "qf-dl-detail"
@@ -33,3 +37,29 @@ def deadletter_headers(
         (SOURCE_OFFSET, str(offset).encode()),
         (FAILED_AT, repr(time.time()).encode()),
     ]
+
+
+async def send_deadletter(deadletter: Any, event: Any, *, reason: str, detail: str) -> None:
+    """Sends a Faust `event` that could not be applied to the `deadletter` topic.
+
+    Same partition as the source, so a tenant's letters stay in order with its events; the
+    agent then moves on, so one bad record never stops it or loses its place.
+    """
+    message = event.message
+    log.warning(
+        "dead letter",
+        extra={"reason": reason, "detail": detail[:200], "source_topic": message.topic},
+    )
+    await deadletter.send(
+        key=event.key,
+        value=event.value,
+        headers=deadletter_headers(
+            event.headers,
+            reason=reason,
+            detail=detail,
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+        ),
+        partition=message.partition,
+    )

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
-from streams.deadletter import deadletter_headers
+from streams.deadletter import send_deadletter
 from streams.meter_client import MeterClient
 from streams.meter_reporter import MeterReporter
 from streams.records import raw_table, raw_topic
@@ -106,20 +106,7 @@ def add_usage_agent(
     wiring = UsageWiring(aliases)
 
     async def dead(event: Any, reason: str, detail: str) -> None:
-        log.warning("usage dead letter", extra={"reason": reason, "detail": detail[:200]})
-        await deadletter.send(
-            key=event.key,
-            value=event.value,
-            headers=deadletter_headers(
-                event.headers,
-                reason=reason,
-                detail=detail,
-                source_topic=settings.topics.usage_events,
-                partition=event.message.partition,
-                offset=event.message.offset,
-            ),
-            partition=event.message.partition,
-        )
+        await send_deadletter(deadletter, event, reason=reason, detail=detail)
 
     async def handle(event: Any) -> None:
         try:

@@ -113,7 +113,7 @@ async def test_usage_counted_while_the_ingress_is_down_survives_a_sidecar_restar
     for _ in range(3):
         cache.consume("acme", "cus_1", 5)
         cache.consume("acme", "cus_2", 1)
-        first.seal()
+        await first.seal()
         await first.flush()  # refused: nobody listens
     cache.consume("acme", "cus_1", 7)  # counted, not yet sealed
     await first.stop()  # seals it to disk
@@ -148,7 +148,7 @@ async def test_backlog_is_bounded_and_merges_only_unsent_batches(
     try:
         for _ in range(10):
             cache.consume("acme", "cus_1", 1)
-            reporter.seal()
+            await reporter.seal()
         assert (len(reporter.spool), reporter.spool.units) == (2, 10)
         head = reporter.spool.head()
         assert head is not None
@@ -173,7 +173,7 @@ async def test_a_refused_tenant_is_dropped_and_the_others_still_arrive(
     try:
         cache.consume("acme", "cus_1", 4)
         cache.consume("gone", "cus_x", 9)
-        reporter.seal()
+        await reporter.seal()
         async with _ingress(usage_settings, port, [_tenant("acme")]):
             async with asyncio.timeout(30):
                 await reporter.flush()
