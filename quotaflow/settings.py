@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     grace_seconds: float = Field(
         3 * 86400.0, ge=0, description="How long past_due keeps a quota in grace."
     )
+    grace_check_interval: float = Field(
+        60.0, gt=0, description="Seconds between the worker's scans for ended grace periods."
+    )
     stripe_fetch: bool = Field(
         True, description="Fetch current objects from Stripe on each event (else use snapshots)."
     )
@@ -206,6 +209,7 @@ class Topics:
         self.deadletter_redriven = f"{prefix}deadletter.redriven"
         self.meter_jobs = f"{prefix}meter.jobs"
         self.edge_nodes = f"{prefix}edge.nodes"
+        self.quota_ticks = f"{prefix}quota.ticks"
 
     def __repr__(self) -> str:
         return f"Topics(prefix={self.prefix!r})"

@@ -18,6 +18,7 @@ from quotaflow.settings import Settings
 log = logging.getLogger("quotaflow.topics")
 
 FOURTEEN_DAYS_MS = 14 * 24 * 3600 * 1000
+ONE_DAY_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.meter_jobs, n, keep),
         # Edge nodes' signed announcements (tables/edge_node.py): one small total order.
         TopicSpec(t.edge_nodes, 1, compact),
+        # Internal: "re-evaluate this customer now" (streams/grace.py); a tick is only
+        # useful for minutes, a day is margin for a worker that was down.
+        TopicSpec(t.quota_ticks, n, {"cleanup.policy": "delete", "retention.ms": str(ONE_DAY_MS)}),
     ]
 
 

@@ -29,6 +29,7 @@ from quotaflow.settings import Settings
 from quotaflow.tenants.running import RunningRegistry, open_registry
 from streams.deadletter import send_deadletter
 from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
+from streams.grace import add_grace_timer
 from streams.records import raw_table, raw_topic
 from streams.stripe_client import StripeReader
 from streams.usage_agent import add_usage_agent
@@ -135,6 +136,8 @@ def create_app(
         ready=resources.ready.wait,
         policy=policy,
     )
+
+    add_grace_timer(app, settings, customers=customers, quota_updates=quota_updates, policy=policy)
 
     async def handle(event: Any) -> None:
         started = time.perf_counter()

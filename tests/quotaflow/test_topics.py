@@ -31,6 +31,7 @@ async def test_ensure_topics_creates_each_topic_once_with_its_policy(
             t.deadletter_redriven,
             t.meter_jobs,
             t.edge_nodes,
+            t.quota_ticks,
         ]
     )
     assert await ensure_topics(settings) == []

@@ -137,3 +137,35 @@ async def test_restarted_worker_reprocessing_changes_nothing(
     # A worker stopped before its commit re-emits what it re-reads at the same version
     # (harmless by design); what must never appear is a second version for cus_9.
     assert {(u.customer_id, u.version) for u in versions} == {("cus_9", 1), ("cus_10", 1)}
+
+
+async def test_grace_ends_by_time_alone_with_a_blocked_update(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """No event follows past_due: the worker itself publishes `blocked` once grace ends."""
+    settings = settings_factory()
+    await ensure_topics(settings)
+    tenants_file = tmp_path / "tenants.json"
+    tenants_file.write_bytes(dump_tenants([make_tenant()]))
+    now = int(time.time())
+    past_due = event(
+        "customer.subscription.updated",
+        subscription("sub_g", "cus_g", "past_due", [(BASIC, 1)], period=PERIOD),
+        created=now,
+    )
+    await produce(
+        settings.kafka_bootstrap, settings.topics.stripe_events, [stripe_record("acme", past_due)]
+    )
+    env = worker_env(
+        settings, tenants_file, tmp_path / "w", grace_seconds="4", grace_check_interval="0.5"
+    )
+    with components({}, tmp_path) as started:
+        start(started, ["worker"], env, tmp_path)
+        updates = await wait_for_records(
+            settings.kafka_bootstrap, settings.topics.quota_updates, 2, timeout=60
+        )
+    grace, blocked = (QuotaUpdate.from_json(r.value) for r in updates)
+    assert (grace.status, grace.version, grace.grace_until) == ("grace", 1, now + 4)
+    assert (blocked.status, blocked.version, blocked.limit) == ("blocked", 2, 0)
+    assert (blocked.reason.kind, blocked.reason.id) == ("policy", "grace")
+    assert blocked.updated_at >= now + 4

@@ -1,0 +1,93 @@
+"""Grace that ends by time alone: a past-due customer turns `blocked` with no new event.
+
+A quota in `grace` changes when `grace_until` passes, but nothing arrives to say so: Stripe
+sends its next event days later, if ever. Downstream subscribers of `quota.updates` must
+still see the change when it happens, not at the next input.
+
+A Faust timer cannot write a RocksDB table (a table write needs the event whose partition
+it belongs to), so the change travels through a topic like any other input:
+
+1. Every `grace_check_interval` seconds each worker scans the customers it holds. Only a
+   value that mentions `past_due` is parsed, so the scan stays cheap with a million keys.
+   For each customer whose last update says `grace` and whose `grace_deadline` has
+   passed, it sends a tick to `quota.ticks`: key = tenant id (so the tick lands in the
+   tenant's partition, which this worker holds, co-partitioned with `customers`), value =
+   the customer's table key.
+2. The tick agent re-reads the state and applies `tables.outcome.reevaluate` at its own
+   clock; the state is written and a quota update published only if the status changed.
+   A tick processed twice, or after the customer paid, changes nothing: the evaluation is
+   a pure function of the state and the time, so ticks need no deduplication of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+
+from quotaflow.settings import Settings
+from streams.records import raw_topic
+from tables.billing import CustomerState, grace_deadline, reevaluate
+from tables.policy import QuotaPolicy
+from tables.quota import SCHEMA_HEADER
+
+log = logging.getLogger("quotaflow.grace")
+
+# Cheap pre-filter: a customer can only be in grace with a past_due subscription.
+PAST_DUE = b'"past_due"'
+
+
+def due_for_blocking(state: CustomerState, now: float, policy: QuotaPolicy) -> bool:
+    """Whether the last published quota still says grace although grace has ended."""
+    if state.last is None or state.last.status != "grace":
+        return False
+    deadline = grace_deadline(state, policy)
+    return deadline is not None and now >= deadline
+
+
+def add_grace_timer(
+    app: faust.App,
+    settings: Settings,
+    *,
+    customers: Any,
+    quota_updates: faust.TopicT,
+    policy: QuotaPolicy,
+) -> None:
+    """The timer that finds ended grace periods and the agent that applies them."""
+    ticks = raw_topic(app, settings, settings.topics.quota_ticks)
+
+    @app.timer(interval=settings.grace_check_interval, name="grace-scan")  # type: ignore[untyped-decorator]
+    async def scan() -> None:
+        now = time.time()
+        due: list[bytes] = []
+        for key, value in customers.items():
+            if value is None or PAST_DUE not in value:
+                continue
+            state = CustomerState.model_validate_json(value)
+            if due_for_blocking(state, now, policy):
+                due.append(key)
+        for key in due:
+            await ticks.send(key=key.split(b"/", 1)[0], value=key)
+        if due:
+            log.info("grace ended", extra={"customers": len(due)})
+
+    @app.agent(ticks, concurrency=1, name="grace")
+    async def grace(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        """Re-evaluates each ticked customer; a tick for a gone customer is ignored."""
+        async for event in stream.events():
+            stored = customers.get(event.value)
+            if stored is not None:
+                state = CustomerState.model_validate_json(stored)
+                outcome = reevaluate(state, now=time.time(), policy=policy)
+                if outcome.update is not None and outcome.state is not None:
+                    customers[event.value] = outcome.state.model_dump_json().encode()
+                    await quota_updates.send(
+                        key=outcome.update.key.encode(),
+                        value=outcome.update.to_json(),
+                        partition=event.message.partition,
+                        headers=[SCHEMA_HEADER],
+                    )
+            yield None
