@@ -16,6 +16,10 @@ stdout. A plan (secrets are test-made and travel over the pipe, never argv):
        "other_region": "us", "other_key": "…", "victim": ["victim", "cus_victim_0"],
        "replayable": ["<raw request, latin-1>"]}]}
 
+`"fuzzer": "healthz"` (only `port` and `count`) sends `GET /healthz` instead: a control
+load of the same volume and connection pattern that costs the server nothing else. A
+target's optional `"seconds"` spreads its requests evenly over that time.
+
 Requests are built just before they are sent, so fresh signatures stay fresh however
 long the run takes.
 """
@@ -32,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from tests.reliability.fuzz import Attack, PushFuzzer, WebhookFuzzer, send_raw
+from tests.reliability.fuzz import Attack, PushFuzzer, WebhookFuzzer, request, send_raw
 from tests.reliability.fuzz_usage import UsageFuzzer
 
 
@@ -45,6 +49,9 @@ def fuzzer_for(target: dict[str, Any], rng: random.Random) -> Callable[[], Attac
         push = PushFuzzer(rng, target["region"], target["key"], tuple(target["target"]))
         push.replayable.extend(replayable)
         return push.next
+    if kind == "healthz":  # the control: as many requests, harmless, one connection each
+        control = Attack("control_healthz", request("GET", "/healthz", []))
+        return lambda: control
     if kind == "usage":
         usage = UsageFuzzer(
             rng,
@@ -65,13 +72,19 @@ async def attack(
     count: int,
     concurrency: int,
     results: Counter[tuple[str, int]],
+    seconds: float | None = None,
 ) -> None:
-    left = count
+    """`count` requests over `concurrency` connections at a time; spread evenly over
+    `seconds` when given, else as fast as the server answers."""
+    sent = 0
+    begun = time.monotonic()
 
     async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
+        nonlocal sent
+        while sent < count:
+            sent += 1
+            if seconds is not None:
+                await asyncio.sleep(max(0.0, begun + sent * seconds / count - time.monotonic()))
             hostile = make()
             results[(hostile.kind, await send_raw(port, hostile))] += 1
 
@@ -84,7 +97,14 @@ async def run(plan: dict[str, Any]) -> dict[str, Any]:
     started, cpu = time.monotonic(), time.process_time()
     await asyncio.gather(
         *(
-            attack(t["port"], fuzzer_for(t, rng), t["count"], plan["concurrency"], results)
+            attack(
+                t["port"],
+                fuzzer_for(t, rng),
+                t["count"],
+                plan["concurrency"],
+                results,
+                t.get("seconds"),
+            )
             for t in plan["targets"]
         )
     )
