@@ -19,9 +19,10 @@ batch id; a record that landed anyway is a duplicate the usage agent ignores).
 Refusals answer `{"error": {"reason", "message"[, "tenant_id"]}}` and publish nothing:
 401 signature reasons (`missing_signature`, `bad_signature`, `stale`, `replayed`,
 `unknown_region`, ...), 400 `bad_body`, `region_mismatch`, `bad_batch_id`, `empty_batch`,
-`too_many_items`, `duplicate_item`, 413 `body_too_large`, 415 `unsupported_media_type`,
-422 `unknown_tenant`, `tenant_suspended`, `tenant_not_in_region` (with the `tenant_id`,
-so the edge can drop that tenant's items and re-send the rest under the same id).
+`too_many_items`, `duplicate_item`, 408 `body_timeout`, 413 `body_too_large`, 415
+`unsupported_media_type`, `unsupported_encoding`, 422 `unknown_tenant`, `tenant_suspended`,
+`tenant_not_in_region` (with the `tenant_id`, so the edge can drop that tenant's items
+and re-send the rest under the same id).
 """
 
 from __future__ import annotations
@@ -270,6 +271,12 @@ class UsageEndpoint:
         if request.content_type != _JSON:
             raise RequestRejected(
                 "unsupported_media_type", "Content-Type must be application/json", status=415
+            )
+        # The edge never compresses reports; the server does not inflate (auto_decompress
+        # off), so an encoded body is refused unread rather than read and then failed.
+        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise RequestRejected(
+                "unsupported_encoding", "Content-Encoding must be identity", status=415
             )
         length = request.content_length
         if length is not None and length > self._max_body:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,19 @@ def worker_env(settings: Settings, tenants_file: Path, data: Path, **extra: str)
     }
 
 
-async def wait_committed(settings: Settings, timeout: float = 120.0) -> None:
-    """Waits until the worker's group has committed every `stripe.events` record."""
+async def wait_committed(
+    settings: Settings, timeout: float = 120.0, topics: Sequence[str] | None = None
+) -> None:
+    """Waits until the worker's group has committed every record of `topics`
+    (default: `stripe.events`)."""
+    wanted = set(topics or [settings.topics.stripe_events])
     deadline = time.monotonic() + timeout
     behind: list[Lag] = []
     while time.monotonic() < deadline:
         rows = await consumer_lag(settings, group=settings.app_id)
-        source = [r for r in rows if r.topic == settings.topics.stripe_events]
+        source = [r for r in rows if r.topic in wanted]
         behind = [r for r in source if r.lag]
-        if source and not behind:
+        if {r.topic for r in source} == wanted and not behind:
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"the worker did not catch up: {behind}")

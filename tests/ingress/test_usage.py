@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import time
 from typing import Any
 
@@ -103,6 +104,7 @@ async def test_signed_batch_is_published_per_tenant_after_the_ack(
         ("other_region", 422, "tenant_not_in_region"),
         ("too_large", 413, "body_too_large"),
         ("text", 415, "unsupported_media_type"),
+        ("gzip", 415, "unsupported_encoding"),
     ],
 )
 async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_published(
@@ -155,6 +157,9 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
             body = _report([{**good, "customer_id": "x" * 200}] * 1, pad="y" * 5000)
         elif case == "text":
             extra = {"Content-Type": "text/plain"}
+        elif case == "gzip":  # signed over the compressed bytes: only the encoding is wrong
+            body = gzip.compress(body)
+            extra = {"Content-Encoding": "gzip"}
         got = await _post(ingress, body, key=key, region=region, **extra)
     assert got[0] == status
     assert got[1]["error"]["reason"] == reason

@@ -56,7 +56,7 @@ def _junk(rng: random.Random, n: int) -> bytes:
     return bytes(rng.getrandbits(8) for _ in range(n))
 
 
-def _header_junk(rng: random.Random) -> bytes:
+def header_junk(rng: random.Random) -> bytes:
     """Printable-ish junk that still parses as one header line."""
     alphabet = b"tv01=,; \tabcdef0123456789xyz\x80\xff-_"
     return bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 300))).strip()
@@ -131,7 +131,7 @@ class WebhookFuzzer:
 
     def garbage_signature(self) -> Attack:
         return self.post(
-            "garbage_signature", self.body(), [*JSON, (b"Stripe-Signature", _header_junk(self.rng))]
+            "garbage_signature", self.body(), [*JSON, (b"Stripe-Signature", header_junk(self.rng))]
         )
 
     def wrong_secret(self) -> Attack:
@@ -201,7 +201,7 @@ class WebhookFuzzer:
         )
 
     def gzip_bomb(self) -> Attack:
-        body = _BOMB
+        body = BOMB
         headers = [*JSON, (b"Content-Encoding", b"gzip"), (b"Stripe-Signature", self.signed(body))]
         return self.post("gzip_bomb", body, headers)
 
@@ -262,7 +262,7 @@ class WebhookFuzzer:
         return Attack("lying_length", raw, trickle=True)
 
 
-_BOMB = gzip.compress(b"0" * (16 * 1024 * 1024), compresslevel=9)
+BOMB = gzip.compress(b"0" * (16 * 1024 * 1024), compresslevel=9)
 
 
 async def send_raw(port: int, attack: Attack, timeout: float = 15.0) -> int:
@@ -350,7 +350,7 @@ class PushFuzzer:
         return self.post("push_unsigned", self.body(), None)
 
     def garbage(self) -> Attack:
-        return self.post("push_garbage", self.body(), _header_junk(self.rng))
+        return self.post("push_garbage", self.body(), header_junk(self.rng))
 
     def wrong_key(self) -> Attack:
         body = self.body()
@@ -379,7 +379,7 @@ class PushFuzzer:
 
     def gzip_bomb(self) -> Attack:
         headers = [*JSON, (b"Content-Encoding", b"gzip"), (b"X-Quotaflow-Signature", b"t=1,v1=0")]
-        return Attack("push_gzip_bomb", request("POST", "/v1/push", headers, _BOMB))
+        return Attack("push_gzip_bomb", request("POST", "/v1/push", headers, BOMB))
 
     def replay(self) -> Attack:
         return Attack("push_replay", self.rng.choice(self.replayable))

@@ -66,12 +66,38 @@ class Delivery:
     body: bytes
 
 
+@dataclass(frozen=True)
+class UsageBatch:
+    """One tenant's part of an edge usage batch: a `usage.events` record's content."""
+
+    tenant_id: str
+    batch_id: str
+    items: tuple[tuple[str, int], ...]  # (customer id, units)
+
+    def value(self) -> bytes:
+        node = self.batch_id.rpartition(":")[0]
+        return orjson.dumps(
+            {
+                "batch_id": self.batch_id,
+                "node_id": node,
+                "region": "eu",
+                "tenant_id": self.tenant_id,
+                "sent_at": float(PERIOD[0]),
+                "received_at": float(PERIOD[0]),
+                "items": [{"customer_id": c, "units": u} for c, u in self.items],
+            }
+        )
+
+
 @dataclass
 class Workload:
     tenants: list[Tenant]
     secrets: dict[str, str]
     events: list[Delivery] = field(default_factory=list)
+    usage: list[UsageBatch] = field(default_factory=list)
     expected: dict[tuple[str, str], Expected] = field(default_factory=dict)
+    # The last Stripe subscription object and paid top-ups per customer: the oracle's input.
+    finals: dict[tuple[str, str], tuple[dict[str, Any], int]] = field(default_factory=dict)
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -97,16 +123,16 @@ def make_tenant(tenant_id: str, regions: Sequence[str]) -> tuple[Tenant, str]:
     return tenant, secret
 
 
-def expected_quota(final: dict[str, Any], topups: int) -> Expected:
-    """The oracle: the final subscription object and the plan catalog, nothing else."""
+def expected_quota(final: dict[str, Any], topups: int, used: int = 0) -> Expected:
+    """The oracle: the final subscription object, the plan catalog and the units used."""
     counting = final["status"] in _COUNTING
     limit = 0
     if counting:
         for item in final["items"]["data"]:
             limit += QUOTA[item["price"]["lookup_key"]] * item["quantity"]
     limit += topups * TOPUP_UNITS
-    status = "active" if counting else "blocked"
-    return Expected(limit, 0, limit, status, PERIOD[0], PERIOD[1])
+    status = "blocked" if not counting else "exhausted" if used >= limit else "active"
+    return Expected(limit, used, max(limit - used, 0), status, PERIOD[0], PERIOD[1])
 
 
 def _lifecycle(
@@ -178,4 +204,40 @@ def build(
             for body in bodies:
                 workload.events.append(Delivery(tenant_id, body["id"], orjson.dumps(body)))
             workload.expected[(tenant_id, cus)] = expected_quota(final, topups)
+            workload.finals[(tenant_id, cus)] = (final, topups)
     return workload
+
+
+def add_usage(
+    workload: Workload,
+    rng: random.Random,
+    *,
+    nodes: Sequence[str] = ("edge-a", "edge-b"),
+    batches_per_node: int = 8,
+    resend: float = 0.2,
+    max_units: int = 400,
+) -> list[UsageBatch]:
+    """Usage batches of every tenant from `nodes` (some re-sent), and the oracle's `used`.
+
+    Returns the records in the order an ingress would have written them; `workload.usage`
+    and `workload.expected` take the distinct batches into account.
+    """
+    used: dict[tuple[str, str], int] = {}
+    out: list[UsageBatch] = []
+    for tenant in workload.tenants:
+        customers = sorted(c for t, c in workload.expected if t == tenant.id)
+        for node in nodes:
+            for seq in range(1, batches_per_node + 1):
+                chosen = rng.sample(customers, rng.randint(1, min(4, len(customers))))
+                items = tuple((c, rng.randint(1, max_units)) for c in chosen)
+                batch = UsageBatch(tenant.id, f"{node}:{seq}", items)
+                workload.usage.append(batch)
+                for customer, units in items:
+                    used[(tenant.id, customer)] = used.get((tenant.id, customer), 0) + units
+                out.append(batch)
+                if rng.random() < resend:  # the edge re-sends a batch it got no answer for
+                    out.append(batch)
+    for key, units in used.items():
+        final, topups = workload.finals[key]
+        workload.expected[key] = expected_quota(final, topups, units)
+    return out

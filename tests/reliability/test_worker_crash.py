@@ -1,0 +1,186 @@
+"""Exactly once in effect: SIGKILL the worker ten times during a mixed stream of billing
+events and usage batches; the end state does not change.
+
+Faust writes the changelog before it commits offsets (every 5 s here), so each killed
+worker leaves processed-but-uncommitted records of both topics behind, which its
+successor processes again. The state's own guards must make that harmless: every
+customer ends with the quota of an uninterrupted run *and* of the reference model
+(`model.py`: the final Stripe object, the catalog and the distinct usage batches).
+
+Billing and usage arrive on two topics whose relative order no run controls, and usage
+publishes only on threshold crossings, so versions and the `used` of the last published
+record may differ between runs; the comparison is therefore on the end state: limit,
+status and period of the last published quota, and `used` as stored in the `customers`
+table (its changelog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from quotaflow.envelope import SCHEMA, TENANT
+from quotaflow.registry import dump_tenants
+from quotaflow.settings import Settings
+from quotaflow.topics import ensure_topics
+from tables.quota import QuotaUpdate
+from tables.usage import BATCH_ID_HEADER, USAGE_SCHEMA
+from tests.kafkautil import produce, read_all, wait_for_records
+from tests.pipeline import Record, stripe_record, wait_committed, worker_env
+from tests.processes import components, start
+from tests.reliability.model import Expected, UsageBatch, Workload, add_usage, build
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
+
+KILLS = 10
+Key = tuple[str, str]
+# (topic, record): billing goes to stripe.events, usage to usage.events.
+Item = tuple[str, Record]
+
+
+def _usage_record(batch: UsageBatch) -> Record:
+    headers = [
+        (TENANT, batch.tenant_id.encode()),
+        (BATCH_ID_HEADER, batch.batch_id.encode()),
+        (SCHEMA, USAGE_SCHEMA),
+    ]
+    return batch.tenant_id.encode(), batch.value(), headers
+
+
+def _stream(workload: Workload, usage: Sequence[UsageBatch], rng: random.Random) -> list[Item]:
+    """Billing events (every 7th redelivered) and usage batches, interleaved at random,
+    each kept in its own order."""
+    billing: list[Item] = []
+    for i, delivery in enumerate(workload.deliveries()):
+        record = stripe_record(delivery.tenant_id, orjson.loads(delivery.body))
+        billing += [("stripe", record)] * (2 if i % 7 == 0 else 1)
+    used: list[Item] = [("usage", _usage_record(b)) for b in usage]
+    out: list[Item] = []
+    while billing or used:
+        source = billing if used == [] or (billing and rng.random() < 0.7) else used
+        out.append(source.pop(0))
+    return out
+
+
+async def _produce(settings: Settings, items: Sequence[Item]) -> None:
+    topics = {"stripe": settings.topics.stripe_events, "usage": settings.topics.usage_events}
+    for kind, topic in topics.items():
+        records = [r for k, r in items if k == kind]
+        if records:
+            await produce(settings.kafka_bootstrap, topic, records)
+
+
+def _final(updates: list[Any], states: list[Any]) -> tuple[dict[Key, Expected], int]:
+    """The end state per customer, and how many quota updates repeated a version."""
+    last: dict[Key, QuotaUpdate] = {}
+    seen: Counter[tuple[str, int]] = Counter()
+    for record in updates:
+        update = QuotaUpdate.from_json(record.value)
+        held = last.get((update.tenant_id, update.customer_id))
+        assert held is None or update.version >= held.version, "a version went backwards"
+        last[(update.tenant_id, update.customer_id)] = update
+        seen[(update.key, update.version)] += 1
+    used: dict[Key, int] = {}
+    for record in states:  # the changelog: the last value per key is the stored state
+        tenant, _, customer = record.key.decode().partition("/")
+        used[(tenant, customer)] = int(orjson.loads(record.value)["used"])
+    final: dict[Key, Expected] = {}
+    for key, u in last.items():
+        assert u.limit is not None
+        assert u.period_start is not None
+        assert u.period_end is not None
+        n = used.get(key, 0)
+        final[key] = Expected(
+            u.limit, n, max(u.limit - n, 0), u.status, u.period_start, u.period_end
+        )
+    return final, sum(n - 1 for n in seen.values())
+
+
+async def _run(
+    settings: Settings, tmp_path: Path, workload: Workload, stream: list[Item], kills: int
+) -> tuple[dict[Key, Expected], int]:
+    rng = random.Random(7)
+    await ensure_topics(settings)
+    tenants_file = tmp_path / "tenants.json"
+    tenants_file.write_bytes(dump_tenants(workload.tenants))
+    env = worker_env(
+        settings,
+        tenants_file,
+        tmp_path / "data",
+        store="rocksdb://",
+        # Commit rarely so that every kill leaves processed-but-uncommitted records behind.
+        commit_interval="5",
+        # Static membership: the restarted worker takes over the killed one's partitions
+        # at once instead of waiting a session timeout for it to leave the group.
+        worker_id="worker-0",
+        meter_enabled="false",
+    )
+    quota_updates = settings.topics.quota_updates
+    # One billing event per customer first: it sets the period, which would reset any
+    # usage counted before it (usage ahead of billing is a race between two topics).
+    firsts: dict[Key, int] = {}
+    for i, (kind, record) in enumerate(stream):
+        if kind == "stripe":
+            body = orjson.loads(record[1])
+            firsts.setdefault((record[0].decode(), str(body["data"]["object"]["customer"])), i)
+    rest = [item for i, item in enumerate(stream) if i not in set(firsts.values())]
+    # Contiguous slices: each topic ends up in the same order as the uninterrupted run's.
+    size = -(-len(rest) // (kills + 1))
+    chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
+    with components({}, tmp_path) as started:
+        worker = start(started, ["worker"], env, tmp_path)
+        await _produce(settings, [stream[i] for i in firsts.values()])
+        await wait_for_records(settings.kafka_bootstrap, quota_updates, len(firsts), 120)
+        for chunk in chunks[:-1]:
+            before = len(await read_all(settings.kafka_bootstrap, quota_updates))
+            await _produce(settings, chunk)
+            # Kill mid-work: once this chunk's first updates are out, at a random moment.
+            await wait_for_records(settings.kafka_bootstrap, quota_updates, before + 1, 120)
+            await asyncio.sleep(rng.uniform(0.0, 1.0))
+            worker.kill()
+            worker = start(started, ["worker"], env, tmp_path)
+        await _produce(settings, chunks[-1])
+        t = settings.topics
+        await wait_committed(settings, 180, [t.stripe_events, t.usage_events])
+        updates = await read_all(settings.kafka_bootstrap, quota_updates)
+        changelog = f"{settings.app_id}-customers-changelog"
+        states = await read_all(settings.kafka_bootstrap, changelog)
+    return _final(updates, states)
+
+
+async def test_ten_sigkills_in_a_mixed_stream_end_in_the_reference_state(
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+    unique: Callable[[str], str],
+    figures: dict[str, Any],
+) -> None:
+    workload = build(["acme", "globex"], 15, seed=11)
+    usage = add_usage(workload, random.Random(5), batches_per_node=10, max_units=3000)
+    stream = _stream(workload, usage, random.Random(3))
+    calm_dir, crash_dir = tmp_path / "calm", tmp_path / "crash"
+    calm_dir.mkdir()
+    crash_dir.mkdir()
+    calm, calm_repeats = await _run(settings_factory(), calm_dir, workload, stream, 0)
+    crashed_settings = settings_factory(topic_prefix=unique("k") + ".", app_id=unique("crash-app"))
+    crashed, repeats = await _run(crashed_settings, crash_dir, workload, stream, KILLS)
+    figures.update(
+        kills=KILLS,
+        billing_records=sum(1 for k, _ in stream if k == "stripe"),
+        usage_records=sum(1 for k, _ in stream if k == "usage"),
+        customers=len(workload.expected),
+        repeated_versions=repeats,
+    )
+    assert calm == workload.expected
+    # The kills did bite: reprocessed records re-emitted quotas under versions already sent.
+    assert calm_repeats == 0
+    assert repeats > 0
+    assert crashed == workload.expected
+    assert any(e.status == "exhausted" for e in workload.expected.values())
+    assert len({b.batch_id for b in usage}) < len(usage), "no batch was re-sent"
