@@ -10,7 +10,9 @@ Per store (`memory://`, `rocksdb://`), on a private broker (or QUOTAFLOW_KAFKA_B
    (customer.created, subscription created, then alternating quantity upgrades and paid
    top-up invoices), interleaved across customers as Stripe would deliver them. Every one
    of these events changes the quota, so N events give N quota updates.
-2. Ceiling, same run, same topic: a raw aiokafka consumer (its own process) reads all N.
+2. Ceilings, same run, same topic, each its own process: a raw aiokafka consumer reads
+   all N; a Faust worker whose agent does nothing reads all N (`bench.faust_noop`), per
+   event and in batches (`take_events`), which is what Faust alone costs per event.
 3. A real `quotaflow worker` process (QUOTAFLOW_STRIPE_FETCH=false: snapshot mode) starts;
    throughput = N / (last - first quota update), timestamps taken by the broker
    (both topics are created with `message.timestamp.type=LogAppendTime`, so one clock).
@@ -305,23 +307,25 @@ async def raw_consume(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
 
 
 def run_raw_ceiling(bootstrap: str, topic: str, count: int, logdir: Path) -> dict[str, Any]:
-    out = logdir / "raw.json"
-    proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "bench.worker_bench",
-            "raw-consume",
-            bootstrap,
-            topic,
-            str(count),
-            str(out),
-        ],
-        {},
-        logdir / "raw.log",
-    )
+    return _run_reader(["bench.worker_bench", "raw-consume"], bootstrap, topic, count, logdir)
+
+
+def run_faust_ceiling(
+    bootstrap: str, topic: str, count: int, logdir: Path, shape: str
+) -> dict[str, Any]:
+    """`bench.faust_noop`: what Faust alone costs per event, on the same topic."""
+    return _run_reader(["bench.faust_noop"], bootstrap, topic, count, logdir, shape)
+
+
+def _run_reader(
+    module: list[str], bootstrap: str, topic: str, count: int, logdir: Path, *extra: str
+) -> dict[str, Any]:
+    name = "-".join([module[-1].rsplit(".", 1)[-1], *extra])
+    out = logdir / f"{name}.json"
+    argv = [sys.executable, "-m", *module, bootstrap, topic, str(count), str(out), *extra]
+    proc = Proc(argv, {}, logdir / f"{name}.log")
     if proc.proc.wait(timeout=600) != 0:
-        raise RuntimeError(f"raw consumer failed:\n{proc.tail()}")
+        raise RuntimeError(f"{name} failed:\n{proc.tail()}")
     proc.stop()
     result: dict[str, Any] = orjson.loads(out.read_bytes())
     return result
@@ -502,6 +506,11 @@ async def bench_store(
     if ceiling:
         progress("raw aiokafka ceiling")
         result["raw_consumer"] = run_raw_ceiling(bootstrap, events_topic, n, workdir)
+        progress("Faust ceiling: a no-op agent, per event and in batches")
+        result["faust_noop_agent"] = run_faust_ceiling(
+            bootstrap, events_topic, n, workdir, "events"
+        )
+        result["faust_noop_take"] = run_faust_ceiling(bootstrap, events_topic, n, workdir, "take")
 
     env = worker_env(bootstrap, prefix, store, workdir / f"data-{store[:3]}", tenants_file)
     profile = Path(args.profile) if args.profile and store.startswith("memory") else None
@@ -584,6 +593,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for store_result in results:
             rate = store_result["throughput"]["events_per_s"]
             store_result["throughput"]["fraction_of_raw"] = round(rate / raw, 4) if rate else None
+            noop = results[0]["faust_noop_agent"]["events_per_s"]
+            fraction = round(rate / noop, 4) if rate else None
+            store_result["throughput"]["fraction_of_faust_noop"] = fraction
         report["stores"] = results
         report["targets"] = {"events_per_s": 5000, "fraction_of_raw": 0.4, "latency_p99_ms": 10}
     report.emit()
