@@ -315,7 +315,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ingress = Proc.quotaflow(["ingress", "--port", str(ingress_port)], env, work)
             started.append(ingress)
             wait_http(f"http://127.0.0.1:{ingress_port}/readyz", 60, ingress)
-            tuning = WorkerTuning(None, args.fetch_wait_ms, args.no_spinner)
+            tuning = WorkerTuning(None, args.switch_interval_ms)
             worker = start_worker(worker_env, work / "worker.log", tuning)
             started.append(worker)
             edges = []

@@ -23,8 +23,8 @@ Per store (`memory://`, `rocksdb://`), on a private broker (or QUOTAFLOW_KAFKA_B
 
 `--profile FILE` runs the worker under cProfile (the `bench-worker` verb below: the same
 code path as `quotaflow worker`, stats dumped on exit) and puts the top functions in the
-JSON. `--fetch-wait-ms N` and `--no-spinner` run the worker with the changes described in
-`WorkerTuning`, so their effect is measured without editing streams/ or quotaflow/.
+JSON. `--switch-interval-ms N` runs the worker with the change described in
+`WorkerTuning`, so its effect is measured without editing streams/ or quotaflow/.
 """
 
 from __future__ import annotations
@@ -354,31 +354,24 @@ def worker_env(
 class WorkerTuning:
     """Changes to `quotaflow worker` tried from the bench, without editing streams/app.py.
 
-    - `fetch_wait_ms`: Faust's aiokafka driver hard-codes the consumer's
-      fetch_max_wait_ms=1500. aiokafka keeps one fetch in flight per broker and leaves
-      out partitions whose records are still buffered, so when the fetch in flight holds
-      only idle partitions it waits the full 1.5 s while events pile up on busy ones.
-    - `no_spinner`: Faust's Worker at log level WARNING or above keeps a terminal spinner
-      and sets the root logger to DEBUG so every log call advances it: every
-      `log.debug` in aiokafka, Faust and quotaflow then builds a LogRecord.
+    - `switch_interval_ms`: Faust runs its consumer in a thread of its own, so the agent's
+      thread and the consumer's take turns on the GIL; a thread that wants it waits up to
+      the interpreter's switch interval (5 ms by default) while the other one computes.
     """
 
     profile: str | None = None
-    fetch_wait_ms: int | None = None
-    no_spinner: bool = False
+    switch_interval_ms: float | None = None
 
     @property
     def plain(self) -> bool:
-        return self.profile is None and self.fetch_wait_ms is None and not self.no_spinner
+        return self.profile is None and self.switch_interval_ms is None
 
     def argv(self) -> list[str]:
         out = []
         if self.profile is not None:
             out += ["--profile", self.profile]
-        if self.fetch_wait_ms is not None:
-            out += ["--fetch-wait-ms", str(self.fetch_wait_ms)]
-        if self.no_spinner:
-            out.append("--no-spinner")
+        if self.switch_interval_ms is not None:
+            out += ["--switch-interval-ms", str(self.switch_interval_ms)]
         return out
 
 
@@ -393,29 +386,10 @@ def start_worker(env: dict[str, str], log: Path, tuning: WorkerTuning) -> Proc:
 
 def bench_worker(tuning: WorkerTuning) -> None:
     """`quotaflow worker` with `tuning` applied; cProfile stats are written on exit."""
-    import faust
-    from faust.transport.drivers import aiokafka as driver
-
     from quotaflow.cli import main as cli
 
-    if tuning.fetch_wait_ms is not None:
-        wait_ms = tuning.fetch_wait_ms
-        create = driver.AIOKafkaConsumerThread._create_worker_consumer
-
-        def fast_fetch(self: Any, transport: Any) -> Any:
-            consumer = create(self, transport)
-            consumer._fetch_max_wait_ms = wait_ms  # read by start(), which builds the Fetcher
-            return consumer
-
-        driver.AIOKafkaConsumerThread._create_worker_consumer = fast_fetch  # type: ignore[method-assign]
-    if tuning.no_spinner:
-        init = faust.Worker.__init__
-
-        def no_spinner(self: Any, *args: Any, **kwargs: Any) -> None:
-            init(self, *args, **kwargs)
-            self.spinner = None
-
-        faust.Worker.__init__ = no_spinner  # type: ignore[method-assign]
+    if tuning.switch_interval_ms is not None:
+        sys.setswitchinterval(tuning.switch_interval_ms / 1000)
     profiler = cProfile.Profile() if tuning.profile else None
     if profiler is not None:
         profiler.enable()
@@ -514,7 +488,7 @@ async def bench_store(
 
     env = worker_env(bootstrap, prefix, store, workdir / f"data-{store[:3]}", tenants_file)
     profile = Path(args.profile) if args.profile and store.startswith("memory") else None
-    tuning = WorkerTuning(str(profile) if profile else None, args.fetch_wait_ms, args.no_spinner)
+    tuning = WorkerTuning(str(profile) if profile else None, args.switch_interval_ms)
     with processes() as started:
         worker = start_worker(env, workdir / f"worker-{store[:3]}.log", tuning)
         started.append(worker)
@@ -604,12 +578,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_tuning_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--fetch-wait-ms", type=int, default=None,
-        help="run the worker with Faust's consumer fetch_max_wait_ms (1500) set to this",
-    )  # fmt: skip
-    parser.add_argument(
-        "--no-spinner", action="store_true",
-        help="run the worker without Faust's terminal spinner (root logger left at its level)",
+        "--switch-interval-ms", type=float, default=None,
+        help="run the worker with this interpreter switch interval (default 5 ms)",
     )  # fmt: skip
 
 
@@ -623,10 +593,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[:1] == ["bench-worker"]:
         verb = argparse.ArgumentParser(prog="bench-worker")
         verb.add_argument("--profile")
-        verb.add_argument("--fetch-wait-ms", type=int)
-        verb.add_argument("--no-spinner", action="store_true")
+        verb.add_argument("--switch-interval-ms", type=float)
         v = verb.parse_args(argv[1:])
-        bench_worker(WorkerTuning(v.profile, v.fetch_wait_ms, v.no_spinner))
+        bench_worker(WorkerTuning(v.profile, v.switch_interval_ms))
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=50_000)
