@@ -30,7 +30,7 @@ from quotaflow.tenants.running import RunningRegistry, open_registry
 from streams.deadletter import send_deadletter
 from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
 from streams.grace import add_grace_timer
-from streams.records import raw_table, raw_topic
+from streams.records import publish, raw_table, raw_topic
 from streams.stripe_client import StripeReader
 from streams.usage_agent import add_usage_agent
 from tables.billing import (
@@ -42,7 +42,6 @@ from tables.billing import (
     customer_of,
     fetch_target,
 )
-from tables.quota import SCHEMA_HEADER
 
 log = logging.getLogger("quotaflow.worker")
 
@@ -174,13 +173,7 @@ def create_app(
         if outcome.state is not None:
             customers[key] = outcome.state.model_dump_json().encode()
             usage.remember_alias(outcome.state)
-        if outcome.update is not None:
-            await quota_updates.send(
-                key=outcome.update.key.encode(),
-                value=outcome.update.to_json(),
-                partition=event.message.partition,
-                headers=[SCHEMA_HEADER],
-            )
+        await publish(quota_updates, outcome, event.message.partition)
         for letter in outcome.deadletters:
             await dead(event, letter.reason, letter.detail)
         log.debug(

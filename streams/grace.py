@@ -29,10 +29,9 @@ from typing import Any
 import faust
 
 from quotaflow.settings import Settings
-from streams.records import raw_topic
+from streams.records import publish, raw_topic
 from tables.billing import CustomerState, grace_deadline, reevaluate
 from tables.policy import QuotaPolicy
-from tables.quota import SCHEMA_HEADER
 
 log = logging.getLogger("quotaflow.grace")
 
@@ -84,10 +83,5 @@ def add_grace_timer(
                 outcome = reevaluate(state, now=time.time(), policy=policy)
                 if outcome.update is not None and outcome.state is not None:
                     customers[event.value] = outcome.state.model_dump_json().encode()
-                    await quota_updates.send(
-                        key=outcome.update.key.encode(),
-                        value=outcome.update.to_json(),
-                        partition=event.message.partition,
-                        headers=[SCHEMA_HEADER],
-                    )
+                    await publish(quota_updates, outcome, event.message.partition)
             yield None

@@ -11,6 +11,8 @@ from typing import Any
 import faust
 
 from quotaflow.settings import Settings
+from tables.outcome import Outcome
+from tables.quota import SCHEMA_HEADER
 
 # RocksDB's defaults (per table partition: a 2 GiB block cache, 3 x 64 MiB write
 # buffers) would let eight partitions claim gigabytes. These cap each partition near
@@ -45,3 +47,14 @@ def raw_table(app: faust.App, settings: Settings, name: str) -> Any:
         value_type=bytes,
         options=ROCKSDB_OPTIONS if settings.store.startswith("rocksdb") else None,
     )
+
+
+async def publish(quota_updates: faust.TopicT, outcome: Outcome, partition: int) -> None:
+    """Sends what `outcome` publishes, in order, in the partition of the input it came from."""
+    for update in outcome.published():
+        await quota_updates.send(
+            key=update.key.encode(),
+            value=update.to_json(),
+            partition=partition,
+            headers=[SCHEMA_HEADER],
+        )

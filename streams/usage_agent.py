@@ -41,11 +41,10 @@ from quotaflow.topics import ensure_topics
 from streams.deadletter import send_deadletter
 from streams.meter_client import MeterClient
 from streams.meter_reporter import MeterReporter
-from streams.records import raw_table, raw_topic
+from streams.records import publish, raw_table, raw_topic
 from tables.billing_state import CustomerState
 from tables.outcome import Source
 from tables.policy import QuotaPolicy
-from tables.quota import SCHEMA_HEADER
 from tables.usage import UsageRecord, apply_usage, meters_of
 
 __all__ = [
@@ -143,13 +142,7 @@ def add_usage_agent(
             )
             if outcome.state is not None:
                 customers[key] = outcome.state.model_dump_json().encode()
-            if outcome.update is not None:
-                await quota_updates.send(
-                    key=outcome.update.key.encode(),
-                    value=outcome.update.to_json(),
-                    partition=partition,
-                    headers=[SCHEMA_HEADER],
-                )
+            await publish(quota_updates, outcome, partition)
             current = outcome.state or state
             if current is None or (outcome.duplicate and not reprocessed):
                 continue

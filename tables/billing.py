@@ -2,12 +2,12 @@
 
 `apply_event(state, event, ...)` is a pure function: the stream worker looks the state
 up by `customer_of(event)` (table key `tenant_id/stripe_customer_id`), calls it, stores
-`Outcome.state` if not None, publishes `Outcome.update` if not None and dead-letters
-`Outcome.deadletters`; when `Outcome.retired_key` is set (the customer's alias changed the
-published id), it also publishes a tombstone for that old key. A past-due customer's
-grace ends by time alone: `grace_deadline(state, policy)` says when, and `reevaluate`
-publishes the change (carry the tick through the source topic: RocksDB tables cannot be
-written from timers). `apply_usage` applies usage batches to the same state.
+`Outcome.state` if not None, publishes `Outcome.published()` in order (the update, after
+the old key's `retirement` when the customer's alias changed the published id) and
+dead-letters `Outcome.deadletters`. A past-due customer's grace ends by time alone:
+`grace_deadline(state, policy)` says when, and `reevaluate` publishes the change
+(streams/grace.py carries the tick through a topic: RocksDB tables cannot be written from
+timers). `apply_usage` applies usage batches to the same state.
 
 Duplicates (checked in this order; the guards live in the state, tables/dedupe.py):
 1. Source offset ≤ the offset recorded for its partition: a reprocessing after a crash.
@@ -66,7 +66,7 @@ from tables.outcome import (
     new_state,
     publish_if_changed,
     reevaluate,
-    retired_key,
+    retirement,
 )
 from tables.policy import QuotaPolicy, entitlement_of, grace_deadline, period_of
 from tables.quota import QuotaUpdate, Reason
@@ -269,7 +269,7 @@ def apply_event(
     if update is None:
         return Outcome(new, None, False, tuple(deadletters))
     new.last = update  # `new` is our own fresh copy: no second copy needed
-    return Outcome(new, update, False, tuple(deadletters), retired_key(state, update))
+    return Outcome(new, update, False, tuple(deadletters), retirement(state, update))
 
 
 def _remember_fp(

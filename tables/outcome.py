@@ -21,7 +21,7 @@ __all__ = [
     "new_state",
     "publish_if_changed",
     "reevaluate",
-    "retired_key",
+    "retirement",
 ]
 
 
@@ -49,9 +49,17 @@ class Outcome:
     update: QuotaUpdate | None
     duplicate: bool
     deadletters: tuple[DeadLetter, ...] = ()
-    # The quota key this customer was published under until now, when `update` moved it
-    # to a new one (the customer's alias changed): publish a tombstone for it.
-    retired_key: str | None = None
+    # When `update` moves the customer to another quota key (its alias changed): what the
+    # old key says from now on (`retirement`), published before `update`.
+    retired: QuotaUpdate | None = None
+
+    @property
+    def retired_key(self) -> str | None:
+        return None if self.retired is None else self.retired.key
+
+    def published(self) -> tuple[QuotaUpdate, ...]:
+        """The records to send to `quota.updates`, in order."""
+        return tuple(u for u in (self.retired, self.update) if u is not None)
 
 
 def new_state(tenant_id: str, stripe_customer_id: str) -> CustomerState:
@@ -88,12 +96,30 @@ def publish_if_changed(
     )
 
 
-def retired_key(state: CustomerState, update: QuotaUpdate | None) -> str | None:
-    """The key `state` was published under, if `update` moves the customer to another."""
+def retirement(state: CustomerState, update: QuotaUpdate | None) -> QuotaUpdate | None:
+    """What the key `state` was published under says once `update` moves it to another.
+
+    Blocked with no units: a record rather than a tombstone, because every subscriber and
+    edge node already applies records by version, so the old id stops being served with no
+    delete path anywhere. Its version is the new update's, which is greater than any the
+    old key had (versions count per customer), so it wins wherever it arrives.
+    """
     last = state.last
     if update is None or last is None or last.customer_id == update.customer_id:
         return None
-    return last.key
+    return last.model_copy(
+        update={
+            "limit": 0,
+            "remaining": 0,
+            "status": "blocked",
+            "version": update.version,
+            "reason": Reason(kind="policy", id="alias_retired"),
+            "updated_at": update.updated_at,
+            "features": (),
+            "rate_per_second": None,
+            "grace_until": None,
+        }
+    )
 
 
 def same_quota(view: QuotaView, last: QuotaUpdate, *, except_used: bool = False) -> bool:
@@ -135,4 +161,4 @@ def reevaluate(
         changes["last"] = update
     if not changes:
         return Outcome(None, None, False)
-    return Outcome(state.model_copy(update=changes), update, False, (), retired_key(state, update))
+    return Outcome(state.model_copy(update=changes), update, False, (), retirement(state, update))

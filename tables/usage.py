@@ -26,7 +26,7 @@ from tables.outcome import (
     Source,
     new_state,
     publish_if_changed,
-    retired_key,
+    retirement,
     same_quota,
 )
 from tables.policy import QuotaPolicy, quota_of
@@ -108,7 +108,7 @@ def apply_usage(
         update = _coalesced(new, new.last, now, policy, reason, thresholds)
     if update is not None:
         new.last = update
-    return Outcome(new, update, False, (), retired_key(state, update))
+    return Outcome(new, update, False, (), retirement(state, update))
 
 
 def _coalesced(

@@ -402,6 +402,12 @@ def test_alias_change_retires_the_old_quota_key() -> None:
     assert out.retired_key == "acme/cus_1"
     assert out.update is not None
     assert (out.update.key, out.update.version) == ("acme/u-42", 3)
+    # The old id is published as blocked first, at a version above any it had.
+    retired, moved = out.published()
+    assert moved == out.update
+    assert (retired.key, retired.version, retired.status) == ("acme/cus_1", 3, "blocked")
+    assert (retired.limit, retired.remaining) == (0, 0)
+    assert (retired.reason.kind, retired.reason.id) == ("policy", "alias_retired")
 
 
 def test_unknown_price_is_reported_once_per_applied_snapshot() -> None:
