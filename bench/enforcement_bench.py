@@ -9,8 +9,9 @@ us x1), real processes, with the edges reporting usage every
 `QUOTAFLOW_USAGE_REPORT_INTERVAL` (1 s) to the ingress `/v1/usage`. Every tenant is served
 in both regions, so every customer lives on all 3 nodes; its limit is 50, 100, 150 or 200
 units (by tenant). Each customer is driven open loop at `--rate` units/s (cost 1), unit j
-to node j mod 3 via `POST /v1/consume`, starting at staggered times, until each node has
-denied it (plus one more round, to see a node re-open).
+to node j mod 3 via `POST /v1/consume`, starting at a random time within `--spread`
+seconds (so crossings fall at every phase of the nodes' report ticks), until each node
+has denied it (plus one more round, to see a node re-open).
 
 What is measured, per customer, on one wall clock shared by the processes:
 - crossing: the moment the total allowed across all nodes reached the limit (the limit-th
@@ -21,9 +22,9 @@ What is measured, per customer, on one wall clock shared by the processes:
 - denied at node n: the moment from which node n denies every call. A node starts denying
   for one of two reasons, and both are exact events in its tap, not samples: it applied a
   pushed update with status `exhausted`, or its own last allowed consume left its local
-  `remaining` at 0 (then it denies from that consume on, unless a later push re-opened it,
-  in which case the `exhausted` push counts). Probing with consumes would only bound the
-  moment to within the probe gap (3/rate per node).
+  `remaining` at 0 (then it denies from that consume on, unless a later push re-opened it
+  by leaving its `remaining` above 0, in which case the `exhausted` push counts). Probing
+  with consumes would only bound the moment to within the probe gap (3/rate per node).
 - lag = max over the 3 nodes of (denied at n) - crossing; also the push path alone
   (crossing -> `exhausted` applied at all nodes) and the core alone (crossing -> the
   worker's `updated_at` of the `exhausted` record).
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import random
 import sys
 import tempfile
 import time
@@ -87,7 +89,9 @@ def tenants() -> list[Any]:
 def edge_node(region: str, port: int, out: str) -> None:
     """`quotaflow edge` with a cache that records every applied update and allowed consume.
 
-    Tap lines: `u KEY VERSION STATUS UPDATED_AT APPLIED_AT` and `a KEY REMAINING AT`.
+    Tap lines: `u KEY VERSION STATUS UPDATED_AT APPLIED_AT LOCAL_REMAINING` (the node's
+    remaining after applying, its own unreported consumption deducted) and
+    `a KEY REMAINING AT`.
     """
     from edge.cache import Decision, QuotaCache
     from edge.server import serve
@@ -102,9 +106,11 @@ def edge_node(region: str, port: int, out: str) -> None:
         def apply(self, update: QuotaUpdate, region: str = "") -> bool:
             applied = super().apply(update, region)
             if applied:
+                at = time.time()
+                doc = self.get(update.tenant_id, update.customer_id) or {}
                 tap.write(
                     f"u {update.tenant_id}/{update.customer_id} {update.version} "
-                    f"{update.status} {update.updated_at:.6f} {time.time():.6f}\n"
+                    f"{update.status} {update.updated_at:.6f} {at:.6f} {doc.get('remaining')}\n"
                 )
             return applied
 
@@ -126,7 +132,7 @@ def edge_node(region: str, port: int, out: str) -> None:
 class NodeTap:
     """One node's records, per customer key."""
 
-    updates: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
+    updates: dict[str, list[tuple[str, float, float, int | None]]] = field(default_factory=dict)
     allowed: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
 
@@ -136,9 +142,10 @@ def read_tap(path: Path) -> NodeTap:
         return tap
     for line in path.read_text().splitlines():
         parts = line.split()
-        if len(parts) == 6 and parts[0] == "u":
+        if len(parts) == 7 and parts[0] == "u":
+            local = None if parts[6] == "None" else int(parts[6])
             tap.updates.setdefault(parts[1], []).append(
-                (parts[3], float(parts[4]), float(parts[5]))
+                (parts[3], float(parts[4]), float(parts[5]), local)
             )
         elif len(parts) == 4 and parts[0] == "a":
             tap.allowed.setdefault(parts[1], []).append((float(parts[3]), int(parts[2])))
@@ -230,9 +237,11 @@ async def load(
                     break
             await asyncio.gather(*tasks)
 
+        # Random starts: evenly spaced ones would put every crossing at a few fixed
+        # phases of the nodes' report ticks, and the lag depends on that phase.
+        rng = random.Random(len(customers))
         t0 = time.monotonic() + 0.05
-        n = max(1, len(customers))
-        await asyncio.gather(*(customer(c, t0 + spread * i / n) for i, c in enumerate(customers)))
+        await asyncio.gather(*(customer(c, t0 + rng.uniform(0, spread)) for c in customers))
     return (time.process_time() - cpu0) / max(1e-9, time.monotonic() - wall0)
 
 
@@ -241,13 +250,17 @@ async def load(
 
 def denied_since(tap: NodeTap, key: str) -> float | None:
     """The moment from which this node denied the customer for good (None: never)."""
-    pushed = [(status, applied) for status, _, applied in tap.updates.get(key, [])]
-    push = next((t for status, t in pushed if status in DENY_STATUSES), None)
+    pushed = tap.updates.get(key, [])
+    push = next((t for status, _, t, _ in pushed if status in DENY_STATUSES), None)
     allowed = tap.allowed.get(key, [])
     if allowed and allowed[-1][1] == 0:
         last = allowed[-1][0]
-        # A push applied after it may have re-opened the node (it resets `remaining`).
-        reopened = any(t > last and status not in DENY_STATUSES for status, t in pushed)
+        # A push applied after it re-opened the node if it left `remaining` above 0: a
+        # push resets it from the core's view, which lacks units still on their way.
+        reopened = any(
+            t > last and status not in DENY_STATUSES and (local is None or local > 0)
+            for status, _, t, local in pushed
+        )
         if not reopened:
             return last if push is None else min(last, push)
     return push
@@ -256,7 +269,7 @@ def denied_since(tap: NodeTap, key: str) -> float | None:
 def analyse(customers: Sequence[Customer], taps: Sequence[NodeTap], rate: float) -> dict[str, Any]:
     lag, push_lag, core_lag, overshoot, fraction, bound = [], [], [], [], [], []
     per_node: dict[str, list[float]] = {name: [] for _, name in NODES}
-    over_bound = not_enforced = mismatched = 0
+    over_bound = not_enforced = mismatched = excess = 0
     for c in customers:
         grants = sorted(t for n in c.nodes for t, _ in taps[n].allowed.get(c.key, []))
         if sum(len(taps[n].allowed.get(c.key, [])) for n in range(len(taps))) != c.client_allowed:
@@ -275,7 +288,10 @@ def analyse(customers: Sequence[Customer], taps: Sequence[NodeTap], rate: float)
             if o is not None:
                 per_node[NODES[n][1]].append((o - crossing) * 1000)
         pushes = [
-            next(((u, a) for s, u, a in taps[n].updates.get(c.key, []) if s in DENY_STATUSES), None)
+            next(
+                ((u, a) for s, u, a, _ in taps[n].updates.get(c.key, []) if s in DENY_STATUSES),
+                None,
+            )
             for n in c.nodes
         ]
         if all(p is not None for p in pushes):
@@ -286,8 +302,10 @@ def analyse(customers: Sequence[Customer], taps: Sequence[NodeTap], rate: float)
         fraction.append(over / c.limit)
         bound.append(rate * max(0.0, worst))
         # Discrete calls: within a lag of L at most floor(rate * L) + 1 more can be granted.
-        if over > math.floor(rate * max(0.0, worst)) + 1:
+        beyond = over - (math.floor(rate * max(0.0, worst)) + 1)
+        if beyond > 0:
             over_bound += 1
+            excess = max(excess, beyond)
     p99_lag_s = summary(lag).get("p99", math.nan) / 1000
     return {
         "customers": len(customers),
@@ -304,6 +322,7 @@ def analyse(customers: Sequence[Customer], taps: Sequence[NodeTap], rate: float)
         "bound_rate_x_lag_units": summary(bound),
         "bound_rate_x_p99_lag_units": round(rate * p99_lag_s, 1),
         "customers_over_bound": over_bound,
+        "max_units_over_bound": excess,
     }
 
 
