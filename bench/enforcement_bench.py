@@ -9,7 +9,8 @@ us x1), real processes, with the edges reporting usage every
 `QUOTAFLOW_USAGE_REPORT_INTERVAL` (1 s) to the ingress `/v1/usage`. Every tenant is served
 in both regions, so every customer lives on all 3 nodes; its limit is 50, 100, 150 or 200
 units (by tenant). Each customer is driven open loop at `--rate` units/s (cost 1), unit j
-to node j mod 3 via `POST /v1/consume`, starting at a random time within `--spread`
+to node j mod 3 via `POST /v1/consume` (paced: a late call delays the next by a full gap,
+never a burst to catch up), starting at a random time within `--spread`
 seconds (so crossings fall at every phase of the nodes' report ticks), until each node
 has denied it (plus one more round, to see a node re-open).
 
@@ -164,6 +165,7 @@ class Customer:
     denied_by: set[int] = field(default_factory=set)
     errors: int = 0
     gave_up: bool = False
+    lateness: list[float] = field(default_factory=list)
 
 
 async def create_customers(ingress_port: int, hooks: Webhooks, count: int, tag: str) -> list[str]:
@@ -220,10 +222,17 @@ async def load(
             tasks: list[asyncio.Task[None]] = []
             extra: int | None = None
             j = 0
+            due = start
             while True:
-                delay = start + j / rate - time.monotonic()
+                delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                # Paced, not caught up: after a stall of this (shared, loaded) client the
+                # next call waits a full gap again, so no customer ever calls faster than
+                # `rate` and the overshoot can be held against rate x lag.
+                now = time.monotonic()
+                c.lateness.append(max(0.0, now - due))
+                due = max(due, now) + 1 / rate
                 tasks.append(asyncio.create_task(one(c, c.nodes[j % len(c.nodes)])))
                 j += 1
                 if extra is None and c.denied_by >= set(c.nodes):
@@ -322,6 +331,7 @@ def analyse(customers: Sequence[Customer], taps: Sequence[NodeTap], rate: float)
         "bound_rate_x_lag_units": summary(bound),
         "bound_rate_x_p99_lag_units": round(rate * p99_lag_s, 1),
         "customers_over_bound": over_bound,
+        "client_send_lateness_ms": summary(late * 1000 for c in customers for late in c.lateness),
         "max_units_over_bound": excess,
     }
 
