@@ -349,7 +349,9 @@ async def phase(
 ) -> dict[str, Any]:
     progress(f"{name}: {len(customers)} customers at {args.rate}/s over {spread}s")
     client_cores = await load(stack_urls, customers, args.rate, spread, args.give_up)
-    await asyncio.sleep(0.5)  # the last tap lines
+    # A customer stops being driven once every node denies it, which may be before its
+    # `exhausted` push lands (a node that ran out locally): give that push time to arrive.
+    await asyncio.sleep(2 * REPORT_INTERVAL + 0.5)
     result = analyse(customers, [read_tap(p) for p in taps], args.rate)
     result["client_cores"] = round(client_cores, 2)
     result["nodes"] = sorted({NODES[n][1] for c in customers for n in c.nodes})
