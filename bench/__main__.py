@@ -40,6 +40,7 @@ BENCHES = (
     Bench("usage", "bench.usage_bench", True, ("--quick",)),
     Bench("worker", "bench.worker_bench", True, ("--quick",)),
     Bench("e2e", "bench.e2e_bench", True, ("--quick",)),
+    Bench("enforcement", "bench.enforcement_bench", True, ("--quick",)),
     Bench("scale", "bench.scale_bench", True, ("--quick",), timeout=3600.0),
 )
 
@@ -129,6 +130,17 @@ def rows(name: str, result: Any) -> list[tuple[str, Any]]:
              f"{_get(p, 'webhook_to_edge_all_nodes_ms', 'p50')}/"
              f"{_get(p, 'webhook_to_edge_all_nodes_ms', 'p99')}")
             for p in _get(result, "phases") or []
+        ]  # fmt: skip
+    if name == "enforcement":
+        lag = ("three_nodes", "crossing_to_denied_all_nodes_ms")
+        return [
+            ("lag p50/p99 ms, 3 nodes",
+             f"{_get(result, *lag, 'p50')}/{_get(result, *lag, 'p99')}"),
+            ("overshoot p99 / rate x p99 lag",
+             f"{_get(result, 'three_nodes', 'overshoot_units', 'p99')}/"
+             f"{_get(result, 'three_nodes', 'bound_rate_x_p99_lag_units')}"),
+            ("baseline 1 node lag p99 ms",
+             _get(result, "baseline_single_node", "crossing_to_denied_all_nodes_ms", "p99")),
         ]  # fmt: skip
     if name == "scale":
         return [

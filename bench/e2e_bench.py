@@ -36,18 +36,9 @@ from typing import Any
 
 import orjson
 
-from bench.common import (
-    Proc,
-    ProcSampler,
-    Report,
-    kafka_bootstrap,
-    processes,
-    progress,
-    summary,
-    unique,
-    wait_http,
-)
-from bench.worker_bench import WorkerTuning, add_tuning_flags, start_worker
+from bench.common import ProcSampler, Report, kafka_bootstrap, progress, summary
+from bench.stack import pipeline
+from bench.worker_bench import WorkerTuning, add_tuning_flags
 
 N_TENANTS = 30
 REGIONS = (("eu",), ("us",), ("eu", "us"))
@@ -115,11 +106,12 @@ def secret(i: int) -> str:
 class Webhooks:
     """Signed `customer.subscription.created` webhooks for new customers."""
 
-    def __init__(self) -> None:
+    def __init__(self, period: tuple[int, int] = (BASE_TIME, BASE_TIME + 30 * 86_400)) -> None:
         from tests.tables import factories as f
 
         self.f = f
         self.n = 0
+        self.period = period
         self.price = f.Price("price_basic", "basic")
 
     def make(self, count: int, tag: str) -> list[tuple[int, str, bytes, str]]:
@@ -133,7 +125,7 @@ class Webhooks:
             cus = f"cus_{tag}_{self.n}"
             sub = f.subscription(
                 f"sub_{tag}_{self.n}", cus, "active", [(self.price, 1)],
-                period=(BASE_TIME, BASE_TIME + 30 * 86_400),
+                period=self.period,
             )  # fmt: skip
             body = orjson.dumps(
                 f.event("customer.subscription.created", sub, event_id=f"evt_{tag}_{self.n}")
@@ -269,11 +261,10 @@ async def phase(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from quotaflow.localkafka import free_port
-    from quotaflow.registry import dump_tenants
-
     report = Report("e2e", vars(args))
     rates = [float(r) for r in args.rates.split(",") if r]
+    worker_env = dict(item.partition("=")[::2] for item in args.worker_env)
+    report["worker_env_overrides"] = args.worker_env
     with (
         kafka_bootstrap() as (bootstrap, private),
         tempfile.TemporaryDirectory(prefix="qf-bench-e2e-") as tmp,
@@ -281,77 +272,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         report["private_broker"] = private
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        tenants_file = work / "tenants.json"
-        tenants_file.write_bytes(dump_tenants(tenants()))
-        prefix = unique("e2e-") + "."
-        ingress_port = free_port()
-        node_ports = [free_port() for _ in NODES]
-        nodes: dict[str, list[str]] = {}
-        for (region, _), p in zip(NODES, node_ports, strict=True):
-            nodes.setdefault(region, []).append(f"http://127.0.0.1:{p}")
-        env = {
-            "QUOTAFLOW_KAFKA_BOOTSTRAP": bootstrap,
-            "QUOTAFLOW_TOPIC_PREFIX": prefix,
-            "QUOTAFLOW_PARTITIONS": "8",
-            "QUOTAFLOW_APP_ID": f"{prefix}app",
-            "QUOTAFLOW_DATA_DIR": str(work / "data"),
-            "QUOTAFLOW_STORE": args.store,
-            "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
-            "QUOTAFLOW_STRIPE_FETCH": "false",
-            "QUOTAFLOW_LOG_LEVEL": "WARNING",
-            "QUOTAFLOW_EDGE_NODES": orjson.dumps(nodes).decode(),
-            "QUOTAFLOW_PUSH_KEYS": orjson.dumps(
-                {"eu": ["k-eu-" + "x" * 32], "us": ["k-us-" + "y" * 32]}
-            ).decode(),
-        }
-        worker_env = dict(env)
-        for item in args.worker_env:
-            key, _, value = item.partition("=")
-            worker_env[key] = value
-        report["worker_env_overrides"] = args.worker_env
-        taps = [work / f"tap-{name}.txt" for _, name in NODES]
-        with processes() as started:
-            progress("starting ingress, worker, pushers, edge nodes")
-            ingress = Proc.quotaflow(["ingress", "--port", str(ingress_port)], env, work)
-            started.append(ingress)
-            wait_http(f"http://127.0.0.1:{ingress_port}/readyz", 60, ingress)
-            tuning = WorkerTuning(None, args.switch_interval_ms)
-            worker = start_worker(worker_env, work / "worker.log", tuning)
-            started.append(worker)
-            edges = []
-            for (region, name), p, tap in zip(NODES, node_ports, taps, strict=True):
-                edge = Proc(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.e2e_bench",
-                        "edge-node",
-                        region,
-                        str(p),
-                        str(tap),
-                    ],
-                    env,
-                    work / f"edge-{name}.log",
-                )
-                started.append(edge)
-                edges.append(edge)
-            pushers = []
-            for region in ("eu", "us"):
-                pusher = Proc.quotaflow(["push", "--region", region], env, work)
-                started.append(pusher)
-                pushers.append(pusher)
-            for edge, p in zip(edges, node_ports, strict=True):
-                wait_http(f"http://127.0.0.1:{p}/readyz", 60, edge)
-            procs = {"ingress": ingress, "worker": worker}
-            procs |= {f"pusher-{r}": p for r, p in zip(("eu", "us"), pushers, strict=True)}
-            procs |= {f"edge-{n}": e for (_, n), e in zip(NODES, edges, strict=True)}
+        with pipeline(
+            bootstrap=bootstrap,
+            work=work,
+            tenants=tenants(),
+            nodes=NODES,
+            edge_module="bench.e2e_bench",
+            store=args.store,
+            worker_env=worker_env,
+            tuning=WorkerTuning(None, args.switch_interval_ms),
+        ) as stack:
+            procs = stack.procs
             samplers = {name: ProcSampler(p.pid) for name, p in procs.items()}
             for sampler in samplers.values():
                 sampler.__enter__()
             try:
                 hooks = Webhooks()
                 progress("warm-up (also waits for the worker's partitions)")
-                warm = await phase(ingress_port, hooks.make(100, "warm"), 50, taps, samplers)
+                warm = await phase(
+                    stack.ingress_port, hooks.make(100, "warm"), 50, stack.taps, samplers
+                )
                 if warm["missing_at_edges"]:
                     progress(f"warm-up: {warm['missing_at_edges']} missing; waiting longer")
                     await asyncio.sleep(5)
@@ -360,13 +300,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for rate in rates:
                     progress(f"{rate}/s for {args.seconds}s")
                     batch = hooks.make(int(rate * args.seconds), f"r{int(rate)}")
-                    results.append(await phase(ingress_port, batch, rate, taps, samplers))
+                    results.append(
+                        await phase(stack.ingress_port, batch, rate, stack.taps, samplers)
+                    )
                 report["phases"] = results
             finally:
                 for sampler in samplers.values():
                     sampler.__exit__()
-            for proc in procs.values():
-                proc.check()
+            stack.check()
         report["targets"] = {"p99_ms_at_200_per_s": 25}
     report.emit()
     return report.doc

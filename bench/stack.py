@@ -1,0 +1,122 @@
+"""The whole pipeline as real processes for the end-to-end benches: `quotaflow ingress`,
+`quotaflow worker`, `quotaflow push` per region and instrumented edge nodes, on one broker
+under a fresh topic prefix.
+
+An edge node is started as `python -m <edge_module> edge-node REGION PORT TAP`: each bench
+brings its own instrumented `QuotaCache` (it writes what it saw to the TAP file), and
+nothing else differs from `quotaflow edge`. The nodes report usage to this stack's
+ingress, each with its own spool directory and node id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import Proc, processes, progress, unique, wait_http
+from bench.worker_bench import WorkerTuning, start_worker
+
+PUSH_KEYS = {"eu": ["k-eu-" + "x" * 32], "us": ["k-us-" + "y" * 32]}
+USAGE_KEYS = {"eu": ["u-eu-" + "x" * 32], "us": ["u-us-" + "y" * 32]}
+
+
+@dataclass
+class Stack:
+    """What a bench needs of the running pipeline."""
+
+    ingress_port: int
+    node_ports: list[int]
+    taps: list[Path]
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def node_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.node_ports[i]}"
+
+    def check(self) -> None:
+        for proc in self.procs.values():
+            proc.check()
+
+
+@contextlib.contextmanager
+def pipeline(
+    *,
+    bootstrap: str,
+    work: Path,
+    tenants: Sequence[Any],
+    nodes: Sequence[tuple[str, str]],
+    edge_module: str,
+    store: str = "rocksdb://",
+    env: Mapping[str, str] | None = None,
+    worker_env: Mapping[str, str] | None = None,
+    tuning: WorkerTuning | None = None,
+) -> Iterator[Stack]:
+    """Starts everything, waits until every edge node is ready; stops all on exit.
+
+    `nodes` is (region, name) per edge node; `env` is added to every process's environment
+    and `worker_env` to the worker's only.
+    """
+    from quotaflow.localkafka import free_port
+    from quotaflow.registry import dump_tenants
+
+    tenants_file = work / "tenants.json"
+    tenants_file.write_bytes(dump_tenants(tenants))
+    prefix = unique("e2e-") + "."
+    ingress_port = free_port()
+    node_ports = [free_port() for _ in nodes]
+    urls: dict[str, list[str]] = {}
+    for (region, _), p in zip(nodes, node_ports, strict=True):
+        urls.setdefault(region, []).append(f"http://127.0.0.1:{p}")
+    base = {
+        "QUOTAFLOW_KAFKA_BOOTSTRAP": bootstrap,
+        "QUOTAFLOW_TOPIC_PREFIX": prefix,
+        "QUOTAFLOW_PARTITIONS": "8",
+        "QUOTAFLOW_APP_ID": f"{prefix}app",
+        "QUOTAFLOW_DATA_DIR": str(work / "data"),
+        "QUOTAFLOW_STORE": store,
+        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
+        "QUOTAFLOW_STRIPE_FETCH": "false",
+        "QUOTAFLOW_METER_ENABLED": "false",
+        "QUOTAFLOW_LOG_LEVEL": "WARNING",
+        "QUOTAFLOW_EDGE_NODES": orjson.dumps(urls).decode(),
+        "QUOTAFLOW_PUSH_KEYS": orjson.dumps(PUSH_KEYS).decode(),
+        "QUOTAFLOW_USAGE_KEYS": orjson.dumps(USAGE_KEYS).decode(),
+        "QUOTAFLOW_USAGE_INGRESS_URL": f"http://127.0.0.1:{ingress_port}",
+        **(env or {}),
+    }
+    taps = [work / f"tap-{name}.txt" for _, name in nodes]
+    stack = Stack(ingress_port, node_ports, taps)
+    with processes() as started:
+        progress("starting ingress, worker, pushers, edge nodes")
+        ingress = Proc.quotaflow(["ingress", "--port", str(ingress_port)], base, work)
+        started.append(ingress)
+        wait_http(f"http://127.0.0.1:{ingress_port}/readyz", 60, ingress)
+        worker = start_worker(
+            {**base, **(worker_env or {})}, work / "worker.log", tuning or WorkerTuning()
+        )
+        started.append(worker)
+        stack.procs = {"ingress": ingress, "worker": worker}
+        edges = []
+        for (region, name), p, tap in zip(nodes, node_ports, taps, strict=True):
+            node_env = {
+                **base,
+                "QUOTAFLOW_USAGE_NODE_ID": name,
+                "QUOTAFLOW_USAGE_SPOOL_DIR": str(work / f"spool-{name}"),
+            }
+            argv = [sys.executable, "-m", edge_module, "edge-node", region, str(p), str(tap)]
+            edge = Proc(argv, node_env, work / f"edge-{name}.log")
+            started.append(edge)
+            edges.append(edge)
+        for region in sorted(urls):
+            pusher = Proc.quotaflow(["push", "--region", region], base, work)
+            started.append(pusher)
+            stack.procs[f"pusher-{region}"] = pusher
+        for edge, p in zip(edges, node_ports, strict=True):
+            wait_http(f"http://127.0.0.1:{p}/readyz", 60, edge)
+        stack.procs |= {f"edge-{n}": e for (_, n), e in zip(nodes, edges, strict=True)}
+        yield stack
