@@ -336,6 +336,7 @@ async def run_events_fill(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     report = Report("scale", vars(args))
+    report["keys"] = args.keys
     report["tenants"], report["customers_per_tenant"] = args.keys // 10, 10
     with (
         kafka_bootstrap() as (bootstrap, private),
@@ -346,6 +347,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         work.mkdir(parents=True, exist_ok=True)
         fill = run_changelog_fill if args.fill == "changelog" else run_events_fill
         await fill(args, report, bootstrap, work)
+        runs = [report.doc.get(k) or {} for k in ("fill", "rebuild", "restart", "rebuild_tuned")]
+        report["peak_rss_mib"] = max(r.get("peak_rss_mib", 0.0) for r in runs)
         report["targets"] = {"rss_mib_1m": 1536, "restart_s": 10, "rebuild_s": 60}
     report.emit()
     return report.doc
