@@ -144,8 +144,8 @@ def rows(name: str, result: Any) -> list[tuple[str, Any]]:
         ]  # fmt: skip
     if name == "scale":
         return [
-            ("keys", _get(result, "fill", "keys")),
-            ("peak RSS MiB", _get(result, "fill", "peak_rss_mib")),
+            ("keys", _get(result, "keys")),
+            ("peak RSS MiB", _get(result, "peak_rss_mib")),
             ("restart ready s", _get(result, "restart", "ready_s")),
             ("rebuild s", _get(result, "rebuild", "ready_s")),
         ]
