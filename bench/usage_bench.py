@@ -1,12 +1,15 @@
 """Usage loop benchmark: usage batches/s per worker process, and the Stripe meter reporter.
 
-`.venv/bin/python -m bench.usage_bench [--batches N] [--jobs N]` against the broker at
-QUOTAFLOW_KAFKA_BOOTSTRAP (default 127.0.0.1:19092). Prints one JSON document:
+`.venv/bin/python -m bench.usage_bench [--batches N] [--jobs N] [--quick]` on a private
+broker (or QUOTAFLOW_KAFKA_BOOTSTRAP). Prints one JSON document:
 
-- `usage_agent`: N usage.events records (each a pre-aggregated count for one customer,
-  the shape the ingress writes) already in the topic; a real `quotaflow worker` process
-  (memory store, meter reporting off) is started and timed from its first committed offset
-  to the last; beside it, in the same run, a raw aiokafka consumer reads the same topic.
+- `usage_agent`: N usage.events records already in the topic, each a pre-aggregated count
+  for one customer (what the ingress writes for a tenant with one active customer per node
+  and report); `usage_agent_packed`: the same N counts, 20 per record (a busy tenant's
+  report). A real `quotaflow worker` process (memory store, meter reporting off) runs
+  until it has committed everything, timed by its first and last state write (the
+  timestamps of its `customers` changelog records, one per count); beside it, in the
+  same run, a raw aiokafka consumer reads the same topic.
 - `meter_reporter`: N meter jobs through `MeterReporter` + `MeterClient` with a 100 req/s
   bucket against a local fake Stripe that always accepts; sustained calls/s after the
   first second, and duplicates (identifiers accepted twice: must be 0).
@@ -31,6 +34,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 from pydantic import SecretStr
 
+from bench.common import kafka_bootstrap
+from bench.worker_bench import read_topic
 from quotaflow.registry import StaticTenantRegistry, dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
@@ -99,7 +104,17 @@ async def _committed(bootstrap: str, group: str, topic: str) -> int:
         await admin.close()
 
 
-async def bench_usage_agent(bootstrap: str, batches: int) -> dict[str, Any]:
+# A busy tenant's edge report: 20 customers seen by one node in one report interval.
+PACKED = 20
+
+
+async def bench_usage_agent(bootstrap: str, batches: int, per_record: int = 1) -> dict[str, Any]:
+    """`batches` customer counts, `per_record` of them in each usage.events record.
+
+    The ingress writes one record per tenant per edge report, with one item per customer
+    the node saw in that interval: 1 per record is the worst case (a tenant with a single
+    active customer per node and second), larger values what a busy tenant sends.
+    """
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     settings = Settings(
         kafka_bootstrap=bootstrap, topic_prefix=prefix, partitions=PARTITIONS, app_id=prefix + "app"
@@ -108,8 +123,13 @@ async def bench_usage_agent(bootstrap: str, batches: int) -> dict[str, Any]:
     tenants = [f"t{n:03d}" for n in range(100)]
     now = time.time()
     records = []
-    for i in range(batches):
+    count = batches // per_record
+    for i in range(count):
         tenant = tenants[i % len(tenants)]
+        items = [
+            {"customer_id": f"cus_{(i * per_record + j) % 1000}", "units": 1 + (i + j) % 7}
+            for j in range(per_record)
+        ]
         value = {
             "batch_id": f"edge-{i % 3}:{i // 3 + 1}",
             "node_id": f"edge-{i % 3}",
@@ -117,11 +137,11 @@ async def bench_usage_agent(bootstrap: str, batches: int) -> dict[str, Any]:
             "tenant_id": tenant,
             "sent_at": now,
             "received_at": now,
-            "items": [{"customer_id": f"cus_{i % 1000}", "units": 1 + i % 7}],
+            "items": items,
         }
         records.append((tenant.encode(), orjson.dumps(value)))
     await _produce(bootstrap, settings.topics.usage_events, records)
-    raw_rate = await _raw_consume(bootstrap, settings.topics.usage_events, batches)
+    raw_rate = await _raw_consume(bootstrap, settings.topics.usage_events, count)
 
     tmp = Path(tempfile.mkdtemp(prefix="usage-bench-"))
     (tmp / "tenants.json").write_bytes(dump_tenants([_tenant(t) for t in tenants]))
@@ -143,31 +163,37 @@ async def bench_usage_agent(bootstrap: str, batches: int) -> dict[str, Any]:
         sys.executable, "-m", "quotaflow.cli", "worker", env=env, stdout=log, stderr=log
     )
     try:
-        first: tuple[float, int] | None = None
         done = 0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             done = await _committed(bootstrap, settings.app_id, settings.topics.usage_events)
-            if first is None and done > 0:
-                first = (time.perf_counter(), done)
-            if done >= batches:
+            if done >= count:
                 break
             await asyncio.sleep(0.1)
-        end = time.perf_counter()
     finally:
         proc.terminate()
         async with asyncio.timeout(30):
             await proc.wait()
         log.close()
-    if first is None or done < batches:
-        return {"error": f"worker committed {done} of {batches}", "log": str(tmp / "worker.log")}
-    rate = (batches - first[1]) / (end - first[0])
+    if done < count:
+        return {"error": f"worker committed {done} of {count}", "log": str(tmp / "worker.log")}
+    # The agent writes each customer's state once per item: the changelog's timestamps
+    # (the worker's clock at each write) time the work itself, which committed offsets,
+    # advancing once per commit interval, cannot for short runs.
+    changelog = f"{settings.app_id}-customers-changelog"
+    writes = await read_topic(bootstrap, changelog, partitions=PARTITIONS)
+    stamps = sorted(r.timestamp for r in writes)
+    span = (stamps[-1] - stamps[0]) / 1000.0
+    records_per_s = (len(writes) - 1) / per_record / span
     return {
-        "batches": batches,
+        "batches": count * per_record,
+        "batches_per_record": per_record,
+        "records": count,
         "partitions": PARTITIONS,
-        "worker_batches_per_s": round(rate),
+        "worker_batches_per_s": round(records_per_s * per_record),
+        "worker_records_per_s": round(records_per_s),
         "raw_aiokafka_records_per_s": round(raw_rate),
-        "ratio_to_raw": round(rate / raw_rate, 3),
+        "ratio_to_raw": round(records_per_s / raw_rate, 3),
     }
 
 
@@ -249,12 +275,15 @@ async def bench_meter_reporter(bootstrap: str, jobs: int, rate: float) -> dict[s
 
 
 async def run(batches: int, jobs: int) -> dict[str, Any]:
-    bootstrap = os.environ.get("QUOTAFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     load_before = os.getloadavg()
-    usage = await bench_usage_agent(bootstrap, batches)
-    meter = await bench_meter_reporter(bootstrap, jobs, 100.0)
+    with kafka_bootstrap() as (bootstrap, private):
+        usage = await bench_usage_agent(bootstrap, batches)
+        packed = await bench_usage_agent(bootstrap, batches, PACKED)
+        meter = await bench_meter_reporter(bootstrap, jobs, 100.0)
     return {
+        "private_broker": private,
         "usage_agent": usage,
+        "usage_agent_packed": packed,
         "meter_reporter": meter,
         "cpus": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -266,7 +295,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--batches", type=int, default=30_000)
     parser.add_argument("--jobs", type=int, default=1_500)
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = parser.parse_args()
+    if args.quick:
+        args.batches, args.jobs = 2_000, 200
     print(
         orjson.dumps(asyncio.run(run(args.batches, args.jobs)), option=orjson.OPT_INDENT_2).decode()
     )

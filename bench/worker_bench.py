@@ -214,7 +214,11 @@ async def produce_all(
 
 
 async def read_topic(
-    bootstrap: str, topic: str, start: dict[int, int] | None = None, timeout: float = 120.0
+    bootstrap: str,
+    topic: str,
+    start: dict[int, int] | None = None,
+    timeout: float = 120.0,
+    partitions: int = PARTITIONS,
 ) -> list[Any]:
     """Every record of `topic` from `start` offsets (default: beginning) to the end now."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -226,7 +230,7 @@ async def read_topic(
     async with asyncio.timeout(timeout):
         await consumer.start()
         try:
-            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
             for tp in tps:
