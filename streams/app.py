@@ -45,6 +45,9 @@ from tables.billing import (
 
 log = logging.getLogger("quotaflow.worker")
 
+PRODUCER_BATCH_BYTES = 512 * 1024
+PRODUCER_REQUEST_BYTES = 1024 * 1024
+
 
 class WorkerResources:
     """What the agent needs beyond Faust, opened in the worker's own loop.
@@ -104,6 +107,12 @@ def create_app(
         broker_commit_interval=settings.commit_interval,
         consumer_group_instance_id=settings.worker_id,
         producer_linger=0.001,
+        # aiokafka makes a send wait while its partition's batch is full until that batch
+        # is sent, and sends one request per broker at a time: with the 16 KiB default a
+        # partition moved ~10 customer states per round trip. 512 KiB stays under the
+        # broker's 1 MiB message limit (BENCHMARKS.md, usage and worker).
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        producer_max_request_size=PRODUCER_REQUEST_BYTES,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
