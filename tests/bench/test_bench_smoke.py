@@ -1,5 +1,6 @@
-"""The bench runner and the worker bench still run end to end, so the bench code cannot rot
-silently. Sizes are tiny (`--quick`): the figures are not looked at, only their shape."""
+"""The bench runner and the worker, enforcement and scale benches still run end to end, so
+the bench code cannot rot silently. Sizes are tiny (`--quick`): the figures are not looked
+at, only their shape."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,12 +18,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_quick_worker_bench_writes_the_expected_figures(
-    kafka_bootstrap: str, tmp_path: Path
-) -> None:
-    out = tmp_path / "results.json"
+def quick(name: str, kafka_bootstrap: str, out: Path) -> dict[str, Any]:
+    """`python -m bench --quick --only NAME`: its result, after checking the run went well."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "worker", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--only", name, "--out", str(out)],
         cwd=REPO,
         env={**os.environ, "QUOTAFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap},
         capture_output=True,
@@ -30,14 +30,21 @@ def test_quick_worker_bench_writes_the_expected_figures(
         check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "worker" in done.stdout  # the table
+    assert name in done.stdout  # the table
 
     report = json.loads(out.read_text())
     assert set(report) >= {"quick", "machine", "load_start", "load_end", "benches"}
-    entry = report["benches"]["worker"]
+    entry = report["benches"][name]
     assert entry["returncode"] == 0
-    result = entry["result"]
-    assert result["bench"] == "worker"
+    result: dict[str, Any] = entry["result"]
+    assert result["bench"] == name
+    return result
+
+
+def test_quick_worker_bench_writes_the_expected_figures(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    result = quick("worker", kafka_bootstrap, tmp_path / "results.json")
     assert len(result["load_start"]) == len(result["load_end"]) == 3
     (store,) = result["stores"]
     assert store["store"] == "memory://"
@@ -79,3 +86,22 @@ def test_quick_scale_bench_rebuilds_states_written_into_the_changelog(
         assert result[phase]["peak_rss_mib"] > 0
     assert result["peak_rss_mib"] >= result["rebuild"]["peak_rss_mib"]
     assert result["data_dir_mib"] > 0
+
+
+def test_quick_enforcement_bench_cuts_every_customer_off_at_every_node(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    result = quick("enforcement", kafka_bootstrap, tmp_path / "results.json")
+    assert result["report_interval_s"] == 1.0
+    for name, nodes in (("three_nodes", 3), ("baseline_single_node", 1)):
+        phase = result[name]
+        assert len(phase["nodes"]) == nodes
+        assert phase["measured"] == phase["customers"] > 0, phase
+        assert phase["not_enforced"] == 0
+        assert phase["client_node_count_mismatch"] == 0
+        assert phase["max_units_over_bound"] >= 0
+        lag = phase["crossing_to_denied_all_nodes_ms"]
+        assert set(lag) >= {"p50", "p99", "max"}
+        assert 0 <= lag["p99"] < 30_000
+        assert phase["overshoot_units"]["n"] == phase["measured"]
+    assert len(result["three_nodes"]["crossing_to_denied_per_node_ms"]) == 3
