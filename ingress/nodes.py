@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from edge.exceptions import SignatureError
 from edge.signing import SIGNATURE_HEADER, PushVerifier
+from ingress.body import read_json_body
 from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected
 from ingress.publisher import Publisher
 from quotaflow.settings import Settings
@@ -94,13 +95,9 @@ class NodesEndpoint:
         verifier = self._verifier(region)
         if verifier is None:
             raise RequestRejected("unknown_region", "no push keys for this region", status=401)
-        if request.content_type != "application/json":
-            raise RequestRejected("unsupported_media_type", "application/json only", status=415)
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise RequestRejected("body_too_large", "body exceeds the limit", status=413)
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            raise RequestRejected("body_too_large", "body exceeds the limit", status=413)
+        body = await read_json_body(
+            request, max_bytes=MAX_BODY, timeout=self._settings.ingress_body_read_timeout
+        )
         signature = request.headers.get(SIGNATURE_HEADER)
         try:
             verifier.verify(signature, body)

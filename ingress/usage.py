@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.exceptions import SignatureError
 from edge.signing import SIGNATURE_HEADER, PushVerifier
+from ingress.body import read_json_body
 from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected
 from ingress.publisher import Publisher
 from quotaflow.envelope import RECEIVED_AT, SCHEMA, TENANT
@@ -268,29 +269,4 @@ class UsageEndpoint:
                 raise result
 
     async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_type != _JSON:
-            raise RequestRejected(
-                "unsupported_media_type", "Content-Type must be application/json", status=415
-            )
-        # The edge never compresses reports; the server does not inflate (auto_decompress
-        # off), so an encoded body is refused unread rather than read and then failed.
-        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-            raise RequestRejected(
-                "unsupported_encoding", "Content-Encoding must be identity", status=415
-            )
-        length = request.content_length
-        if length is not None and length > self._max_body:
-            raise RequestRejected("body_too_large", "body exceeds the limit", status=413)
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                body = await request.content.read(self._max_body + 1)
-                while len(body) <= self._max_body and not request.content.at_eof():
-                    chunk = await request.content.read(self._max_body + 1 - len(body))
-                    if not chunk:
-                        break
-                    body += chunk
-        except TimeoutError:
-            raise RequestRejected("body_timeout", "body not received in time", status=408) from None
-        if len(body) > self._max_body:
-            raise RequestRejected("body_too_large", "body exceeds the limit", status=413)
-        return body
+        return await read_json_body(request, max_bytes=self._max_body, timeout=self._read_timeout)

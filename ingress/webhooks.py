@@ -8,7 +8,6 @@ Connect route verifies with the platform's secrets, then routes by `event.accoun
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from ingress.access_log import log_access
+from ingress.body import read_json_body
 from ingress.event import StripeEventFields, parse_event
 from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected, Throttled
 from ingress.limits import IngressLimits, TenantThrottle
@@ -255,26 +255,6 @@ class WebhookEndpoints:
         return [(i, k) for i, k, expires in cached[1] if expires is None or now < expires]
 
     async def _read_body(self, request: web.Request) -> bytes:
-        """The whole body, refused by Content-Length first and by a running count after."""
-        if request.content_type != _JSON:
-            raise RequestRejected(
-                "unsupported_media_type", "Content-Type must be application/json", status=415
-            )
-        # Stripe never compresses webhooks; a compressed body is refused unread (a 16 KiB
-        # gzip bomb would otherwise cost tens of ms of inflating per request).
-        if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
-            raise RequestRejected(
-                "unsupported_encoding", "Content-Encoding must be identity", status=415
-            )
-        length = request.content_length
-        if length is not None and length > self._max_body:
-            raise RequestRejected("body_too_large", "body exceeds the limit", status=413)
-        try:
-            if request.content.is_eof():
-                return await request.read()  # all buffered already: no timer needed
-            async with asyncio.timeout(self._limits.body_read_timeout):
-                return await request.read()  # client_max_size stops it past the limit
-        except web.HTTPRequestEntityTooLarge:
-            raise RequestRejected("body_too_large", "body exceeds the limit", status=413) from None
-        except TimeoutError:
-            raise RequestRejected("body_timeout", "body not received in time", status=408) from None
+        return await read_json_body(
+            request, max_bytes=self._max_body, timeout=self._limits.body_read_timeout
+        )
