@@ -255,6 +255,20 @@ def kafka_bootstrap() -> Iterator[tuple[str, bool]]:
             broker.stop()
 
 
+@contextlib.contextmanager
+def bench_workspace(report: Report, name: str, keep: str | None) -> Iterator[tuple[str, Path]]:
+    """(bootstrap, work dir) for one bench run: the broker as `kafka_bootstrap` gives it
+    (noted in `report`), and `keep` as the work dir if given, else a temporary one."""
+    with (
+        kafka_bootstrap() as (bootstrap, private),
+        tempfile.TemporaryDirectory(prefix=f"qf-bench-{name}-") as tmp,
+    ):
+        report["private_broker"] = private
+        work = Path(keep) if keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        yield bootstrap, work
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}{os.getpid():x}{time.monotonic_ns() % 10**9:x}"
 

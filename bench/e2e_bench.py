@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import hmac
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import ProcSampler, Report, kafka_bootstrap, progress, summary
+from bench.common import ProcSampler, Report, bench_workspace, progress, summary
 from bench.stack import pipeline
 from bench.worker_bench import WorkerTuning, add_tuning_flags
 
@@ -265,13 +264,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rates = [float(r) for r in args.rates.split(",") if r]
     worker_env = dict(item.partition("=")[::2] for item in args.worker_env)
     report["worker_env_overrides"] = args.worker_env
-    with (
-        kafka_bootstrap() as (bootstrap, private),
-        tempfile.TemporaryDirectory(prefix="qf-bench-e2e-") as tmp,
-    ):
-        report["private_broker"] = private
-        work = Path(args.keep) if args.keep else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with bench_workspace(report, "e2e", args.keep) as (bootstrap, work):
         with pipeline(
             bootstrap=bootstrap,
             work=work,

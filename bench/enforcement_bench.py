@@ -44,7 +44,6 @@ import asyncio
 import math
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import ProcSampler, Report, kafka_bootstrap, progress, summary
+from bench.common import ProcSampler, Report, bench_workspace, progress, summary
 from bench.e2e_bench import N_TENANTS, NODES, Webhooks, drive, secret
 from bench.stack import pipeline
 from bench.worker_bench import tenant_id
@@ -360,13 +359,7 @@ async def phase(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     report = Report("enforcement", vars(args))
-    with (
-        kafka_bootstrap() as (bootstrap, private),
-        tempfile.TemporaryDirectory(prefix="qf-bench-enforce-") as tmp,
-    ):
-        report["private_broker"] = private
-        work = Path(args.keep) if args.keep else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with bench_workspace(report, "enforce", args.keep) as (bootstrap, work):
         with pipeline(
             bootstrap=bootstrap,
             work=work,

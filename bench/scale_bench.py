@@ -32,7 +32,6 @@ import contextlib
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -45,9 +44,9 @@ from bench.common import (
     Proc,
     ProcSampler,
     Report,
+    bench_workspace,
     create_topics,
     end_offsets_total,
-    kafka_bootstrap,
     load_average,
     progress,
     unique,
@@ -338,13 +337,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report = Report("scale", vars(args))
     report["keys"] = args.keys
     report["tenants"], report["customers_per_tenant"] = args.keys // 10, 10
-    with (
-        kafka_bootstrap() as (bootstrap, private),
-        tempfile.TemporaryDirectory(prefix="qf-bench-scale-") as tmp,
-    ):
-        report["private_broker"] = private
-        work = Path(args.keep) if args.keep else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with bench_workspace(report, "scale", args.keep) as (bootstrap, work):
         fill = run_changelog_fill if args.fill == "changelog" else run_events_fill
         await fill(args, report, bootstrap, work)
         runs = [report.doc.get(k) or {} for k in ("fill", "rebuild", "restart", "rebuild_tuned")]

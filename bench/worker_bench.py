@@ -36,7 +36,6 @@ import io
 import pstats
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,9 +48,9 @@ from bench.common import (
     Proc,
     ProcSampler,
     Report,
+    bench_workspace,
     create_topics,
     end_offsets_total,
-    kafka_bootstrap,
     processes,
     progress,
     summary,
@@ -548,13 +547,7 @@ async def bench_store(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     report = Report("worker", vars(args))
-    with (
-        kafka_bootstrap() as (bootstrap, private),
-        tempfile.TemporaryDirectory(prefix="qf-bench-worker-") as tmp,
-    ):
-        report["private_broker"] = private
-        workdir = Path(args.keep) if args.keep else Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
+    with bench_workspace(report, "worker", args.keep) as (bootstrap, workdir):
         tenants_file = write_tenants(workdir / "tenants.json", make_tenants(args.tenants))
         workload = Workload(args.tenants, args.customers)
         progress(f"generating {args.events} events")
