@@ -120,7 +120,7 @@ async def test_worker_web_answers_health_readiness_and_counts_outcomes(
     assert samples[(outcome, (("outcome", "dead_lettered"),))] == 2
     letters = "quotaflow_deadletters_total"
     assert samples[(letters, (("reason", "unknown_price"),))] == 1
-    assert samples[(letters, (("reason", "processing_error"),))] == 1
+    assert samples[(letters, (("reason", "malformed"),))] == 1
     assert samples[("quotaflow_worker_ready", ())] == 1
     lag = [k for k in samples if k[0] == "quotaflow_consumer_lag"]
     assert lag
