@@ -98,7 +98,7 @@ class Sizes:
     rate_settle_s: float = 10.0
     iso_rate: float = 10.0
     iso_slow_latency_s: float = 4.0
-    iso_seconds: float = 15.0
+    iso_seconds: float = 30.0
     iso_lead_s: float = 5.0
     iso_settle_s: float = 15.0
     drain_s: float = 90.0
@@ -488,6 +488,7 @@ class Ctx:
     sizes: Sizes
     tenants: Tenants
     factory: Factory
+    changed: dict[str, str]  # worker settings changed from their defaults
 
 
 async def drain(ctx: Ctx, hooks: Sequence[Hook], tenants: Sequence[BenchTenant]) -> bool:
@@ -639,7 +640,7 @@ async def rate(ctx: Ctx) -> dict[str, Any]:
         "rate_per_tenant_per_s": per_tenant,
         "rate_per_tenant_source": source,
         "sum_of_rates_per_s": offered,
-        "seconds": sizes.rate_seconds,
+        "drive_s": sizes.rate_seconds,
         "standin_latency_s": sizes.rate_latency_s,
         "objects_put_s": round(put_s, 2),
         "webhooks": len(hooks),
@@ -708,7 +709,7 @@ async def isolation(ctx: Ctx) -> dict[str, Any]:
     ratio = round(p99_with / p99_base, 3) if p99_base and p99_with is not None else None
     return {
         "rate_per_tenant_per_s": sizes.iso_rate,
-        "seconds": sizes.iso_seconds,
+        "healthy_drive_s_per_phase": sizes.iso_seconds,
         "slow_tenant_starts_earlier_s": sizes.iso_lead_s,
         "standin_latency_s": {"healthy": 0.0, "slow": sizes.iso_slow_latency_s},
         "partition": {healthy.id: partition_of(healthy.id), slow.id: partition_of(slow.id)},
@@ -741,7 +742,8 @@ async def scenario(ctx: Ctx, name: str) -> dict[str, Any]:
         "load_client": round((time.process_time() - cpu0) / wall, 2)
     }
     result["rss_mib"] = {n: u["rss_mib"] for n, u in usage.items()}
-    result["seconds"] = round(wall, 1)
+    result["wall_s"] = round(wall, 1)
+    result["worker_defaults_changed"] = ctx.changed or "none"
     result["load_start"] = load_start
     result["load_end"] = load_average()
     return result
@@ -799,7 +801,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sampler.__enter__()
             try:
                 tap = Tap(stack.taps[0])
-                ctx = Ctx(stack, standin, tap, samplers, sizes, tenants, Factory())
+                ctx = Ctx(stack, standin, tap, samplers, sizes, tenants, Factory(), changed)
                 progress("warm-up: one webhook per tenant")
                 report["warmup"] = await warm_up(ctx)
                 for name in chosen:
