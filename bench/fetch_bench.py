@@ -48,8 +48,10 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -187,10 +189,27 @@ class Tenants:
         return [*self.warm, self.idle, *self.burst, *self.rate, self.healthy, self.slow]
 
 
-def bucket_rate(mode: str) -> tuple[float, str]:
-    """The worker's token-bucket rate for a Stripe account of `mode`, and where it came from."""
+def bucket_rate(mode: str, changed: Mapping[str, str]) -> tuple[float, str]:
+    """The worker's token-bucket rate per Stripe account of `mode`, and where it came from:
+    a Stripe rate setting of the worker if it has one (`QUOTAFLOW_STRIPE_…RATE…_TEST`, or a
+    mapping by mode; the meter's settings aside), as the worker sees it with `changed`;
+    else `streams.stripe_client.DEFAULT_RATES`."""
+    from unittest import mock
+
+    from quotaflow.settings import Settings
     from streams import stripe_client
 
+    with mock.patch.dict(os.environ, changed):
+        settings = Settings()
+    for name in Settings.model_fields:
+        if not (name.startswith("stripe") and "rate" in name):
+            continue
+        env = f"QUOTAFLOW_{name.upper()}"
+        value = getattr(settings, name)
+        if name.endswith(f"_{mode}") and isinstance(value, int | float):
+            return float(value), env
+        if isinstance(value, Mapping) and mode in value:
+            return float(value[mode]), f"{env}[{mode!r}]"
     rates: Mapping[str, float] = stripe_client.DEFAULT_RATES
     return float(rates[mode]), f"streams.stripe_client.DEFAULT_RATES[{mode!r}]"
 
@@ -318,22 +337,37 @@ class Standin:
         for tenant in tenants:
             self.control.configure(tenant.api_key, latency=seconds)
 
-    def stats(self, tenants: Sequence[BenchTenant]) -> dict[str, Any]:
-        """The stand-in's counters (requests by kind, answers by status, highest in flight)
-        for these tenants' accounts, by tenant id, and the process-wide highest in flight."""
+    def stats(self, tenants: Sequence[BenchTenant], per_account: bool = True) -> dict[str, Any]:
+        """What the stand-in saw from these tenants' accounts since its stats were reset:
+        requests by kind and answers by status (summed, and by tenant id if `per_account`),
+        the highest in flight of one account and of all accounts together."""
         from quotaflow.testing.stripe_standin import account_label
 
         doc = self.control.stats()
         accounts: Mapping[str, Any] = doc.get("accounts", {})
-        out: dict[str, Any] = {}
+        mine: dict[str, Any] = {}
+        requests: Counter[str] = Counter()
+        statuses: Counter[str] = Counter()
         for t in tenants:
             counts = accounts.get(account_label(t.api_key)) or {}
-            out[t.id] = {
+            mine[t.id] = {
                 "requests": counts.get("requests", {}),
                 "statuses": counts.get("statuses", {}),
                 "max_in_flight": counts.get("max_in_flight", 0),
             }
-        return {"accounts": out, "max_in_flight_all_accounts": doc.get("max_in_flight")}
+            requests.update(mine[t.id]["requests"])
+            statuses.update(mine[t.id]["statuses"])
+        out: dict[str, Any] = {
+            "requests": dict(requests),
+            "statuses": dict(statuses),
+            "max_in_flight_one_account": max(
+                (m["max_in_flight"] for m in mine.values()), default=0
+            ),
+            "max_in_flight_all_accounts": doc.get("max_in_flight"),
+        }
+        if per_account:
+            out["accounts"] = mine
+        return out
 
     def reset_stats(self) -> None:
         self.control.reset_stats()
@@ -489,6 +523,7 @@ class Ctx:
     tenants: Tenants
     factory: Factory
     changed: dict[str, str]  # worker settings changed from their defaults
+    rate_limit: float | None  # the stand-in's per-account limit (requests/s)
 
 
 async def drain(ctx: Ctx, hooks: Sequence[Hook], tenants: Sequence[BenchTenant]) -> bool:
@@ -510,8 +545,7 @@ async def warm_up(ctx: Ctx) -> dict[str, Any]:
     started = time.monotonic()
     if not await ctx.tap.wait([h.key for h in hooks], 90.0):
         raise RuntimeError(f"warm-up: not every webhook reached the edge in 90 s {posted.statuses}")
-    stats = ctx.standin.stats(tenants)["accounts"]
-    gets = sum(s["requests"].get("subscription", 0) for s in stats.values())
+    gets = ctx.standin.stats(tenants, per_account=False)["requests"].get("subscription", 0)
     if gets < len(hooks):
         raise RuntimeError(
             f"warm-up: the stand-in saw {gets} subscription GETs for {len(hooks)} webhooks: "
@@ -562,6 +596,7 @@ async def idle(ctx: Ctx) -> dict[str, Any]:
             "sent_to_worker_apply": summary(to_worker),
             "worker_apply_to_edge": summary(to_edge),
         },
+        "standin": ctx.standin.stats([tenant], per_account=False),
         "target": {"p99_ms_max": 25},
         "met": p99 is not None and p99 <= 25,
         "note": "latency counts from the POST's send time; the tap is polled every 1 ms",
@@ -612,7 +647,7 @@ async def burst(ctx: Ctx) -> dict[str, Any]:
 
 async def rate(ctx: Ctx) -> dict[str, Any]:
     sizes, tenants = ctx.sizes, ctx.tenants.rate
-    per_tenant, source = bucket_rate("test")
+    per_tenant, source = bucket_rate("test", ctx.changed)
     ctx.standin.latency(tenants, sizes.rate_latency_s)
     hooks = ctx.factory.steady(tenants, per_tenant, sizes.rate_seconds, "rate", 0.0)
     put_s = ctx.standin.put_all(hooks)
@@ -630,7 +665,7 @@ async def rate(ctx: Ctx) -> dict[str, Any]:
     gave_up = time.time()
     figures = latencies(hooks, answers, ctx.tap, gave_up)
     applied_times = sorted(ctx.tap.seen[k][1] for k in keys if k in ctx.tap.seen)
-    stats = ctx.standin.stats(tenants)
+    stats = ctx.standin.stats(tenants, per_account=False)
     drained = done or await drain(ctx, hooks, tenants)
     offered = per_tenant * len(tenants)
     fraction = round(updates_per_s / offered, 4)
@@ -671,6 +706,7 @@ async def isolation(ctx: Ctx) -> dict[str, Any]:
     ctx.standin.latency([slow], sizes.iso_slow_latency_s)
 
     async def phase(with_slow: bool) -> tuple[dict[str, Any], list[Hook]]:
+        """The healthy tenant's figures; every hook of the phase."""
         lead = sizes.iso_lead_s if with_slow else 0.0
         tag = "iwith" if with_slow else "ibase"
         mine = ctx.factory.steady([healthy], sizes.iso_rate, sizes.iso_seconds, tag, lead)
@@ -698,12 +734,12 @@ async def isolation(ctx: Ctx) -> dict[str, Any]:
                     "webhook_to_edge_ms"
                 ],
             }
-        return out, theirs
+        return out, mine + theirs
 
     base, _ = await phase(False)
-    with_slow, slow_hooks = await phase(True)
+    with_slow, hooks = await phase(True)
     stats = ctx.standin.stats([healthy, slow])
-    drained = await drain(ctx, slow_hooks, [slow])
+    drained = await drain(ctx, hooks, [slow])
     p99_base = base["webhook_to_edge_ms"].get("p99")
     p99_with = with_slow["webhook_to_edge_ms"].get("p99")
     ratio = round(p99_with / p99_base, 3) if p99_base and p99_with is not None else None
@@ -744,6 +780,7 @@ async def scenario(ctx: Ctx, name: str) -> dict[str, Any]:
     result["rss_mib"] = {n: u["rss_mib"] for n, u in usage.items()}
     result["wall_s"] = round(wall, 1)
     result["worker_defaults_changed"] = ctx.changed or "none"
+    result["standin_rate_limit_per_account"] = ctx.rate_limit
     result["load_start"] = load_start
     result["load_end"] = load_average()
     return result
@@ -778,7 +815,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "standin_rate_limit_note": "Stripe's own test-mode limit; 429 past it"
         if rate_limit
         else "none (--no-standin-rate-limit)",
-        "worker_bucket_test_per_s": bucket_rate("test")[0],
+        "worker_bucket_test_per_s": bucket_rate("test", changed)[0],
     }
     with (
         bench_workspace(report, "fetch", args.keep) as (bootstrap, work),
@@ -801,7 +838,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sampler.__enter__()
             try:
                 tap = Tap(stack.taps[0])
-                ctx = Ctx(stack, standin, tap, samplers, sizes, tenants, Factory(), changed)
+                ctx = Ctx(
+                    stack, standin, tap, samplers, sizes, tenants, Factory(), changed, rate_limit
+                )
                 progress("warm-up: one webhook per tenant")
                 report["warmup"] = await warm_up(ctx)
                 for name in chosen:
