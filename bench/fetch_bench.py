@@ -3,14 +3,22 @@ fetched from Stripe for every event, `rocksdb://` store) against a Stripe stand-
 whose latency, rate limit and answers are set per account.
 
 Run: `.venv/bin/python -m bench.fetch_bench [--quick] [--only idle,burst,rate,isolation]
-[--worker-env KEY=VALUE ...] [--keep DIR]`. Prints one JSON document.
+[--worker-env KEY=VALUE ...] [--no-standin-rate-limit] [--keep DIR]`. Prints one JSON
+document; `python -m bench --only fetch` runs it too. The full run takes about 3 minutes
+against a worker that meets the targets (longer against one that does not: every wait is
+bounded, see the end); `--quick` (6 x 8 burst, 4 tenants for 4 s, 3 s isolation phases)
+about a minute.
 
 Processes: the stand-in (`python -m quotaflow.testing.stripe_standin`), `quotaflow
 ingress`, `quotaflow worker` with `QUOTAFLOW_STRIPE_FETCH=true` (the default) and
 `QUOTAFLOW_STRIPE_API_BASE` at the stand-in, `quotaflow push --region eu` and one
 instrumented edge node (`bench.e2e_bench`'s: it records when it applied each update), all
 through `bench.stack.pipeline`. Every tenant has its own Stripe API key (direct keys, test
-mode), so each is its own account at the stand-in and in the worker's token buckets.
+mode), so each is its own account at the stand-in and in the worker's token buckets. The
+stand-in limits every account to Stripe's own test-mode rate (25 requests/s, burst 25; past
+it 429 as Stripe answers) unless `--no-standin-rate-limit`. The worker runs at its
+defaults; `--worker-env` changes one, and every section of the JSON says which were changed
+(`worker_defaults_changed`).
 
 Every webhook is a `customer.subscription.created` for a new customer (so it yields exactly
 one quota update, and no two webhooks share an object: nothing coalesces). Before it is
@@ -26,20 +34,24 @@ has its own tenants; one webhook per tenant warms every client first):
 - `burst`: stand-in at 250 ms per GET; 6 tenants x 40 webhooks POSTed all at once; the
   time from the last 200 of the ingress to the last quota applied at the edge, and the
   per-event webhook -> edge latency. Target: <= 6 s.
-- `rate`: 20 tenants, each driven open loop at its account's bucket rate (the worker's
-  `DEFAULT_RATES`, test mode) for N seconds, stand-in latency 100 ms; quota updates applied
-  at the edge per second (after a ramp) against the sum of the rates. Target >= 90 %.
-- `isolation`: a healthy tenant (latency 0) and a slow one (4 s per GET), both at a steady
-  rate; the healthy tenant's webhook -> edge p50/p99 alone (baseline) and with the slow
-  tenant sending (it starts first, so its backlog is there for the whole window). Both
-  tenants are picked to share a `stripe.events` partition. Target: p99 with the slow
-  tenant <= 1.5 x baseline p99.
+- `rate`: 20 tenants, each driven open loop at its account's bucket rate (a worker setting
+  for it if there is one, else `streams.stripe_client.DEFAULT_RATES`, test mode: 20/s) for
+  20 s, stand-in latency 100 ms; quota updates applied at the edge per second in the window
+  after a 2 s ramp, against the sum of the rates. Target >= 90 %.
+- `isolation`: a healthy tenant (latency 0) and a slow one (4 s per GET), both at 10
+  webhooks/s; the healthy tenant's webhook -> edge p50/p99 over 30 s alone (baseline),
+  then over 30 s with the slow tenant sending (it starts 5 s earlier, so its backlog is
+  there for the whole window). Both tenants are picked to share a `stripe.events`
+  partition, the hard case for per-tenant lanes. Target: p99 with the slow tenant
+  <= 1.5 x baseline p99.
 
 A scenario that the worker cannot finish in time is not waited for indefinitely: latencies
 of webhooks still missing when it gives up count as (give-up time - due), so the summaries
 are then lower bounds (`censored` says how many). Then the stand-in answers that
 scenario's accounts at once, so the worker drains the backlog before the next scenario
-(`drained` says whether it did).
+(`drained` says whether it did, within `--drain-s`, default 90 s). The stand-in's counters
+(requests, answers by status, highest in flight) are reset at the start of each scenario
+and read before the drain.
 """
 
 from __future__ import annotations
