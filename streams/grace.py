@@ -67,6 +67,7 @@ def add_grace_timer(
                 due.append(key)
         for key in due:
             await ticks.send(key=key.split(b"/", 1)[0], value=key)
+        log.debug("grace scan", extra={"due": len(due)})
         if due:
             log.info("grace ended", extra={"customers": len(due)})
 
