@@ -88,6 +88,7 @@ class Lanes:
         self._lanes: dict[bytes, deque[_Item]] = {}
         self._tenants: dict[str, _Tenant] = {}
         self._ready_keys: dict[bytes, None] = {}  # ordered set
+        self._ready_count = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -95,6 +96,7 @@ class Lanes:
         self._paused: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
+        self.admitted = 0  # events ever admitted: the applier watches it grow
         self.fallbacks = 0  # events applied with their snapshot because Stripe stayed down
 
     # -- admission ---------------------------------------------------------------------
@@ -110,6 +112,7 @@ class Lanes:
         if lane is None:
             lane = self._lanes[event.key] = deque()
         lane.append(item)
+        self.admitted += 1
         self._queued += 1
         tenant.queued += 1
         tenant.partitions.add(event.record.partition)
@@ -167,6 +170,7 @@ class Lanes:
     def _resolve(self, item: _Item, result: FetchResult) -> None:
         item.result = result
         lane = self._lanes.get(item.event.key)
+        self._ready_count += 1
         if lane is not None and lane[0] is item:
             self._ready_keys[item.event.key] = None
             self._ready.set()
@@ -191,6 +195,7 @@ class Lanes:
             while lane and lane[0].result is not _PENDING:
                 item = lane.popleft()
                 out.append((item.event, item.result, item.handle))
+                self._ready_count -= 1
                 self._done(item)
             if lane is not None and not lane:
                 del self._lanes[key]
@@ -228,6 +233,11 @@ class Lanes:
             self._pressure(partition, paused)
 
     # -- what operators see ------------------------------------------------------------
+
+    @property
+    def ready_count(self) -> int:
+        """Events whose Stripe answer is in (some may still wait for an earlier one)."""
+        return self._ready_count
 
     @property
     def queued(self) -> int:

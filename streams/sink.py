@@ -64,14 +64,12 @@ class Sink:
                 with event_context(events[partition]):
                     table[key] = value
 
-    async def send(self, effects: Effects) -> list[Awaitable[Any]]:
-        """Issues every send of `effects`, in order; returns their delivery futures."""
-        if not (effects.updates or effects.meter_jobs or effects.deadletters):
-            return []
+    def send(self, effects: Effects) -> list[Awaitable[Any]]:
+        """Queues every send of `effects` in Faust's producer buffer, in order, without
+        waiting; returns their delivery futures. The buffer is one FIFO shared with the
+        changelog writes, and Faust flushes it before every commit."""
         try:
-            return await self._send_all(effects)
-        except asyncio.CancelledError:
-            raise
+            return self._send_all(effects)
         except Exception as exc:
             raise SinkError(f"Kafka refused the worker's records: {exc!r}") from exc
 
@@ -92,24 +90,21 @@ class Sink:
         if self._observe is not None:
             self._observe(effects)
 
-    async def _send_all(self, effects: Effects) -> list[Awaitable[Any]]:
-        futures: list[Awaitable[Any]] = []
-        for partition, update in effects.quota_updates():
-            futures.append(
-                await self._quota_updates.send(
-                    key=update.key.encode(),
-                    value=update.to_json(),
-                    partition=partition,
-                    headers=[SCHEMA_HEADER],
-                )
+    def _send_all(self, effects: Effects) -> list[Awaitable[Any]]:
+        futures: list[Awaitable[Any]] = [
+            self._quota_updates.send_soon(
+                key=update.key.encode(),
+                value=update.to_json(),
+                partition=partition,
+                headers=[SCHEMA_HEADER],
             )
+            for partition, update in effects.quota_updates()
+        ]
         if self._meter_jobs is not None:
-            for job in effects.meter_jobs:
-                futures.append(
-                    await self._meter_jobs.send(
-                        key=job.key, value=job.value, partition=job.partition
-                    )
-                )
+            futures.extend(
+                self._meter_jobs.send_soon(key=job.key, value=job.value, partition=job.partition)
+                for job in effects.meter_jobs
+            )
         for letter in effects.deadletters:
             record = letter.record
             log.warning(
@@ -117,7 +112,7 @@ class Sink:
                 extra={"reason": letter.reason, "detail": letter.detail[:200]},
             )
             futures.append(
-                await self._deadletter.send(
+                self._deadletter.send_soon(
                     key=record.key,
                     value=record.value,
                     headers=deadletter_headers(
