@@ -150,23 +150,31 @@ async def test_grace_ends_by_time_alone_with_a_blocked_update(
     await ensure_topics(settings)
     tenants_file = tmp_path / "tenants.json"
     tenants_file.write_bytes(dump_tenants([make_tenant()]))
-    now = int(time.time())
-    past_due = event(
-        "customer.subscription.updated",
-        subscription("sub_g", "cus_g", "past_due", [(BASIC, 1)], period=PERIOD),
-        created=now,
-    )
-    await produce(
-        settings.kafka_bootstrap, settings.topics.stripe_events, [stripe_record("acme", past_due)]
+    warm_up = event(
+        "customer.subscription.created",
+        subscription("sub_w", "cus_w", "active", [(BASIC, 1)], period=PERIOD),
     )
     env = worker_env(
         settings, tenants_file, tmp_path / "w", grace_seconds="4", grace_check_interval="0.5"
     )
+    topic = settings.topics.stripe_events
     with components({}, tmp_path) as started:
         start(started, ["worker"], env, tmp_path)
-        updates = await wait_for_records(
-            settings.kafka_bootstrap, settings.topics.quota_updates, 2, timeout=60
+        # Grace is counted from the event: send it only once the worker applies events, so
+        # a slow start on a busy machine cannot eat the grace period before the first apply.
+        await produce(settings.kafka_bootstrap, topic, [stripe_record("acme", warm_up)])
+        await wait_for_records(settings.kafka_bootstrap, settings.topics.quota_updates, 1)
+        now = int(time.time())
+        past_due = event(
+            "customer.subscription.updated",
+            subscription("sub_g", "cus_g", "past_due", [(BASIC, 1)], period=PERIOD),
+            created=now,
         )
+        await produce(settings.kafka_bootstrap, topic, [stripe_record("acme", past_due)])
+        records = await wait_for_records(
+            settings.kafka_bootstrap, settings.topics.quota_updates, 3, timeout=60
+        )
+    updates = [r for r in records if r.key == b"acme/cus_g"]
     grace, blocked = (QuotaUpdate.from_json(r.value) for r in updates)
     assert (grace.status, grace.version, grace.grace_until) == ("grace", 1, now + 4)
     assert (blocked.status, blocked.version, blocked.limit) == ("blocked", 2, 0)
