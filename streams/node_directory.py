@@ -5,7 +5,8 @@ pusher sees every record) and keeps, per node of its region, the newest announce
 whose signature verifies with the region's push keys (the ingress checked it too; this
 check makes a record written by anything else harmless). Only the HMAC is checked here:
 the record is re-read after restarts, so freshness comes from the signed `at` instead.
-A tombstone is a departure.
+A tombstone is a departure. An announcement whose boot id differs from the one held for
+that node means the node restarted: `on_restart(url, boot_id)` tells the pusher at once.
 
 Counted in `quotaflow_pusher_announcements_total{region, outcome}` with outcomes
 `announced`, `departed`, `forged` (unsigned or bad signature: ignored), `malformed`.
@@ -49,6 +50,7 @@ class KnownNode:
     node_id: str
     url: str
     at: float
+    boot_id: str | None = None
 
 
 def verified(keys: tuple[PushKey, ...], header: bytes | None, value: bytes) -> bool:
@@ -71,8 +73,15 @@ class NodeDirectory:
     """The region's announced nodes; the owner runs `follow()` as a tracked task, cancels
     it, then calls `stop()`."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_restart: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._settings = settings
+        self._on_restart = on_restart
         self.region = settings.region
         self._prefix = f"{self.region}/".encode()
         self._keys = region_keys(settings, self.region)
@@ -161,5 +170,11 @@ class NodeDirectory:
         previous = self._nodes.get(key)
         if previous is not None and previous.at > doc.at:
             return
-        self._nodes[key] = KnownNode(doc.node_id, doc.url.rstrip("/"), doc.at)
+        node = KnownNode(doc.node_id, doc.url.rstrip("/"), doc.at, doc.boot_id)
+        self._nodes[key] = node
         ANNOUNCEMENTS.labels(region=self.region, outcome="announced").inc()
+        if node.boot_id is None or previous is None or previous.boot_id == node.boot_id:
+            return
+        log.info("edge node restarted", extra={"region": self.region, "node": node.node_id})
+        if self._on_restart is not None:
+            self._on_restart(node.url, node.boot_id)
