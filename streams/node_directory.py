@@ -8,18 +8,26 @@ the record is re-read after restarts, so freshness comes from the signed `at` in
 A tombstone is a departure. An announcement whose boot id differs from the one held for
 that node means the node restarted: `on_restart(url, boot_id)` tells the pusher at once.
 
+Two checks keep a stolen key from steering a pusher: the announced URL's host must be
+inside the region's allow-list (`Settings.edge_url_allow`: host names or CIDRs) and carry
+no userinfo, and an announcement whose signed `at` is beyond now + `push_tolerance` is
+ignored, so a far-future `at` cannot keep a silent node alive.
+
 Counted in `quotaflow_pusher_announcements_total{region, outcome}` with outcomes
-`announced`, `departed`, `forged` (unsigned or bad signature: ignored), `malformed`.
+`announced`, `departed`, `forged` (unsigned or bad signature: ignored), `malformed`,
+`outside_allow_list`, `future_at`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -69,6 +77,45 @@ def verified(keys: tuple[PushKey, ...], header: bytes | None, value: bytes) -> b
     return False
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class UrlAllowList:
+    """Host names (exact, case-insensitive) and networks an announced URL may name."""
+
+    hosts: frozenset[str]
+    networks: tuple[IPNetwork, ...]
+
+    @classmethod
+    def of(cls, entries: Iterable[str]) -> UrlAllowList:
+        hosts: set[str] = set()
+        networks: list[IPNetwork] = []
+        for entry in entries:
+            entry = entry.strip()
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                if entry:
+                    hosts.add(entry.lower().rstrip("."))
+        return cls(frozenset(hosts), tuple(networks))
+
+    def allows(self, url: str) -> bool:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            return False
+        if host is None or parts.username is not None or parts.password is not None:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return host.lower().rstrip(".") in self.hosts
+        return any(address in network for network in self.networks)
+
+
 class NodeDirectory:
     """The region's announced nodes; the owner runs `follow()` as a tracked task, cancels
     it, then calls `stop()`."""
@@ -86,6 +133,8 @@ class NodeDirectory:
         self._prefix = f"{self.region}/".encode()
         self._keys = region_keys(settings, self.region)
         self._ttl = 3 * settings.edge_announce_interval
+        self._skew = settings.push_tolerance
+        self._allow = UrlAllowList.of(settings.edge_url_allow.get(self.region, []))
         self._clock = clock
         self._nodes: dict[bytes, KnownNode] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -166,6 +215,18 @@ class NodeDirectory:
             return
         if doc.key.encode() != key or doc.leaving:
             ANNOUNCEMENTS.labels(region=self.region, outcome="malformed").inc()
+            return
+        if not self._allow.allows(doc.url):
+            ANNOUNCEMENTS.labels(region=self.region, outcome="outside_allow_list").inc()
+            log.warning(
+                "announced node URL outside the region's allow-list, ignored",
+                extra={"region": self.region, "node": doc.node_id},
+            )
+            return
+        if doc.at > self._clock() + self._skew:
+            # A far-future `at` would keep the node "heard from" long after it fell silent;
+            # the ingress refuses such announcements, so this one came another way.
+            ANNOUNCEMENTS.labels(region=self.region, outcome="future_at").inc()
             return
         previous = self._nodes.get(key)
         if previous is not None and previous.at > doc.at:

@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -141,6 +142,7 @@ def stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator
         "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
         "QUOTAFLOW_PUSH_KEYS": orjson.dumps({"eu": [push_key]}).decode(),
         "QUOTAFLOW_EDGE_ANNOUNCE_INTERVAL": "1",
+        "QUOTAFLOW_EDGE_URL_ALLOW": orjson.dumps({"eu": ["127.0.0.0/8"]}).decode(),
         "QUOTAFLOW_INGRESS_PORT": str(ingress_port),
         "QUOTAFLOW_USAGE_INGRESS_URL": f"http://127.0.0.1:{ingress_port}",
         "QUOTAFLOW_USAGE_SPOOL_DIR": str(tmp_path / "spool"),
@@ -318,3 +320,66 @@ def test_an_edge_sigkilled_and_restarted_at_once_serves_every_customer_within_2s
     print(f"\nfigures: {orjson.dumps(figures).decode()}")
     assert serving - listening <= 2.0, figures
     assert restarted.proc.poll() is None
+
+
+def test_an_announcement_outside_the_allow_list_or_far_ahead_changes_nothing(
+    stack: Stack,
+) -> None:
+    """Hole 1: a holder of the announcing key points the pushers elsewhere (data out,
+    SSRF), or pins a node with an `at` far in the future. Both are signed correctly."""
+    produce_quotas(stack.settings, [update("c0", 1)])
+    key = stack.env["QUOTAFLOW_PUSH_KEYS"]
+    signer = PushSigner(orjson.loads(key)["eu"])
+    listening = f"http://127.0.0.1:{free_port()}"
+    now = time.time()
+    docs = {
+        "outside": {"node_id": "outside", "url": "http://10.99.0.7:9101", "at": now},
+        "named": {"node_id": "named", "url": "http://metadata.internal:80", "at": now},
+        "userinfo": {"node_id": "userinfo", "url": "http://user:pw@127.0.0.1:9/", "at": now},
+        "ahead": {"node_id": "ahead", "url": listening, "at": now + 3600},
+    }
+    bodies = {
+        name: orjson.dumps({"region": "eu", **doc, "leaving": False}) for name, doc in docs.items()
+    }
+    # Through the ingress: the far-future one is refused; the others are relayed (the
+    # ingress does not hold the pushers' allow-list) and must change nothing there.
+    answers = {}
+    for name, body in bodies.items():
+        resp = HTTP.request(
+            "POST",
+            f"http://127.0.0.1:{stack.ingress_port}/v1/edge/nodes",
+            body=body,
+            headers={
+                **signer.headers(body),
+                REGION_HTTP_HEADER: "eu",
+                "Content-Type": "application/json",
+            },
+        )
+        answers[name] = (resp.status, orjson.loads(resp.data))
+    assert answers["ahead"] == (400, {"error": {"reason": "future_at", "message": ANY}})
+    assert {answers[n][0] for n in ("outside", "named", "userinfo")} == {200}
+    # Straight into the topic, the far-future one too: the pusher ignores it.
+    body = bodies["ahead"]
+    asyncio.run(
+        _produce(
+            stack.settings,
+            [
+                (
+                    stack.settings.topics.edge_nodes,
+                    b"eu/ahead",
+                    body,
+                    [(SIGNATURE_RECORD_HEADER, signer.header(body).encode())],
+                )
+            ],
+        )
+    )
+
+    def counted(outcome: str) -> float:
+        return stack.pusher_metric("quotaflow_pusher_announcements_total", outcome=outcome) or 0
+
+    eventually(lambda: counted("outside_allow_list") >= 3 and counted("future_at") >= 1, "all read")
+    time.sleep(1.5)  # the node watcher runs twice a second
+    assert stack.pusher_metric("quotaflow_push_nodes") == 0
+    assert counted("announced") == 0
+    for name in docs:
+        assert stack.pusher_metric("quotaflow_push_batches_total", node=name) is None
