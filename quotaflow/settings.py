@@ -129,6 +129,12 @@ class Settings(BaseSettings):
         description="Base URL this edge node announces for pushes (default: "
         "http://edge_host:edge_port).",
     )
+    edge_url_allow: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Hosts or CIDRs per region that announced edge node URLs must be in, "
+        'JSON: {"eu": ["10.1.0.0/16", "edge-eu.internal"]}; a region without one accepts '
+        "no announced node (configured nodes are always served).",
+    )
     edge_announce_interval: float = Field(
         5.0,
         gt=0,
