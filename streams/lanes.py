@@ -118,7 +118,8 @@ class Lanes:
         tenant.partitions.add(event.record.partition)
         if tenant.queued > self._limits.tenant_max_queued:
             self._set_paused(event.record.partition, True)
-        if self._fetch is None or event.target is None:
+        if self._fetch is None or event.target is None or event.tenant.stripe_api_key is None:
+            # Nothing to read (or no key to read with): the event's snapshot is all there is.
             self._resolve(item, None)
         else:
             task = asyncio.create_task(self._read(item, tenant), name="stripe-read")

@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+from pydantic import SecretStr
+
 from quotaflow.envelope import Envelope
 from streams.lanes import LaneLimits, Lanes
 from streams.processing.billing import BillingEvent, Fetched, FetchResult
@@ -20,12 +22,13 @@ from tests.tables.factories import make_tenant
 _offsets: Iterator[int] = iter(range(1_000_000))
 
 
-def _event(tenant: str, customer: str, partition: int = 0) -> BillingEvent:
+def _event(tenant: str, customer: str, partition: int = 0, *, key: bool = True) -> BillingEvent:
     offset = next(_offsets)
     record = Record("stripe.events", partition, offset, tenant.encode(), b"{}")
+    api_key = SecretStr(f"sk_test_{tenant}") if key else None
     return BillingEvent(
         record=record,
-        tenant=make_tenant(tenant_id=tenant),
+        tenant=make_tenant(tenant_id=tenant).model_copy(update={"stripe_api_key": api_key}),
         envelope=Envelope(tenant, f"evt_{offset}", "customer.subscription.updated", False, 0, "s"),
         body={},
         key=f"{tenant}/{customer}".encode(),
@@ -214,4 +217,14 @@ async def test_the_read_ahead_is_bounded() -> None:
     await _settle()
     assert fourth.done()
     stripe.release(*events)
+    await lanes.close()
+
+
+async def test_a_tenant_without_a_stripe_key_is_applied_from_its_snapshots_at_once() -> None:
+    stripe = Stripe()
+    lanes = Lanes(stripe.fetch)
+    event = _event("keyless", "cus_1", key=False)
+    await lanes.admit(event, event)
+    assert [(e.record.offset, r) for e, r, _ in lanes.take_ready()] == [(event.record.offset, None)]
+    assert stripe.calls == 0
     await lanes.close()
