@@ -102,3 +102,53 @@ async def test_reads_run_concurrently_and_a_held_tenant_does_not_block_another(
                 await asyncio.sleep(0.1)
         assert {quotas[f"{SLOW}/cus_s{n}"].limit for n in range(12)} == {1000}
         assert stripe.stats()["max_in_flight"] >= 12
+
+
+async def test_a_tenant_whose_stripe_stays_down_falls_back_to_snapshots_and_shows_in_readyz(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    import aiohttp
+
+    from quotaflow.localkafka import free_port
+
+    settings = settings_factory(partitions=1)
+    await ensure_topics(settings)
+    tenant = make_tenant(tenant_id=SLOW).model_copy(
+        update={"stripe_api_key": SecretStr(f"sk_test_{SLOW}")}
+    )
+    (tmp_path / "tenants.json").write_bytes(dump_tenants([tenant]))
+    port = free_port()
+    with run_standin() as url:
+        stripe = StandinControl(url)
+        stripe.configure(f"sk_test_{SLOW}", down="error")
+        sub = subscription("sub_d", "cus_d", "active", [(BASIC, 3)], period=PERIOD)
+        stripe.put(f"sk_test_{SLOW}", sub)
+        down = stripe_record(SLOW, event("customer.subscription.created", sub))
+        await produce(settings.kafka_bootstrap, settings.topics.stripe_events, [down])
+        env = worker_env(
+            settings,
+            tmp_path / "tenants.json",
+            tmp_path / "w",
+            stripe_fetch="true",
+            stripe_api_base=url,
+            stripe_fallback_after="2",
+        )
+        with components({}, tmp_path) as started:
+            start(started, ["worker", "--web-port", str(port)], env, tmp_path)
+            quotas: dict[str, QuotaUpdate] = {}
+            for _ in range(600):
+                quotas = await _quotas(settings)
+                if quotas:
+                    break
+                await asyncio.sleep(0.1)
+            # Applied from the event's own snapshot once Stripe stayed down past the deadline.
+            assert quotas[f"{SLOW}/cus_d"].limit == 3000
+            assert stripe.account_stats(f"sk_test_{SLOW}")["requests"]["subscription"] > 1
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    ready = await response.json()
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    metrics = await response.text()
+        assert ready["stripe"]["degraded_tenants"] == {"count": 1, "ids": [SLOW]}
+        assert 'quotaflow_stripe_tenants{state="degraded"} 1.0' in metrics
+        assert "quotaflow_stripe_fallbacks 1.0" in metrics
