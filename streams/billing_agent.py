@@ -30,7 +30,7 @@ from streams.lanes import Lanes
 from streams.processing.billing import BillingEvent, BillingProcessor, FetchResult, Rejected, parse
 from streams.processing.effects import Effects, Record
 from streams.records import record_from
-from streams.sink import Sink
+from streams.sink import Sink, stop_worker
 from streams.stripe_client import StripeReader
 
 log = logging.getLogger("quotaflow.worker.billing")
@@ -124,8 +124,7 @@ class BillingPipeline:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("billing applier stopped; stopping the worker")
-            await self._app.crash(exc)
+            await stop_worker(self._app, exc, "billing applier stopped")
             raise
 
     async def _gather_batch(self) -> None:
@@ -176,9 +175,8 @@ class BillingPipeline:
             await self._sink.confirm(futures)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            log.exception("records not acknowledged by Kafka; stopping the worker")
-            await self._app.crash(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure here stops the worker
+            await stop_worker(self._app, exc, "records not acknowledged by Kafka")
             return
         for handle in handles:
             await events.ack(handle)

@@ -263,9 +263,6 @@ class Lanes:
                 out["retrying"].append(tenant_id)
         return out
 
-    def has_pending(self) -> bool:
-        return self._queued > 0
-
     async def close(self) -> None:
         """Cancels the reads still running (their events were never acknowledged)."""
         tasks = list(self._tasks)

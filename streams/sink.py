@@ -37,6 +37,14 @@ class SinkError(RuntimeError):
     """Kafka refused or did not acknowledge the records of processed events."""
 
 
+async def stop_worker(app: faust.App, exc: BaseException, what: str) -> None:
+    """An agent cannot go on (its effects are not in Kafka, or its own task died): stop
+    the whole worker, so its unacknowledged events are processed again after a restart,
+    rather than let Faust restart the agent past them."""
+    log.error("%s; stopping the worker", what, exc_info=exc)
+    await app.crash(exc)
+
+
 class Sink:
     """Table writes and topic sends of the worker's agents."""
 

@@ -32,7 +32,7 @@ from streams.meter_client import MeterClient
 from streams.meter_reporter import MeterReporter
 from streams.processing.usage import UsageProcessor, meter_identifier
 from streams.records import raw_topic, record_from
-from streams.sink import Sink
+from streams.sink import Sink, stop_worker
 from tables.policy import QuotaPolicy
 
 __all__ = ["add_usage_agent", "meter_identifier", "meter_topic"]
@@ -76,8 +76,7 @@ def add_usage_agent(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("usage agent stopped; stopping the worker")
-            await app.crash(exc)
+            await stop_worker(app, exc, "usage agent stopped")
             raise
 
     meter_enabled = settings.meter_enabled

@@ -103,17 +103,6 @@ class Effects:
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
-    def merge(self, other: Effects) -> None:
-        self.states.update(other.states)
-        self.aliases.update(other.aliases)
-        for key, value in other.updates.items():
-            self.updates.pop(key, None)
-            self.updates[key] = value
-        self.deadletters.extend(other.deadletters)
-        self.meter_jobs.extend(other.meter_jobs)
-        for outcome, n in other.outcomes.items():
-            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
-
     def quota_updates(self) -> Iterable[tuple[int, QuotaUpdate]]:
         return self.updates.values()
 

@@ -38,11 +38,18 @@ async def _until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> 
     raise AssertionError(what)  # pragma: no cover - the timeout raises first
 
 
-async def _quotas(settings: Settings) -> dict[str, QuotaUpdate]:
+async def _quotas(
+    settings: Settings, enough: Callable[[dict[str, QuotaUpdate]], bool]
+) -> dict[str, QuotaUpdate]:
+    """The latest quota per key, read again until `enough` says so (60 s at most)."""
     out: dict[str, QuotaUpdate] = {}
-    for record in await read_all(settings.kafka_bootstrap, settings.topics.quota_updates):
-        update = QuotaUpdate.from_json(record.value)
-        out[update.key] = update
+    for _ in range(600):
+        for record in await read_all(settings.kafka_bootstrap, settings.topics.quota_updates):
+            update = QuotaUpdate.from_json(record.value)
+            out[update.key] = update
+        if enough(out):
+            break
+        await asyncio.sleep(0.1)
     return out
 
 
@@ -85,21 +92,14 @@ async def test_reads_run_concurrently_and_a_held_tenant_does_not_block_another(
                 lambda: stripe.account_stats(f"sk_test_{SLOW}")["in_flight"] == 12,
             )
             # The other tenant's event, behind them in the partition, is applied meanwhile.
-            quotas: dict[str, QuotaUpdate] = {}
-            for _ in range(600):
-                quotas = await _quotas(settings)
-                if f"{FAST}/cus_f" in quotas:
-                    break
-                await asyncio.sleep(0.1)
+            quotas = await _quotas(settings, lambda q: f"{FAST}/cus_f" in q)
             assert quotas[f"{FAST}/cus_f"].limit == 2000
             assert not any(key.startswith(f"{SLOW}/") for key in quotas)
             assert stripe.account_stats(f"sk_test_{SLOW}")["in_flight"] == 12
             stripe.release(f"sk_test_{SLOW}")
-            for _ in range(600):
-                quotas = await _quotas(settings)
-                if sum(key.startswith(f"{SLOW}/") for key in quotas) == 12:
-                    break
-                await asyncio.sleep(0.1)
+            quotas = await _quotas(
+                settings, lambda q: sum(key.startswith(f"{SLOW}/") for key in q) == 12
+            )
         assert {quotas[f"{SLOW}/cus_s{n}"].limit for n in range(12)} == {1000}
         assert stripe.stats()["max_in_flight"] >= 12
 
@@ -135,12 +135,7 @@ async def test_a_tenant_whose_stripe_stays_down_falls_back_to_snapshots_and_show
         )
         with components({}, tmp_path) as started:
             start(started, ["worker", "--web-port", str(port)], env, tmp_path)
-            quotas: dict[str, QuotaUpdate] = {}
-            for _ in range(600):
-                quotas = await _quotas(settings)
-                if quotas:
-                    break
-                await asyncio.sleep(0.1)
+            quotas = await _quotas(settings, bool)
             # Applied from the event's own snapshot once Stripe stayed down past the deadline.
             assert quotas[f"{SLOW}/cus_d"].limit == 3000
             assert stripe.account_stats(f"sk_test_{SLOW}")["requests"]["subscription"] > 1
