@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ingress.admission import Admission, AdmissionLimits
 from ingress.exceptions import RequestRejected
 from ingress.limits import IngressLimits
 from ingress.metrics import IngressMetrics
@@ -64,11 +65,14 @@ def build_app(
     clock: Callable[[], float] = time.time,
     *,
     limits: IngressLimits | None = None,
+    admission_limits: AdmissionLimits | None = None,
     platform_secrets: Sequence[WebhookSecret] | None = None,
 ) -> web.Application:
-    """The ingress app. `limits` default to `IngressLimits.from_settings(settings)`;
-    `platform_secrets` (the Connect endpoint's) to `platform_secrets_from(settings)`."""
+    """The ingress app. `limits` default to `IngressLimits.from_settings(settings)`,
+    `admission_limits` to `AdmissionLimits.from_settings(settings)`; `platform_secrets`
+    (the Connect endpoint's) to `platform_secrets_from(settings)`."""
     metrics = IngressMetrics()
+    admission = Admission(admission_limits or AdmissionLimits.from_settings(settings))
     endpoints = WebhookEndpoints(
         settings,
         registry,
@@ -77,6 +81,7 @@ def build_app(
         limits or IngressLimits.from_settings(settings),
         platform_secrets_from(settings) if platform_secrets is None else platform_secrets,
         clock,
+        admission,
     )
 
     async def healthz(request: web.Request) -> web.Response:

@@ -3,7 +3,8 @@
     IngressError (status, reason, message)
     ├── SignatureError      400  the Stripe-Signature header does not verify the body
     ├── RequestRejected     4xx  a verified or unverifiable request we refuse (tenant, body)
-    ├── Throttled           429  the tenant is over its in-flight or rate limit
+    ├── Throttled           429  a tenant's delivery budget, or an unverified budget, is spent
+    ├── Overloaded          503  the global in-flight or buffered-bytes cap is reached
     └── PublishUnavailable  503  the broker did not acknowledge in time (retriable)
 
 `reason` is a stable machine-readable string: metrics count by it and clients match on it.
@@ -43,13 +44,27 @@ class RequestRejected(IngressError):
 
 
 class Throttled(IngressError):
-    """The tenant exceeded its own in-flight or rate limit; other tenants are unaffected."""
+    """A budget is spent: the tenant's deliveries (`tenant_throttled`), or the unverified
+    failures of a source (`source_throttled`) or a route (`route_throttled`)."""
 
     status = 429
     retriable = True
 
-    def __init__(self, message: str = "", *, retry_after: float = 1.0) -> None:
-        super().__init__("tenant_throttled", message or "tenant is over its request limit")
+    def __init__(
+        self, message: str = "", *, retry_after: float = 1.0, reason: str = "tenant_throttled"
+    ) -> None:
+        super().__init__(reason, message or "tenant is over its request limit")
+        self.retry_after = retry_after
+
+
+class Overloaded(IngressError):
+    """The process holds its cap of requests in flight or of buffered body bytes."""
+
+    status = 503
+    retriable = True
+
+    def __init__(self, *, retry_after: float = 5.0) -> None:
+        super().__init__("ingress_busy", "the ingress is at its in-flight or buffer cap")
         self.retry_after = retry_after
 
 

@@ -1,9 +1,12 @@
 """The two webhook endpoints: verify, check, publish, answer, in that order.
 
-Per request the work is small on purpose: a dict lookup for the tenant, a token from its
-bucket, one HMAC per active secret, one `orjson.loads`, one produce awaited until the
-broker's ack. The tenant's route chooses its secrets before the body is trusted; the
-Connect route verifies with the platform's secrets, then routes by `event.account`.
+Per request the work is small on purpose: a dict lookup for the tenant, admission against
+the unverified budgets (`ingress.admission`: global caps, the source's and the route's
+failure buckets), one HMAC per active secret, one `orjson.loads`, a token of the tenant's
+delivery budget (drawn only once verified, so nobody without the secret can spend it),
+one produce awaited until the broker's ack. The tenant's route chooses its secrets before
+the body is trusted; the Connect route verifies with the platform's secrets, then routes
+by `event.account`. A refusal before the body is read closes the connection.
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ import orjson
 from aiohttp import web
 
 from ingress.access_log import log_access
+from ingress.admission import CONNECT, Admission, AdmissionLimits
 from ingress.body import read_json_body
 from ingress.event import StripeEventFields, parse_event
-from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected, Throttled
+from ingress.exceptions import (
+    IngressError,
+    Overloaded,
+    PublishUnavailable,
+    RequestRejected,
+    Throttled,
+)
 from ingress.limits import IngressLimits, TenantThrottle
 from ingress.metrics import IngressMetrics
 from ingress.publisher import Publisher
@@ -59,6 +69,7 @@ class _Trace:
     tenant_id: str | None = None
     event: StripeEventFields | None = None
     secret_id: str | None = None
+    body_read: bool = False  # False: a refusal closes the connection, the body unread
 
 
 class WebhookEndpoints:
@@ -71,8 +82,10 @@ class WebhookEndpoints:
         limits: IngressLimits,
         platform_secrets: Sequence[WebhookSecret],
         clock: Callable[[], float] = time.time,
+        admission: Admission | None = None,
     ) -> None:
         self._registry = registry
+        self._admission = admission or Admission(AdmissionLimits.from_settings(settings))
         self._publisher = publisher
         self._metrics = metrics
         self._limits = limits
@@ -124,13 +137,15 @@ class WebhookEndpoints:
         except IngressError as exc:
             if isinstance(exc, Throttled):
                 outcome, retry_after = "throttled", exc.retry_after
-            elif isinstance(exc, PublishUnavailable):
+            elif isinstance(exc, PublishUnavailable | Overloaded):
                 outcome, retry_after = "unavailable", exc.retry_after
             else:
                 outcome = "rejected"
             reason, response = exc.reason, error_response(exc, retry_after)
-            if exc.status == 413:
-                response.force_close()  # the rest of the body is never read
+            if exc.status in (408, 413) or not trace.body_read:
+                # The rest of the body is never read: closing costs the sender a new
+                # connection, and us nothing.
+                response.force_close()
         except Exception:
             # A bug or a vanished client: counted, then aiohttp logs it and answers 500.
             elapsed = time.perf_counter() - started
@@ -158,55 +173,76 @@ class WebhookEndpoints:
     async def _tenant_flow(self, request: web.Request, trace: _Trace) -> bool:
         tenant_id = request.match_info["tenant_id"]
         tenant = self._registry.get(tenant_id)
-        if tenant is None:
-            raise RequestRejected("unknown_tenant", "no such tenant", status=404)
-        self._check_active(tenant)
-        wait = self._throttle.acquire(tenant.id)
-        if wait:
-            raise Throttled(retry_after=wait)
+        admitted = self._admission.enter(
+            tenant.id if tenant is not None else None, request.remote, self._declared(request)
+        )
         try:
-            body = await self._read_body(request)
-            now = self._clock()
-            trace.secret_id = verify(
-                request.headers.get("Stripe-Signature"),
-                body,
-                self._tenant_keys(tenant, now),
-                now,
-                self._tolerance,
-                self._future_skew,
-            )
+            if tenant is None:
+                admitted.failed()
+                raise RequestRejected("unknown_tenant", "no such tenant", status=404)
+            try:
+                self._check_active(tenant)
+                body = await self._read_body(request, trace)
+                now = self._clock()
+                trace.secret_id = verify(
+                    request.headers.get("Stripe-Signature"),
+                    body,
+                    self._tenant_keys(tenant, now),
+                    now,
+                    self._tolerance,
+                    self._future_skew,
+                )
+            except IngressError:
+                admitted.failed()
+                raise
+            admitted.verified()
             trace.event = event = parse_event(body)
             if event.account is not None and event.account != tenant.stripe_account:
                 raise RequestRejected("account_mismatch", "event.account is not this tenant's")
-            return await self._publish(tenant, event, body, now, trace.secret_id)
+            return await self._deliver(tenant, event, body, now, trace.secret_id)
         finally:
-            self._throttle.release(tenant.id)
+            admitted.release()
 
     async def _connect_flow(self, request: web.Request, trace: _Trace) -> bool:
         if not self._platform_keys:
             raise RequestRejected(
                 "connect_not_configured", "no platform webhook secret is configured", status=404
             )
-        body = await self._read_body(request)
-        now = self._clock()
-        keys = [(i, k) for i, k, expires in self._platform_keys if expires is None or now < expires]
-        secret_id = verify(
-            request.headers.get("Stripe-Signature"),
-            body,
-            keys,
-            now,
-            self._tolerance,
-            self._future_skew,
-        )
-        trace.secret_id = secret_id
-        trace.event = event = parse_event(body)
-        if event.account is None:
-            raise RequestRejected("missing_account", "a Connect event must carry event.account")
-        tenant = self._registry.by_account(event.account)
-        if tenant is None:
-            raise RequestRejected("unknown_account", "no tenant has this account", status=404)
-        trace.tenant_id = tenant.id
-        self._check_active(tenant)
+        admitted = self._admission.enter(CONNECT, request.remote, self._declared(request))
+        try:
+            try:
+                body = await self._read_body(request, trace)
+                now = self._clock()
+                keys = [(i, k) for i, k, exp in self._platform_keys if exp is None or now < exp]
+                secret_id = verify(
+                    request.headers.get("Stripe-Signature"),
+                    body,
+                    keys,
+                    now,
+                    self._tolerance,
+                    self._future_skew,
+                )
+            except IngressError:
+                admitted.failed()
+                raise
+            admitted.verified()
+            trace.secret_id = secret_id
+            trace.event = event = parse_event(body)
+            if event.account is None:
+                raise RequestRejected("missing_account", "a Connect event must carry event.account")
+            tenant = self._registry.by_account(event.account)
+            if tenant is None:
+                raise RequestRejected("unknown_account", "no tenant has this account", status=404)
+            trace.tenant_id = tenant.id
+            self._check_active(tenant)
+            return await self._deliver(tenant, event, body, now, secret_id)
+        finally:
+            admitted.release()
+
+    async def _deliver(
+        self, tenant: Tenant, event: StripeEventFields, body: bytes, now: float, secret_id: str
+    ) -> bool:
+        """Draws on the tenant's delivery budget (verified events only), then publishes."""
         wait = self._throttle.acquire(tenant.id)
         if wait:
             raise Throttled(retry_after=wait)
@@ -214,6 +250,11 @@ class WebhookEndpoints:
             return await self._publish(tenant, event, body, now, secret_id)
         finally:
             self._throttle.release(tenant.id)
+
+    def _declared(self, request: web.Request) -> int:
+        """Body bytes to reserve against the global cap: as declared, at most the limit."""
+        length = request.content_length
+        return self._max_body if length is None else min(length, self._max_body)
 
     async def _publish(
         self, tenant: Tenant, event: StripeEventFields, body: bytes, now: float, secret_id: str
@@ -254,7 +295,8 @@ class WebhookEndpoints:
             cached = self._keys[tenant.id] = (tenant, _keys_of(tenant.webhook_secrets))
         return [(i, k) for i, k, expires in cached[1] if expires is None or now < expires]
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request, trace: _Trace) -> bytes:
+        trace.body_read = True
         return await read_json_body(
             request, max_bytes=self._max_body, timeout=self._limits.body_read_timeout
         )

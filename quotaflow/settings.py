@@ -54,6 +54,27 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds to receive a whole request body."
     )
     ingress_retry_after: float = Field(5.0, gt=0, description="Retry-After on 503, seconds.")
+    ingress_max_in_flight: int = Field(
+        1024, gt=0, description="Webhook requests in flight per ingress process (global cap)."
+    )
+    ingress_max_buffered_bytes: int = Field(
+        64 * 1_048_576, gt=0, description="Webhook body bytes buffered per ingress process."
+    )
+    ingress_unverified_source_rate: float = Field(
+        20.0, gt=0, description="Unverified failures/s per source address."
+    )
+    ingress_unverified_source_burst: float = Field(
+        100.0, ge=1, description="Burst of unverified failures per source address."
+    )
+    ingress_unverified_source_max_in_flight: int = Field(
+        64, gt=0, description="Concurrent unverified requests per source address."
+    )
+    ingress_unverified_tenant_rate: float = Field(
+        100.0, gt=0, description="Unverified failures/s per webhook route."
+    )
+    ingress_unverified_tenant_burst: float = Field(
+        500.0, ge=1, description="Burst of unverified failures per webhook route."
+    )
 
     app_id: str = Field("quotaflow", description="Faust application id (consumer group).")
     data_dir: Path = Field(Path(".quotaflow/data"), description="Worker state directory.")

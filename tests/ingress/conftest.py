@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from ingress.admission import AdmissionLimits
 from ingress.app import build_app
 from ingress.limits import IngressLimits
 from ingress.publisher import Publisher
@@ -127,6 +128,7 @@ async def ingress_factory(
         *,
         bootstrap: str | None = None,
         limits: IngressLimits | None = None,
+        admission_limits: AdmissionLimits | None = None,
         platform_secrets: Iterable[WebhookSecret] = (),
         **overrides: Any,
     ) -> Ingress:
@@ -139,6 +141,7 @@ async def ingress_factory(
             StaticTenantRegistry(tenants),
             publisher,
             limits=limits,
+            admission_limits=admission_limits,
             platform_secrets=tuple(platform_secrets),
         )
         client: Client = TestClient(TestServer(app))

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from ingress.admission import AdmissionLimits
 from ingress.app import METRICS_KEY
 from ingress.limits import IngressLimits
 from quotaflow.envelope import Envelope
@@ -259,13 +260,13 @@ async def test_ack_slower_than_publish_timeout_answers_503(ingress_factory: Ingr
     assert "Retry-After" in headers
 
 
-async def test_flooding_tenant_is_throttled_while_another_is_served(
+async def test_only_verified_events_spend_the_tenants_delivery_budget(
     ingress_factory: IngressFactory,
 ) -> None:
     limits = IngressLimits(tenant_rate=0.001, tenant_burst=3)
     ingress = await ingress_factory(TENANTS, limits=limits)
     statuses = []
-    for i in range(8):  # valid and invalid requests both spend the flooder's tokens
+    for i in range(8):  # bad signatures spend the source's failures, not acme's deliveries
         secret = secret_of("acme") if i % 2 else "whsec_wrong"
         status, doc, headers = await ingress.post(
             "/v1/webhooks/stripe/acme", event_body(f"evt_{i}"), secret
@@ -274,17 +275,37 @@ async def test_flooding_tenant_is_throttled_while_another_is_served(
         if status == 429:
             assert doc["error"]["reason"] == "tenant_throttled"
             assert int(headers["Retry-After"]) >= 1
-    assert statuses[:3] == [400, 200, 400]
-    assert set(statuses[3:]) == {429}
+    assert statuses == [400, 200, 400, 200, 400, 200, 400, 429]
     status, _, _ = await ingress.post(
         "/v1/webhooks/stripe/globex", event_body(), secret_of("globex")
     )
     assert status == 200
 
 
-async def test_in_flight_limit_throttles_only_the_tenant_holding_it(
+async def test_bad_signatures_throttle_their_source_cheaply_not_a_trusted_sender(
     ingress_factory: IngressFactory,
 ) -> None:
+    ingress = await ingress_factory(
+        TENANTS, admission_limits=AdmissionLimits(source_burst=3, source_rate=0.001)
+    )
+    # The (acme, 127.0.0.1) pair delivers once: it is trusted on acme's route from now on.
+    status, _, _ = await ingress.post("/v1/webhooks/stripe/acme", event_body(), secret_of("acme"))
+    assert status == 200
+    for route in ("globex", "globex", "nobody"):
+        status, _, _ = await ingress.post(f"/v1/webhooks/stripe/{route}", event_body(), "whsec_x")
+        assert status in (400, 404)
+    status, doc, headers = await ingress.post(
+        "/v1/webhooks/stripe/globex", event_body(), secret_of("globex")
+    )
+    assert (status, doc["error"]["reason"]) == (429, "source_throttled")
+    assert headers.get("Connection", "").lower() == "close"
+    status, _, _ = await ingress.post(
+        "/v1/webhooks/stripe/acme", event_body("evt_2"), secret_of("acme")
+    )
+    assert status == 200
+
+
+async def test_a_slow_body_holds_no_tenant_slot(ingress_factory: IngressFactory) -> None:
     ingress = await ingress_factory(TENANTS, limits=IngressLimits(tenant_max_in_flight=1))
     body = event_body("evt_slow")
     gate = asyncio.Event()
@@ -306,14 +327,60 @@ async def test_in_flight_limit_throttles_only_the_tenant_holding_it(
     async with asyncio.timeout(10):
         while gauge._value.get() < 1:  # noqa: ASYNC110 - no event to wait on in the server
             await asyncio.sleep(0.01)
-    status, doc, _ = await ingress.post(
+    status, _, _ = await ingress.post(
         "/v1/webhooks/stripe/acme", event_body("e2"), secret_of("acme")
     )
-    assert (status, doc["error"]["reason"]) == (429, "tenant_throttled")
-    status, _, _ = await ingress.post(
+    assert status == 200
+    gate.set()
+    assert await slow == 200
+
+
+async def test_a_body_too_slow_is_cut_with_408(ingress_factory: IngressFactory) -> None:
+    ingress = await ingress_factory(TENANTS, ingress_body_read_timeout=0.3)
+    body = event_body("evt_slow")
+    gate = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield body[:10]
+        await gate.wait()
+        yield body[10:]
+
+    sent = signed(body, secret_of("acme"))
+    async with ingress.client.post("/v1/webhooks/stripe/acme", data=slow_body(), headers=sent) as r:
+        assert r.status == 408
+        assert orjson.loads(await r.read())["error"]["reason"] == "body_timeout"
+    gate.set()
+
+
+async def test_global_in_flight_cap_answers_503_ingress_busy(
+    ingress_factory: IngressFactory,
+) -> None:
+    ingress = await ingress_factory(TENANTS, admission_limits=AdmissionLimits(max_in_flight=1))
+    body = event_body("evt_slow")
+    gate = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield body[:10]
+        await gate.wait()
+        yield body[10:]
+
+    async def slow_post() -> int:
+        sent = signed(body, secret_of("acme"))
+        async with ingress.client.post(
+            "/v1/webhooks/stripe/acme", data=slow_body(), headers=sent
+        ) as r:
+            return r.status
+
+    slow = asyncio.create_task(slow_post())
+    gauge = ingress.app[METRICS_KEY].in_flight
+    async with asyncio.timeout(10):
+        while gauge._value.get() < 1:  # noqa: ASYNC110 - no event to wait on in the server
+            await asyncio.sleep(0.01)
+    status, doc, headers = await ingress.post(
         "/v1/webhooks/stripe/globex", event_body(), secret_of("globex")
     )
-    assert status == 200
+    assert (status, doc["error"]["reason"]) == (503, "ingress_busy")
+    assert "Retry-After" in headers
     gate.set()
     assert await slow == 200
 
