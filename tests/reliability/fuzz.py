@@ -265,11 +265,17 @@ class WebhookFuzzer:
 BOMB = gzip.compress(b"0" * (16 * 1024 * 1024), compresslevel=9)
 
 
-async def send_raw(port: int, attack: Attack, timeout: float = 15.0) -> int:
-    """Writes the raw request; returns the answer's status code (0: closed, no answer)."""
+async def send_raw(
+    port: int, attack: Attack, timeout: float = 15.0, source: str | None = None
+) -> int:
+    """Writes the raw request; returns the answer's status code (0: closed, no answer).
+
+    `source` is the local address to connect from (any of 127.0.0.0/8 on Linux), so
+    that the server tells this sender apart from others on the same machine."""
+    local = (source, 0) if source is not None else None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
             try:
                 if attack.trickle:
                     head, _, body = attack.raw.partition(b"\r\n\r\n")
