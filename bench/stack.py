@@ -93,7 +93,9 @@ def pipeline(
     stack = Stack(ingress_port, node_ports, taps)
     with processes() as started:
         progress("starting ingress, worker, pushers, edge nodes")
-        ingress = Proc.quotaflow(["ingress", "--port", str(ingress_port)], base, work)
+        ingress = Proc.quotaflow(
+            ["ingress", "--port", str(ingress_port), "--workers", "1"], base, work
+        )
         started.append(ingress)
         wait_http(f"http://127.0.0.1:{ingress_port}/readyz", 60, ingress)
         worker = start_worker(

@@ -7,11 +7,13 @@ Fields travel as `extra` on the `quotaflow.ingress` logger; `quotaflow.logs.Json
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 __all__ = ["ACCESS_LOG", "log_access"]
 
 ACCESS_LOG = logging.getLogger("quotaflow.ingress")
+_PID = os.getpid()  # each worker is spawned, so each imports this module afresh
 
 
 def log_access(
@@ -44,5 +46,6 @@ def log_access(
             "status": status,
             "secret_id": secret_id,
             "latency_ms": round((time.perf_counter() - started) * 1000.0, 3),
+            "pid": _PID,  # which worker answered, with `quotaflow ingress --workers N`
         },
     )

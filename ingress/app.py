@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ingress.admission import Admission, AdmissionLimits
 from ingress.exceptions import RequestRejected
@@ -100,7 +100,7 @@ def build_app(
 
     async def metrics_handler(request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     # client_max_size bounds request.read() as it streams, for bodies without Content-Length.

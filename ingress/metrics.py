@@ -7,10 +7,12 @@ fixed set of reasons). The one per-tenant series, signature failures, is limited
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ingress.signature import REASONS as SIGNATURE_REASONS
@@ -86,12 +88,25 @@ class IngressMetrics:
             "quotaflow_ingress_in_flight",
             "Webhook requests being handled.",
             registry=self.registry,
+            multiprocess_mode="livesum",  # with --workers N: the sum over live workers
         )
         self.body_bytes = Counter(
             "quotaflow_ingress_published_bytes_total",
             "Bytes of verified bodies published to stripe.events.",
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """The /metrics page: this registry, or with `--workers N` (prometheus_client's
+        multiprocess mode) the sum over every worker; the top-tenants signature failures
+        are this worker's own (a custom collector is not shared between processes)."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        shared = CollectorRegistry()
+        MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
+        own = CollectorRegistry(auto_describe=True)
+        own.register(self.tenant_signature_failures)
+        return generate_latest(shared) + generate_latest(own)
 
     def count(
         self, route: str, outcome: str, reason: str, seconds: float, tenant_id: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 from aiohttp import web
 
@@ -28,8 +29,12 @@ def publisher_for(settings: Settings) -> Publisher:
     return Publisher(settings.kafka_bootstrap, max_request_size=settings.max_body_bytes + 64 * 1024)
 
 
-async def serve(settings: Settings, registry: TenantRegistry, stop: asyncio.Event) -> None:
-    """Serves the ingress on settings.ingress_host:ingress_port until `stop` is set."""
+async def serve(
+    settings: Settings, registry: TenantRegistry, stop: asyncio.Event, *, reuse_port: bool = False
+) -> None:
+    """Serves the ingress on settings.ingress_host:ingress_port until `stop` is set.
+
+    `reuse_port` binds with SO_REUSEPORT, so that several processes share the port."""
     async with contextlib.AsyncExitStack() as stack:
         publisher = publisher_for(settings)
         await publisher.start()
@@ -45,11 +50,21 @@ async def serve(settings: Settings, registry: TenantRegistry, stop: asyncio.Even
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, settings.ingress_host, settings.ingress_port, backlog=1024)
+        site = web.TCPSite(
+            runner,
+            settings.ingress_host,
+            settings.ingress_port,
+            backlog=1024,
+            reuse_port=reuse_port or None,
+        )
         await site.start()
         log.info(
             "ingress listening",
-            extra={"host": settings.ingress_host, "port": settings.ingress_port},
+            extra={
+                "host": settings.ingress_host,
+                "port": settings.ingress_port,
+                "pid": os.getpid(),
+            },
         )
         await stop.wait()
         log.info("ingress stopping")

@@ -53,15 +53,47 @@ def main() -> None:
     """
 
 
-@main.command()
-@click.option("--port", type=int, help="Listen port (QUOTAFLOW_INGRESS_PORT).")
-def ingress(port: int | None) -> None:
-    """Run the webhook ingress: verify Stripe webhooks, publish them durably to Kafka."""
+def _ingress_worker(port: int | None, reuse_port: bool, index: int = 0) -> None:
+    """One ingress process (a child of `run_workers`, or the only one)."""
+    from functools import partial
+
     from ingress.server import serve
 
     settings = _settings(ingress_port=port)
     setup_logging(settings.log_level)
-    run_until_signalled(lambda stop: _with_registry(settings, stop, serve))
+    main = partial(serve, reuse_port=reuse_port)
+    run_until_signalled(lambda stop: _with_registry(settings, stop, main))
+
+
+@main.command()
+@click.option("--port", type=int, help="Listen port (QUOTAFLOW_INGRESS_PORT).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes serving the port together through SO_REUSEPORT (default: one per "
+    "core this process may use). Budgets are held per process; /metrics sums all of them.",
+)
+def ingress(port: int | None, workers: int | None) -> None:
+    """Run the webhook ingress: verify Stripe webhooks, publish them durably to Kafka.
+
+    With several workers a SIGTERM or SIGINT stops them all gracefully; if one dies,
+    the others are stopped and the command exits non-zero.
+    """
+    from functools import partial
+
+    from quotaflow.workers import default_workers, run_workers
+
+    count = workers or default_workers()
+    if count == 1:
+        _ingress_worker(port, False)
+        return
+    settings = _settings(ingress_port=port)
+    setup_logging(settings.log_level)
+    code = run_workers(
+        partial(_ingress_worker, port, True), count, stop_timeout=settings.publish_timeout + 15.0
+    )
+    sys.exit(code)
 
 
 @main.command()

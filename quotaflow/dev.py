@@ -113,7 +113,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
     asyncio.run(ensure_topics(Settings(kafka_bootstrap=broker.bootstrap)))
 
     cli = [sys.executable, "-m", "quotaflow.cli"]
-    commands = [["ingress"], ["worker"]]
+    # One ingress process: dev runs everything on one machine beside the broker.
+    commands = [["ingress", "--workers", "1"], ["worker"]]
     for i, region in enumerate(regions):
         commands.append(["edge", "--region", region, "--port", str(FIRST_EDGE_PORT + i)])
         commands.append(["push", "--region", region])
@@ -130,7 +131,7 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         for command in commands:
-            name = "-".join(command[:3:2]) if len(command) > 1 else command[0]
+            name = "-".join(command[:3:2]) if command[0] in ("edge", "push") else command[0]
             out = (logs / f"{name}.log").open("ab")
             procs.append(subprocess.Popen([*cli, *command], env=env, stdout=out, stderr=out))
         _wait_ready([8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))])

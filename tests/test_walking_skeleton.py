@@ -77,7 +77,9 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
         "QUOTAFLOW_PUSH_KEYS": orjson.dumps({"eu": [push_key]}).decode(),
     }
     with components(env, tmp_path) as started:
-        ingress = start(started, ["ingress", "--port", str(ingress_port)], env, tmp_path)
+        ingress = start(
+            started, ["ingress", "--port", str(ingress_port), "--workers", "1"], env, tmp_path
+        )
         start(started, ["worker"], env, tmp_path)
         start(started, ["push", "--region", "eu"], env, tmp_path)
         edge = start(started, ["edge", "--region", "eu", "--port", str(edge_port)], env, tmp_path)

@@ -42,6 +42,9 @@ class Stack:
     extra_nodes: dict[str, list[str]] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Component] = field(default_factory=dict)
+    # One ingress process unless a scenario asks for more: the edge routes' replay caches
+    # are per process (README, `quotaflow ingress --workers`), and scenario 5 replays.
+    ingress_workers: int = 1
 
     def __post_init__(self) -> None:
         for region, count in self.nodes.items():
@@ -85,9 +88,8 @@ class Stack:
     # -- processes ---------------------------------------------------------------------
 
     def start_ingress(self) -> Component:
-        proc = start(
-            self.started, ["ingress", "--port", str(self.ingress_port)], self.env, self.tmp
-        )
+        args = ["ingress", "--port", str(self.ingress_port), "--workers", str(self.ingress_workers)]
+        proc = start(self.started, args, self.env, self.tmp)
         proc.wait_port(self.ingress_port)
         self.procs["ingress"] = proc
         return proc

@@ -150,7 +150,7 @@ def stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator
     }
     env.pop("QUOTAFLOW_EDGE_NODES", None)
     with components(env, tmp_path) as started:
-        ingress = start(started, ["ingress"], env, tmp_path)
+        ingress = start(started, ["ingress", "--workers", "1"], env, tmp_path)
         pusher = start(started, ["push", "--region", "eu"], env, tmp_path)
         ingress.wait_port(ingress_port)
         pusher.wait_port(pusher_port)
