@@ -1,4 +1,4 @@
-"""JSON access logs: one line per webhook, never a body or a secret.
+"""JSON access logs: one line per webhook (2xx sampled), never a body or a secret.
 
 Fields travel as `extra` on the `quotaflow.ingress` logger; `quotaflow.logs.JsonFormatter`
 (installed by the CLI) renders them as one JSON object per line.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 
 __all__ = ["ACCESS_LOG", "log_access"]
@@ -27,8 +28,14 @@ def log_access(
     status: int,
     started: float,
     secret_id: str | None = None,
+    sample: float = 1.0,
 ) -> None:
-    """Logs one webhook request at INFO (WARNING for 5xx); free when INFO is off."""
+    """Logs one webhook request at INFO (WARNING for 5xx); free when INFO is off.
+
+    Only a `sample` fraction of 2xx answers is logged (the line costs about as much as
+    the rest of the request); every refusal and error is."""
+    if status < 300 and sample < 1.0 and random.random() >= sample:
+        return
     level = logging.WARNING if status >= 500 else logging.INFO
     if not ACCESS_LOG.isEnabledFor(level):
         return

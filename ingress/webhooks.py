@@ -96,6 +96,7 @@ class WebhookEndpoints:
         self._tolerance = settings.signature_tolerance
         self._future_skew = settings.signature_future_skew
         self._publish_timeout = settings.publish_timeout
+        self._log_sample = settings.ingress_access_log_sample
         self._platform_keys = _keys_of(platform_secrets)
         self._keys: dict[str, tuple[Tenant, _Keys]] = {}
 
@@ -167,6 +168,7 @@ class WebhookEndpoints:
             status=response.status,
             started=started,
             secret_id=trace.secret_id,
+            sample=self._log_sample,
         )
         return response
 

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds to receive a whole request body."
     )
     ingress_retry_after: float = Field(5.0, gt=0, description="Retry-After on 503, seconds.")
+    ingress_access_log_sample: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Fraction of 2xx webhooks written to the access log (refusals always).",
+    )
     ingress_max_in_flight: int = Field(
         1024, gt=0, description="Webhook requests in flight per ingress process (global cap)."
     )

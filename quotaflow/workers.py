@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -25,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 __all__ = ["MULTIPROC_ENV", "default_workers", "run_workers"]
@@ -35,12 +37,20 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _POLL = 0.2
 
 
-def default_workers() -> int:
-    """The cores this process may run on (its CPU affinity), at least 1."""
+def default_workers(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota
+    (a container limited to 2 CPUs on a 32-core node runs 2 workers, not 32); at least 1."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def run_workers(target: Callable[[int], None], count: int, *, stop_timeout: float = 30.0) -> int:

@@ -433,3 +433,17 @@ async def test_access_log_is_one_json_line_per_request_without_body_or_secret(
     text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     assert "BODY-MARKER" not in text
     assert "whsec_" not in text
+
+
+async def test_sampled_access_log_skips_successes_but_never_a_refusal(
+    ingress_factory: IngressFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingress = await ingress_factory(TENANTS, ingress_access_log_sample=0.0)
+    with caplog.at_level(logging.INFO, logger="quotaflow.ingress"):
+        for i in range(5):
+            body = event_body(f"evt_sampled_{i}")
+            status, _, _ = await ingress.post("/v1/webhooks/stripe/acme", body, secret_of("acme"))
+            assert status == 200
+        await ingress.post("/v1/webhooks/stripe/acme", event_body(), "whsec_wrong_one")
+    reasons = [r.__dict__["reason"] for r in caplog.records if r.getMessage() == "webhook"]
+    assert reasons == ["bad_signature"]

@@ -33,8 +33,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_default_is_one_worker_per_usable_core() -> None:
-    assert default_workers() == len(os.sched_getaffinity(0))
+def test_default_is_one_worker_per_usable_core_within_the_cgroup_quota(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert default_workers(cpu_max) == cores
+    cpu_max.write_text("50000 100000\n")
+    assert default_workers(cpu_max) == 1
+    cpu_max.write_text(f"{(cores + 8) * 100000} 100000\n")
+    assert default_workers(cpu_max) == cores
+    assert default_workers(tmp_path / "absent") == cores
 
 
 def test_two_workers_share_one_port_and_stop_together(
