@@ -163,6 +163,7 @@ def rows(name: str, result: Any) -> list[tuple[str, Any]]:
     if name == "ingress":
         return [
             ("max webhooks/s", _get(result, "ingress_max", "webhooks_per_s")),
+            ("2 workers", _get(result, "ingress_2_workers_max", "webhooks_per_s")),
             ("speedup vs baseline", _get(result, "speedup_max_throughput")),
         ]
     if name == "edge":

@@ -319,7 +319,9 @@ def _proc_usage(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def _serve_ingress(settings_kwargs: dict[str, Any], n_tenants: int, profile: str | None) -> None:
+def _serve_ingress(
+    settings_kwargs: dict[str, Any], n_tenants: int, profile: str | None, reuse_port: bool = False
+) -> None:
     from ingress.server import serve
     from quotaflow.logs import JsonFormatter
     from quotaflow.settings import Settings
@@ -341,7 +343,7 @@ def _serve_ingress(settings_kwargs: dict[str, Any], n_tenants: int, profile: str
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         if profiler is not None:
             loop.add_signal_handler(signal.SIGUSR1, profiler.enable)
-        await serve(settings, registry, stop)
+        await serve(settings, registry, stop, reuse_port=reuse_port)
 
     asyncio.run(run())
     if profiler is not None and profile:
@@ -451,7 +453,7 @@ def _wait_port(port: int, timeout: float = 60.0) -> None:
 
 def _phase(
     ctx: Any,
-    pid: int,
+    pid: int | list[int],
     port: int,
     mode: str,
     n: int,
@@ -459,7 +461,9 @@ def _phase(
     duration: float,
     before: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Runs one load phase in a client process; adds the server's CPU and RSS over it."""
+    """Runs one load phase in a client process; adds the server's CPU and RSS over it
+    (summed over its processes when `pid` is a list: the workers of one port)."""
+    pids = pid if isinstance(pid, list) else [pid]
     recv, send = ctx.Pipe(duplex=False)
     client = ctx.Process(target=_client_main, args=(port, mode, n, param, duration, send))
     client.start()
@@ -467,11 +471,12 @@ def _phase(
     time.sleep(1.0 + BODY_POOL / 4000)
     if before is not None:
         before()
-    cpu0, _ = _proc_usage(pid)
+    cpu0 = sum(_proc_usage(p)[0] for p in pids)
     t0 = time.monotonic()
     result: dict[str, Any] = recv.recv()
     wall = time.monotonic() - t0
-    cpu1, rss = _proc_usage(pid)
+    usage = [_proc_usage(p) for p in pids]
+    cpu1, rss = sum(u[0] for u in usage), sum(u[1] for u in usage)
     client.join(30)
     result["server_cpu_percent"] = round(100 * (cpu1 - cpu0) / wall, 1)
     result["server_rss_mib"] = round(rss / 2**20, 1)
@@ -490,6 +495,53 @@ async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> N
             await admin.close()
 
 
+def _measure_ingress(
+    ctx: Any,
+    bootstrap: str,
+    prefix: str,
+    n: int,
+    dur: float,
+    args: argparse.Namespace,
+    workers: int,
+    key: str,
+) -> dict[str, Any]:
+    """Fixed-rate and max phases against `workers` ingress processes sharing one port."""
+    port = _free_port()
+    settings_kwargs = {
+        "kafka_bootstrap": bootstrap,
+        "topic_prefix": prefix,
+        "ingress_host": "127.0.0.1",
+        "ingress_port": port,
+        "ingress_access_log_sample": args.log_sample,
+    }
+    profile = args.profile if workers == 1 else None
+    servers = [
+        ctx.Process(target=_serve_ingress, args=(settings_kwargs, n, profile, workers > 1))
+        for _ in range(workers)
+    ]
+    report: dict[str, Any] = {}
+    for server in servers:
+        server.start()
+    try:
+        pids = [s.pid for s in servers if s.pid is not None]
+        _wait_http(f"http://127.0.0.1:{port}/readyz")
+        time.sleep(1.0 if workers > 1 else 0.0)  # every worker's producer connected
+        report[f"{key}_idle_rss_mib"] = round(sum(_proc_usage(p)[1] for p in pids) / 2**20, 1)
+        _phase(ctx, pids, port, "rate", n, 500, 3)  # warm-up: connections, metadata, caches
+        report[f"{key}_fixed_rate"] = _phase(ctx, pids, port, "rate", n, args.rate, dur)
+        start_profile = (lambda: os.kill(pids[0], signal.SIGUSR1)) if profile else None
+        report[f"{key}_max"] = _phase(
+            ctx, pids, port, "closed", n, args.concurrency, dur, before=start_profile
+        )
+    finally:
+        for server in servers:
+            if server.pid is not None:
+                os.kill(server.pid, signal.SIGTERM)
+        for server in servers:
+            server.join(30)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--tenants", type=int, default=N_TENANTS)
@@ -498,7 +550,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the ingress in the max phase")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="ingress worker counts to measure, comma-separated (SO_REUSEPORT processes)",
+    )
+    parser.add_argument(
+        "--log-sample",
+        type=float,
+        default=1.0,
+        help="QUOTAFLOW_INGRESS_ACCESS_LOG_SAMPLE of the ingress (1: every 2xx is logged)",
+    )
     args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
 
     bootstrap = os.environ.get("QUOTAFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
@@ -512,32 +576,12 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "phase_seconds": dur,
+        "access_log_sample": args.log_sample,
     }
 
-    port = _free_port()
-    settings_kwargs = {
-        "kafka_bootstrap": bootstrap,
-        "topic_prefix": prefix,
-        "ingress_host": "127.0.0.1",
-        "ingress_port": port,
-    }
-    server = ctx.Process(target=_serve_ingress, args=(settings_kwargs, n, args.profile))
-    server.start()
-    try:
-        assert server.pid is not None
-        pid = server.pid
-        _wait_http(f"http://127.0.0.1:{port}/readyz")
-        report["ingress_idle_rss_mib"] = round(_proc_usage(pid)[1] / 2**20, 1)
-        _phase(ctx, pid, port, "rate", n, 500, 3)  # warm-up: connections, metadata, JIT-free caches
-        report["ingress_fixed_rate"] = _phase(ctx, pid, port, "rate", n, args.rate, dur)
-        start_profile = (lambda: os.kill(pid, signal.SIGUSR1)) if args.profile else None
-        report["ingress_max"] = _phase(
-            ctx, pid, port, "closed", n, args.concurrency, dur, before=start_profile
-        )
-    finally:
-        if server.pid is not None:
-            os.kill(server.pid, signal.SIGTERM)
-        server.join(30)
+    for workers in worker_counts:
+        key = "ingress" if workers == 1 else f"ingress_{workers}_workers"
+        report.update(_measure_ingress(ctx, bootstrap, prefix, n, dur, args, workers, key))
 
     if not args.skip_baseline:
         bport = _free_port()
@@ -557,9 +601,12 @@ def main() -> None:
             base.join(30)
             if base.is_alive():
                 base.kill()
-        ours = report["ingress_max"]["webhooks_per_s"]
         theirs = report["baseline_max"]["webhooks_per_s"]
-        report["speedup_max_throughput"] = round(ours / theirs, 2) if theirs else None
+        for workers in worker_counts:
+            key = "ingress" if workers == 1 else f"ingress_{workers}_workers"
+            ours = report[f"{key}_max"]["webhooks_per_s"]
+            suffix = "" if workers == 1 else f"_{workers}_workers"
+            report[f"speedup_max_throughput{suffix}"] = round(ours / theirs, 2) if theirs else None
 
     if args.profile:
         import pstats
