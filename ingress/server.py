@@ -47,6 +47,10 @@ async def serve(
             # Bodies are verified byte for byte and never compressed by Stripe: inflating
             # them in the parser would let a tiny gzip bomb cost a lot before any check.
             auto_decompress=False,
+            # aiohttp arms this timer when a connection opens and after each answer, and
+            # closes the connection if no complete request head came by then: it is our
+            # header timeout (slow headers hold no handler, no budget, only a socket).
+            keepalive_timeout=settings.ingress_header_timeout,
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds to receive a whole request body."
     )
     ingress_retry_after: float = Field(5.0, gt=0, description="Retry-After on 503, seconds.")
+    ingress_header_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a connection may go without a complete request head (idle too).",
+    )
     ingress_access_log_sample: float = Field(
         1.0,
         ge=0,

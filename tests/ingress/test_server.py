@@ -47,3 +47,31 @@ async def test_serve_answers_until_stopped_then_releases_the_port(
         await asyncio.open_connection("127.0.0.1", port)
     [record] = await read_topic(settings.kafka_bootstrap, settings.topics.stripe_events)
     assert record.value == body
+
+
+async def test_a_connection_that_never_finishes_its_head_is_closed(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    port = free_port()
+    settings = settings_factory(ingress_port=port, ingress_header_timeout=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, StaticTenantRegistry([make_tenant("acme")]), stop))
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+        writer.write(b"POST /v1/webhooks/stripe/acme HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        began = asyncio.get_running_loop().time()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # closed by the server, no answer
+        assert asyncio.get_running_loop().time() - began < 5
+        writer.close()
+    finally:
+        stop.set()
+        async with asyncio.timeout(20):
+            await task
