@@ -97,6 +97,7 @@ class WebhookEndpoints:
         self._future_skew = settings.signature_future_skew
         self._publish_timeout = settings.publish_timeout
         self._log_sample = settings.ingress_access_log_sample
+        self._forwarded_hops = settings.ingress_forwarded_hops
         self._platform_keys = _keys_of(platform_secrets)
         self._keys: dict[str, tuple[Tenant, _Keys]] = {}
 
@@ -176,7 +177,9 @@ class WebhookEndpoints:
         tenant_id = request.match_info["tenant_id"]
         tenant = self._registry.get(tenant_id)
         admitted = self._admission.enter(
-            tenant.id if tenant is not None else None, request.remote, self._declared(request)
+            tenant.id if tenant is not None else None,
+            self._source(request),
+            self._declared(request),
         )
         try:
             if tenant is None:
@@ -210,7 +213,7 @@ class WebhookEndpoints:
             raise RequestRejected(
                 "connect_not_configured", "no platform webhook secret is configured", status=404
             )
-        admitted = self._admission.enter(CONNECT, request.remote, self._declared(request))
+        admitted = self._admission.enter(CONNECT, self._source(request), self._declared(request))
         try:
             try:
                 body = await self._read_body(request, trace)
@@ -252,6 +255,18 @@ class WebhookEndpoints:
             return await self._publish(tenant, event, body, now, secret_id)
         finally:
             self._throttle.release(tenant.id)
+
+    def _source(self, request: web.Request) -> str | None:
+        """The sender's address: the peer's, or behind `hops` trusted proxies the address
+        the outermost of them saw (`hops` from the right of X-Forwarded-For; anything
+        further left is the client's say and not trusted)."""
+        hops = self._forwarded_hops
+        if hops:
+            forwarded = request.headers.getall("X-Forwarded-For", ())
+            addresses = [a.strip() for value in forwarded for a in value.split(",")]
+            if len(addresses) >= hops:
+                return addresses[-hops]
+        return request.remote
 
     def _declared(self, request: web.Request) -> int:
         """Body bytes to reserve against the global cap: as declared, at most the limit."""

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         le=1,
         description="Fraction of 2xx webhooks written to the access log (refusals always).",
     )
+    ingress_forwarded_hops: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="Trusted proxies in front of the ingress (source from X-Forwarded-For).",
+    )
     ingress_max_in_flight: int = Field(
         1024, gt=0, description="Webhook requests in flight per ingress process (global cap)."
     )

@@ -447,3 +447,24 @@ async def test_sampled_access_log_skips_successes_but_never_a_refusal(
         await ingress.post("/v1/webhooks/stripe/acme", event_body(), "whsec_wrong_one")
     reasons = [r.__dict__["reason"] for r in caplog.records if r.getMessage() == "webhook"]
     assert reasons == ["bad_signature"]
+
+
+async def test_behind_a_proxy_the_source_is_what_the_proxy_saw(
+    ingress_factory: IngressFactory,
+) -> None:
+    ingress = await ingress_factory(
+        TENANTS,
+        admission_limits=AdmissionLimits(source_burst=2, source_rate=0.001),
+        ingress_forwarded_hops=1,
+    )
+
+    async def bad(forwarded: str) -> int:
+        headers = {"X-Forwarded-For": forwarded}
+        status, _, _ = await ingress.post(
+            "/v1/webhooks/stripe/globex", event_body(), "whsec_x", headers=headers
+        )
+        return status
+
+    # The client's own (leftmost) claims change nothing: the proxy appended 203.0.113.9.
+    assert [await bad(f"10.9.9.{i}, 203.0.113.9") for i in range(3)] == [400, 400, 429]
+    assert await bad("203.0.113.10") == 400  # another sender, as the proxy saw it
