@@ -28,6 +28,7 @@ from tests.reliability.stack import event_ids, topic_records
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
+WORKERS = 2  # `quotaflow ingress --workers 2`, the default on the 2-core machine
 RATE = 100.0  # genuine deliveries per second
 CALM_SECONDS = 10.0
 ATTACK_SECONDS = 25.0
@@ -102,6 +103,7 @@ async def test_genuine_deliveries_get_200_first_time_under_a_flood_and_slowloris
 ) -> None:
     workload = build(["acme"], 1, seed=31)
     stack = make_stack(workload, {})
+    stack.ingress_workers = WORKERS
     await ensure_topics(stack.settings)
     stack.start_ingress()
     stripe = StripeLike(f"{stack.ingress_url}/v1/webhooks/stripe/acme", workload.secrets["acme"])
