@@ -558,8 +558,9 @@ def main() -> None:
     parser.add_argument(
         "--log-sample",
         type=float,
-        default=1.0,
-        help="QUOTAFLOW_INGRESS_ACCESS_LOG_SAMPLE of the ingress (1: every 2xx is logged)",
+        default=float(os.environ.get("QUOTAFLOW_INGRESS_ACCESS_LOG_SAMPLE", "1")),
+        help="QUOTAFLOW_INGRESS_ACCESS_LOG_SAMPLE of the ingress (default: that variable, "
+        "else 1: every 2xx is logged)",
     )
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
