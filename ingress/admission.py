@@ -17,7 +17,9 @@ refusal cheap (no body read, the connection closed):
 A (route, source) pair that delivered a verified event within `TRUST_SECONDS` is trusted
 on that route: it skips steps 2 and 3 (only the global caps apply), so Stripe's own
 addresses keep delivering however hard someone else drains the budgets. Trust is per
-route: a tenant who knows its own secret earns nothing on another tenant's route.
+route: a tenant who knows its own secret earns nothing on another tenant's route. With
+several workers on one port, trust is shared through `ingress.shared_trust`; the
+budgets themselves are per worker.
 
 Only failures spend tokens, so genuine traffic never drains a bucket. The tenant's
 *delivery* budget (`limits.TenantThrottle`) is drawn only after verification.
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingress.exceptions import Overloaded, Throttled
+from ingress.shared_trust import SharedTrust
 from quotaflow.settings import Settings
 
 __all__ = ["CONNECT", "TRUST_SECONDS", "Admission", "AdmissionLimits", "Pass", "source_of"]
@@ -143,10 +146,16 @@ class Admission:
     """Admits unverified requests (`enter`) and keeps the budgets; one per process."""
 
     def __init__(
-        self, limits: AdmissionLimits, clock: Callable[[], float] = time.monotonic
+        self,
+        limits: AdmissionLimits,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedTrust | None = None,
     ) -> None:
+        """`shared`: the trust table of all workers of the port (`ingress.shared_trust`);
+        stamps in it are on `clock`, which must then be the system-wide monotonic clock."""
         self.limits = limits
         self._clock = clock
+        self._shared = shared
         self.in_flight = 0
         self.buffered = 0
         self._sources: OrderedDict[str, _Failures] = OrderedDict()
@@ -188,6 +197,8 @@ class Admission:
 
     def trusted(self, route: str, source: str) -> bool:
         stamp = self._trusted.get((route, source))
+        if stamp is None and self._shared is not None:
+            stamp = self._shared.get(route, source)  # verified through another worker
         return stamp is not None and self._clock() - stamp < TRUST_SECONDS
 
     def check_route(self, route: str) -> None:
@@ -213,7 +224,9 @@ class Admission:
         self.end_unverified(source, trusted)
         if route:
             key = (route, source)
-            self._trusted[key] = self._clock()
+            now = self._trusted[key] = self._clock()
+            if self._shared is not None:
+                self._shared.put(route, source, now)
             self._trusted.move_to_end(key)
             while len(self._trusted) > self.limits.max_sources:
                 self._trusted.popitem(last=False)

@@ -18,6 +18,7 @@ from ingress.limits import IngressLimits
 from ingress.metrics import IngressMetrics
 from ingress.nodes import NodesEndpoint
 from ingress.publisher import Publisher
+from ingress.shared_trust import SharedTrust
 from ingress.usage import UsageEndpoint
 from ingress.webhooks import WebhookEndpoints, error_response
 from quotaflow.registry import TenantRegistry
@@ -72,7 +73,10 @@ def build_app(
     `admission_limits` to `AdmissionLimits.from_settings(settings)`; `platform_secrets`
     (the Connect endpoint's) to `platform_secrets_from(settings)`."""
     metrics = IngressMetrics()
-    admission = Admission(admission_limits or AdmissionLimits.from_settings(settings))
+    admission = Admission(
+        admission_limits or AdmissionLimits.from_settings(settings),
+        shared=SharedTrust.from_environment(),
+    )
     endpoints = WebhookEndpoints(
         settings,
         registry,

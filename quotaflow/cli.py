@@ -7,6 +7,7 @@ README's table); flags override the few values that differ between processes.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -88,11 +89,21 @@ def ingress(port: int | None, workers: int | None) -> None:
     if count == 1:
         _ingress_worker(port, False)
         return
+    from ingress.shared_trust import TRUST_TABLE_ENV, SharedTrust
+
     settings = _settings(ingress_port=port)
     setup_logging(settings.log_level)
-    code = run_workers(
-        partial(_ingress_worker, port, True), count, stop_timeout=settings.publish_timeout + 15.0
-    )
+    trust = SharedTrust.create()  # the workers share which senders verified (admission)
+    os.environ[TRUST_TABLE_ENV] = str(trust.path)
+    try:
+        code = run_workers(
+            partial(_ingress_worker, port, True),
+            count,
+            stop_timeout=settings.publish_timeout + 15.0,
+        )
+    finally:
+        os.environ.pop(TRUST_TABLE_ENV, None)
+        trust.close()
     sys.exit(code)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from ingress.admission import TRUST_SECONDS, Admission, AdmissionLimits, source_of
 from ingress.exceptions import Overloaded, Throttled
+from ingress.shared_trust import SharedTrust
 from quotaflow.settings import Settings
 
 
@@ -129,3 +130,27 @@ def test_admission_limits_come_from_settings() -> None:
         Settings(ingress_unverified_source_rate=3.0, ingress_max_in_flight=9)
     )
     assert (limits.source_rate, limits.max_in_flight) == (3.0, 9)
+
+
+def test_trust_earned_through_one_worker_holds_in_another() -> None:
+    clock = FakeClock()
+    table = SharedTrust.create(slots=64)
+    try:
+        other = SharedTrust(table.path)  # as a second worker maps it
+        limits = AdmissionLimits(tenant_rate=1.0, tenant_burst=1)
+        worker_a = Admission(limits, clock, shared=table)
+        worker_b = Admission(limits, clock, shared=other)
+        stripe = worker_a.enter("acme", "3.18.12.63", 100)
+        stripe.verified()
+        stripe.release()
+        fail(worker_b, "acme", "10.6.0.1")  # drains worker B's route budget
+        with pytest.raises(Throttled):
+            worker_b.enter("acme", "10.6.0.2", 100)
+        worker_b.enter("acme", "3.18.12.63", 100).release()  # trusted through worker A
+        assert not worker_b.trusted("globex", "3.18.12.63")  # not on another route
+        clock.now += TRUST_SECONDS
+        assert not worker_b.trusted("acme", "3.18.12.63")  # expired in the shared table too
+        other.close()
+    finally:
+        table.close()
+    assert not table.path.exists()
