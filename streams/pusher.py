@@ -45,13 +45,13 @@ from prometheus_client import REGISTRY, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from edge.signing import PushSigner
 from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from streams.node_directory import NodeDirectory
 from streams.push_node import NodeSender, PushConfig, node_label
 from streams.push_snapshot import read_snapshot
+from wire import Kind, Signer
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Pusher:
         self.group = f"{settings.app_id}-push-{self.region}"
         self.directory = NodeDirectory(settings, on_restart=self._node_restarted)
         self._configured = [u.rstrip("/") for u in settings.edge_nodes.get(self.region, [])]
-        self._signer: PushSigner | None = None
+        self._signer: Signer | None = None
         self._committed: dict[Hashable, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -144,7 +144,7 @@ class Pusher:
 
     def _sender(self, url: str, node: str) -> NodeSender:
         if self._signer is None:
-            self._signer = PushSigner.for_region(self.settings, self.region)
+            self._signer = Signer(Kind.PUSH, self.settings.push_signing_keys.get(self.region, []))
         return NodeSender(
             url,
             region=self.region,
