@@ -155,7 +155,7 @@ class UsageReporter:
         if self.spool:
             log.info("usage spool has unsent batches", extra={"batches": len(self.spool)})
         if self._signer is None:
-            log.warning("no usage key for region: reports will wait in the spool")
+            log.warning("no edge signing key: reports will wait in the spool")
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
         self._task = asyncio.create_task(self._run(self._session), name="edge-usage-reporter")
         self._task.add_done_callback(self._done)
