@@ -242,6 +242,8 @@ async def serve(
         log.warning(
             "no push verify keys for region: every push will be refused", extra={"region": region}
         )
+    else:
+        log.info("verifying pushes", extra={"region": region, "key_ids": list(verifier.key_ids)})
     cache = cache if cache is not None else QuotaCache(regions=(region,))
     app = build_app(cache, verifier, region=region)
     reporter: UsageReporter | None = None

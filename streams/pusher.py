@@ -142,13 +142,18 @@ class Pusher:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def _sender(self, url: str, node: str) -> NodeSender:
+    def _push_signer(self) -> Signer:
+        """The region's newest private push key; `ValueError` (naming no key) if it has none
+        or it is malformed, so a misconfigured pusher fails at start, not at its first node."""
         if self._signer is None:
             self._signer = Signer(Kind.PUSH, self.settings.push_signing_keys.get(self.region, []))
+        return self._signer
+
+    def _sender(self, url: str, node: str) -> NodeSender:
         return NodeSender(
             url,
             region=self.region,
-            signer=self._signer,
+            signer=self._push_signer(),
             snapshot=self._snapshot,
             config=self.config,
             node=node,
@@ -161,6 +166,8 @@ class Pusher:
                 node.wake(boot_id)
 
     async def start(self) -> None:
+        signer = self._push_signer()
+        log.info("signing pushes", extra={"region": self.region, "key_id": signer.key_id})
         if not self._configured:
             log.info(
                 "no edge nodes configured, waiting for announcements", extra={"region": self.region}
