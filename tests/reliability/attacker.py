@@ -20,7 +20,7 @@ stdout. A plan (secrets are test-made and travel over the pipe, never argv):
 load of the same volume and connection pattern that costs the server nothing else. A
 target's optional `"seconds"` spreads its requests evenly over that time.
 
-Flood and slowloris targets (the ingress attacker of scenario 12) run for `"duration"`
+Flood and slowloris targets (the ingress attacker of scenario 14) run for `"duration"`
 seconds instead of a count, from the local addresses in `"sources"` (one group of
 `"concurrency"` connections per address, any of 127.0.0.0/8):
 

@@ -1,6 +1,6 @@
 """A tenant's genuine Stripe deliveries keep getting 200 on their first attempt while an
 attacker without the secret floods its route with bad signatures and holds hundreds of
-slow connections to it (scenario 12 of RELIABILITY.md).
+slow connections to it (scenario 14 of RELIABILITY.md).
 
 Real processes: `quotaflow ingress` on the session broker, the attacker in a process of
 its own (`tests/reliability/attacker.py`) connecting from other loopback addresses than
