@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
 import pytest
 import stripe
 from pydantic import SecretStr
+from stripe.params.billing import MeterEventCreateParams
 
 from quotaflow.testing.stripe_standin import StandinControl, account_label, run_standin
 from streams.stripe_client import StripeReader
@@ -52,6 +53,12 @@ def _client(
     )
 
 
+def _error_of(exc: stripe.StripeError) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(exc.http_body or "{}")
+    error: dict[str, Any] = body["error"]
+    return error
+
+
 def _sub(sub_id: str = "sub_1", cus: str = "cus_1", status: str = "active") -> dict[str, Any]:
     return subscription(sub_id, cus, status, [(BASIC, 2)], period=PERIOD)
 
@@ -65,7 +72,7 @@ async def test_stored_objects_are_retrieved_with_their_account_key(
     assert sub.to_dict() == _sub()
     assert sub.items.data[0].price.lookup_key == "basic"
     cus = await client.v1.customers.retrieve_async("cus_1")
-    assert cus.metadata["rating_id"] == "r-1"
+    assert cus.to_dict()["metadata"] == {"rating_id": "r-1"}
     # The last put wins, as Stripe answers the object's current state.
     stripe_standin.put(KEY, _sub(status="past_due"))
     assert (await client.v1.subscriptions.retrieve_async("sub_1")).status == "past_due"
@@ -172,7 +179,7 @@ async def test_past_the_rate_limit_stripe_answers_429_that_must_not_be_retried(
     headers = caught.value.headers or {}
     assert headers["Stripe-Rate-Limited-Reason"] == "global-rate"
     assert headers["Stripe-Should-Retry"] == "false"
-    assert (caught.value.json_body or {})["error"]["code"] == "rate_limit"
+    assert _error_of(caught.value)["code"] == "rate_limit"
     # Stripe-Should-Retry: false: the library did not retry (one request per call).
     assert stripe_standin.account_stats(KEY)["statuses"] == {"200": 3, "429": 1}
     # Another account has its own bucket (no limit set).
@@ -243,7 +250,7 @@ async def test_outage_answers_500_or_hangs_until_the_client_gives_up(
     with pytest.raises(stripe.APIError) as caught:
         await client.v1.subscriptions.retrieve_async("sub_1")
     assert caught.value.http_status == 500
-    assert (caught.value.json_body or {})["error"]["type"] == "api_error"
+    assert _error_of(caught.value)["type"] == "api_error"
     # The library retried the 500 once.
     assert stripe_standin.account_stats(KEY)["statuses"] == {"500": 2}
 
@@ -267,7 +274,7 @@ async def test_meter_events_are_recorded_once_per_identifier(
     stripe_standin: StandinControl, http: stripe.AIOHTTPClient
 ) -> None:
     client = _client(stripe_standin.url, http, account=CONNECTED)
-    params: dict[str, Any] = {
+    params: MeterEventCreateParams = {
         "event_name": "api_calls",
         "identifier": "qf_1",
         "timestamp": 1_767_300_000,
@@ -291,14 +298,16 @@ async def test_meter_events_are_recorded_once_per_identifier(
     )
     again = await client.v1.billing.meter_events.create_async(params=params)
     assert replay.identifier == again.identifier == "qf_1"
-    await client.v1.billing.meter_events.create_async(params={**params, "identifier": "qf_2"})
+    await client.v1.billing.meter_events.create_async(params=params | {"identifier": "qf_2"})
     events = stripe_standin.meter_events(CONNECTED)
     assert [e["identifier"] for e in events] == ["qf_1", "qf_2"]
     counts = stripe_standin.account_stats(CONNECTED)
     assert counts["requests"] == {"meter_event": 4}
     assert (counts["meter_events"], counts["meter_events_duplicate"]) == (2, 1)
     with pytest.raises(stripe.InvalidRequestError) as caught:
-        await client.v1.billing.meter_events.create_async(params={"event_name": "x"})
+        await client.v1.billing.meter_events.create_async(
+            params=cast(MeterEventCreateParams, {"event_name": "x"})
+        )
     assert caught.value.param == "payload"
 
 
