@@ -110,3 +110,14 @@ def stripe_standin(stripe_standin_url: str) -> StandinControl:
     control = StandinControl(stripe_standin_url)
     control.reset()
     return control
+
+
+@pytest.fixture(params=["fetch_on", "fetch_off"])
+def stripe_fetch(request: pytest.FixtureRequest, stripe_standin_url: str) -> StandinControl | None:
+    """Runs a test twice: with the worker fetching from the emptied stand-in (production's
+    default) and in snapshot mode (None: the fetch off)."""
+    if request.param == "fetch_off":
+        return None
+    control = StandinControl(stripe_standin_url)
+    control.reset()
+    return control

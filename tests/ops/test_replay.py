@@ -54,7 +54,12 @@ async def test_replaying_everything_publishes_no_new_quota_version(
     await produce(settings.kafka_bootstrap, t.stripe_events, originals)
 
     with components({}, tmp_path) as started:
-        start(started, ["worker"], worker_env(settings, tenants_file, tmp_path / "w"), tmp_path)
+        start(
+            started,
+            ["worker"],
+            worker_env(settings, tenants_file, tmp_path / "w", stripe=None),
+            tmp_path,
+        )
         before = await wait_for_records(settings.kafka_bootstrap, t.quota_updates, 3)
         letters = await wait_for_records(settings.kafka_bootstrap, t.deadletter, 1)
 

@@ -68,7 +68,7 @@ async def test_worker_web_answers_health_readiness_and_counts_outcomes(
 
     port = free_port()
     log = (tmp_path / "worker.log").open("wb")
-    env = {**os.environ, **worker_env(settings, tenants_file, tmp_path / "w")}
+    env = {**os.environ, **worker_env(settings, tenants_file, tmp_path / "w", stripe=None)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

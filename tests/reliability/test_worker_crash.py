@@ -114,6 +114,7 @@ async def _run(
         settings,
         tenants_file,
         tmp_path / "data",
+        stripe=None,
         store="rocksdb://",
         # Commit rarely so that every kill leaves processed-but-uncommitted records behind.
         commit_interval="5",

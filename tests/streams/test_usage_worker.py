@@ -68,7 +68,7 @@ async def test_usage_batches_apply_once_through_aliases_and_emit_meter_jobs(
         ],
     )
     env = {
-        **worker_env(settings, tenants_file, tmp_path / "w"),
+        **worker_env(settings, tenants_file, tmp_path / "w", stripe=None),
         "QUOTAFLOW_STRIPE_API_BASE": stripe_mock,
     }
     with components({}, tmp_path) as started:
