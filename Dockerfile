@@ -11,6 +11,7 @@ COPY ingress ./ingress
 COPY streams ./streams
 COPY tables ./tables
 COPY edge ./edge
+COPY wire ./wire
 RUN /opt/quotaflow/bin/pip install --upgrade pip \
  && /opt/quotaflow/bin/pip install .
 

@@ -41,6 +41,7 @@ BENCHES = (
     Bench("worker", "bench.worker_bench", True, ("--quick",)),
     Bench("e2e", "bench.e2e_bench", True, ("--quick",)),
     Bench("enforcement", "bench.enforcement_bench", True, ("--quick",)),
+    Bench("fetch", "bench.fetch_bench", True, ("--quick",)),
     Bench("scale", "bench.scale_bench", True, ("--quick",), timeout=3600.0),
 )
 
@@ -141,6 +142,16 @@ def rows(name: str, result: Any) -> list[tuple[str, Any]]:
              f"{_get(result, 'three_nodes', 'bound_rate_x_p99_lag_units')}"),
             ("baseline 1 node lag p99 ms",
              _get(result, "baseline_single_node", "crossing_to_denied_all_nodes_ms", "p99")),
+        ]  # fmt: skip
+    if name == "fetch":
+        return [
+            ("idle p50/p99 ms",
+             f"{_get(result, 'idle', 'webhook_to_edge_ms', 'p50')}/"
+             f"{_get(result, 'idle', 'webhook_to_edge_ms', 'p99')}"),
+            ("burst last 200 -> last edge ms",
+             _get(result, "burst", "last_200_to_last_applied_ms")),
+            ("rate fraction of sum of rates", _get(result, "rate", "fraction_of_sum_of_rates")),
+            ("isolation p99 with slow / alone", _get(result, "isolation", "p99_ratio")),
         ]  # fmt: skip
     if name == "scale":
         return [

@@ -16,8 +16,12 @@ Per store (`memory://`, `rocksdb://`), on a private broker (or QUOTAFLOW_KAFKA_B
 3. A real `quotaflow worker` process (QUOTAFLOW_STRIPE_FETCH=false: snapshot mode) starts;
    throughput = N / (last - first quota update), timestamps taken by the broker
    (both topics are created with `message.timestamp.type=LogAppendTime`, so one clock).
+   The worker applies events in batches and publishes only a customer's newest version
+   per batch, so it is done when every customer's record reached the version of its last
+   event (the k-th event of a customer is version k), not after N records.
 4. With the worker caught up, events are produced one by one at a fixed rate (500/s);
-   latency per event = append time of its quota update - append time of the event
+   latency per event = append time of the first quota record of its customer at or past
+   its version - append time of the event
    (broker clock, 1 ms resolution), and `send_to_apply` = the worker's `updated_at`
    (its clock at apply, float) - the bench's clock just before `send()`.
 
@@ -274,6 +278,59 @@ async def wait_records(
         await asyncio.sleep(0.25)
 
 
+def expected_versions(events: Sequence[tuple[str, str, bytes]]) -> dict[str, int]:
+    """Quota key -> the version its last event publishes (every event changes the quota,
+    so a customer's k-th event is version k)."""
+    out: dict[str, int] = {}
+    for _tenant, evt, _body in events:
+        key, version = key_version(evt)
+        out[key] = max(out.get(key, 0), version)
+    return out
+
+
+def key_version(evt: str) -> tuple[str, int]:
+    """`evt_{t}_{c}_{step}_{seq}` -> (quota key, version that event publishes)."""
+    _, t, c, step, _seq = evt.split("_")
+    return f"{tenant_id(int(t))}/cus_{t}_{c}", int(step) + 1
+
+
+async def wait_versions(
+    bootstrap: str,
+    topic: str,
+    wanted: dict[str, int],
+    timeout: float,
+    proc: Proc | None = None,
+    start: dict[int, int] | None = None,
+) -> tuple[float, list[Any]]:
+    """Reads `topic` until every key of `wanted` reached its version (the worker publishes
+    only the newest version of a customer per batch, so records != events); returns the
+    seconds waited and every record read."""
+    started = time.monotonic()
+    offsets = dict(start or {})
+    seen: dict[str, int] = {}
+    records: list[Any] = []
+    missing = dict(wanted)
+    while missing:
+        ends = await partition_ends(bootstrap, topic)
+        if any(ends[p] > offsets.get(p, 0) for p in ends):
+            batch = await read_topic(bootstrap, topic, offsets)
+            for record in batch:
+                offsets[record.partition] = record.offset + 1
+                key = record.key.decode()
+                version = orjson.loads(record.value)["version"]
+                seen[key] = max(seen.get(key, 0), version)
+                if key in missing and seen[key] >= missing[key]:
+                    del missing[key]
+            records.extend(batch)
+        if proc is not None:
+            proc.check()
+        if missing and time.monotonic() - started > timeout:
+            raise TimeoutError(f"{topic}: {len(missing)} customers short of their last version")
+        if missing:
+            await asyncio.sleep(0.25)
+    return time.monotonic() - started, records
+
+
 # --- the raw ceiling (its own process) -------------------------------------------------
 
 
@@ -497,15 +554,16 @@ async def bench_store(
         started.append(worker)
         with ProcSampler(worker.pid) as sampler:
             progress(f"{store}: worker catching up")
-            waited = await wait_records(bootstrap, updates_topic, n, args.timeout, worker)
+            waited, records = await wait_versions(
+                bootstrap, updates_topic, expected_versions(events), args.timeout, worker
+            )
             usage = sampler.window()
-            records = await read_topic(bootstrap, updates_topic)
             stamps = sorted(r.timestamp for r in records)
             span = (stamps[-1] - stamps[0]) / 1000.0
             result["throughput"] = {
                 "updates": len(records),
                 "first_to_last_s": round(span, 3),
-                "events_per_s": round((len(records) - 1) / span, 1) if span else None,
+                "events_per_s": round((n - 1) / span, 1) if span else None,
                 "start_to_done_s": round(waited, 2),
                 "worker_cpu_cores": usage["cpu_cores"],
                 "worker_cpu_ms_per_event_incl_startup": round(usage["cpu_s"] * 1000 / n, 3),
@@ -516,17 +574,28 @@ async def bench_store(
             before = await partition_ends(bootstrap, updates_topic)
             sampler.mark()
             sent = await paced(bootstrap, events_topic, workload, args.rate, args.latency_seconds)
-            await wait_records(bootstrap, updates_topic, n + len(sent), 60, worker)
+            wanted: dict[str, int] = {}
+            for evt in sent:
+                key, version = key_version(evt)
+                wanted[key] = max(wanted.get(key, 0), version)
+            _, new = await wait_versions(bootstrap, updates_topic, wanted, 60, worker, before)
             usage = sampler.window()
-            new = await read_topic(bootstrap, updates_topic, before)
-            kafka_ms, apply_ms = [], []
+            # Each event is served by the first record of its customer at or past its
+            # version (a batch publishes only a customer's newest version).
+            by_key: dict[str, list[tuple[int, float, float]]] = {}
             for record in new:
                 doc = orjson.loads(record.value)
-                hit = sent.get(doc["reason"]["id"])
+                by_key.setdefault(record.key.decode(), []).append(
+                    (doc["version"], float(record.timestamp), float(doc["updated_at"]))
+                )
+            kafka_ms, apply_ms = [], []
+            for evt, (t0, appended) in sent.items():
+                key, version = key_version(evt)
+                hit = next((r for r in by_key.get(key, ()) if r[0] >= version), None)
                 if hit is None:
                     continue
-                kafka_ms.append(record.timestamp - hit[1] * 1000.0)
-                apply_ms.append((doc["updated_at"] - hit[0]) * 1000.0)
+                kafka_ms.append(hit[1] - appended * 1000.0)
+                apply_ms.append((hit[2] - t0) * 1000.0)
             result["latency"] = {
                 "rate_per_s": args.rate,
                 "seconds": args.latency_seconds,

@@ -14,6 +14,10 @@ Why signed with the region's push key: only holders of that key can make a pushe
 the region's quotas somewhere. The ingress checks it (window and replay, as for pushes)
 and the pusher checks it again on the bytes it reads back.
 
+Each announcement carries the process's boot id: a pusher that reads a new one for a
+node it knows (the node restarted, and lost its memory) re-joins it with a snapshot at
+once, without waiting for its breaker's next probe.
+
 Serving never depends on this: every request has a timeout, a failure is counted and
 logged once per outage (not per heartbeat), and the next heartbeat simply tries again.
 """
@@ -57,6 +61,7 @@ class NodeAnnouncer:
         interval: float = 5.0,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        boot_id: str | None = None,
     ) -> None:
         self._target = ingress_url.rstrip("/") + "/v1/edge/nodes"
         self._region = region
@@ -65,6 +70,7 @@ class NodeAnnouncer:
         self._signer = PushSigner(keys, clock=clock)
         self._interval = interval
         self._clock = clock
+        self.boot_id = boot_id
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -77,7 +83,11 @@ class NodeAnnouncer:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, registry: CollectorRegistry | None = None
+        cls,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        *,
+        boot_id: str | None = None,
     ) -> NodeAnnouncer | None:
         """None when the node has no address a pusher could use (wildcard listen address
         and no `QUOTAFLOW_EDGE_URL`): announcing `0.0.0.0` would only make pushers fail."""
@@ -97,6 +107,7 @@ class NodeAnnouncer:
             keys=settings.push_keys.get(settings.region, []),
             interval=settings.edge_announce_interval,
             registry=registry,
+            boot_id=boot_id,
         )
 
     async def start(self) -> None:
@@ -144,6 +155,7 @@ class NodeAnnouncer:
             url=self.url,
             at=self._clock(),
             leaving=leaving,
+            boot_id=self.boot_id,
         )
         body = orjson.dumps(doc.model_dump())
         headers = {

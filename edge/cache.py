@@ -14,6 +14,11 @@ Local counting, and what the usage reporter (a later issue) relies on:
   most one report interval's usage. (A usage watermark on `QuotaUpdate` would close
   this; see the usage issue.)
 
+Unknown customers: until `mark_complete()` (the sidecar calls it when a snapshot's final
+batch has landed) a customer the cache does not hold is denied with `no_snapshot`, after
+it with `unknown_customer`. A cache built with `complete=True` (an in-process library fed
+some other way) never says `no_snapshot`.
+
 Stale state: every accepted push (heartbeats included) calls `touch(region)`. When a
 region's state is older than `stale_after`, customers served from it get the tenant's
 policy: fail open (answer from the last state, rate-like limits) or fail closed (deny
@@ -41,6 +46,10 @@ class Decision(NamedTuple):
 
 OK = "ok"
 UNKNOWN = Decision(False, None, "unknown_customer")
+# A customer this node does not know while it still waits for its first complete snapshot
+# (just started, or restarted and lost its memory): denied, with a reason that says the
+# node, not the customer, is the problem.
+NO_SNAPSHOT = Decision(False, None, "no_snapshot")
 UNLIMITED = Decision(True, None, OK)
 BLOCKED = Decision(False, 0, "blocked")
 EXHAUSTED = Decision(False, 0, "exhausted")
@@ -89,9 +98,14 @@ class QuotaCache:
         fail_open: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        complete: bool = True,
     ) -> None:
-        """`fail_open(tenant_id)` picks a tenant's stale-state policy; default: fail open."""
+        """`fail_open(tenant_id)` picks a tenant's stale-state policy; default: fail open.
+
+        `complete=False`: the cache waits for a snapshot; unknown customers get `no_snapshot`.
+        """
         self._entries: dict[tuple[str, str], _Entry] = {}
+        self._unknown = UNKNOWN if complete else NO_SNAPSHOT
         self._clock = clock
         self._wall = wall_clock
         self._created = clock()
@@ -115,6 +129,19 @@ class QuotaCache:
         self._entries[key] = _Entry(update, region, held.pending if held is not None else 0)
         return True
 
+    def mark_complete(self) -> None:
+        """A complete snapshot has been applied: unknown customers are truly unknown now."""
+        self._unknown = UNKNOWN
+
+    def expect_snapshot(self) -> None:
+        """Until `mark_complete()`, an unknown customer is denied with `no_snapshot`."""
+        self._unknown = NO_SNAPSHOT
+
+    @property
+    def complete(self) -> bool:
+        """Whether the cache holds a complete snapshot (or never waited for one)."""
+        return self._unknown is UNKNOWN
+
     def touch(self, region: str) -> None:
         """Records that `region` pushed now (any accepted push, heartbeats included)."""
         self._last_push[region] = self._clock()
@@ -135,7 +162,7 @@ class QuotaCache:
             raise ValueError("cost must be >= 0")
         entry = self._entries.get((tenant_id, customer_id))
         if entry is None:
-            return UNKNOWN
+            return self._unknown
         if self._guard and self._clock() >= self._stale_deadline and self._is_stale(entry):
             return STALE
         if entry.deny is not None:
@@ -155,7 +182,7 @@ class QuotaCache:
             raise ValueError("cost must be >= 0")
         entry = self._entries.get((tenant_id, customer_id))
         if entry is None:
-            return UNKNOWN
+            return self._unknown
         if self._guard and self._clock() >= self._stale_deadline and self._is_stale(entry):
             return STALE
         if entry.deny is not None:

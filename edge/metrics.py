@@ -49,6 +49,12 @@ class EdgeMetrics:
         )
         self._decision_children: dict[str, CounterChild] = {}
         self.keys = Gauge("edge_quota_keys", "Customers held.", registry=self.registry)
+        self.snapshot = Gauge(
+            "edge_snapshot_complete",
+            "1 once this process holds a complete snapshot; until then unknown customers "
+            "are denied with reason no_snapshot.",
+            registry=self.registry,
+        )
 
     def decision(self, reason: str) -> CounterChild:
         """The counter child for a decision reason, bound once (labels() is costly per call)."""
@@ -61,4 +67,5 @@ class EdgeMetrics:
         for region, age in self._cache.state_age_seconds().items():
             self.state_age.labels(region=region).set(age)
         self.keys.set(len(self._cache))
+        self.snapshot.set(1 if self._cache.complete else 0)
         return generate_latest(self.registry)

@@ -3,21 +3,28 @@ languages. Everything is answered from the in-process `QuotaCache`.
 
 Routes:
 - `POST /v1/push` (signed; the pusher): `{"region", "updates": [QuotaUpdate...],
-  "snapshot": {"id", "final"} | null}` → `{"applied", "stale", "invalid"}`. The signature
+  "snapshot": {"id", "final"} | null}` → `{"applied", "stale", "invalid", "boot_id",
+  "snapshot"}`. `boot_id` names this process (random, new at every start) and `snapshot`
+  says whether it holds a complete snapshot: a pusher that sees a boot id change, or a
+  node without a snapshot, re-joins it with a snapshot at once (a restarted node would
+  otherwise accept heartbeats and stay empty). The signature
   is verified on the raw bytes before anything is parsed: 401 `{"error": {"reason"}}` and
   nothing changes. A malformed body is 400; a single malformed update is counted as
   `invalid` and the others still apply (one bad record must not wedge the pusher).
 - `GET /v1/quotas/{tenant_id}/{customer_id}`: the quota with local consumption; 404
   `unknown_customer`.
 - `POST /v1/consume` `{"tenant_id", "customer_id", "cost"}` → `{"allowed", "remaining",
-  "reason"}` (200 for every decision; 400 for a malformed request).
-- `GET /healthz`, `GET /readyz` (ready once a final snapshot batch arrived), `GET /metrics`.
+  "reason"}` (200 for every decision; 400 for a malformed request). Until the first
+  complete snapshot, a customer the node does not know is denied with `no_snapshot`.
+- `GET /healthz` (with the boot id), `GET /readyz` (ready once a final snapshot batch
+  arrived), `GET /metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -70,6 +77,9 @@ class EdgeState:
         self.metrics = EdgeMetrics(cache)
         self.ready = False
         self.snapshots_completed = 0
+        # New at every start: tells a pusher this process lost whatever an earlier one held.
+        self.boot_id = uuid.uuid4().hex
+        cache.expect_snapshot()
 
 
 STATE_KEY = web.AppKey("state", EdgeState)
@@ -129,12 +139,21 @@ class _Handlers:
         if push.snapshot is not None and push.snapshot.final:
             s.ready = True
             s.snapshots_completed += 1
+            s.cache.mark_complete()
         m = s.metrics
         m.pushes.labels(outcome="accepted").inc()
         m.updates.labels(result="applied").inc(applied)
         m.updates.labels(result="stale").inc(stale)
         m.updates.labels(result="invalid").inc(invalid)
-        return _json({"applied": applied, "stale": stale, "invalid": invalid})
+        return _json(
+            {
+                "applied": applied,
+                "stale": stale,
+                "invalid": invalid,
+                "boot_id": s.boot_id,
+                "snapshot": s.ready,
+            }
+        )
 
     async def quota(self, request: web.Request) -> web.Response:
         """One customer's quota, local consumption included; 404 if unknown."""
@@ -161,16 +180,24 @@ class _Handlers:
         return _json({"allowed": allowed, "remaining": remaining, "reason": reason})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        return _json({"status": "ok", "boot_id": self.s.boot_id})
 
     async def readyz(self, request: web.Request) -> web.Response:
         if not self.s.ready:
             return web.Response(
                 status=503,
-                body=orjson.dumps({"ready": False, "reason": "no_snapshot"}),
+                body=orjson.dumps(
+                    {"ready": False, "reason": "no_snapshot", "boot_id": self.s.boot_id}
+                ),
                 content_type="application/json",
             )
-        return _json({"ready": True, "state_age_seconds": self.s.cache.state_age_seconds()})
+        return _json(
+            {
+                "ready": True,
+                "boot_id": self.s.boot_id,
+                "state_age_seconds": self.s.cache.state_age_seconds(),
+            }
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -214,7 +241,9 @@ async def serve(
         log.warning("no usage keys for region: usage is not reported", extra={"region": region})
     announcer: NodeAnnouncer | None = None
     if verifier.key_ids:
-        announcer = NodeAnnouncer.from_settings(settings, app[STATE_KEY].metrics.registry)
+        announcer = NodeAnnouncer.from_settings(
+            settings, app[STATE_KEY].metrics.registry, boot_id=app[STATE_KEY].boot_id
+        )
     # No automatic decompression: bodies are read as sent, and refused if encoded.
     runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()

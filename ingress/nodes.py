@@ -10,13 +10,15 @@ that its region is the header's. Then: an announcement is published with key
 `region/node_id`, value = the body byte for byte and the signature header kept in the
 record header `qf-signature`, so pushers verify it again; a departure (`leaving: true`)
 becomes a tombstone for that key. 200 `{"status": "accepted"}` once acknowledged (acks=all);
-401 signature reasons, 400 `bad_body` / `region_mismatch`, 415, 413, 503 like `/v1/usage`.
+401 signature reasons, 400 `bad_body` / `region_mismatch` / `future_at` (`at` beyond now +
+push tolerance), 415, 413, 503 like `/v1/usage`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 
 import orjson
 from aiohttp import web
@@ -111,6 +113,9 @@ class NodesEndpoint:
             raise RequestRejected("bad_body", "not a node announcement") from None
         if doc.region != region:
             raise RequestRejected("region_mismatch", "body region differs from the header")
+        if doc.at > time.time() + self._settings.push_tolerance:
+            # A far-future `at` would keep the node "heard from" long after it fell silent.
+            raise RequestRejected("future_at", "announcement time is in the future")
         timeout = self._settings.publish_timeout
         if doc.leaving:
             await self._publisher.publish(self._topic, doc.key.encode(), None, [], timeout)

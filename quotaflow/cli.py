@@ -83,7 +83,9 @@ def worker(web_port: int | None) -> None:
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = WorkerMetrics()
-    app = create_app(settings, stripe_reader=metrics.stripe_reader(settings))
+    app = create_app(
+        settings, stripe_reader=metrics.stripe_reader(settings), observe=metrics.observe
+    )
     if web_port is not None:
         attach_worker_web(app, settings, web_port, metrics=metrics)
     runner = faust.Worker(

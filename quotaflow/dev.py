@@ -57,6 +57,7 @@ def dev_environment(regions: list[str], kafka_port: int) -> dict[str, str]:
         "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
         "QUOTAFLOW_EDGE_NODES": orjson.dumps(nodes).decode(),
         "QUOTAFLOW_PUSH_KEYS": orjson.dumps(keys).decode(),
+        "QUOTAFLOW_EDGE_URL_ALLOW": orjson.dumps({r: ["127.0.0.1"] for r in regions}).decode(),
         "QUOTAFLOW_STRIPE_FETCH": "false",
         "QUOTAFLOW_DATA_DIR": str(DEV_DIR / "worker"),
         "QUOTAFLOW_STORE": "memory://",

@@ -84,6 +84,26 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = Field(
         None, description="Stripe API base URL override (stripe-mock/localstripe in tests)."
     )
+    stripe_max_in_flight: int = Field(
+        256, ge=1, description="Stripe reads in flight per worker, all tenants together."
+    )
+    stripe_tenant_max_in_flight: int = Field(
+        32, ge=1, description="Stripe reads in flight (or retrying) per tenant."
+    )
+    stripe_tenant_max_queued: int = Field(
+        2000,
+        ge=1,
+        description="Events of one tenant waiting in the worker; past it its partition pauses.",
+    )
+    worker_max_queued: int = Field(
+        20_000, ge=1, description="Events read ahead by the worker, all tenants together."
+    )
+    stripe_fallback_after: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a failing Stripe read is retried before the event's snapshot is "
+        "applied instead.",
+    )
 
     worker_web_host: str = Field(
         "127.0.0.1", description="Listen address of the worker's --web-port (metrics, readiness)."
@@ -108,6 +128,12 @@ class Settings(BaseSettings):
         None,
         description="Base URL this edge node announces for pushes (default: "
         "http://edge_host:edge_port).",
+    )
+    edge_url_allow: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Hosts or CIDRs per region that announced edge node URLs must be in, "
+        'JSON: {"eu": ["10.1.0.0/16", "edge-eu.internal"]}; a region without one accepts '
+        "no announced node (configured nodes are always served).",
     )
     edge_announce_interval: float = Field(
         5.0,

@@ -1,9 +1,13 @@
-"""The billing worker: a Faust app whose agent turns Stripe events into customer quotas.
+"""The billing worker: a Faust app whose agents turn Stripe events and usage into quotas.
 
-Per event: read the envelope, fetch the current object from Stripe (the event is a
-signal), apply the pure transition from `tables.billing`, store the new customer state
-in the `customers` table (changelog topic), and publish the quota update on
-`quota.updates` in the event's partition, which is the tenant's partition.
+Three agents share one `customers` table (changelog topic), co-partitioned by tenant:
+- billing (`streams/billing_agent.py`): Stripe events, each a signal; the current object
+  is read from Stripe concurrently (per-customer lanes, `streams/lanes.py`) and events
+  are applied per customer in partition order, in batches;
+- usage (`streams/usage_agent.py`): edge usage batches into `used`, and meter jobs;
+- grace (`streams/grace.py`): ends grace periods by time alone.
+Each agent hands records to a plain-Python processor (`streams/processing/`) and carries
+its `Effects` out through one `Sink`.
 
 Faust is at-least-once: a crash replays events whose effects may already be in the
 changelog. The state records what it applied, so replays change nothing; a replay of
@@ -16,32 +20,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Callable
 
 import faust
 import mode
-import orjson
 
-from quotaflow.envelope import Envelope
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.running import RunningRegistry, open_registry
-from streams.deadletter import send_deadletter
+from streams.billing_agent import BillingPipeline, reader_fetch
 from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
 from streams.grace import add_grace_timer
-from streams.records import publish, raw_table, raw_topic
+from streams.lanes import LaneLimits, Lanes
+from streams.processing.billing import BillingProcessor
+from streams.processing.effects import Effects
+from streams.records import raw_table, raw_topic
+from streams.sink import Sink
 from streams.stripe_client import StripeReader
 from streams.usage_agent import add_usage_agent
-from tables.billing import (
-    CustomerState,
-    Outcome,
-    QuotaPolicy,
-    Source,
-    apply_event,
-    customer_of,
-    fetch_target,
-)
+from tables.billing import QuotaPolicy
 
 log = logging.getLogger("quotaflow.worker")
 
@@ -78,16 +75,28 @@ class WorkerResources:
             self._opened = None
 
 
+def lane_limits(settings: Settings) -> LaneLimits:
+    return LaneLimits(
+        max_in_flight=settings.stripe_max_in_flight,
+        tenant_max_in_flight=settings.stripe_tenant_max_in_flight,
+        tenant_max_queued=settings.stripe_tenant_max_queued,
+        max_queued=settings.worker_max_queued,
+        fallback_after=settings.stripe_fallback_after,
+    )
+
+
 def create_app(
     settings: Settings,
     registry: TenantRegistry | None = None,
     *,
     stripe_reader: StripeReader | None = None,
     web_port: int | None = None,
+    observe: Callable[[Effects], None] | None = None,
 ) -> faust.App:
     """Builds the worker app. One app per process (and per test).
 
     Without `registry`, the app opens the one `open_registry(settings)` gives when it starts.
+    `observe` is shown the `Effects` of every batch once Kafka has them (metrics).
     """
     topics = settings.topics
     set_fetch_max_wait(settings.worker_fetch_wait_ms)
@@ -128,83 +137,51 @@ def create_app(
     stripe_events = raw_topic(app, settings, topics.stripe_events)
     quota_updates = raw_topic(app, settings, topics.quota_updates)
     deadletter = raw_topic(app, settings, topics.deadletter)
+    meter_jobs = raw_topic(app, settings, topics.meter_jobs)
     customers = raw_table(app, settings, "customers")  # CustomerState JSON
-
-    async def dead(event: Any, reason: str, detail: str) -> None:
-        await send_deadletter(deadletter, event, reason=reason, detail=detail)
-
-    resources = WorkerResources(settings, registry)
-    usage = add_usage_agent(
-        app,
-        settings,
+    aliases = raw_table(app, settings, "aliases")  # tenant/alias -> Stripe customer id
+    sink = Sink(
         customers=customers,
+        aliases=aliases,
         quota_updates=quota_updates,
         deadletter=deadletter,
+        meter_jobs=meter_jobs,
+        observe=observe,
+    )
+
+    resources = WorkerResources(settings, registry)
+    add_usage_agent(
+        app,
+        settings,
+        sink=sink,
+        customers=customers,
+        aliases=aliases,
         registry=lambda: resources.registry,
         ready=resources.ready.wait,
         policy=policy,
     )
+    add_grace_timer(app, settings, sink=sink, customers=customers, policy=policy)
 
-    add_grace_timer(app, settings, customers=customers, quota_updates=quota_updates, policy=policy)
-
-    async def handle(event: Any) -> None:
-        started = time.perf_counter()
-        env = Envelope.from_headers(event.headers)
-        await resources.ready.wait()
-        assert resources.registry is not None  # set before ready
-        tenant = resources.registry.get(env.tenant_id)
-        if tenant is None:
-            await dead(event, "unknown_tenant", env.tenant_id)
-            return
-        body = orjson.loads(event.value)
-        customer = customer_of(body)
-        if customer is None:
-            return  # a type we do not act on; counted by the ingress and metrics
-        key = f"{tenant.id}/{customer}".encode()
-        fetched = None
-        target = fetch_target(body)
-        if reader is not None and target is not None:
-            fetched = await reader.fetch(tenant, target.kind, target.id, not_before=env.received_at)
-        # Read after the fetch: the usage agent may have written this key meanwhile, and
-        # no await may sit between this read and the write below.
-        stored = customers.get(key)
-        state = CustomerState.model_validate_json(stored) if stored is not None else None
-        outcome: Outcome = apply_event(
-            state,
-            body,
-            tenant=tenant,
-            fetched=None if fetched is None else fetched.object,
-            fetched_at=None if fetched is None else fetched.at,
-            source=Source(event.message.partition, event.message.offset),
-            now=time.time(),
-            policy=policy,
-        )
-        if outcome.state is not None:
-            customers[key] = outcome.state.model_dump_json().encode()
-            usage.remember_alias(outcome.state)
-        await publish(quota_updates, outcome, event.message.partition)
-        for letter in outcome.deadletters:
-            await dead(event, letter.reason, letter.detail)
-        log.debug(
-            "event applied",
-            extra={
-                "tenant_id": tenant.id,
-                "event_id": env.event_id,
-                "event_type": env.event_type,
-                "duplicate": outcome.duplicate,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-        )
+    lanes = Lanes(
+        reader_fetch(reader) if reader is not None else None,
+        lane_limits(settings),
+        pressure=lambda partition, paused: _pause(app, stripe_events, partition, paused),
+    )
+    pipeline = BillingPipeline(
+        app,
+        customers=customers,
+        aliases=aliases,
+        sink=sink,
+        processor=BillingProcessor(policy, time.time),
+        lanes=lanes,
+        registry=lambda: resources.registry,
+        ready=resources.ready.wait,
+    )
 
     @app.agent(stripe_events, concurrency=1)
-    async def billing(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        """Applies each Stripe event once in effect; a bad event goes to the dead letters."""
-        async for event in stream.events():
-            try:
-                await handle(event)
-            except Exception as exc:  # noqa: BLE001 - one bad event must not stop the agent
-                await dead(event, "processing_error", f"{type(exc).__name__}: {exc}")
-            yield None
+    async def billing(stream: faust.StreamT[bytes]) -> None:
+        """Applies each Stripe event once in effect; see streams/billing_agent.py."""
+        await pipeline.run(stream)
 
     @app.service
     class Resources(mode.Service):
@@ -219,4 +196,19 @@ def create_app(
                 await reader.close()
 
     app.customers = customers  # type: ignore[attr-defined]
+    app.billing = pipeline  # type: ignore[attr-defined]
     return app
+
+
+def _pause(app: faust.App, topic: faust.TopicT, partition: int, paused: bool) -> None:
+    """Pauses or resumes fetching one partition of `stripe.events` (a tenant's lane is
+    full); a rebalance in progress owns the partitions' flow, so it is left alone then."""
+    consumer = app.consumer
+    tps = [tp for tp in consumer.assignment() if tp.partition == partition]
+    tps = [tp for tp in tps if tp.topic in topic.topics]
+    if not tps or app.rebalancing:
+        return
+    if paused:
+        consumer.pause_partitions(tps)
+    else:
+        consumer.resume_partitions(tps)

@@ -15,6 +15,8 @@ SOURCE_TOPIC = "qf-dl-topic"
 SOURCE_PARTITION = "qf-dl-partition"
 SOURCE_OFFSET = "qf-dl-offset"
 FAILED_AT = "qf-dl-at"
+# Set by `quotaflow deadletter redrive` on the records it sends back (`partition:offset`).
+REDRIVE = "qf-redrive"
 
 
 def deadletter_headers(

@@ -19,13 +19,23 @@
    branch). We seek once more after recovery has finished: nothing empties the queues
    after that point, so whatever was dropped is fetched again. Re-delivering what was
    already processed is harmless here: every table value records what it applied.
+
+3. Table writes outside the stream's own iteration. A Faust table write goes to the
+   changelog partition (and, with RocksDB, the store partition) of "the current event",
+   a context variable the stream sets for the task that iterates it. The billing
+   pipeline applies events in its own task, after their Stripe reads, so it names the
+   event whose partition a write belongs to (`event_context`); without it a write would
+   land in whatever partition the stream last yielded, or raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from faust.streams import _current_event
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as driver
 
@@ -68,3 +78,13 @@ def reseek_after_recovery() -> None:
         step = getattr(Recovery, name)
         if not hasattr(step, "__wrapped__"):
             setattr(Recovery, name, _seek_again_after(step))
+
+
+@contextmanager
+def event_context(event: Any) -> Iterator[None]:
+    """Table writes inside this block belong to `event`'s partition (correction 3)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)

@@ -13,25 +13,29 @@ it belongs to), so the change travels through a topic like any other input:
    passed, it sends a tick to `quota.ticks`: key = tenant id (so the tick lands in the
    tenant's partition, which this worker holds, co-partitioned with `customers`), value =
    the customer's table key.
-2. The tick agent re-reads the state and applies `tables.outcome.reevaluate` at its own
-   clock; the state is written and a quota update published only if the status changed.
-   A tick processed twice, or after the customer paid, changes nothing: the evaluation is
-   a pure function of the state and the time, so ticks need no deduplication of their own.
+2. The tick agent hands each tick to `streams.processing.grace.GraceProcessor`, which
+   re-reads the state and applies `tables.outcome.reevaluate` at its own clock; the state
+   is written and a quota update published only if the status changed. A tick processed
+   twice, or after the customer paid, changes nothing: the evaluation is a pure function
+   of the state and the time, so ticks need no deduplication of their own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
 
 from quotaflow.settings import Settings
-from streams.records import publish, raw_topic
-from tables.billing import CustomerState, grace_deadline, reevaluate
+from streams.processing.grace import GraceProcessor, due_for_blocking
+from streams.records import raw_topic, record_from
+from streams.sink import Sink
+from tables.billing import CustomerState
 from tables.policy import QuotaPolicy
+
+__all__ = ["add_grace_timer", "due_for_blocking"]
 
 log = logging.getLogger("quotaflow.grace")
 
@@ -39,24 +43,17 @@ log = logging.getLogger("quotaflow.grace")
 PAST_DUE = b'"past_due"'
 
 
-def due_for_blocking(state: CustomerState, now: float, policy: QuotaPolicy) -> bool:
-    """Whether the last published quota still says grace although grace has ended."""
-    if state.last is None or state.last.status != "grace":
-        return False
-    deadline = grace_deadline(state, policy)
-    return deadline is not None and now >= deadline
-
-
 def add_grace_timer(
     app: faust.App,
     settings: Settings,
     *,
+    sink: Sink,
     customers: Any,
-    quota_updates: faust.TopicT,
     policy: QuotaPolicy,
 ) -> None:
     """The timer that finds ended grace periods and the agent that applies them."""
     ticks = raw_topic(app, settings, settings.topics.quota_ticks)
+    processor = GraceProcessor(policy, time.time)
 
     @app.timer(interval=settings.grace_check_interval, name="grace-scan")  # type: ignore[untyped-decorator]
     async def scan() -> None:
@@ -70,18 +67,16 @@ def add_grace_timer(
                 due.append(key)
         for key in due:
             await ticks.send(key=key.split(b"/", 1)[0], value=key)
+        log.debug("grace scan", extra={"due": len(due)})
         if due:
             log.info("grace ended", extra={"customers": len(due)})
 
     @app.agent(ticks, concurrency=1, name="grace")
-    async def grace(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+    async def grace(stream: faust.StreamT[bytes]) -> None:
         """Re-evaluates each ticked customer; a tick for a gone customer is ignored."""
         async for event in stream.events():
-            stored = customers.get(event.value)
-            if stored is not None:
-                state = CustomerState.model_validate_json(stored)
-                outcome = reevaluate(state, now=time.time(), policy=policy)
-                if outcome.update is not None and outcome.state is not None:
-                    customers[event.value] = outcome.state.model_dump_json().encode()
-                    await publish(quota_updates, outcome, event.message.partition)
-            yield None
+            record = record_from(event)
+            effects = processor.handle(customers, [record])
+            sink.write(effects, {record.partition: event})
+            sink.send(effects)
+            sink.done(effects)

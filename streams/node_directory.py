@@ -5,20 +5,29 @@ pusher sees every record) and keeps, per node of its region, the newest announce
 whose signature verifies with the region's push keys (the ingress checked it too; this
 check makes a record written by anything else harmless). Only the HMAC is checked here:
 the record is re-read after restarts, so freshness comes from the signed `at` instead.
-A tombstone is a departure.
+A tombstone is a departure. An announcement whose boot id differs from the one held for
+that node means the node restarted: `on_restart(url, boot_id)` tells the pusher at once.
+
+Two checks keep a stolen key from steering a pusher: the announced URL's host must be
+inside the region's allow-list (`Settings.edge_url_allow`: host names or CIDRs) and carry
+no userinfo, and an announcement whose signed `at` is beyond now + `push_tolerance` is
+ignored, so a far-future `at` cannot keep a silent node alive.
 
 Counted in `quotaflow_pusher_announcements_total{region, outcome}` with outcomes
-`announced`, `departed`, `forged` (unsigned or bad signature: ignored), `malformed`.
+`announced`, `departed`, `forged` (unsigned or bad signature: ignored), `malformed`,
+`outside_allow_list`, `future_at`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -49,6 +58,7 @@ class KnownNode:
     node_id: str
     url: str
     at: float
+    boot_id: str | None = None
 
 
 def verified(keys: tuple[PushKey, ...], header: bytes | None, value: bytes) -> bool:
@@ -67,16 +77,64 @@ def verified(keys: tuple[PushKey, ...], header: bytes | None, value: bytes) -> b
     return False
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class UrlAllowList:
+    """Host names (exact, case-insensitive) and networks an announced URL may name."""
+
+    hosts: frozenset[str]
+    networks: tuple[IPNetwork, ...]
+
+    @classmethod
+    def of(cls, entries: Iterable[str]) -> UrlAllowList:
+        hosts: set[str] = set()
+        networks: list[IPNetwork] = []
+        for entry in entries:
+            entry = entry.strip()
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                if entry:
+                    hosts.add(entry.lower().rstrip("."))
+        return cls(frozenset(hosts), tuple(networks))
+
+    def allows(self, url: str) -> bool:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            return False
+        if host is None or parts.username is not None or parts.password is not None:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return host.lower().rstrip(".") in self.hosts
+        return any(address in network for network in self.networks)
+
+
 class NodeDirectory:
     """The region's announced nodes; the owner runs `follow()` as a tracked task, cancels
     it, then calls `stop()`."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_restart: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._settings = settings
+        self._on_restart = on_restart
         self.region = settings.region
         self._prefix = f"{self.region}/".encode()
         self._keys = region_keys(settings, self.region)
         self._ttl = 3 * settings.edge_announce_interval
+        self._skew = settings.push_tolerance
+        self._allow = UrlAllowList.of(settings.edge_url_allow.get(self.region, []))
         self._clock = clock
         self._nodes: dict[bytes, KnownNode] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -158,8 +216,26 @@ class NodeDirectory:
         if doc.key.encode() != key or doc.leaving:
             ANNOUNCEMENTS.labels(region=self.region, outcome="malformed").inc()
             return
+        if not self._allow.allows(doc.url):
+            ANNOUNCEMENTS.labels(region=self.region, outcome="outside_allow_list").inc()
+            log.warning(
+                "announced node URL outside the region's allow-list, ignored",
+                extra={"region": self.region, "node": doc.node_id},
+            )
+            return
+        if doc.at > self._clock() + self._skew:
+            # A far-future `at` would keep the node "heard from" long after it fell silent;
+            # the ingress refuses such announcements, so this one came another way.
+            ANNOUNCEMENTS.labels(region=self.region, outcome="future_at").inc()
+            return
         previous = self._nodes.get(key)
         if previous is not None and previous.at > doc.at:
             return
-        self._nodes[key] = KnownNode(doc.node_id, doc.url.rstrip("/"), doc.at)
+        node = KnownNode(doc.node_id, doc.url.rstrip("/"), doc.at, doc.boot_id)
+        self._nodes[key] = node
         ANNOUNCEMENTS.labels(region=self.region, outcome="announced").inc()
+        if node.boot_id is None or previous is None or previous.boot_id == node.boot_id:
+            return
+        log.info("edge node restarted", extra={"region": self.region, "node": node.node_id})
+        if self._on_restart is not None:
+            self._on_restart(node.url, node.boot_id)

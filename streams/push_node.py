@@ -15,6 +15,17 @@ delays itself):
   `GET /healthz` probe is retried with growing, jittered delays.
 - A full queue (a node slower than the stream) triggers a fresh join rather than
   blocking the consumer.
+- Every answer of the node carries its boot id and whether it holds a complete
+  snapshot. A boot id other than the one that took the last snapshot (the node
+  restarted: its memory is gone although it answers 200), or `"snapshot": false`, makes
+  the sender re-join at once. So does the first success after a batch the node refused
+  for good (a non-retryable 4xx: the batch is lost to that node, a snapshot restores it).
+- `wake()` (the node announced a new boot id) cuts the breaker's wait short and, if the
+  node is live, re-joins it.
+
+Metric labels name the node by a bounded label (its announced node id, or `host:port`
+of a configured URL: never the URL, which could carry userinfo), and a sender removes
+its series when it stops, so node churn does not grow the pusher's metrics.
 
 Offsets: `low_watermark(tp)` is the first offset handed to this node and not yet
 acknowledged. The pusher commits, per partition, the minimum of these over all nodes
@@ -25,6 +36,7 @@ is caught up by snapshot when it rejoins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -32,6 +44,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -50,6 +63,14 @@ SNAPSHOTS = Counter(
     "quotaflow_push_snapshots", "Snapshots delivered to a node.", ["region", "node"]
 )
 NODE_UP = Gauge("quotaflow_push_node_up", "1 while the node is live.", ["region", "node"])
+REJOINS = Counter(
+    "quotaflow_push_rejoins",
+    "Re-joins (with a snapshot) a node's answers asked for, by reason (new_boot, "
+    "no_snapshot, refused, announced).",
+    ["region", "node", "reason"],
+)
+_BATCH_OUTCOMES = ("ok", "retry", "dropped", "down")
+_REJOIN_REASONS = ("new_boot", "no_snapshot", "refused", "announced")
 LATENCY = Histogram(
     "quotaflow_push_latency_seconds",
     "Duration of one successful push request.",
@@ -90,6 +111,36 @@ class NodeDown(Exception):
         self.reason = reason
 
 
+def node_label(url: str) -> str:
+    """A configured node's metric label: `host:port` of its URL, never userinfo or path."""
+    parts = urlsplit(url)
+    host = parts.hostname or "unknown"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{host}:{port}"[:80]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAnswer:
+    """What a node says about itself in every push answer (None: an older node)."""
+
+    boot_id: str | None
+    snapshot: bool | None
+
+    @classmethod
+    def parse(cls, body: bytes) -> NodeAnswer:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return cls(None, None)
+        if not isinstance(doc, dict):
+            return cls(None, None)
+        boot, snap = doc.get("boot_id"), doc.get("snapshot")
+        return cls(
+            boot if isinstance(boot, str) and 0 < len(boot) <= 64 else None,
+            snap if isinstance(snap, bool) else None,
+        )
+
+
 def _jittered(base: float, attempt: int, cap: float) -> float:
     """Full-range jitter in [delay/2, delay] so retrying senders spread out."""
     delay = min(cap, base * (2.0**attempt))
@@ -107,8 +158,11 @@ class NodeSender:
         signer: PushSigner,
         snapshot: Callable[[], Awaitable[list[bytes]]],
         config: PushConfig,
+        node: str | None = None,
     ) -> None:
+        """`node` is the metric label (the announced node id); default `node_label(url)`."""
         self.url = url.rstrip("/")
+        self.node = node or node_label(self.url)
         self.region = region
         self.state = "idle"
         self.accepting = False
@@ -121,7 +175,11 @@ class NodeSender:
         self._resync = False
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        self._labels = {"region": region, "node": self.url}
+        self._labels = {"region": region, "node": self.node}
+        self._boot_id: str | None = None  # the process that took the last snapshot
+        self._refused = False  # a batch was refused for good: re-join on the next success
+        self._wake = asyncio.Event()
+        self._idle_wait: asyncio.Timeout | None = None  # the heartbeat wait, while idle
 
     # -- called by the pusher (same event loop, never awaits) -----------------------
 
@@ -141,13 +199,32 @@ class NodeSender:
         return pending[0] if pending else None
 
     def request_resync(self) -> None:
-        """Asks for a fresh join (snapshot); the sender acts on it between batches."""
+        """Asks for a fresh join (snapshot); the sender acts on it between batches, or at
+        once when it is idle (its heartbeat wait is cut short)."""
         self.accepting = False
         self._resync = True
+        waiting = self._idle_wait
+        if waiting is not None and not waiting.expired():
+            waiting.reschedule(asyncio.get_running_loop().time())
+
+    def wake(self, boot_id: str) -> None:
+        """The node announced boot id `boot_id`: stop waiting for it, and re-join it if
+        live and its last snapshot went to another process."""
+        if boot_id == self._boot_id:
+            return  # that process already took its snapshot (its answers told us first)
+        self._wake.set()
+        if self.state == "live" and not self._resync:
+            REJOINS.labels(**self._labels, reason="announced").inc()
+            self.request_resync()
 
     @property
     def resync_requested(self) -> bool:
         return self._resync
+
+    @property
+    def boot_id(self) -> str | None:
+        """The boot id of the node process that took this sender's last snapshot."""
+        return self._boot_id
 
     @property
     def idle(self) -> bool:
@@ -162,7 +239,7 @@ class NodeSender:
             connector=aiohttp.TCPConnector(limit=2, keepalive_timeout=30.0),
             timeout=aiohttp.ClientTimeout(total=self._config.request_timeout),
         )
-        self._task = asyncio.create_task(self._run(), name=f"push-node {self.url}")
+        self._task = asyncio.create_task(self._run(), name=f"push-node {self.node}")
         self._task.add_done_callback(self._died)
 
     async def stop(self) -> None:
@@ -174,6 +251,20 @@ class NodeSender:
         if session is not None:
             await session.close()
         self._leave()
+        self._forget_series()
+
+    def _forget_series(self) -> None:
+        """Removes this node's series: a departed node's label must not linger forever."""
+        region, node = self.region, self.node
+        removals: list[tuple[Counter | Gauge, tuple[str, ...]]] = [
+            (NODE_UP, (region, node)),
+            (SNAPSHOTS, (region, node)),
+            *((BATCHES, (region, node, outcome)) for outcome in _BATCH_OUTCOMES),
+            *((REJOINS, (region, node, reason)) for reason in _REJOIN_REASONS),
+        ]
+        for metric, labels in removals:
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
 
     def _died(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -185,7 +276,7 @@ class NodeSender:
         failures = 0
         while True:
             if failures:
-                await asyncio.sleep(
+                await self._pause(
                     _jittered(self._config.breaker_base, failures - 1, self._config.breaker_max)
                 )
                 if not await self._probe():
@@ -204,9 +295,17 @@ class NodeSender:
                 log.warning("edge node down", extra={**self._labels, "reason": exc.reason})
             self._leave()
 
+    async def _pause(self, delay: float) -> None:
+        """The breaker's wait, cut short by `wake()`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        self._wake.clear()
+
     def _join(self) -> None:
         self._drop_queue()
         self._resync = False
+        self._refused = False
         self.accepting = True
         self.state = "snapshot"
 
@@ -239,32 +338,80 @@ class NodeSender:
         except Exception as exc:  # aiokafka's errors share no base we can name narrowly
             log.exception("snapshot read failed", extra=self._labels)
             raise NodeDown("snapshot_read") from exc
-        snapshot_id = uuid.uuid4().hex
         step = self._config.snapshot_batch
         chunks = [values[i : i + step] for i in range(0, len(values), step)] or [[]]
+        for _ in range(3):
+            if await self._post_snapshot(chunks):
+                break
+            # The node restarted while it received the snapshot: the chunks before went to
+            # a process that is gone. Start over (the node is accepting deltas meanwhile).
+            log.info("edge node restarted during its snapshot, resending", extra=self._labels)
+        else:
+            raise NodeDown("restarting")
+        SNAPSHOTS.labels(**self._labels).inc()
+        log.info("snapshot delivered", extra={**self._labels, "keys": len(values)})
+
+    async def _post_snapshot(self, chunks: list[list[bytes]]) -> bool:
+        """Sends every chunk; False if the node's boot id changed on the way."""
+        snapshot_id = uuid.uuid4().hex
+        boot: str | None = None
         for i, chunk in enumerate(chunks):
             final = i == len(chunks) - 1
             flag = b"true" if final else b"false"
             mark = b'{"id":"%s","final":%s}' % (snapshot_id.encode(), flag)
-            await self._post(chunk, mark)
-        SNAPSHOTS.labels(**self._labels).inc()
-        log.info("snapshot delivered", extra={**self._labels, "keys": len(values)})
+            answer = await self._post(chunk, mark)
+            if answer is None:
+                # Refused for good: the node would be left without a complete snapshot.
+                raise NodeDown("snapshot_refused")
+            if i and answer.boot_id != boot:
+                return False
+            boot = answer.boot_id
+        self._boot_id = boot
+        return True
+
+    def _rejoin_reason(self, answer: NodeAnswer | None) -> str | None:
+        """Why a live node's answer asks for a fresh snapshot, if it does."""
+        if answer is None:
+            self._refused = True  # the batch is lost to this node: a snapshot restores it
+            return None
+        if self._refused:
+            return "refused"
+        if answer.boot_id is not None and answer.boot_id != self._boot_id:
+            return "new_boot"
+        if answer.snapshot is False:
+            return "no_snapshot"
+        return None
+
+    def _check_answer(self, answer: NodeAnswer | None) -> bool:
+        """True (and a re-join requested) when the answer shows the node needs a snapshot."""
+        reason = self._rejoin_reason(answer)
+        if reason is None:
+            return False
+        if self._resync:
+            return True  # asked for already (announced, or a tenant joined the region)
+        REJOINS.labels(**self._labels, reason=reason).inc()
+        log.info("edge node re-joins with a snapshot", extra={**self._labels, "reason": reason})
+        self.request_resync()
+        return True
 
     async def _deliver(self) -> None:
         """Sends queued deltas in batches (or a heartbeat when idle) until a resync."""
         queue, cfg = self._queue, self._config
         while not self._resync:
             try:
-                async with asyncio.timeout(cfg.heartbeat):
+                async with asyncio.timeout(cfg.heartbeat) as self._idle_wait:
                     first = await queue.get()
             except TimeoutError:
-                await self._post([], b"null")
+                if self._resync or self._check_answer(await self._post([], b"null")):
+                    return
                 continue
+            finally:
+                self._idle_wait = None
             batch = [first]
             while len(batch) < cfg.batch_max and not queue.empty():
                 batch.append(queue.get_nowait())
-            await self._post([value for _, _, value in batch], b"null")
-            if self.resync_requested:
+            answer = await self._post([value for _, _, value in batch], b"null")
+            if self._check_answer(answer) or self.resync_requested:
                 return  # outstanding is dropped on leave; nothing to acknowledge
             for tp, offset, _ in batch:
                 pending = self._outstanding.get(tp)
@@ -280,8 +427,11 @@ class NodeSender:
             + b"]}"
         )
 
-    async def _post(self, values: list[bytes], snapshot: bytes) -> None:
-        """One batch, retried with backoff; raises `NodeDown` when attempts run out."""
+    async def _post(self, values: list[bytes], snapshot: bytes) -> NodeAnswer | None:
+        """One batch, retried with backoff; raises `NodeDown` when attempts run out.
+
+        Returns the node's answer, or None when the node refused the batch for good.
+        """
         assert self._session is not None
         cfg = self._config
         reason = "unknown"
@@ -301,17 +451,20 @@ class NodeSender:
                         f"{self.url}/v1/push", data=body, headers=headers
                     ) as resp:
                         status = resp.status
-                        await resp.read()
+                        answer = await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = type(exc).__name__
                 continue
             if status == 200:
                 LATENCY.labels(region=self.region).observe(time.perf_counter() - started)
                 BATCHES.labels(**self._labels, outcome="ok").inc()
-                return
+                return NodeAnswer.parse(answer)
             reason = f"http_{status}"
             if 400 <= status < 500 and status not in _RETRYABLE_4XX:
                 BATCHES.labels(**self._labels, outcome="dropped").inc()
-                log.error("push batch refused, dropped", extra={**self._labels, "status": status})
-                return
+                log.error(
+                    "push batch refused, dropped; the node re-joins on its next success",
+                    extra={**self._labels, "status": status},
+                )
+                return None
         raise NodeDown(reason)

@@ -23,7 +23,9 @@ Nodes = the configured ones (`QUOTAFLOW_EDGE_NODES[R]`) plus those announced in
 `edge.nodes` (`streams.node_directory`) and heard from within three announcement
 intervals. The node watcher (twice a second) starts a `NodeSender` for a new node (which
 joins with a full snapshot, as any node does) and stops the sender of a node that
-departed or fell silent, unless it is configured. `quotaflow_push_nodes{region}` counts
+departed or fell silent, unless it is configured. An announcement with a new boot id
+(the node restarted) wakes that node's sender at once, so it re-joins with a snapshot
+instead of waiting out its breaker. `quotaflow_push_nodes{region}` counts
 them; `quotaflow_consumer_lag{group,topic,partition}` (the worker's convention) is the
 high-water mark minus this pusher's committed offset on its `quota.updates` partitions.
 """
@@ -48,7 +50,7 @@ from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from streams.node_directory import NodeDirectory
-from streams.push_node import NodeSender, PushConfig
+from streams.push_node import NodeSender, PushConfig, node_label
 from streams.push_snapshot import read_snapshot
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ class Pusher:
         self.positions: dict[Hashable, int] = {}
         self.nodes: list[NodeSender] = []
         self.group = f"{settings.app_id}-push-{self.region}"
-        self.directory = NodeDirectory(settings)
+        self.directory = NodeDirectory(settings, on_restart=self._node_restarted)
         self._configured = [u.rstrip("/") for u in settings.edge_nodes.get(self.region, [])]
         self._signer: PushSigner | None = None
         self._committed: dict[Hashable, int] = {}
@@ -140,7 +142,7 @@ class Pusher:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def _sender(self, url: str) -> NodeSender:
+    def _sender(self, url: str, node: str) -> NodeSender:
         if self._signer is None:
             self._signer = PushSigner.for_region(self.settings, self.region)
         return NodeSender(
@@ -149,14 +151,21 @@ class Pusher:
             signer=self._signer,
             snapshot=self._snapshot,
             config=self.config,
+            node=node,
         )
+
+    def _node_restarted(self, url: str, boot_id: str) -> None:
+        """The directory read a new boot id for the node at `url`: re-join it now."""
+        for node in self.nodes:
+            if node.url == url:
+                node.wake(boot_id)
 
     async def start(self) -> None:
         if not self._configured:
             log.info(
                 "no edge nodes configured, waiting for announcements", extra={"region": self.region}
             )
-        self.nodes = [self._sender(url) for url in dict.fromkeys(self._configured)]
+        self.nodes = [self._sender(url, node_label(url)) for url in dict.fromkeys(self._configured)]
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=self.group,
@@ -322,21 +331,24 @@ class Pusher:
 
     async def sync_nodes(self) -> None:
         """Starts senders for newly announced nodes, stops those departed or silent."""
-        wanted = dict.fromkeys([*self._configured, *sorted(self.directory.live().values())])
+        # url -> metric label: a configured node by host:port, an announced one by its id.
+        wanted = {url: node_label(url) for url in self._configured}
+        for node_id, url in sorted(self.directory.live().items()):
+            wanted.setdefault(url, node_id)
         have = {node.url: node for node in self.nodes}
         gone = [node for url, node in have.items() if url not in wanted]
-        added = [self._sender(url) for url in wanted if url not in have]
+        added = [self._sender(url, label) for url, label in wanted.items() if url not in have]
         if not gone and not added:
             return
         # Rebind, never mutate: `_dispatch` iterates the list between awaits.
         self.nodes = [node for node in self.nodes if node.url in wanted] + added
         NODES.labels(region=self.region).set(len(self.nodes))
         for node in added:
-            log.info("edge node joined", extra={"region": self.region, "node": node.url})
+            log.info("edge node joined", extra={"region": self.region, "node": node.node})
             await node.start()
         for node in gone:
             log.info(
-                "edge node left, delivery stopped", extra={"region": self.region, "node": node.url}
+                "edge node left, delivery stopped", extra={"region": self.region, "node": node.node}
             )
             await node.stop()
 

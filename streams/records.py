@@ -11,6 +11,7 @@ from typing import Any
 import faust
 
 from quotaflow.settings import Settings
+from streams.processing.effects import Record, record_of
 from tables.outcome import Outcome
 from tables.quota import SCHEMA_HEADER
 
@@ -58,3 +59,9 @@ async def publish(quota_updates: faust.TopicT, outcome: Outcome, partition: int)
             partition=partition,
             headers=[SCHEMA_HEADER],
         )
+
+
+def record_from(event: Any) -> Record:
+    """The processors' view of a Faust event."""
+    m = event.message
+    return record_of(m.topic, m.partition, m.offset, event.key, event.value, event.headers)

@@ -4,7 +4,14 @@ An event is a signal, not the truth: Stripe delivers out of order, so the agent 
 the object's current state. Each tenant gets its own `StripeClient` (its own key, explicit
 `max_network_retries`), each Stripe account a token bucket below Stripe's limit, and each
 object a cache entry for `cache_ttl` seconds; concurrent fetches of one object share one
-request. A failed fetch returns None and the agent falls back to the event's snapshot.
+request. A fetch answers one of three things: the object (`Fetched`), that it does not
+exist in the tenant's account (`NotFound`, authoritative: Stripe answered 404), or None
+when Stripe could not be reached (timeout, 5xx, 429, a key it refused); the billing
+pipeline retries that and falls back to the event's snapshot only after a deadline.
+
+The timeout bounds the HTTP exchange, not the wait for the account's bucket: a burst of
+one tenant queues at its bucket, and that wait is the pipeline's to bound (per-tenant
+in-flight cap), not a reason to give up on Stripe.
 """
 
 from __future__ import annotations
@@ -13,12 +20,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import stripe
 from aiolimiter import AsyncLimiter
 
+from streams.processing.billing import Fetched, FetchResult, NotFound
 from tables.tenant import Tenant
+
+__all__ = ["DEFAULT_RATES", "FetchResult", "Fetched", "NotFound", "StripeReader"]
 
 log = logging.getLogger("quotaflow.stripe")
 
@@ -26,11 +36,7 @@ log = logging.getLogger("quotaflow.stripe")
 DEFAULT_RATES = {"live": 80.0, "test": 20.0}
 
 
-class Fetched(NamedTuple):
-    """A Stripe object as fetched, with the wall-clock time the request started."""
-
-    object: dict[str, Any]
-    at: float
+_NOT_FOUND = object()
 
 
 class StripeReader:
@@ -57,7 +63,7 @@ class StripeReader:
         self._limiters: dict[str, AsyncLimiter] = {}
         # (wall-clock fetch time, object): compared with events' received-at times.
         self._cache: dict[tuple[str, str], Fetched] = {}
-        self._inflight: dict[tuple[str, str], tuple[float, asyncio.Future[Fetched | None]]] = {}
+        self._inflight: dict[tuple[str, str], tuple[float, asyncio.Future[FetchResult]]] = {}
         # Created on first use unless given (the worker passes one that counts requests).
         self._http: stripe.AIOHTTPClient | None = http_client
 
@@ -96,8 +102,9 @@ class StripeReader:
 
     async def fetch(
         self, tenant: Tenant, kind: str, object_id: str, *, not_before: float = 0.0
-    ) -> Fetched | None:
-        """The current object and when it was fetched; None when Stripe cannot be reached.
+    ) -> FetchResult:
+        """The current object and when it was fetched; `NotFound` on Stripe's 404; None
+        when Stripe cannot be reached.
 
         A cached copy serves only if it was fetched at or after `not_before` (the time the
         event was received): an older copy may predate the change the event signals.
@@ -110,12 +117,14 @@ class StripeReader:
         pending = self._inflight.get(key)
         if pending is not None and pending[0] >= not_before:
             return await asyncio.shield(pending[1])
-        future: asyncio.Future[Fetched | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[FetchResult] = asyncio.get_running_loop().create_future()
         self._inflight[key] = (now, future)
         try:
             obj = await self._fetch(tenant, kind, object_id)
-            result = None if obj is None else Fetched(obj, now)
-            if result is not None:
+            result: FetchResult = (
+                NotFound(now) if obj is _NOT_FOUND else None if obj is None else Fetched(obj, now)
+            )
+            if isinstance(result, Fetched):
                 if len(self._cache) >= self._cache_size:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = result
@@ -132,22 +141,28 @@ class StripeReader:
     def invalidate(self, tenant_id: str, object_id: str) -> None:
         self._cache.pop((tenant_id, object_id), None)
 
-    async def _fetch(self, tenant: Tenant, kind: str, object_id: str) -> dict[str, Any] | None:
+    async def _fetch(self, tenant: Tenant, kind: str, object_id: str) -> Any:
         client = self._client(tenant)
-        if client is None:
+        if client is None or kind not in ("subscription", "customer"):
             return None
         try:
-            async with asyncio.timeout(self._timeout):
-                async with self._limiter(tenant):
+            async with self._limiter(tenant):
+                async with asyncio.timeout(self._timeout):
                     if kind == "subscription":
                         obj: Any = await client.v1.subscriptions.retrieve_async(object_id)
-                    elif kind == "customer":
-                        obj = await client.v1.customers.retrieve_async(object_id)
                     else:
-                        return None
+                        obj = await client.v1.customers.retrieve_async(object_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return _NOT_FOUND
+            log.warning(
+                "stripe fetch refused",
+                extra={"tenant_id": tenant.id, "object": kind, "status": exc.http_status},
+            )
+            return None
         except (stripe.StripeError, TimeoutError) as exc:
             log.warning(
-                "stripe fetch failed; using the event snapshot",
+                "stripe fetch failed",
                 extra={"tenant_id": tenant.id, "object": kind, "error": type(exc).__name__},
             )
             return None

@@ -2,57 +2,40 @@
 
 Each record is one tenant's part of an edge batch (`tables.usage.UsageRecord`, key = tenant
 id), so it lands in the tenant's partition, whose `customers` table partition this worker
-holds (co-partitioned: same partition count, same key). Per item:
+holds (co-partitioned: same partition count, same key). What a record does is decided by
+`streams.processing.usage.UsageProcessor` (aliases, `apply_usage` once per batch id,
+threshold-coalesced quota records, meter jobs with deterministic identifiers); this
+module wires it to Faust and runs the meter reporter beside it.
 
-1. The customer id is what the edge knows: the Stripe id, or the tenant's alias. The
-   `aliases` table (`tenant/alias` → Stripe id, written by the billing agent whenever a
-   customer state carries an alias, in the same partition) maps it back; the table key
-   is always `tenant/stripe_customer_id`.
-2. `apply_usage` adds the units unless the batch id (`node:seq`) or the usage.events
-   offset was already applied; both guards live in the value they guard.
-3. The state is written (no await between read and write: the billing agent, in the same
-   event loop, reads after its Stripe fetch, so neither overwrites the other).
-4. A quota update is sent only when `apply_usage` decides it matters (status change or a
-   threshold crossing, `usage_thresholds`); a reprocessed offset re-sends the current one.
-5. One meter job per meter of the customer (`meters_of`) goes to `meter.jobs`, identifier
-   `qf_` + blake2b(tenant, customer, meter, batch id): the same batch can only ever make
-   the same identifier. A reprocessed offset re-sends its jobs (the crash may have come
-   between the table write and the send); the identifier makes that harmless.
+A record that can never apply (not a usage record, an unknown tenant) is dead-lettered by
+the processor; a failure to write or send stops the worker (`SinkError`), so the record is
+processed again and its meter jobs are produced, instead of being dead-lettered after its
+state was written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import mode
-import orjson
-from pydantic import ValidationError
 
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
-from streams.deadletter import send_deadletter
 from streams.meter_client import MeterClient
 from streams.meter_reporter import MeterReporter
-from streams.records import publish, raw_table, raw_topic
-from tables.billing_state import CustomerState
-from tables.outcome import Source
+from streams.processing.usage import UsageProcessor, meter_identifier
+from streams.records import raw_topic, record_from
+from streams.sink import Sink, stop_worker
 from tables.policy import QuotaPolicy
-from tables.usage import UsageRecord, apply_usage, meters_of
 
-__all__ = [
-    "UsageWiring",
-    "add_usage_agent",
-    "meter_identifier",
-    "meter_topic",
-]
+__all__ = ["add_usage_agent", "meter_identifier", "meter_topic"]
 
 log = logging.getLogger("quotaflow.worker.usage")
 
@@ -61,116 +44,40 @@ def meter_topic(settings: Settings) -> str:
     return settings.topics.meter_jobs
 
 
-def meter_identifier(tenant_id: str, stripe_customer_id: str, meter: str, batch_id: str) -> str:
-    """Deterministic: one usage batch of one customer on one meter is one meter event."""
-    raw = "\x1f".join((tenant_id, stripe_customer_id, meter, batch_id)).encode()
-    return "qf_" + hashlib.blake2b(raw, digest_size=16).hexdigest()
-
-
-class UsageWiring:
-    """What `create_app` keeps: the alias table and the hook the billing agent calls."""
-
-    def __init__(self, aliases: Any) -> None:
-        self.aliases = aliases
-
-    def remember_alias(self, state: CustomerState | None) -> None:
-        """Called by the billing agent after it stored `state` (inside its event)."""
-        if state is None or not state.alias:
-            return
-        key = f"{state.tenant_id}/{state.alias}".encode()
-        value = state.stripe_customer_id.encode()
-        if self.aliases.get(key) != value:
-            self.aliases[key] = value
-
-
 def add_usage_agent(
     app: faust.App,
     settings: Settings,
     *,
+    sink: Sink,
     customers: Any,
-    quota_updates: faust.TopicT,
-    deadletter: faust.TopicT,
+    aliases: Any,
     registry: Callable[[], TenantRegistry | None],
     ready: Callable[[], Awaitable[object]],
     policy: QuotaPolicy,
-) -> UsageWiring:
+) -> None:
     """Adds the usage agent (and, if `meter_enabled`, the meter reporter) to `app`.
 
     `registry()` gives the tenant registry once `await ready()` returned.
     """
     usage_events = raw_topic(app, settings, settings.topics.usage_events)
-    meter_jobs = raw_topic(app, settings, meter_topic(settings))
-    aliases = raw_table(app, settings, "aliases")
-    thresholds = tuple(settings.usage_thresholds)
-    wiring = UsageWiring(aliases)
-
-    async def dead(event: Any, reason: str, detail: str) -> None:
-        await send_deadletter(deadletter, event, reason=reason, detail=detail)
-
-    async def handle(event: Any) -> None:
-        try:
-            record = UsageRecord.model_validate_json(event.value)
-        except ValidationError as exc:
-            await dead(event, "bad_usage_record", str(exc))
-            return
-        await ready()
-        reg = registry()
-        tenant = reg.get(record.tenant_id) if reg is not None else None
-        if tenant is None:
-            await dead(event, "unknown_tenant", record.tenant_id)
-            return
-        partition, offset = event.message.partition, event.message.offset
-        source = Source(partition, offset)
-        now = time.time()
-        for item in record.items:
-            mapped = aliases.get(f"{tenant.id}/{item.customer_id}".encode())
-            stripe_id = mapped.decode() if mapped is not None else item.customer_id
-            key = f"{tenant.id}/{stripe_id}".encode()
-            stored = customers.get(key)
-            state = CustomerState.model_validate_json(stored) if stored is not None else None
-            reprocessed = state is not None and offset <= state.usage_offsets.get(partition, -1)
-            outcome = apply_usage(
-                state,
-                tenant_id=tenant.id,
-                customer_id=stripe_id,
-                batch_id=record.batch_id,
-                units=item.units,
-                source=source,
-                now=now,
-                policy=policy,
-                thresholds=thresholds,
-            )
-            if outcome.state is not None:
-                customers[key] = outcome.state.model_dump_json().encode()
-            await publish(quota_updates, outcome, partition)
-            current = outcome.state or state
-            if current is None or (outcome.duplicate and not reprocessed):
-                continue
-            for meter in meters_of(current, tenant):
-                job = {
-                    "tenant_id": tenant.id,
-                    "stripe_customer_id": stripe_id,
-                    "event_name": meter,
-                    "value": item.units,
-                    "identifier": meter_identifier(tenant.id, stripe_id, meter, record.batch_id),
-                    "timestamp": int(record.received_at),
-                    "batch_id": record.batch_id,
-                }
-                await meter_jobs.send(
-                    key=f"{tenant.id}/{stripe_id}/{meter}".encode(),
-                    value=_dumps(job),
-                    partition=partition,
-                )
+    processor = UsageProcessor(registry, policy, settings.usage_thresholds, time.time)
 
     @app.agent(usage_events, concurrency=1, name="usage")
-    async def usage(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+    async def usage(stream: faust.StreamT[bytes]) -> None:
         """Applies each usage batch once in effect; a bad record goes to the dead letters."""
-        async for event in stream.events():
-            try:
-                await handle(event)
-            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the agent
-                await dead(event, "processing_error", f"{type(exc).__name__}: {exc}")
-            yield None
+        await ready()
+        try:
+            async for event in stream.events():
+                record = record_from(event)
+                effects = processor.handle(customers, aliases, [record])
+                sink.write(effects, {record.partition: event})
+                sink.send(effects)
+                sink.done(effects)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await stop_worker(app, exc, "usage agent stopped")
+            raise
 
     meter_enabled = settings.meter_enabled
 
@@ -215,9 +122,3 @@ def add_usage_agent(
             if self.reporter is not None:
                 await self.reporter.stop()
                 self.reporter = None
-
-    return wiring
-
-
-def _dumps(doc: dict[str, Any]) -> bytes:
-    return orjson.dumps(doc)

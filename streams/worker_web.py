@@ -20,9 +20,13 @@ Metrics (label values are bounded sets: no tenant, customer or event id ever):
 - `faust_*`: Faust's own sensors (messages, events, latency, commits, rebalances).
 - `process_*`: CPU, memory, file descriptors.
 
-Counting is done by a Faust sensor, so the agent's code needs no metric calls: a send
-to `deadletter` or `quota.updates` while an event is in flight is attributed to that
-event (agents run with concurrency=1, one event in flight per stream).
+- `quotaflow_billing_queued_events`, `quotaflow_stripe_reads_in_flight`,
+  `quotaflow_billing_paused_partitions`, `quotaflow_stripe_tenants{state=retrying|degraded}`,
+  `quotaflow_stripe_fallbacks`: the billing lanes (streams/lanes.py).
+
+Events and dead letters are counted from each batch's `Effects` once Kafka has taken
+them (`observe`); `/readyz` also lists, in `stripe`, the tenants whose reads are
+retrying or degraded.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ import faust
 import mode
 import stripe
 from aiohttp import web
-from faust.sensors import Sensor
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -51,13 +54,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from quotaflow.settings import Settings
-from streams.deadletter import REASON
+from streams.lanes import Lanes
+from streams.processing.effects import Effects
 from streams.stripe_client import StripeReader
 
 log = logging.getLogger("quotaflow.worker.web")
 
 _LABEL = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 MAX_REASONS = 32
+MAX_LISTED = 20  # tenant ids listed per state in /readyz
 
 
 class WorkerMetrics:
@@ -95,6 +100,13 @@ class WorkerMetrics:
                 return "other"
             self._reasons.add(text)
         return text
+
+    def observe(self, effects: Effects) -> None:
+        """Counts what one applied batch did (its events by outcome, its dead letters)."""
+        for outcome, n in effects.outcomes.items():
+            self.events.labels(outcome).inc(n)
+        for letter in effects.deadletters:
+            self.deadletters.labels(self.reason(letter.reason)).inc()
 
     def stripe_reader(self, settings: Settings) -> StripeReader | None:
         """The Stripe reader the worker should use (None when fetching is off), counted."""
@@ -142,47 +154,47 @@ class CountingHTTPClient(stripe.AIOHTTPClient):
         return result
 
 
-class OutcomeSensor(Sensor):
-    """Attributes sends to the event in flight; counts events and dead letters."""
+class LanesCollector(Collector):
+    """The billing lanes: what waits for Stripe, what is paused, which tenants degrade."""
 
-    def __init__(self, metrics: WorkerMetrics, deadletter: str, quota_updates: str) -> None:
-        super().__init__()
-        self._metrics = metrics
-        self._deadletter = deadletter
-        self._quota_updates = quota_updates
-        self._flags: dict[Any, set[str]] = {}
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
 
-    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
-        self._flags[(tp, offset)] = set()
-        return None
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        lanes = _lanes_of(self._app)
+        queued = GaugeMetricFamily(
+            "quotaflow_billing_queued_events", "Billing events read ahead, not yet applied"
+        )
+        in_flight = GaugeMetricFamily(
+            "quotaflow_stripe_reads_in_flight", "Stripe reads running now"
+        )
+        paused = GaugeMetricFamily(
+            "quotaflow_billing_paused_partitions",
+            "stripe.events partitions paused because a tenant's lane is full",
+        )
+        tenants = GaugeMetricFamily(
+            "quotaflow_stripe_tenants",
+            "Tenants whose Stripe reads fail: retrying, or degraded (snapshot fallback)",
+            labels=["state"],
+        )
+        fallbacks = GaugeMetricFamily(
+            "quotaflow_stripe_fallbacks",
+            "Events applied with their own snapshot because Stripe stayed unreachable",
+        )
+        if lanes is not None:
+            queued.add_metric([], lanes.queued)
+            in_flight.add_metric([], lanes.in_flight)
+            paused.add_metric([], len(lanes.paused_partitions))
+            for state, ids in lanes.tenants_by_state().items():
+                tenants.add_metric([state], len(ids))
+            fallbacks.add_metric([], lanes.fallbacks)
+        yield from (queued, in_flight, paused, tenants, fallbacks)
 
-    def on_send_initiated(
-        self, producer: Any, topic: str, message: Any, keysize: int, valsize: int
-    ) -> None:
-        if topic == self._deadletter:
-            headers = dict(getattr(message, "headers", None) or ())
-            self._metrics.deadletters.labels(self._metrics.reason(headers.get(REASON))).inc()
-            self._mark("dead_lettered")
-        elif topic == self._quota_updates:
-            self._mark("quota_updated")
-        return None
 
-    def _mark(self, flag: str) -> None:
-        # One event is in flight per stream (concurrency=1); the newest one sent this.
-        if self._flags:
-            self._flags[next(reversed(self._flags))].add(flag)
-
-    def on_stream_event_out(
-        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
-    ) -> None:
-        flags = self._flags.pop((tp, offset), set())
-        if "dead_lettered" in flags:
-            outcome = "dead_lettered"
-        elif "quota_updated" in flags:
-            outcome = "quota_updated"
-        else:
-            outcome = "unchanged"
-        self._metrics.events.labels(outcome).inc()
+def _lanes_of(app: faust.App) -> Lanes | None:
+    pipeline = getattr(app, "billing", None)
+    lanes = getattr(pipeline, "lanes", None)
+    return lanes if isinstance(lanes, Lanes) else None
 
 
 class LagCollector(Collector):
@@ -258,9 +270,22 @@ class WorkerWeb(mode.Service):
     async def _readyz(self, request: web.Request) -> web.Response:
         ready = is_ready(self._app)
         self._metrics.ready.set(1 if ready else 0)
-        if ready:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "recovering"}, status=503)
+        detail: dict[str, Any] = {"status": "ready" if ready else "recovering"}
+        lanes = _lanes_of(self._app)
+        if lanes is not None:
+            # A tenant whose Stripe is down does not make the worker unready (the other
+            # tenants are served), but operators see who and how many.
+            by_state = lanes.tenants_by_state()
+            detail["stripe"] = {
+                "queued_events": lanes.queued,
+                "reads_in_flight": lanes.in_flight,
+                "paused_partitions": sorted(lanes.paused_partitions),
+                **{
+                    f"{state}_tenants": {"count": len(ids), "ids": sorted(ids)[:MAX_LISTED]}
+                    for state, ids in by_state.items()
+                },
+            }
+        return web.json_response(detail, status=200 if ready else 503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         self._metrics.ready.set(1 if is_ready(self._app) else 0)
@@ -299,8 +324,7 @@ def attach_worker_web(
     so Stripe calls are counted on the same registry.
     """
     metrics = metrics if metrics is not None else WorkerMetrics()
-    topics = settings.topics
-    app.sensors.add(OutcomeSensor(metrics, topics.deadletter, topics.quota_updates))
+    metrics.registry.register(LanesCollector(app))
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.registry, "faust"))
     metrics.registry.register(LagCollector(app))
     bind = host if host is not None else settings.worker_web_host

@@ -23,13 +23,17 @@ Duplicates (checked in this order; the guards live in the state, tables/dedupe.p
 Order: Stripe does not deliver in order and `created` has one-second resolution, so an
 event is a signal. The worker passes `fetched`, the object's current state from Stripe
 (the subscription for subscription, invoice and checkout events; the customer for
-customer events), or None when fetching is off or failed. Rules that keep a state from
-regressing, whichever inputs arrive:
+customer events), or None when fetching is off or Stripe could not be reached. When
+Stripe answered, the fetched object decides and the event's own snapshot is not applied;
+a 404 never reaches this function (the worker dead-letters the event: the object does
+not exist in that account, so nothing is granted). An event's time is its `created`
+capped at `received_at`, so a signed event dated in the future cannot outrank what
+comes after it. Rules that keep a state from regressing, whichever inputs arrive:
 
 - Each subscription snapshot has an order key (terminal?, latest period start, as-of):
   a snapshot replaces the stored one only if its key is not smaller. As-of is the
-  event's `created` for an event snapshot and `fetched_at` (default `now`) for a
-  fetched object, so a fetched object beats every snapshot of events created before
+  event's (capped) time for an event snapshot and `fetched_at` (default `now`) for a
+  fetched object, so a fetched object beats every snapshot of events received before
   the fetch, and an event newer than a cached fetch beats the cache.
 - Terminal statuses (`canceled`, `incomplete_expired`) sort last: they never revert.
 - Period starts only move forward; a newer period resets `used` and the top-ups.
@@ -199,8 +203,16 @@ def apply_event(
     now: float,
     policy: QuotaPolicy,
     fetched_at: float | None = None,
+    received_at: float | None = None,
+    redrive: bool = False,
 ) -> Outcome:
-    """Applies one Stripe event to a customer's state; see the module docstring."""
+    """Applies one Stripe event to a customer's state; see the module docstring.
+
+    `received_at` (when the ingress accepted the event) caps the event's own time: a
+    signed event cannot claim to be newer than its arrival. `redrive` marks an operator's
+    re-drive of a dead letter: it must take effect, so it skips the event-id and payload
+    guards (the offset guard still holds, and every transition is idempotent).
+    """
     event_id = event.get("id")
     event_type = event.get("type")
     obj = _object(event)
@@ -223,17 +235,19 @@ def apply_event(
         if isinstance(created, (int, float)) and not isinstance(created, bool)
         else 0.0
     )
+    if received_at is not None and at > received_at:
+        at = received_at
     guards: dict[str, Any] = {
         "offsets": {**state.offsets, source.partition: source.offset},
     }
-    if event_id in state.event_ids:
+    if event_id in state.event_ids and not redrive:
         return Outcome(None, None, True)
     guards["event_ids"] = remember(state.event_ids, event_id, at)
     object_id = expandable_id(obj.get("id"))
     if object_id is not None:
         fp = fingerprint(event_type, obj)
         last = state.fingerprints.get(object_id)
-        if last is not None and last[0] == fp:
+        if last is not None and last[0] == fp and not redrive:
             return Outcome(state.model_copy(update=guards), None, True)
         guards["fingerprints"] = _remember_fp(state.fingerprints, object_id, fp, at)
 
@@ -249,8 +263,9 @@ def apply_event(
             invoice = read_invoice(obj) if event_type in _INVOICE_TYPES else None
             target = _target(event_type, obj, invoice)
             if fetched is not None and target is not None and fetched.get("id") == target.id:
+                # Stripe answered: its current object decides, the event is only a signal.
                 candidates.append((fetched, fetched_at if fetched_at is not None else now))
-            if event_type in _SUBSCRIPTION_TYPES:
+            elif event_type in _SUBSCRIPTION_TYPES:
                 candidates.append((obj, at))
             for candidate, as_of in candidates:
                 _apply_subscription(state, candidate, as_of, at, tenant, changes, deadletters)
@@ -289,11 +304,12 @@ def _apply_customer(
     fetched_as_of: float,
     changes: dict[str, Any],
 ) -> None:
-    candidates: list[tuple[Mapping[str, Any], float, bool]] = [
-        (obj, at, event_type == "customer.deleted" or obj.get("deleted") is True)
-    ]
+    candidates: list[tuple[Mapping[str, Any], float, bool]]
     if fetched is not None and fetched.get("id") == state.stripe_customer_id:
-        candidates.append((fetched, fetched_as_of, fetched.get("deleted") is True))
+        # Stripe answered: its current object decides, the event is only a signal.
+        candidates = [(fetched, fetched_as_of, fetched.get("deleted") is True)]
+    else:
+        candidates = [(obj, at, event_type == "customer.deleted" or obj.get("deleted") is True)]
     deleted, as_of, alias = state.deleted, state.customer_as_of, state.alias
     for candidate, cand_at, cand_deleted in sorted(candidates, key=lambda c: (c[2], c[1])):
         found = customer_alias(candidate.get("metadata"), tenant.customer_alias_key)

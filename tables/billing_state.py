@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tables.quota import QuotaUpdate
 
@@ -92,7 +92,7 @@ class CustomerState(BaseModel):
     alias: str | None = None
     deleted: bool = False
     customer_as_of: float = 0.0
-    subscriptions: dict[str, SubscriptionState] = {}
+    subscriptions: dict[str, SubscriptionState] = Field(default_factory=dict)
     entitlements: tuple[str, ...] = ()
     entitlements_as_of: float = 0.0
     period_start: int | None = None
@@ -100,15 +100,15 @@ class CustomerState(BaseModel):
     used: int = 0
     # Paid top-up invoices: id -> (paid at, units). They count while paid at >= period
     # start, so a top-up delivered before the period it was bought in is not lost.
-    topups: dict[str, tuple[int, int]] = {}
+    topups: dict[str, tuple[int, int]] = Field(default_factory=dict)
     # Idempotency guards (see tables/dedupe.py). `offsets` are stripe.events positions,
     # `usage_offsets` usage.events positions: two topics, two offset spaces per partition.
-    offsets: dict[int, int] = {}
-    usage_offsets: dict[int, int] = {}
-    event_ids: dict[str, float] = {}
-    fingerprints: dict[str, tuple[str, float]] = {}
-    usage_marks: dict[str, UsageMark] = {}
-    usage_ids: dict[str, float] = {}
+    offsets: dict[int, int] = Field(default_factory=dict)
+    usage_offsets: dict[int, int] = Field(default_factory=dict)
+    event_ids: dict[str, float] = Field(default_factory=dict)
+    fingerprints: dict[str, tuple[str, float]] = Field(default_factory=dict)
+    usage_marks: dict[str, UsageMark] = Field(default_factory=dict)
+    usage_ids: dict[str, float] = Field(default_factory=dict)
     # The last quota published for this customer; its version is the per-key counter.
     last: QuotaUpdate | None = None
 

@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 NODE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 REGION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 SIGNATURE_RECORD_HEADER = "qf-signature"
+BOOT_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 
 class NodeAnnouncement(BaseModel):
-    """`leaving` is true once, when the node stops gracefully."""
+    """`leaving` is true once, when the node stops gracefully; `boot_id` changes at every
+    start of the node's process."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -26,6 +28,8 @@ class NodeAnnouncement(BaseModel):
     url: str = Field(..., pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=512)
     at: float
     leaving: bool = False
+    # The announcing process's boot id (new at every start); absent from older nodes.
+    boot_id: str | None = Field(None, pattern=BOOT_ID_PATTERN)
 
     @property
     def key(self) -> str:

@@ -31,13 +31,13 @@ from streams.deadletter import (
     DETAIL,
     FAILED_AT,
     REASON,
+    REDRIVE,
     SOURCE_OFFSET,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
 )
 
 DL_PREFIX = "qf-dl-"
-REDRIVE = "qf-redrive"
 
 
 def redriven_topic(settings: Settings) -> str:

@@ -1,6 +1,6 @@
-"""The bench runner and the worker, enforcement and scale benches still run end to end, so
-the bench code cannot rot silently. Sizes are tiny (`--quick`): the figures are not looked
-at, only their shape."""
+"""The bench runner and the worker, enforcement, scale and fetch benches still run end to
+end, so the bench code cannot rot silently. Sizes are tiny (`--quick`): the figures are not
+looked at, only their shape."""
 
 from __future__ import annotations
 
@@ -105,3 +105,49 @@ def test_quick_enforcement_bench_cuts_every_customer_off_at_every_node(
         assert 0 <= lag["p99"] < 30_000
         assert phase["overshoot_units"]["n"] == phase["measured"]
     assert len(result["three_nodes"]["crossing_to_denied_per_node_ms"]) == 3
+
+
+def test_quick_fetch_bench_runs_every_scenario_against_the_stripe_standin(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    result = quick("fetch", kafka_bootstrap, tmp_path / "results.json")
+    assert result["config"]["worker_defaults_changed"] == "none"
+    warm = result["warmup"]
+    # The worker fetched every warm-up webhook's subscription from the stand-in.
+    assert warm["standin_subscription_gets"] >= warm["webhooks"] > 0
+    assert set(result["targets_met"]) == {"idle", "burst", "rate", "isolation"}
+    for name in ("idle", "burst", "rate", "isolation"):
+        section = result[name]
+        assert len(section["load_start"]) == len(section["load_end"]) == 3
+        assert section["worker_defaults_changed"] == "none"
+        assert isinstance(section["met"], bool)
+
+    idle = result["idle"]
+    assert idle["missing"] == 0
+    assert idle["webhook_to_edge_ms"]["n"] == idle["webhooks"]
+    assert set(idle["hops_ms"]) == {"ingress_200", "sent_to_worker_apply", "worker_apply_to_edge"}
+
+    burst = result["burst"]
+    webhooks = burst["tenants"] * burst["webhooks_per_tenant"]
+    assert burst["statuses"] == {"200": webhooks}
+    assert burst["drained"] is True
+    assert burst["last_200_to_last_applied_ms"] > 0
+    assert set(burst["webhook_to_edge_ms"]) >= {"first", "p50", "p99"}
+    for account in burst["standin"]["accounts"].values():
+        assert account["requests"].get("subscription", 0) >= burst["webhooks_per_tenant"]
+
+    rate = result["rate"]
+    assert rate["sum_of_rates_per_s"] == rate["tenants"] * rate["rate_per_tenant_per_s"] > 0
+    assert rate["statuses"] == {"200": rate["webhooks"]}
+    assert rate["updates_per_s"] > 0
+    assert 0 < rate["fraction_of_sum_of_rates"] <= 1.2
+    assert rate["drained"] is True
+
+    isolation = result["isolation"]
+    healthy, slow = isolation["partition"].values()
+    assert healthy == slow  # the two tenants share a stripe.events partition
+    assert isolation["baseline"]["healthy_all_applied"] is True
+    assert isolation["baseline"]["webhook_to_edge_ms"]["n"] > 0
+    assert isolation["with_slow"]["slow_webhooks"] > 0
+    assert isolation["p99_ratio"] > 0
+    assert isolation["drained"] is True

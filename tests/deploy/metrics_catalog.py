@@ -22,6 +22,8 @@ PENDING = {
     # The worker registers it with its Faust app (streams/worker_web.py), so it does not
     # show in a bare WorkerMetrics(); the pushers do not export it yet.
     "quotaflow_consumer_lag": "pushers: records behind per group, topic, partition",
+    # Registered with the worker's Faust app (streams/worker_web.py LanesCollector).
+    "quotaflow_stripe_tenants": "worker: tenants whose Stripe reads retry or degrade",
 }
 
 _KEYWORDS = frozenset(

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from edge.cache import BLOCKED, EXHAUSTED, STALE, UNKNOWN, UNLIMITED, Decision, QuotaCache
+from edge.cache import (
+    BLOCKED,
+    EXHAUSTED,
+    NO_SNAPSHOT,
+    STALE,
+    UNKNOWN,
+    UNLIMITED,
+    Decision,
+    QuotaCache,
+)
 from tables.quota import QuotaStatus, QuotaUpdate, Reason
 
 
@@ -47,6 +56,18 @@ def test_unknown_customer_is_denied() -> None:
     assert cache.check("t1", "nobody") == UNKNOWN
     assert cache.consume("other-tenant", "c1") == UNKNOWN
     assert cache.get("t1", "nobody") is None
+
+
+def test_a_cache_waiting_for_its_snapshot_says_so_for_unknown_customers() -> None:
+    cache = QuotaCache(complete=False)
+    cache.apply(quota(1))
+    assert cache.consume("t1", "nobody") == NO_SNAPSHOT
+    assert cache.check("t1", "nobody") == NO_SNAPSHOT
+    assert cache.consume("t1", "c1").allowed  # a known customer is served meanwhile
+    waiting = cache.complete
+    cache.mark_complete()
+    assert (waiting, cache.complete) == (False, True)
+    assert cache.consume("t1", "nobody") == UNKNOWN
 
 
 def test_check_counts_nothing_and_consume_counts() -> None:

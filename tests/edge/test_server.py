@@ -64,7 +64,12 @@ async def test_push_then_get_shows_the_quota(
     body = push_body([update(1), update(2, limit=20), update(1, customer="c2")], final=True)
     resp = await client.post("/v1/push", data=body, headers=signed(body))
     assert resp.status == 200
-    assert await resp.json() == {"applied": 3, "stale": 0, "invalid": 0}
+    answer = await resp.json()
+    assert {k: answer[k] for k in ("applied", "stale", "invalid")} == {
+        "applied": 3,
+        "stale": 0,
+        "invalid": 0,
+    }
     resp = await client.get("/v1/quotas/t1/c1")
     doc = await resp.json()
     assert (doc["limit"], doc["used"], doc["remaining"], doc["version"]) == (20, 0, 20, 2)
@@ -90,7 +95,7 @@ async def test_unknown_customer_is_404(client: Client) -> None:
 async def test_consume_counts_and_get_reflects_it(
     client: Client, signed: Callable[..., dict[str, str]]
 ) -> None:
-    body = push_body([update(1, limit=3)])
+    body = push_body([update(1, limit=3)], final=True)
     await client.post("/v1/push", data=body, headers=signed(body))
     answers = []
     for _ in range(4):
@@ -168,7 +173,8 @@ async def test_bad_bodies_are_400_and_bad_updates_are_isolated(
         assert (await client.post("/v1/push", data=body, headers=signed(body))).status == 400
     body = push_body([{"tenant_id": "t1"}, update(1)])
     resp = await client.post("/v1/push", data=body, headers=signed(body))
-    assert await resp.json() == {"applied": 1, "stale": 0, "invalid": 1}
+    answer = await resp.json()
+    assert (answer["applied"], answer["stale"], answer["invalid"]) == (1, 0, 1)
 
 
 async def test_ready_once_a_final_snapshot_batch_arrived(
@@ -182,6 +188,42 @@ async def test_ready_once_a_final_snapshot_batch_arrived(
     last = push_body([update(1, customer="c2")], final=True)
     await client.post("/v1/push", data=last, headers=signed(last))
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_every_push_answer_names_the_process_and_whether_it_holds_a_snapshot(
+    signed: Callable[..., dict[str, str]],
+) -> None:
+    answers: list[dict[str, Any]] = []
+    for _ in range(2):  # two processes of one node: same cache type, fresh state each
+        app = build_app(QuotaCache(regions=("eu",)), PushVerifier(["k2"]), region="eu")
+        async with TestClient(TestServer(app)) as c:
+            for final in (None, False, True, None):
+                body = push_body([update(1)], final=final)
+                answers.append(
+                    await (await c.post("/v1/push", data=body, headers=signed(body))).json()
+                )
+            health = await (await c.get("/healthz")).json()
+            assert health["boot_id"] == answers[-1]["boot_id"]
+    assert [a["snapshot"] for a in answers] == [False, False, True, True] * 2
+    first, second = {a["boot_id"] for a in answers[:4]}, {a["boot_id"] for a in answers[4:]}
+    assert len(first) == len(second) == 1
+    assert first != second
+
+
+async def test_an_unknown_customer_is_denied_no_snapshot_until_the_snapshot_is_complete(
+    client: Client, signed: Callable[..., dict[str, str]]
+) -> None:
+    ask = {"tenant_id": "t1", "customer_id": "c9"}
+    before = await (await client.post("/v1/consume", json=ask)).json()
+    assert before == {"allowed": False, "remaining": None, "reason": "no_snapshot"}
+    assert "edge_snapshot_complete 0.0" in await (await client.get("/metrics")).text()
+    body = push_body([update(1)], final=True)
+    await client.post("/v1/push", data=body, headers=signed(body))
+    after = await (await client.post("/v1/consume", json=ask)).json()
+    assert after["reason"] == "unknown_customer"
+    metrics = await (await client.get("/metrics")).text()
+    assert "edge_snapshot_complete 1.0" in metrics
+    assert 'edge_consume_decisions_total{reason="no_snapshot"} 1.0' in metrics
 
 
 async def test_metrics_expose_state_age_per_region(

@@ -11,7 +11,7 @@ from quotaflow.ops import deadletter as dl
 from quotaflow.ops.topicread import tenant_partition
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
-from streams.deadletter import deadletter_headers
+from streams.deadletter import REDRIVE, deadletter_headers
 from tests.kafkautil import produce, read_all
 from tests.pipeline import PERIOD, Record, stripe_record
 from tests.tables.factories import BASIC, event, subscription
@@ -75,7 +75,7 @@ async def test_letters_are_listed_by_tenant_and_reason_and_redriven_once(
     assert (record.key, record.value) == (acme[0], acme[1])
     assert record.partition == tenant_partition("acme", settings.partitions)
     assert list(record.headers)[:-1] == acme[2]
-    assert record.headers[-1] == (dl.REDRIVE, mine[0].ref.encode())
+    assert record.headers[-1] == (REDRIVE, mine[0].ref.encode())
     assert await dl.redriven_refs(settings) == {mine[0].ref}
 
     forced = await dl.redrive(settings, mine, force=True)

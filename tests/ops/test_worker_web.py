@@ -122,7 +122,7 @@ async def test_worker_web_answers_health_readiness_and_counts_outcomes(
     assert samples[(outcome, (("outcome", "dead_lettered"),))] == 2
     letters = "quotaflow_deadletters_total"
     assert samples[(letters, (("reason", "unknown_price"),))] == 1
-    assert samples[(letters, (("reason", "processing_error"),))] == 1
+    assert samples[(letters, (("reason", "malformed"),))] == 1
     assert samples[("quotaflow_worker_ready", ())] == 1
     fetched = ("quotaflow_stripe_requests_total", (("mode", "test"), ("outcome", "ok")))
     assert samples[fetched] >= 2  # sub_1 and sub_2

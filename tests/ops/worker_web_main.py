@@ -22,7 +22,12 @@ def main(port: int) -> None:
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = WorkerMetrics()
-    app = create_app(settings, stripe_reader=metrics.stripe_reader(settings), web_port=None)
+    app = create_app(
+        settings,
+        stripe_reader=metrics.stripe_reader(settings),
+        web_port=None,
+        observe=metrics.observe,
+    )
     attach_worker_web(app, settings, port, metrics=metrics)
     faust.Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from stripe.params.billing import MeterEventCreateParams
 
 from quotaflow.testing.stripe_standin import StandinControl, account_label, run_standin
-from streams.stripe_client import StripeReader
+from streams.stripe_client import Fetched, NotFound, StripeReader
 from tests.tables.factories import BASIC, customer, make_tenant, subscription
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,10 +87,12 @@ async def test_the_worker_reader_fetches_from_the_standin(stripe_standin: Standi
     reader = StripeReader(api_base=stripe_standin.url)
     try:
         fetched = await reader.fetch(tenant, "subscription", "sub_1")
+        missing = await reader.fetch(tenant, "customer", "cus_nobody")
     finally:
         await reader.close()
-    assert fetched is not None
+    assert isinstance(fetched, Fetched)
     assert fetched.object["status"] == "active"
+    assert isinstance(missing, NotFound)  # the stand-in's 404 is Stripe's
 
 
 async def test_another_accounts_object_is_404_resource_missing(

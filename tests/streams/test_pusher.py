@@ -11,6 +11,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import REGISTRY as METRICS
 from pydantic import SecretStr
 
 from edge.cache import QuotaCache
@@ -62,14 +63,32 @@ def update(tenant_id: str, customer: str, version: int) -> QuotaUpdate:
 
 
 class Edge:
-    """A real sidecar app on a fixed local port that can be started late and stopped."""
+    """A real sidecar app on a fixed local port that can be started late and stopped.
+
+    `refuse` (fault injection): a push whose body contains one of these byte strings is
+    answered 400 once, as a node answers a batch it cannot take.
+    """
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.cache = QuotaCache(regions=("eu",))
+        self.refuse: set[bytes] = set()
         self.app = build_app(self.cache, PushVerifier([KEY]), region="eu")
+        self.app.middlewares.append(self._refusing)
         self._runner: web.AppRunner | None = None
+
+    @web.middleware
+    async def _refusing(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path == "/v1/push" and self.refuse:
+            body = await request.read()
+            for marker in list(self.refuse):
+                if marker in body:
+                    self.refuse.discard(marker)
+                    return web.json_response({"error": {"reason": "bad_body"}}, status=400)
+        return await handler(request)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -84,6 +103,10 @@ class Edge:
     @property
     def ready(self) -> bool:
         return self.app[STATE_KEY].ready
+
+    @property
+    def snapshots(self) -> int:
+        return self.app[STATE_KEY].snapshots_completed
 
     def holds(self, updates: Iterable[QuotaUpdate]) -> bool:
         return all(self.cache.version(u.tenant_id, u.customer_id) == u.version for u in updates)
@@ -308,6 +331,73 @@ async def test_edge_http_answers_what_the_pusher_delivered(
             async with http.get(f"{edge.url}/readyz") as ready:
                 assert ready.status == 200
         assert (doc["limit"], doc["remaining"], doc["version"]) == (300, 300, 3)
+    finally:
+        stop.set()
+        await task
+
+
+def pusher_sample(name: str, **labels: str) -> float:
+    return METRICS.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_node_restarted_in_place_is_rejoined_with_a_snapshot(
+    edges: Callable[[], Edge], push_settings: Callable[[list[str]], Awaitable[Any]]
+) -> None:
+    first = edges()
+    await first.start()
+    settings = await push_settings([first.url])
+    customers = lifecycle("euco", 20, 2)
+    await produce(settings, customers)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_pusher(settings, REGISTRY, stop, config=FAST))
+    try:
+        await eventually(lambda: first.holds(latest(customers)), "the node converges")
+        # The process dies and a new one takes the port at once: it answers the pusher's
+        # heartbeats with 200 but holds nothing. Nothing changes upstream.
+        await first.stop()
+        second = Edge(first.port)
+        await second.start()
+        try:
+            await eventually(lambda: second.holds(latest(customers)), "the new process is full")
+            assert second.ready
+            label = f"127.0.0.1:{first.port}"  # a configured node: host:port, not its URL
+            assert pusher_sample("quotaflow_push_snapshots_total", region="eu", node=label) >= 2
+        finally:
+            await second.stop()
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_batch_refused_for_good_makes_the_node_rejoin_on_its_next_success(
+    edges: Callable[[], Edge], push_settings: Callable[[list[str]], Awaitable[Any]]
+) -> None:
+    edge = edges()
+    await edge.start()
+    settings = await push_settings([edge.url])
+    await produce(settings, [update("euco", "c0", 1)])
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_pusher(settings, REGISTRY, stop, config=FAST))
+    try:
+        await eventually(lambda: edge.ready and edge.holds([update("euco", "c0", 1)]), "joined")
+        assert edge.snapshots == 1
+        edge.refuse.add(b'"customer_id":"refused"')
+        await produce(settings, [update("euco", "refused", 1)])
+        await eventually(lambda: not edge.refuse, "the batch was refused once")
+        # The refused update is not lost to the node: the next success re-joins it.
+        await eventually(lambda: edge.holds([update("euco", "refused", 1)]), "caught up")
+        assert edge.snapshots == 2
+        label = f"127.0.0.1:{edge.port}"
+        assert (
+            pusher_sample("quotaflow_push_rejoins_total", region="eu", node=label, reason="refused")
+            == 1
+        )
+        assert (
+            pusher_sample(
+                "quotaflow_push_batches_total", region="eu", node=label, outcome="dropped"
+            )
+            == 1
+        )
     finally:
         stop.set()
         await task

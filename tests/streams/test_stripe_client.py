@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from streams.stripe_client import StripeReader
+from streams.stripe_client import Fetched, StripeReader
 from tables.tenant import Tenant, WebhookSecret
 
 pytestmark = pytest.mark.stripe
@@ -89,10 +89,10 @@ async def test_fetches_subscription_and_customer_through_the_stripe_library(
         cus = await reader.fetch(_tenant(), "customer", "cus_123")
     finally:
         await reader.close()
-    assert sub is not None
+    assert isinstance(sub, Fetched)
     assert sub.object["object"] == "subscription"
     assert isinstance(sub.object["items"]["data"], list)
-    assert cus is not None
+    assert isinstance(cus, Fetched)
     assert cus.object["object"] == "customer"
     assert [path for _, path in counting.hits] == [
         "/v1/subscriptions/sub_123",

@@ -293,6 +293,8 @@ class Feed:
         now: float | None = None,
         source: Source | None = None,
         fetched_at: float | None = None,
+        received_at: float | None = None,
+        redrive: bool = False,
     ) -> Outcome:
         created = ev.get("created")
         out = apply_event(
@@ -304,6 +306,8 @@ class Feed:
             now=now if now is not None else float(created if isinstance(created, int) else 0) + 1,
             policy=self.policy,
             fetched_at=fetched_at,
+            received_at=received_at,
+            redrive=redrive,
         )
         self._record(out)
         return out

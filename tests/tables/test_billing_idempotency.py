@@ -11,10 +11,12 @@ from tests.tables.factories import (
     DAY,
     PRO,
     TOPUP,
+    UNKNOWN,
     Feed,
     customer,
     event,
     invoice,
+    make_tenant,
     subscription,
 )
 
@@ -188,25 +190,69 @@ def test_grace_deadline_and_reevaluate_publish_the_end_of_grace() -> None:
     assert out.state.last == out.update
 
 
-def test_fetched_object_beats_older_snapshots_and_loses_to_newer_ones() -> None:
+def test_fetched_object_beats_older_snapshots_and_decides_over_its_own_event() -> None:
     feed = Feed()
     feed.apply(
         event("customer.subscription.created", sub("active")),
         fetched=sub("active"),
         now=BASE_TIME + 50,
     )
-    # A snapshot created before that fetch: ignored.
+    # A snapshot created before that fetch (Stripe unreachable for it): ignored.
     feed.apply(event("customer.subscription.updated", sub("past_due"), created=BASE_TIME + 10))
     assert feed.quota().status == "active"
-    # A cached fetch older than its event: the event's snapshot is newer and wins.
+    # Stripe answered: its object decides, whatever the event's own snapshot says.
     upgraded = subscription("sub_1", "cus_1", "active", [(PRO, 1)], period=PERIOD)
     feed.apply(
         event("customer.subscription.updated", upgraded, created=BASE_TIME + 100),
         fetched=sub("active"),
-        fetched_at=BASE_TIME + 60,
+        fetched_at=BASE_TIME + 100,
         now=BASE_TIME + 101,
     )
-    assert feed.quota().limit == 10_000
+    assert feed.quota().limit == 1000
+    # The next event's fetch sees the upgrade (two seats by then): it applies.
+    two = subscription("sub_1", "cus_1", "active", [(PRO, 2)], period=PERIOD)
+    feed.apply(
+        event("customer.subscription.updated", two, created=BASE_TIME + 200),
+        fetched=two,
+        fetched_at=BASE_TIME + 200,
+        now=BASE_TIME + 201,
+    )
+    assert feed.quota().limit == 20_000
+
+
+def test_an_event_dated_in_the_future_cannot_freeze_the_subscription() -> None:
+    feed = Feed()
+    received = float(BASE_TIME + 10)
+    forged_future = event(
+        "customer.subscription.updated", sub("active"), created=BASE_TIME + 10 * 365 * DAY
+    )
+    feed.apply(forged_future, received_at=received, now=received)
+    assert feed.quota().status == "active"
+    # Stripe unreachable for the next event too: its snapshot, received later, still wins.
+    later = event("customer.subscription.updated", sub("past_due"), created=BASE_TIME + 60)
+    feed.apply(later, received_at=BASE_TIME + 61, now=BASE_TIME + 61)
+    assert feed.quota().status == "grace"
+
+
+def test_a_redriven_event_takes_effect_after_the_catalog_is_fixed() -> None:
+    tenant = make_tenant()
+    feed = Feed(tenant)
+    unknown = event(
+        "customer.subscription.created",
+        subscription("sub_9", "cus_1", "active", [(UNKNOWN, 1)], period=PERIOD),
+    )
+    first = feed.apply(unknown)
+    assert [d.reason for d in first.deadletters] == ["unknown_price"]
+    assert feed.quota().limit == 0
+    # Without the re-drive marker the same event is a duplicate: nothing changes.
+    fixed = {**tenant.plans, str(UNKNOWN.lookup_key): tenant.plans[str(BASIC.lookup_key)]}
+    feed.tenant = tenant.model_copy(update={"plans": fixed})
+    assert feed.apply(unknown).duplicate
+    assert feed.quota().limit == 0
+    redriven = feed.apply(unknown, redrive=True)
+    assert not redriven.duplicate
+    assert redriven.deadletters == ()
+    assert feed.quota().limit == 1000
 
 
 def test_terminal_snapshot_wins_a_one_second_tie_and_never_reverts() -> None:

@@ -1,0 +1,51 @@
+"""Grace that ends by time alone: which customers are due, and what a tick changes.
+
+The timer in `streams/grace.py` finds customers whose grace has ended (`due_for_blocking`)
+and sends a tick through `quota.ticks`; `GraceProcessor.handle` re-evaluates each ticked
+customer at its own clock. A tick processed twice, or after the customer paid, changes
+nothing: the evaluation is a pure function of the state and the time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from streams.processing.effects import Effects, Record, StateCache, Store
+from tables.billing import CustomerState, grace_deadline, reevaluate
+from tables.policy import QuotaPolicy
+
+__all__ = ["GraceProcessor", "due_for_blocking"]
+
+
+def due_for_blocking(state: CustomerState, now: float, policy: QuotaPolicy) -> bool:
+    """Whether the last published quota still says grace although grace has ended."""
+    if state.last is None or state.last.status != "grace":
+        return False
+    deadline = grace_deadline(state, policy)
+    return deadline is not None and now >= deadline
+
+
+class GraceProcessor:
+    """`handle(store, ticks) -> Effects`: each tick's value is a customers table key."""
+
+    def __init__(self, policy: QuotaPolicy, clock: Callable[[], float]) -> None:
+        self._policy = policy
+        self._clock = clock
+
+    def handle(self, store: Store, records: Sequence[Record]) -> Effects:
+        out = Effects()
+        cache = StateCache(store)
+        for record in records:
+            state = cache.get(record.value)
+            if state is None:
+                out.count("unchanged")  # a customer gone since the scan
+                continue
+            outcome = reevaluate(state, now=self._clock(), policy=self._policy)
+            if outcome.update is not None and outcome.state is not None:
+                cache.put(record.value, record.partition, outcome.state)
+                out.publish(record.partition, outcome)
+                out.count("quota_updated")
+            else:
+                out.count("unchanged")
+        cache.write_into(out)
+        return out

@@ -1,0 +1,137 @@
+"""Carries a processor's `Effects` out through Faust: table writes, then sends.
+
+Writes are synchronous and happen first, in the same step as the processor's reads (no
+await in between), so the billing and usage agents, which share the `customers` table in
+one event loop, never overwrite each other. Each write is made under the event of its
+partition (`event_context`): Faust files a table write under the current event's
+partition.
+
+Sends are issued in the order of the batches (so the newest version of a quota key is
+also the last record of that key in the compacted topic), and the broker's
+acknowledgement of every send of a batch is awaited before the batch's events are
+acknowledged: an offset is committed only past events whose quota records, meter jobs and
+dead letters are in Kafka. A send that fails (after the producer's own retries and its
+request timeout) is an infrastructure failure, never the input's fault: `SinkError`
+stops the worker, and its events are processed again from the last commit. Nothing is
+dead-lettered because Kafka was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import faust
+
+from streams.deadletter import deadletter_headers
+from streams.faust_tuning import event_context
+from streams.processing.effects import Effects
+from tables.quota import SCHEMA_HEADER
+
+log = logging.getLogger("quotaflow.worker.sink")
+
+
+class SinkError(RuntimeError):
+    """Kafka refused or did not acknowledge the records of processed events."""
+
+
+async def stop_worker(app: faust.App, exc: BaseException, what: str) -> None:
+    """An agent cannot go on (its effects are not in Kafka, or its own task died): stop
+    the whole worker, so its unacknowledged events are processed again after a restart,
+    rather than let Faust restart the agent past them."""
+    log.error("%s; stopping the worker", what, exc_info=exc)
+    await app.crash(exc)
+
+
+class Sink:
+    """Table writes and topic sends of the worker's agents."""
+
+    def __init__(
+        self,
+        *,
+        customers: Any,
+        aliases: Any,
+        quota_updates: faust.TopicT,
+        deadletter: faust.TopicT,
+        meter_jobs: faust.TopicT | None = None,
+        observe: Callable[[Effects], None] | None = None,
+    ) -> None:
+        self._customers = customers
+        self._aliases = aliases
+        self._quota_updates = quota_updates
+        self._deadletter = deadletter
+        self._meter_jobs = meter_jobs
+        self._observe = observe
+
+    def write(self, effects: Effects, events: Mapping[int, Any]) -> None:
+        """Table writes; `events` names one Faust event per partition written to."""
+        for table, writes in ((self._customers, effects.states), (self._aliases, effects.aliases)):
+            for key, (partition, value) in writes.items():
+                with event_context(events[partition]):
+                    table[key] = value
+
+    def send(self, effects: Effects) -> list[Awaitable[Any]]:
+        """Queues every send of `effects` in Faust's producer buffer, in order, without
+        waiting; returns their delivery futures. The buffer is one FIFO shared with the
+        changelog writes, and Faust flushes it before every commit."""
+        try:
+            return self._send_all(effects)
+        except Exception as exc:
+            raise SinkError(f"Kafka refused the worker's records: {exc!r}") from exc
+
+    @staticmethod
+    async def confirm(futures: list[Awaitable[Any]]) -> None:
+        """Waits until Kafka acknowledged every send (bounded by the producer's timeout)."""
+        if not futures:
+            return
+        try:
+            await asyncio.gather(*futures)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise SinkError(f"Kafka did not take the worker's records: {exc!r}") from exc
+
+    def done(self, effects: Effects) -> None:
+        """Kafka has every record of `effects`: count them."""
+        if self._observe is not None:
+            self._observe(effects)
+
+    def _send_all(self, effects: Effects) -> list[Awaitable[Any]]:
+        futures: list[Awaitable[Any]] = [
+            self._quota_updates.send_soon(
+                key=update.key.encode(),
+                value=update.to_json(),
+                partition=partition,
+                headers=[SCHEMA_HEADER],
+            )
+            for partition, update in effects.quota_updates()
+        ]
+        if self._meter_jobs is not None:
+            futures.extend(
+                self._meter_jobs.send_soon(key=job.key, value=job.value, partition=job.partition)
+                for job in effects.meter_jobs
+            )
+        for letter in effects.deadletters:
+            record = letter.record
+            log.warning(
+                "dead letter",
+                extra={"reason": letter.reason, "detail": letter.detail[:200]},
+            )
+            futures.append(
+                self._deadletter.send_soon(
+                    key=record.key,
+                    value=record.value,
+                    headers=deadletter_headers(
+                        record.headers,
+                        reason=letter.reason,
+                        detail=letter.detail,
+                        source_topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                    ),
+                    partition=record.partition,
+                )
+            )
+        return futures

@@ -1,0 +1,32 @@
+"""The wire contract between quotaflow's faces: how every message that crosses a trust
+boundary between them is signed and verified.
+
+Below every face: imports only the standard library and `cryptography`, never settings,
+Faust, Kafka or the domain, so the edge (which ships on its own), the ingress and the
+pushers all speak it without importing each other.
+"""
+
+from wire.exceptions import SignatureError, WireError
+from wire.signing import (
+    SIGNATURE_HEADER,
+    Kind,
+    Signer,
+    Verifier,
+    generate_keypair,
+    key_id,
+    public_key_of,
+    signed_message,
+)
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "Kind",
+    "SignatureError",
+    "Signer",
+    "Verifier",
+    "WireError",
+    "generate_keypair",
+    "key_id",
+    "public_key_of",
+    "signed_message",
+]
