@@ -28,8 +28,8 @@ from aiohttp import web
 
 from edge.cache import QuotaCache
 from edge.server import build_app
-from edge.signing import PushVerifier
 from tables.quota import QuotaUpdate, Reason, quota_key
+from wire import Kind, Verifier, generate_keypair
 
 CUSTOMERS = 10_000
 CALLS = 1_000_000
@@ -167,7 +167,8 @@ def _serve(port: int, ready: Connection) -> None:
         for u in _updates(limit=10**12):
             cache.apply(u, "bench")
         runner = web.AppRunner(
-            build_app(cache, PushVerifier(["bench"]), region="bench"), access_log=None
+            build_app(cache, Verifier(Kind.PUSH, [generate_keypair()[1]]), region="bench"),
+            access_log=None,
         )
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

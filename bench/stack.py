@@ -21,9 +21,16 @@ import orjson
 
 from bench.common import Proc, processes, progress, unique, wait_http
 from bench.worker_bench import WorkerTuning, start_worker
+from wire import generate_keypair
 
-PUSH_KEYS = {"eu": ["k-eu-" + "x" * 32], "us": ["k-us-" + "y" * 32]}
-USAGE_KEYS = {"eu": ["u-eu-" + "x" * 32], "us": ["u-us-" + "y" * 32]}
+# (private, public) Ed25519 pairs per region: pushers get the private push key, edge nodes
+# the public push key and their region's private edge key, the ingress the public edge keys.
+PUSH_KEYS = {r: generate_keypair() for r in ("eu", "us")}
+EDGE_KEYS = {r: generate_keypair() for r in ("eu", "us")}
+
+
+def _json(doc: object) -> str:
+    return orjson.dumps(doc).decode()
 
 
 @dataclass
@@ -84,8 +91,8 @@ def pipeline(
         "QUOTAFLOW_METER_ENABLED": "false",
         "QUOTAFLOW_LOG_LEVEL": "WARNING",
         "QUOTAFLOW_EDGE_NODES": orjson.dumps(urls).decode(),
-        "QUOTAFLOW_PUSH_KEYS": orjson.dumps(PUSH_KEYS).decode(),
-        "QUOTAFLOW_USAGE_KEYS": orjson.dumps(USAGE_KEYS).decode(),
+        "QUOTAFLOW_PUSH_VERIFY_KEYS": _json({r: [k[1]] for r, k in PUSH_KEYS.items()}),
+        "QUOTAFLOW_EDGE_VERIFY_KEYS": _json({r: [k[1]] for r, k in EDGE_KEYS.items()}),
         "QUOTAFLOW_USAGE_INGRESS_URL": f"http://127.0.0.1:{ingress_port}",
         **(env or {}),
     }
@@ -107,13 +114,18 @@ def pipeline(
                 **base,
                 "QUOTAFLOW_USAGE_NODE_ID": name,
                 "QUOTAFLOW_USAGE_SPOOL_DIR": str(work / f"spool-{name}"),
+                "QUOTAFLOW_EDGE_SIGNING_KEYS": _json([EDGE_KEYS[region][0]]),
             }
             argv = [sys.executable, "-m", edge_module, "edge-node", region, str(p), str(tap)]
             edge = Proc(argv, node_env, work / f"edge-{name}.log")
             started.append(edge)
             edges.append(edge)
         for region in sorted(urls):
-            pusher = Proc.quotaflow(["push", "--region", region], base, work)
+            pusher_env = {
+                **base,
+                "QUOTAFLOW_PUSH_SIGNING_KEYS": _json({region: [PUSH_KEYS[region][0]]}),
+            }
+            pusher = Proc.quotaflow(["push", "--region", region], pusher_env, work)
             started.append(pusher)
             stack.procs[f"pusher-{region}"] = pusher
         for edge, p in zip(edges, node_ports, strict=True):

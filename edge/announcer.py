@@ -10,9 +10,10 @@ reaches the ingress (usage reports) and must never hold a Kafka client; a region
 several pushers (one consumer group), and each must know every node, which a topic gives
 them all, including a pusher that restarts (it re-reads the compacted topic).
 
-Why signed with the region's push key: only holders of that key can make a pusher send
-the region's quotas somewhere. The ingress checks it (window and replay, as for pushes)
-and the pusher checks it again on the bytes it reads back.
+Why signed: only a holder of one of the region's edge keys (`QUOTAFLOW_EDGE_SIGNING_KEYS`,
+kind `node-announcement`) can make a pusher send the region's quotas somewhere; that key
+cannot sign a push. The ingress checks it (window and replay, as for pushes) and the
+pusher checks it again on the bytes it reads back.
 
 Each announcement carries the process's boot id: a pusher that reads a new one for a
 node it knows (the node restarted, and lost its memory) re-joins it with a snapshot at
@@ -34,9 +35,10 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from edge.reporter import REGION_HTTP_HEADER, default_node_id
-from edge.signing import KeyMaterial, PushSigner
 from quotaflow.settings import Settings
 from tables.edge_node import NodeAnnouncement
+from wire import Kind, Signer
+from wire.signing import KeyMaterial
 
 __all__ = ["NodeAnnouncer"]
 
@@ -67,7 +69,7 @@ class NodeAnnouncer:
         self._region = region
         self.node_id = node_id
         self.url = url.rstrip("/")
-        self._signer = PushSigner(keys, clock=clock)
+        self._signer = Signer(Kind.ANNOUNCEMENT, keys, clock=clock)
         self._interval = interval
         self._clock = clock
         self.boot_id = boot_id
@@ -104,7 +106,7 @@ class NodeAnnouncer:
             region=settings.region,
             node_id=default_node_id(settings),
             url=url,
-            keys=settings.push_keys.get(settings.region, []),
+            keys=settings.edge_signing_keys,
             interval=settings.edge_announce_interval,
             registry=registry,
             boot_id=boot_id,

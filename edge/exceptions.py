@@ -1,7 +1,9 @@
 """The edge's errors, on one base class.
 
-EdgeError
-└── SignatureError   a push was refused; `reason` is stable and machine-readable
+EdgeError            base of what the edge raises on purpose
+
+A refused push is a `wire.SignatureError` (the signed-message format is `wire/signing.py`,
+shared with the ingress and the pushers).
 """
 
 from __future__ import annotations
@@ -9,11 +11,3 @@ from __future__ import annotations
 
 class EdgeError(Exception):
     """Base of every error the edge package raises on purpose."""
-
-
-class SignatureError(EdgeError):
-    """A push signature did not verify. Never carries a key or a body, only the reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason

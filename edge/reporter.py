@@ -2,9 +2,10 @@
 
 Every `interval` seconds: drain `QuotaCache.drain_usage()` into a sealed batch on the
 disk spool (`edge/spool.py`), then send spooled batches to the ingress `POST /v1/usage`
-oldest first, one at a time, each signed with the region's usage key (the scheme of
-`edge/signing.py`). A batch id is `<node_id>:<seq>`; re-sending a batch re-uses its id,
-so the core counts it once however often it travels.
+oldest first, one at a time, each signed with the node's edge key
+(`QUOTAFLOW_EDGE_SIGNING_KEYS`, kind `usage` of `wire/signing.py`). A batch id is
+`<node_id>:<seq>`; re-sending a batch re-uses its id, so the core counts it once however
+often it travels.
 
 While the ingress is away the node keeps counting (the cache never waits on this loop);
 batches pile up on disk up to `max_batches`, after which new usage merges into the newest
@@ -40,9 +41,10 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edge.cache import QuotaCache
-from edge.signing import KeyMaterial, PushSigner
 from edge.spool import UsageKey, UsageSpool
 from quotaflow.settings import Settings
+from wire import Kind, Signer
+from wire.signing import KeyMaterial
 
 __all__ = ["REGION_HTTP_HEADER", "UsageReporter", "default_node_id"]
 
@@ -90,7 +92,7 @@ class UsageReporter:
         self._url = ingress_url.rstrip("/") + "/v1/usage"
         self._region = region
         self.node_id = node_id
-        self._signer = PushSigner(keys, clock=clock) if keys else None
+        self._signer = Signer(Kind.USAGE, keys, clock=clock) if keys else None
         self.spool = UsageSpool(spool_dir)
         self._interval = interval
         self._max_batches = max_batches
@@ -135,7 +137,7 @@ class UsageReporter:
             ingress_url=settings.usage_ingress_url,
             region=settings.region,
             node_id=default_node_id(settings),
-            keys=settings.usage_keys_for(settings.region),
+            keys=settings.edge_signing_keys,
             spool_dir=settings.usage_spool_dir / default_node_id(settings),
             interval=settings.usage_report_interval,
             max_batches=settings.usage_spool_max_batches,
@@ -153,7 +155,7 @@ class UsageReporter:
         if self.spool:
             log.info("usage spool has unsent batches", extra={"batches": len(self.spool)})
         if self._signer is None:
-            log.warning("no usage key for region: reports will wait in the spool")
+            log.warning("no edge signing key: reports will wait in the spool")
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
         self._task = asyncio.create_task(self._run(self._session), name="edge-usage-reporter")
         self._task.add_done_callback(self._done)

@@ -34,12 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.announcer import NodeAnnouncer
 from edge.cache import QuotaCache
-from edge.exceptions import SignatureError
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
-from edge.signing import SIGNATURE_HEADER, PushVerifier
 from quotaflow.settings import Settings
 from tables.quota import QuotaUpdate
+from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class PushBody(BaseModel):
 class EdgeState:
     """What the handlers share besides the cache."""
 
-    def __init__(self, cache: QuotaCache, verifier: PushVerifier, region: str) -> None:
+    def __init__(self, cache: QuotaCache, verifier: Verifier, region: str) -> None:
         self.cache = cache
         self.verifier = verifier
         self.region = region
@@ -205,7 +204,16 @@ class _Handlers:
         )
 
 
-def build_app(cache: QuotaCache, verifier: PushVerifier, *, region: str) -> web.Application:
+def push_verifier(settings: Settings) -> Verifier:
+    """Verifies pushes to this node's region with its public push keys only."""
+    return Verifier(
+        Kind.PUSH,
+        settings.push_verify_keys.get(settings.region, []),
+        tolerance=settings.push_tolerance,
+    )
+
+
+def build_app(cache: QuotaCache, verifier: Verifier, *, region: str) -> web.Application:
     """The sidecar's application; `app[STATE_KEY]` exposes readiness and metrics."""
     state = EdgeState(cache, verifier, region)
     handlers = _Handlers(state)
@@ -229,18 +237,22 @@ async def serve(
     Pass `cache` to share it with an in-process Rating node.
     """
     region = settings.region
-    verifier = PushVerifier.for_region(settings, region)
+    verifier = push_verifier(settings)
     if not verifier.key_ids:
-        log.warning("no push keys for region: every push will be refused", extra={"region": region})
+        log.warning(
+            "no push verify keys for region: every push will be refused", extra={"region": region}
+        )
+    else:
+        log.info("verifying pushes", extra={"region": region, "key_ids": list(verifier.key_ids)})
     cache = cache if cache is not None else QuotaCache(regions=(region,))
     app = build_app(cache, verifier, region=region)
     reporter: UsageReporter | None = None
-    if settings.usage_keys_for(region):
+    if settings.edge_signing_keys:
         reporter = UsageReporter.from_settings(settings, cache, app[STATE_KEY].metrics.registry)
     else:
-        log.warning("no usage keys for region: usage is not reported", extra={"region": region})
+        log.warning("no edge signing key: usage is not reported", extra={"region": region})
     announcer: NodeAnnouncer | None = None
-    if verifier.key_ids:
+    if settings.edge_signing_keys:
         announcer = NodeAnnouncer.from_settings(
             settings, app[STATE_KEY].metrics.registry, boot_id=app[STATE_KEY].boot_id
         )

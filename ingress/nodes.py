@@ -1,9 +1,10 @@
 """`POST /v1/edge/nodes`: edge nodes' announcements into the compacted `edge.nodes` topic.
 
 Request (sent by `edge/announcer.py`): headers `X-Quotaflow-Region` and
-`X-Quotaflow-Signature` (the push scheme of `edge/signing.py`, with the region's *push*
-keys: the key that already lets one deliver quotas to that region's nodes), body a
-`NodeAnnouncement` (`tables/edge_node.py`).
+`X-Quotaflow-Signature` (`wire/signing.py`, kind `node-announcement`, with an edge key of
+the region: verified against the region's public edge keys, `QUOTAFLOW_EDGE_VERIFY_KEYS`),
+body a `NodeAnnouncement` (`tables/edge_node.py`). A push key's signature, or a usage
+report's, never verifies as an announcement.
 
 Checked before anything is published: the signature (window and replay), the body, and
 that its region is the header's. Then: an announcement is published with key
@@ -25,13 +26,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
-from edge.exceptions import SignatureError
-from edge.signing import SIGNATURE_HEADER, PushVerifier
 from ingress.body import read_json_body
 from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected
 from ingress.publisher import Publisher
 from quotaflow.settings import Settings
 from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
+from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
 __all__ = ["NodesEndpoint"]
 
@@ -59,7 +59,7 @@ class NodesEndpoint:
         self._settings = settings
         self._publisher = publisher
         self._topic = settings.topics.edge_nodes
-        self._verifiers: dict[str, PushVerifier] = {}
+        self._verifiers: dict[str, Verifier] = {}
         self.announcements = Counter(
             "quotaflow_ingress_node_announcements",
             "Edge node announcements by outcome (accepted, rejected, unavailable) and reason.",
@@ -67,17 +67,18 @@ class NodesEndpoint:
             registry=metrics_registry,
         )
 
-    def _verifier(self, region: str) -> PushVerifier | None:
+    def _verifier(self, region: str) -> Verifier | None:
         verifier = self._verifiers.get(region)
         if verifier is None:
-            if not self._settings.push_keys.get(region):
+            keys = self._settings.edge_verify_keys.get(region)
+            if not keys:
                 return None
-            verifier = PushVerifier.for_region(self._settings, region)
+            verifier = Verifier(Kind.ANNOUNCEMENT, keys, tolerance=self._settings.push_tolerance)
             self._verifiers[region] = verifier
         return verifier
 
     async def handle(self, request: web.Request) -> web.Response:
-        """POST /v1/edge/nodes: verify the region's push signature, then publish."""
+        """POST /v1/edge/nodes: verify the region's edge signature, then publish."""
         try:
             reason = await self._accept(request)
         except PublishUnavailable as exc:
@@ -96,7 +97,7 @@ class NodesEndpoint:
             raise RequestRejected("unknown_region", "missing or malformed region", status=401)
         verifier = self._verifier(region)
         if verifier is None:
-            raise RequestRejected("unknown_region", "no push keys for this region", status=401)
+            raise RequestRejected("unknown_region", "no edge keys for this region", status=401)
         body = await read_json_body(
             request, max_bytes=MAX_BODY, timeout=self._settings.ingress_body_read_timeout
         )

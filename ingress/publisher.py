@@ -7,6 +7,12 @@ duplicate the stream worker deduplicates, never a loss.
 
 The producer connects in the background: the ingress starts and answers 503 while the
 broker is away, and `connected` (readiness) turns true once it has reached it.
+
+An idempotent producer can fail for good: when the broker comes back after an outage
+with a produce request in flight, it may answer `OutOfOrderSequenceNumber`, which ends
+aiokafka's sender, and every later send would time out. Such a producer is replaced
+(closed in the background, a new one connected): the ingress answers 503 meanwhile, and
+a record the old one may still have delivered is a duplicate the worker dedupes.
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ import logging
 import random
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    IllegalStateError,
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+)
 
 from ingress.exceptions import PublishUnavailable
 
@@ -30,6 +42,8 @@ _STOP_TIMEOUT = 10.0
 _PROBE_TIMEOUT = 1.0
 _BACKOFF_MIN = 0.2
 _BACKOFF_MAX = 5.0
+# Errors after which aiokafka's idempotent producer cannot send again.
+_FATAL = (OutOfOrderSequenceNumber, ProducerFenced, InvalidProducerEpoch, IllegalStateError)
 
 
 class Publisher:
@@ -57,6 +71,7 @@ class Publisher:
         }
         self._producer: AIOKafkaProducer | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self._healthy = False
         self._stopped = False
 
@@ -100,11 +115,15 @@ class Publisher:
         producer, self._producer = self._producer, None
         self._healthy = False
         if producer is not None:
-            try:
-                async with asyncio.timeout(_STOP_TIMEOUT):
-                    await producer.stop()
-            except (TimeoutError, KafkaError) as exc:
-                log.warning("ingress producer did not stop cleanly: %s", exc)
+            await self._close(producer)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                await producer.stop()
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("ingress producer did not stop cleanly: %s", exc)
 
     async def publish(
         self,
@@ -121,6 +140,7 @@ class Publisher:
         try:
             async with asyncio.timeout(timeout):
                 ack = await producer.send(topic, value=value, key=key, headers=headers)
+                ack.add_done_callback(lambda done: self._check_fatal(producer, done))
                 # Shielded: giving up on the ack must not cancel the record's future.
                 await asyncio.shield(ack)
         except TimeoutError:
@@ -134,6 +154,27 @@ class Publisher:
                 "kafka_unavailable", f"broker refused the record: {type(exc).__name__}"
             ) from None
         self._healthy = True
+
+    def _check_fatal(self, producer: AIOKafkaProducer, ack: asyncio.Future[object]) -> None:
+        """Every ack's outcome is read here, also of a publish that gave up waiting."""
+        if ack.cancelled():
+            return
+        exc = ack.exception()
+        if isinstance(exc, _FATAL) and producer is self._producer and not self._stopped:
+            log.error(
+                "ingress producer failed for good; replacing it",
+                extra={"error": type(exc).__name__},
+            )
+            self._producer = None
+            self._healthy = False
+            closing = asyncio.get_running_loop().create_task(self._close(producer))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            if self._connect_task is None:
+                self._connect_task = asyncio.create_task(
+                    self._connect_loop(), name="ingress-connect"
+                )
+                self._connect_task.add_done_callback(self._connect_done)
 
     async def _try_connect(self) -> bool:
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._config)

@@ -3,12 +3,13 @@
 Request (sent by the edge sidecar's reporter, `edge/reporter.py`):
 
     X-Quotaflow-Region: eu
-    X-Quotaflow-Signature: t=<unix s>,k=<key id>,v1=<hex HMAC-SHA256 over b"<t>." + body>
+    X-Quotaflow-Signature: t=<unix s>,k=<key id>,ed25519=<base64url>   (wire/signing.py)
     {"batch_id": "node-1:42", "node_id": "node-1", "region": "eu", "sent_at": 1767225600.5,
      "items": [{"tenant_id": "acme", "customer_id": "cus_1", "units": 30}, ...]}
 
-The region header picks the keys before the body is trusted (the region's usage keys,
-else its push keys; two during a rotation; a signature is accepted once within the
+The region header picks the keys before the body is trusted (the region's public edge
+keys, `QUOTAFLOW_EDGE_VERIFY_KEYS`, kind `usage`: a push or announcement signature never
+verifies here; several during a rotation; a signature is accepted once within the
 window). Then: every item names a known, active tenant served in that region, with
 1 <= units <= 10^9, at most one item per (tenant, customer), at most `usage_max_items`.
 The batch is split per tenant into one record each (key = tenant id, so a tenant's usage
@@ -38,8 +39,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.exceptions import SignatureError
-from edge.signing import SIGNATURE_HEADER, PushVerifier
 from ingress.body import read_json_body
 from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected
 from ingress.publisher import Publisher
@@ -56,6 +55,7 @@ from tables.usage import (
     REGION_HEADER,
     USAGE_SCHEMA,
 )
+from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
 __all__ = ["REGION_HTTP_HEADER", "UsageEndpoint"]
 
@@ -125,7 +125,7 @@ class UsageEndpoint:
         self._timeout = settings.publish_timeout
         self._retry_after = settings.ingress_retry_after
         self._read_timeout = settings.ingress_body_read_timeout
-        self._verifiers: dict[str, PushVerifier] = {}
+        self._verifiers: dict[str, Verifier] = {}
         self.reports = Counter(
             "quotaflow_ingress_usage_reports_total",
             "Usage reports by outcome (accepted, rejected, unavailable) and reason.",
@@ -138,14 +138,14 @@ class UsageEndpoint:
             registry=metrics_registry,
         )
 
-    def _verifier(self, region: str) -> PushVerifier | None:
+    def _verifier(self, region: str) -> Verifier | None:
         verifier = self._verifiers.get(region)
         if verifier is None:
-            keys = self._settings.usage_keys_for(region)
+            keys = self._settings.edge_verify_keys.get(region)
             if not keys:
                 return None
-            verifier = PushVerifier(
-                keys, tolerance=self._settings.push_tolerance, clock=self._clock
+            verifier = Verifier(
+                Kind.USAGE, keys, tolerance=self._settings.push_tolerance, clock=self._clock
             )
             self._verifiers[region] = verifier
         return verifier
@@ -186,7 +186,7 @@ class UsageEndpoint:
             raise RequestRejected("unknown_region", "missing or malformed region", status=401)
         verifier = self._verifier(region)
         if verifier is None:
-            raise RequestRejected("unknown_region", "no usage keys for this region", status=401)
+            raise RequestRejected("unknown_region", "no edge keys for this region", status=401)
         body = await self._read_body(request)
         try:
             key_id = verifier.verify(request.headers.get(SIGNATURE_HEADER), body)

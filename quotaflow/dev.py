@@ -3,13 +3,16 @@
 Starts a local Kafka broker, then one process per component (ingress, worker, a pusher
 and a demo edge node per region), all with a demo tenant whose webhook secret is the
 published `DEMO_SECRET`. Ctrl-C stops everything it started, in reverse order.
+
+Fresh Ed25519 key pairs are generated at every start, one push pair and one edge pair
+per region: every process gets the public keys, and only a region's pushers get its
+private push key and only its edge node its private edge key, as in a deployment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tables.tenant import PlanEntry, Tenant, WebhookSecret
+from wire import generate_keypair
 
 DEV_DIR = Path(".quotaflow/dev")
 DEMO_TENANT = "demo"
@@ -46,17 +50,44 @@ def demo_tenant(regions: list[str]) -> Tenant:
     )
 
 
-def dev_environment(regions: list[str], kafka_port: int) -> dict[str, str]:
+class DevKeys:
+    """A fresh (private, public) push pair and edge pair per region."""
+
+    def __init__(self, regions: list[str]) -> None:
+        self.push = {r: generate_keypair() for r in regions}
+        self.edge = {r: generate_keypair() for r in regions}
+
+    def public_environment(self) -> dict[str, str]:
+        """The verify keys: public, so every process may have them."""
+        return {
+            "QUOTAFLOW_PUSH_VERIFY_KEYS": _json({r: [p[1]] for r, p in self.push.items()}),
+            "QUOTAFLOW_EDGE_VERIFY_KEYS": _json({r: [p[1]] for r, p in self.edge.items()}),
+        }
+
+    def signer_environment(self, command: list[str]) -> dict[str, str]:
+        """The one private key a `push --region R` or `edge --region R` process signs with."""
+        if command[0] not in ("push", "edge"):
+            return {}
+        region = command[command.index("--region") + 1]
+        if command[0] == "push":
+            return {"QUOTAFLOW_PUSH_SIGNING_KEYS": _json({region: [self.push[region][0]]})}
+        return {"QUOTAFLOW_EDGE_SIGNING_KEYS": _json([self.edge[region][0]])}
+
+
+def _json(doc: object) -> str:
+    return orjson.dumps(doc).decode()
+
+
+def dev_environment(regions: list[str], kafka_port: int, keys: DevKeys) -> dict[str, str]:
     tenants_file = DEV_DIR / "tenants.json"
     tenants_file.write_bytes(dump_tenants([demo_tenant(regions)]))
     tenants_file.chmod(0o600)
     nodes = {r: [f"http://127.0.0.1:{FIRST_EDGE_PORT + i}"] for i, r in enumerate(regions)}
-    keys = {r: [secrets.token_hex(32)] for r in regions}
     return {
+        **keys.public_environment(),
         "QUOTAFLOW_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
         "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
         "QUOTAFLOW_EDGE_NODES": orjson.dumps(nodes).decode(),
-        "QUOTAFLOW_PUSH_KEYS": orjson.dumps(keys).decode(),
         "QUOTAFLOW_EDGE_URL_ALLOW": orjson.dumps({r: ["127.0.0.1"] for r in regions}).decode(),
         "QUOTAFLOW_STRIPE_FETCH": "false",
         "QUOTAFLOW_DATA_DIR": str(DEV_DIR / "worker"),
@@ -109,7 +140,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
     if broker.running_pid() is None:
         print(f"starting Kafka on 127.0.0.1:{kafka_port} ...", flush=True)
         broker.start()
-    env = {**os.environ, **dev_environment(regions, kafka_port)}
+    keys = DevKeys(regions)
+    env = {**os.environ, **dev_environment(regions, kafka_port, keys)}
     asyncio.run(ensure_topics(Settings(kafka_bootstrap=broker.bootstrap)))
 
     cli = [sys.executable, "-m", "quotaflow.cli"]
@@ -132,7 +164,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
         for command in commands:
             name = "-".join(command[:3:2]) if len(command) > 1 else command[0]
             out = (logs / f"{name}.log").open("ab")
-            procs.append(subprocess.Popen([*cli, *command], env=env, stdout=out, stderr=out))
+            own = {**env, **keys.signer_environment(command)}
+            procs.append(subprocess.Popen([*cli, *command], env=own, stdout=out, stderr=out))
         _wait_ready([8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))])
         edges = ", ".join(
             f"{r}=http://127.0.0.1:{FIRST_EDGE_PORT + i}" for i, r in enumerate(regions)

@@ -6,19 +6,44 @@ checks that the table and this class name the same variables.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tables.tenant import WebhookSecret
+from wire.signing import public_key_id
+
+# Variables that were read once and are refused now, rather than silently ignored: a
+# process started with the old configuration says why instead of refusing every message.
+REMOVED = {
+    "QUOTAFLOW_PUSH_KEYS": "shared HMAC push keys are replaced by Ed25519 keys: "
+    "QUOTAFLOW_PUSH_SIGNING_KEYS (pushers), QUOTAFLOW_PUSH_VERIFY_KEYS (edge nodes)",
+    "QUOTAFLOW_USAGE_KEYS": "shared HMAC usage keys are replaced by Ed25519 keys: "
+    "QUOTAFLOW_EDGE_SIGNING_KEYS (edge nodes), QUOTAFLOW_EDGE_VERIFY_KEYS (ingress, pushers)",
+}
+
+
+class RemovedSetting(RuntimeError):
+    """A variable quotaflow no longer reads is set. Not a ValueError, so pydantic does not
+    wrap it into a ValidationError that would print every input, secrets included."""
 
 
 class Settings(BaseSettings):
     """All of quotaflow's knobs. Defaults are safe for a single machine."""
 
     model_config = SettingsConfigDict(env_prefix="QUOTAFLOW_", frozen=True, extra="ignore")
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Not a validator: pydantic would echo the (secret) inputs with its error.
+        for name, replacement in REMOVED.items():
+            if name in os.environ:
+                raise RemovedSetting(
+                    f'{name} is no longer read ({replacement}); see README, "Trust model and keys"'
+                )
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("", description="Prefix put before every topic name.")
@@ -119,9 +144,25 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Edge node base URLs per region, JSON: {"eu": ["http://127.0.0.1:9101"]}.',
     )
-    push_keys: dict[str, list[SecretStr]] = Field(
+    push_signing_keys: dict[str, list[SecretStr]] = Field(
         default_factory=dict,
-        description='Push signing keys per region, newest first, JSON: {"eu": ["k2", "k1"]}.',
+        description="Pushers only: Ed25519 private push keys per region, newest first (the "
+        'first signs), base64 of 32 bytes, JSON: {"eu": ["…"]}.',
+    )
+    push_verify_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Edge nodes: Ed25519 public push keys per region (all verify), base64 of "
+        '32 bytes, JSON: {"eu": ["new", "old"]}.',
+    )
+    edge_signing_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Edge nodes only: this node's (or its region's) Ed25519 private edge keys, "
+        "newest first (the first signs usage reports and announcements), JSON list.",
+    )
+    edge_verify_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Ingress and pushers: Ed25519 public edge keys per region (all verify "
+        'usage reports and announcements), JSON: {"eu": ["…"]}.',
     )
     push_tolerance: float = Field(30.0, gt=0, description="Push timestamp window, seconds.")
     edge_url: str | None = Field(
@@ -142,11 +183,6 @@ class Settings(BaseSettings):
         "announced node not heard from for three intervals.",
     )
 
-    usage_keys: dict[str, list[SecretStr]] = Field(
-        default_factory=dict,
-        description="Usage report signing keys per region, newest first, JSON like "
-        "QUOTAFLOW_PUSH_KEYS; a region without its own uses its push keys.",
-    )
     usage_ingress_url: str = Field(
         "http://127.0.0.1:8080", description="Ingress base URL the edge reports usage to."
     )
@@ -202,7 +238,8 @@ class Settings(BaseSettings):
     regions: list[str] = Field(
         default_factory=list,
         description="Regions tenants may be served in, JSON list; empty = those named by "
-        "QUOTAFLOW_EDGE_NODES, QUOTAFLOW_PUSH_KEYS and QUOTAFLOW_REGION.",
+        "QUOTAFLOW_EDGE_NODES, QUOTAFLOW_PUSH_SIGNING_KEYS, QUOTAFLOW_PUSH_VERIFY_KEYS and "
+        "QUOTAFLOW_REGION.",
     )
 
     log_level: str = Field("INFO", description="Log level for the JSON logs.")
@@ -212,9 +249,15 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    def usage_keys_for(self, region: str) -> list[SecretStr]:
-        """The region's usage signing keys, newest first; its push keys if it has none."""
-        return self.usage_keys.get(region) or self.push_keys.get(region, [])
+    @field_validator("push_verify_keys", "edge_verify_keys", mode="after")
+    @classmethod
+    def _public_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        # Public keys only: a private key is checked when its signer is built (at start),
+        # never here, where pydantic would echo the value in its error.
+        for keys in value.values():
+            for key in keys:
+                public_key_id(key)
+        return value
 
     @cached_property
     def topics(self) -> Topics:

@@ -203,10 +203,15 @@ def create_app(
 def _pause(app: faust.App, topic: faust.TopicT, partition: int, paused: bool) -> None:
     """Pauses or resumes fetching one partition of `stripe.events` (a tenant's lane is
     full); a rebalance in progress owns the partitions' flow, so it is left alone then."""
-    consumer = app.consumer
-    tps = [tp for tp in consumer.assignment() if tp.partition == partition]
-    tps = [tp for tp in tps if tp.topic in topic.topics]
-    if not tps or app.rebalancing:
+    if app.rebalancing:
+        return
+    try:
+        consumer = app.consumer
+        assigned = consumer.assignment()
+    except Exception:  # noqa: BLE001 - not started or stopping: nothing to pause
+        return
+    tps = [tp for tp in assigned if tp.partition == partition and tp.topic in topic.topics]
+    if not tps:
         return
     if paused:
         consumer.pause_partitions(tps)

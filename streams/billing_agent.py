@@ -163,7 +163,7 @@ class BillingPipeline:
             by_partition.setdefault(handle.message.partition, handle)
         # No await between the processor's reads above and these writes.
         self._sink.write(effects, by_partition)
-        futures = self._sink.send(effects)
+        futures = await self._sink.send(effects)
         task = asyncio.create_task(self._confirm(events, futures, handles, effects))
         self._confirming.add(task)
         task.add_done_callback(self._confirming.discard)

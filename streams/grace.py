@@ -78,5 +78,5 @@ def add_grace_timer(
             record = record_from(event)
             effects = processor.handle(customers, [record])
             sink.write(effects, {record.partition: event})
-            sink.send(effects)
+            await sink.send(effects)
             sink.done(effects)

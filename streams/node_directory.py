@@ -2,8 +2,9 @@
 
 Reads the compacted topic from the beginning with a throwaway consumer (no group: every
 pusher sees every record) and keeps, per node of its region, the newest announcement
-whose signature verifies with the region's push keys (the ingress checked it too; this
-check makes a record written by anything else harmless). Only the HMAC is checked here:
+whose signature verifies with the region's public edge keys (`QUOTAFLOW_EDGE_VERIFY_KEYS`,
+kind `node-announcement`; the ingress checked it too; this check makes a record written by
+anything else harmless). Only the signature is checked here (`Verifier.verify_record`):
 the record is re-read after restarts, so freshness comes from the signed `at` instead.
 A tombstone is a departure. An announcement whose boot id differs from the one held for
 that node means the node restarted: `on_restart(url, boot_id)` tells the pusher at once.
@@ -21,7 +22,6 @@ Counted in `quotaflow_pusher_announcements_total{region, outcome}` with outcomes
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 import time
@@ -35,10 +35,9 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from edge.exceptions import SignatureError
-from edge.signing import PushKey, compute_signature, parse_header, region_keys
 from quotaflow.settings import Settings
 from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
+from wire import Kind, SignatureError, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +60,15 @@ class KnownNode:
     boot_id: str | None = None
 
 
-def verified(keys: tuple[PushKey, ...], header: bytes | None, value: bytes) -> bool:
-    """The record's signature header verifies `value` with one of `keys` (any age)."""
-    if header is None or not keys:
+def verified(verifier: Verifier, header: bytes | None, value: bytes) -> bool:
+    """The record's signature header verifies `value` as an announcement (any age)."""
+    if header is None:
         return False
     try:
-        parsed = parse_header(header.decode("ascii", "replace"))
+        verifier.verify_record(header.decode("ascii", "replace"), value)
     except SignatureError:
         return False
-    for key in keys:
-        if parsed.key_id is not None and parsed.key_id != key.id:
-            continue
-        if hmac.compare_digest(compute_signature(key.secret, parsed.timestamp, value), parsed.v1):
-            return True
-    return False
+    return True
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -131,7 +125,7 @@ class NodeDirectory:
         self._on_restart = on_restart
         self.region = settings.region
         self._prefix = f"{self.region}/".encode()
-        self._keys = region_keys(settings, self.region)
+        self._verifier = Verifier(Kind.ANNOUNCEMENT, settings.edge_verify_keys.get(self.region, []))
         self._ttl = 3 * settings.edge_announce_interval
         self._skew = settings.push_tolerance
         self._allow = UrlAllowList.of(settings.edge_url_allow.get(self.region, []))
@@ -202,7 +196,7 @@ class NodeDirectory:
                 log.info("edge node departed", extra={"region": self.region, "key": key.decode()})
             return
         header = dict(record.headers or ()).get(SIGNATURE_RECORD_HEADER)
-        if not verified(self._keys, header, value):
+        if not verified(self._verifier, header, value):
             ANNOUNCEMENTS.labels(region=self.region, outcome="forged").inc()
             log.warning(
                 "unsigned or forged node announcement ignored", extra={"region": self.region}

@@ -50,7 +50,7 @@ import aiohttp
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from edge.signing import SIGNATURE_HEADER, PushSigner
+from wire import SIGNATURE_HEADER, Signer
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class NodeSender:
         url: str,
         *,
         region: str,
-        signer: PushSigner,
+        signer: Signer,
         snapshot: Callable[[], Awaitable[list[bytes]]],
         config: PushConfig,
         node: str | None = None,

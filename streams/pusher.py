@@ -45,13 +45,13 @@ from prometheus_client import REGISTRY, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from edge.signing import PushSigner
 from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from streams.node_directory import NodeDirectory
 from streams.push_node import NodeSender, PushConfig, node_label
 from streams.push_snapshot import read_snapshot
+from wire import Kind, Signer
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Pusher:
         self.group = f"{settings.app_id}-push-{self.region}"
         self.directory = NodeDirectory(settings, on_restart=self._node_restarted)
         self._configured = [u.rstrip("/") for u in settings.edge_nodes.get(self.region, [])]
-        self._signer: PushSigner | None = None
+        self._signer: Signer | None = None
         self._committed: dict[Hashable, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -142,13 +142,18 @@ class Pusher:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def _sender(self, url: str, node: str) -> NodeSender:
+    def _push_signer(self) -> Signer:
+        """The region's newest private push key; `ValueError` (naming no key) if it has none
+        or it is malformed, so a misconfigured pusher fails at start, not at its first node."""
         if self._signer is None:
-            self._signer = PushSigner.for_region(self.settings, self.region)
+            self._signer = Signer(Kind.PUSH, self.settings.push_signing_keys.get(self.region, []))
+        return self._signer
+
+    def _sender(self, url: str, node: str) -> NodeSender:
         return NodeSender(
             url,
             region=self.region,
-            signer=self._signer,
+            signer=self._push_signer(),
             snapshot=self._snapshot,
             config=self.config,
             node=node,
@@ -161,6 +166,8 @@ class Pusher:
                 node.wake(boot_id)
 
     async def start(self) -> None:
+        signer = self._push_signer()
+        log.info("signing pushes", extra={"region": self.region, "key_id": signer.key_id})
         if not self._configured:
             log.info(
                 "no edge nodes configured, waiting for announcements", extra={"region": self.region}

@@ -72,12 +72,16 @@ class Sink:
                 with event_context(events[partition]):
                     table[key] = value
 
-    def send(self, effects: Effects) -> list[Awaitable[Any]]:
-        """Queues every send of `effects` in Faust's producer buffer, in order, without
-        waiting; returns their delivery futures. The buffer is one FIFO shared with the
-        changelog writes, and Faust flushes it before every commit."""
+    async def send(self, effects: Effects) -> list[Awaitable[Any]]:
+        """Hands every record of `effects` to the producer, in order; returns their
+        delivery futures. Each send returns once the record is in the producer's batch
+        (aiokafka keeps it through a broker outage and retries), not once delivered."""
+        if not (effects.updates or effects.meter_jobs or effects.deadletters):
+            return []
         try:
-            return self._send_all(effects)
+            return await self._send_all(effects)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             raise SinkError(f"Kafka refused the worker's records: {exc!r}") from exc
 
@@ -98,21 +102,23 @@ class Sink:
         if self._observe is not None:
             self._observe(effects)
 
-    def _send_all(self, effects: Effects) -> list[Awaitable[Any]]:
-        futures: list[Awaitable[Any]] = [
-            self._quota_updates.send_soon(
-                key=update.key.encode(),
-                value=update.to_json(),
-                partition=partition,
-                headers=[SCHEMA_HEADER],
+    async def _send_all(self, effects: Effects) -> list[Awaitable[Any]]:
+        futures: list[Awaitable[Any]] = []
+        for partition, update in effects.quota_updates():
+            futures.append(
+                await self._quota_updates.send(
+                    key=update.key.encode(),
+                    value=update.to_json(),
+                    partition=partition,
+                    headers=[SCHEMA_HEADER],
+                )
             )
-            for partition, update in effects.quota_updates()
-        ]
         if self._meter_jobs is not None:
-            futures.extend(
-                self._meter_jobs.send_soon(key=job.key, value=job.value, partition=job.partition)
-                for job in effects.meter_jobs
-            )
+            for job in effects.meter_jobs:
+                sent = await self._meter_jobs.send(
+                    key=job.key, value=job.value, partition=job.partition
+                )
+                futures.append(sent)
         for letter in effects.deadletters:
             record = letter.record
             log.warning(
@@ -120,7 +126,7 @@ class Sink:
                 extra={"reason": letter.reason, "detail": letter.detail[:200]},
             )
             futures.append(
-                self._deadletter.send_soon(
+                await self._deadletter.send(
                     key=record.key,
                     value=record.value,
                     headers=deadletter_headers(

@@ -71,7 +71,7 @@ def add_usage_agent(
                 record = record_from(event)
                 effects = processor.handle(customers, aliases, [record])
                 sink.write(effects, {record.partition: event})
-                sink.send(effects)
+                await sink.send(effects)
                 sink.done(effects)
         except asyncio.CancelledError:
             raise

@@ -1,6 +1,6 @@
 """An edge node's announcement of itself: who it is, where its pusher reaches it, when.
 
-Written by the edge sidecar (`edge/announcer.py`), signed with its region's push key,
+Written by the edge sidecar (`edge/announcer.py`), signed with its edge key (Ed25519),
 relayed by the ingress (`POST /v1/edge/nodes`) into the compacted `edge.nodes` topic
 (key `region/node_id`, value = the signed body byte for byte, signature in the
 `qf-signature` header; a departure becomes a tombstone) and read by the region's

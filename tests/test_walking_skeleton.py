@@ -24,6 +24,7 @@ from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from tables.tenant import PlanEntry, Tenant, WebhookSecret
 from tests.processes import components, start
+from wire import generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.stripe, pytest.mark.timeout(240)]
 
@@ -63,7 +64,7 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
     tenants_file = tmp_path / "tenants.json"
     tenants_file.write_bytes(dump_tenants([tenant]))
     ingress_port, edge_port = free_port(), free_port()
-    push_key = secrets.token_hex(32)
+    push_key, push_public = generate_keypair()
     env = {
         "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
@@ -74,12 +75,13 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
         "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
         "QUOTAFLOW_STRIPE_API_BASE": localstripe,
         "QUOTAFLOW_EDGE_NODES": orjson.dumps({"eu": [f"http://127.0.0.1:{edge_port}"]}).decode(),
-        "QUOTAFLOW_PUSH_KEYS": orjson.dumps({"eu": [push_key]}).decode(),
+        "QUOTAFLOW_PUSH_VERIFY_KEYS": orjson.dumps({"eu": [push_public]}).decode(),
     }
+    pusher_env = {**env, "QUOTAFLOW_PUSH_SIGNING_KEYS": orjson.dumps({"eu": [push_key]}).decode()}
     with components(env, tmp_path) as started:
         ingress = start(started, ["ingress", "--port", str(ingress_port)], env, tmp_path)
         start(started, ["worker"], env, tmp_path)
-        start(started, ["push", "--region", "eu"], env, tmp_path)
+        start(started, ["push", "--region", "eu"], pusher_env, tmp_path)
         edge = start(started, ["edge", "--region", "eu", "--port", str(edge_port)], env, tmp_path)
         ingress.wait_port(ingress_port)
         edge.wait_port(edge_port)

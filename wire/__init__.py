@@ -14,6 +14,7 @@ from wire.signing import (
     Verifier,
     generate_keypair,
     key_id,
+    public_key_id,
     public_key_of,
     signed_message,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "WireError",
     "generate_keypair",
     "key_id",
+    "public_key_id",
     "public_key_of",
     "signed_message",
 ]

@@ -49,6 +49,7 @@ __all__ = [
     "generate_keypair",
     "key_id",
     "parse_header",
+    "public_key_id",
     "public_key_of",
     "signed_message",
 ]
@@ -118,6 +119,11 @@ def public_key_of(private: KeyMaterial) -> str:
     """The public key (base64) of a private key (base64)."""
     key = Ed25519PrivateKey.from_private_bytes(_raw(private))
     return _b64(key.public_key().public_bytes_raw())
+
+
+def public_key_id(public: KeyMaterial) -> str:
+    """The key id of a public key (base64); `ValueError` if it is not one."""
+    return _verify_key(public).id
 
 
 @dataclass(frozen=True, slots=True)

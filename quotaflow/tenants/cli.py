@@ -28,6 +28,7 @@ from quotaflow.tenants.running import keyring_from_settings, open_writer
 from quotaflow.tenants.stripe_webhooks import create_endpoint
 from quotaflow.tenants.writer import DEFAULT_OVERLAP, TenantWriter
 from tables.tenant import Tenant
+from wire import generate_keypair, public_key_id
 
 __all__ = ["keys", "tenants"]
 
@@ -327,7 +328,7 @@ def roll_webhook_secret(tenant_id: str, new_secret: str, overlap: str) -> None:
 
 @click.group()
 def keys() -> None:
-    """Key-encryption keys (QUOTAFLOW_KEYRING) that wrap every tenant's data key."""
+    """Key-encryption keys (QUOTAFLOW_KEYRING) and Ed25519 push/edge signing keys."""
 
 
 @keys.command("generate")
@@ -335,6 +336,44 @@ def keys() -> None:
 def generate(key_id: str) -> None:
     """Print a new key as a QUOTAFLOW_KEYRING entry; put it first to make it active."""
     click.echo(orjson.dumps({key_id: generate_kek()}).decode())
+
+
+@keys.command("generate-signing")
+@click.option(
+    "--kind",
+    type=click.Choice(["push", "edge"]),
+    required=True,
+    help="push: a pusher's key (signs quota pushes); edge: an edge node's key (signs its "
+    "usage reports and announcements, never pushes).",
+)
+@click.option("--region", default="local", show_default=True, help="Region the key serves.")
+def generate_signing(kind: str, region: str) -> None:
+    """Print a new Ed25519 signing key pair as JSON, with the settings it goes into.
+
+    The private key goes to signers only (push: QUOTAFLOW_PUSH_SIGNING_KEYS of the region's
+    pushers; edge: QUOTAFLOW_EDGE_SIGNING_KEYS of the region's edge nodes), first in their
+    list; the public key goes to verifiers (push: QUOTAFLOW_PUSH_VERIFY_KEYS of the edge
+    nodes; edge: QUOTAFLOW_EDGE_VERIFY_KEYS of the ingress and pushers), next to the old
+    one until every signer moved. The output holds a secret: keep it out of logs.
+    """
+    private, public = generate_keypair()
+    signer_env: dict[str, object]
+    if kind == "push":
+        signer_env = {"QUOTAFLOW_PUSH_SIGNING_KEYS": {region: [private]}}
+        verifier_env = {"QUOTAFLOW_PUSH_VERIFY_KEYS": {region: [public]}}
+    else:
+        signer_env = {"QUOTAFLOW_EDGE_SIGNING_KEYS": [private]}
+        verifier_env = {"QUOTAFLOW_EDGE_VERIFY_KEYS": {region: [public]}}
+    doc = {
+        "kind": kind,
+        "region": region,
+        "key_id": public_key_id(public),
+        "private": private,
+        "public": public,
+        "signers": signer_env,
+        "verifiers": verifier_env,
+    }
+    click.echo(orjson.dumps(doc).decode())
 
 
 @keys.command("status")

@@ -10,7 +10,12 @@ def known_regions(settings: Settings) -> frozenset[str]:
     configured = settings.regions
     if configured:
         return frozenset(configured)
-    return frozenset(settings.edge_nodes) | frozenset(settings.push_keys) | {settings.region}
+    return (
+        frozenset(settings.edge_nodes)
+        | frozenset(settings.push_signing_keys)
+        | frozenset(settings.push_verify_keys)
+        | {settings.region}
+    )
 
 
 def audit_topic(settings: Settings) -> str:

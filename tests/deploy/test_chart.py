@@ -23,17 +23,21 @@ from tests.deploy.support import (
     run,
     setting_names,
 )
+from wire import generate_keypair, public_key_of
 
 Doc = dict[str, Any]
 
 KEY = base64.b64encode(bytes(range(32))).decode()
+PUSH = {r: generate_keypair() for r in ("eu", "us")}  # (private, public)
+EDGE_PUBLIC = {r: [generate_keypair()[1]] for r in ("eu", "us")}
 FULL_VALUES: dict[str, Any] = {
     "secrets": {
         "keyring": {"k2": KEY, "k1": KEY},
-        "pushKeys": {"eu": ["eu-key-2026-11-aaaaaaaa"], "us": ["us-key-2026-11-bbbbbbbb"]},
+        "pushSigningKeys": {r: [private] for r, (private, _) in PUSH.items()},
         "connectWebhookSecrets": [{"id": "p1", "secret": "whsec_platform_aaaaaaaa"}],
         "adminTokens": {"ops": "admin-token-aaaaaaaaaaaa"},
     },
+    "publicKeys": {"edge": EDGE_PUBLIC},
     "pusher": {
         "regions": {
             "eu": {"replicas": 2, "edgeNodes": ["http://10.0.0.5:9101", "http://10.0.0.6:9101"]},
@@ -193,7 +197,13 @@ def test_every_components_environment_is_valid_settings(
                 expected = FULL_VALUES["pusher"]["regions"][region]["edgeNodes"]
                 assert settings.region == region
                 assert settings.edge_nodes[region] == expected
-                assert settings.push_keys[region][0].get_secret_value().startswith(region)
+                signing = settings.push_signing_keys[region][0]
+                assert public_key_of(signing) == PUSH[region][1]
+                assert settings.edge_verify_keys == {region: EDGE_PUBLIC[region]}
+            else:
+                assert not settings.push_signing_keys
+            if component == "ingress":
+                assert settings.edge_verify_keys == EDGE_PUBLIC
             return
     raise AssertionError(f"no {component} container")
 
@@ -210,7 +220,7 @@ def test_each_secret_reaches_only_the_components_that_need_it(full_docs: list[Do
     needs = {
         "ingress": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_CONNECT_WEBHOOK_SECRETS"},
         "worker": {"QUOTAFLOW_KEYRING"},
-        "pusher": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_PUSH_KEYS"},
+        "pusher": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_PUSH_SIGNING_KEYS"},
         "admin": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_ADMIN_TOKENS"},
     }
     for name, container in containers(full_docs):
@@ -327,9 +337,13 @@ def test_monitoring_objects_can_be_left_out_for_clusters_without_the_crds(
         ({"pusher": {"regions": {"EU": {"replicas": 1, "edgeNodes": []}}}}, "EU"),
         ({"pusher": {"regions": {"eu": {"replicas": 1, "edgeNodes": ["ftp://x"]}}}}, "edgeNodes"),
         ({"config": {"QUOTAFLOW_PUSH_KEYS": "{}"}}, "QUOTAFLOW_PUSH_KEYS"),
+        ({"config": {"QUOTAFLOW_PUSH_SIGNING_KEYS": "{}"}}, "QUOTAFLOW_PUSH_SIGNING_KEYS"),
+        ({"config": {"QUOTAFLOW_EDGE_SIGNING_KEYS": "[]"}}, "QUOTAFLOW_EDGE_SIGNING_KEYS"),
+        ({"publicKeys": {"edge": {"eu": ["not-a-key"]}}}, "publicKeys"),
         ({"config": {"KAFKA": "x"}}, "KAFKA"),
         ({"ingress": {"ingress": {"paths": ["v1/webhooks"]}}}, "paths"),
-        ({"secrets": {"pushKeys": {"eu": ["short"]}}}, "pushKeys"),
+        ({"secrets": {"pushSigningKeys": {"eu": ["short"]}}}, "pushSigningKeys"),
+        ({"secrets": {"pushKeys": {"eu": [KEY]}}}, "pushKeys"),
         ({"secrets": {"keyring": {"k1": "not-base64-of-32-bytes"}}}, "keyring"),
         ({"secrets": {"adminTokens": ["a-token-without-a-name"]}}, "adminTokens"),
         ({"config": {"QUOTAFLOW_KEYRING": "{}"}}, "QUOTAFLOW_KEYRING"),

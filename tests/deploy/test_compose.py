@@ -19,6 +19,7 @@ from quotaflow.cli import main as cli
 from quotaflow.registry import load_tenants_file
 from quotaflow.settings import Settings
 from tests.deploy.support import DEPLOY, ROOT, setting_names
+from wire import public_key_of
 
 COMPOSE = ROOT / "docker-compose.yml"
 REGIONS = ("eu", "us")
@@ -150,14 +151,16 @@ def test_bind_mounts_exist_in_the_repository() -> None:
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
 
 
-def test_each_region_has_a_pusher_whose_edge_nodes_exist_and_share_its_key() -> None:
+def test_each_region_has_a_pusher_whose_edge_nodes_exist_and_verify_its_key() -> None:
     services = _services()
     for region in REGIONS:
         pusher = services[f"pusher-{region}"]
         assert _option(pusher["command"], "--region") == region
         env = _env(pusher)
         nodes = orjson.loads(env["QUOTAFLOW_EDGE_NODES"])[region]
-        keys = orjson.loads(env["QUOTAFLOW_PUSH_KEYS"])[region]
+        signing = orjson.loads(env["QUOTAFLOW_PUSH_SIGNING_KEYS"])
+        assert set(signing) == {region}, "a pusher holds its own region's push key only"
+        public = public_key_of(signing[region][0])
         assert nodes
         for url in nodes:
             parts = urlsplit(url)
@@ -165,8 +168,23 @@ def test_each_region_has_a_pusher_whose_edge_nodes_exist_and_share_its_key() -> 
             assert edge["command"][0] == "edge"
             assert _option(edge["command"], "--region") == region
             assert _listen_port(str(parts.hostname), edge) == parts.port
-            edge_keys = orjson.loads(_env(edge)["QUOTAFLOW_PUSH_KEYS"])
-            assert edge_keys[region][0] in keys, f"{parts.hostname} cannot verify {region} pushes"
+            edge_env = _env(edge)
+            verify = orjson.loads(edge_env["QUOTAFLOW_PUSH_VERIFY_KEYS"])
+            assert public in verify[region], f"{parts.hostname} cannot verify {region} pushes"
+            assert "QUOTAFLOW_PUSH_SIGNING_KEYS" not in edge_env
+            # Its own edge key is one the ingress and the region's pusher verify.
+            edge_public = public_key_of(orjson.loads(edge_env["QUOTAFLOW_EDGE_SIGNING_KEYS"])[0])
+            for verifier in (env, _env(services["ingress"])):
+                assert edge_public in orjson.loads(verifier["QUOTAFLOW_EDGE_VERIFY_KEYS"])[region]
+
+
+def test_private_keys_reach_only_their_signers() -> None:
+    for name, service in _services().items():
+        env = _env(service)
+        if "QUOTAFLOW_PUSH_SIGNING_KEYS" in env:
+            assert service["command"][0] == "push", name
+        if "QUOTAFLOW_EDGE_SIGNING_KEYS" in env:
+            assert service["command"][0] == "edge", name
 
 
 def test_prometheus_scrapes_every_quotaflow_service_on_its_port() -> None:

@@ -25,10 +25,11 @@ from tables.quota import QuotaUpdate, Reason
 from tables.tenant import Tenant, WebhookSecret
 from tables.usage import UsageRecord
 from tests.kafkautil import read_all
+from wire import generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
-KEY = "usage-key-eu"
+KEY, PUBLIC = generate_keypair()  # the edge node's credential
 
 
 def _tenant(tenant_id: str) -> Tenant:
@@ -99,7 +100,7 @@ async def _units(settings: Settings) -> dict[tuple[str, str, str], int]:
 
 @pytest.fixture
 def usage_settings(settings_factory: Callable[..., Settings]) -> Settings:
-    return settings_factory(usage_keys={"eu": [KEY]})
+    return settings_factory(edge_verify_keys={"eu": [PUBLIC]})
 
 
 async def test_usage_counted_while_the_ingress_is_down_survives_a_sidecar_restart(

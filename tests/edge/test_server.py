@@ -13,10 +13,18 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from edge.cache import QuotaCache
 from edge.server import build_app
-from edge.signing import SIGNATURE_HEADER, PushSigner, PushVerifier
 from tables.quota import QuotaUpdate, Reason
+from wire import SIGNATURE_HEADER, Kind, Signer, Verifier, generate_keypair
 
 Client = TestClient[Any, Any]
+
+# (private, public) pairs: "k2" and "k1" are the region's push keys (newest first), "edge"
+# is an edge node's own credential, "wrong" nobody's.
+KEYS = {name: generate_keypair() for name in ("k1", "k2", "wrong", "edge")}
+
+
+def push_verifier(*names: str) -> Verifier:
+    return Verifier(Kind.PUSH, [KEYS[n][1] for n in names])
 
 
 def update(version: int, *, limit: int = 10, customer: str = "c1") -> dict[str, Any]:
@@ -44,15 +52,17 @@ def push_body(
 
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
-    app = build_app(QuotaCache(regions=("eu",)), PushVerifier(["k2", "k1"]), region="eu")
+    app = build_app(QuotaCache(regions=("eu",)), push_verifier("k2", "k1"), region="eu")
     async with TestClient(TestServer(app)) as c:
         yield c
 
 
 @pytest.fixture
 def signed() -> Callable[..., dict[str, str]]:
-    def make(body: bytes, key: str = "k2", at: float | None = None) -> dict[str, str]:
-        signer = PushSigner([key], clock=(lambda: at) if at is not None else time.time)
+    def make(
+        body: bytes, key: str = "k2", at: float | None = None, kind: Kind = Kind.PUSH
+    ) -> dict[str, str]:
+        signer = Signer(kind, [KEYS[key][0]], clock=(lambda: at) if at is not None else time.time)
         return {SIGNATURE_HEADER: signer.header(body)}
 
     return make
@@ -159,6 +169,23 @@ async def test_bad_signatures_are_401_and_change_nothing(
     assert 'edge_push_rejections_total{reason="replayed"} 1.0' in metrics
 
 
+async def test_a_push_signed_with_an_edge_credential_or_as_another_kind_is_refused(
+    client: Client, signed: Callable[..., dict[str, str]]
+) -> None:
+    evil = push_body([update(9, limit=1_000_000)], final=True)
+    attempts = {
+        "unknown_key": signed(evil, key="edge"),
+        "bad_signature": signed(evil, kind=Kind.ANNOUNCEMENT),
+    }
+    for reason, headers in attempts.items():
+        resp = await client.post("/v1/push", data=evil, headers=headers)
+        assert (resp.status, await resp.json()) == (401, {"error": {"reason": reason}})
+    usage_signed = signed(evil, kind=Kind.USAGE)
+    resp = await client.post("/v1/push", data=evil, headers=usage_signed)
+    assert resp.status == 401
+    assert (await client.get("/v1/quotas/t1/c1")).status == 404
+
+
 async def test_the_previous_key_still_verifies_during_rotation(
     client: Client, signed: Callable[..., dict[str, str]]
 ) -> None:
@@ -195,7 +222,7 @@ async def test_every_push_answer_names_the_process_and_whether_it_holds_a_snapsh
 ) -> None:
     answers: list[dict[str, Any]] = []
     for _ in range(2):  # two processes of one node: same cache type, fresh state each
-        app = build_app(QuotaCache(regions=("eu",)), PushVerifier(["k2"]), region="eu")
+        app = build_app(QuotaCache(regions=("eu",)), push_verifier("k2"), region="eu")
         async with TestClient(TestServer(app)) as c:
             for final in (None, False, True, None):
                 body = push_body([update(1)], final=final)
@@ -243,9 +270,8 @@ async def test_compressed_push_is_refused_before_it_is_read() -> None:
 
     from edge.cache import QuotaCache
     from edge.server import build_app
-    from edge.signing import PushVerifier
 
-    verifier = PushVerifier(["k1"])
+    verifier = push_verifier("k1")
     client = TestClient(TestServer(build_app(QuotaCache(), verifier, region="eu")))
     await client.start_server()
     try:

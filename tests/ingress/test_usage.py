@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import gzip
 import time
+from functools import cache
 from typing import Any
 
 import orjson
 import pytest
 
-from edge.signing import PushSigner
 from ingress.usage import REGION_HTTP_HEADER
 from tables.usage import UsageRecord
 from tests.ingress.conftest import Ingress, IngressFactory, create_topic, make_tenant, read_topic
+from wire import Kind, Signer, generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
-KEY = "usage-key-eu"
+KEY = "edge-key-eu"
+
+
+@cache
+def _pair(name: str) -> tuple[str, str]:
+    """A (private, public) Ed25519 pair per name, stable within the test run."""
+    return generate_keypair()
+
+
+def _public(*names: str) -> list[str]:
+    return [_pair(n)[1] for n in names]
+
+
+def _signed(name: str, body: bytes, kind: Kind = Kind.USAGE) -> dict[str, str]:
+    return Signer(kind, [_pair(name)[0]]).headers(body)
 
 
 async def _ingress(ingress_factory: IngressFactory, **overrides: Any) -> Ingress:
@@ -26,7 +41,7 @@ async def _ingress(ingress_factory: IngressFactory, **overrides: Any) -> Ingress
         make_tenant("usonly").model_copy(update={"regions": ("us",)}),
         make_tenant("frozen", status="suspended"),
     ]
-    overrides.setdefault("usage_keys", {"eu": [KEY]})
+    overrides.setdefault("edge_verify_keys", {"eu": _public(KEY)})
     ingress = await ingress_factory(tenants, **overrides)
     await create_topic(ingress.settings.kafka_bootstrap, ingress.settings.topics.usage_events, 2)
     return ingress
@@ -45,10 +60,16 @@ def _report(items: list[dict[str, Any]], *, seq: int = 1, **fields: Any) -> byte
 
 
 async def _post(
-    ingress: Ingress, body: bytes, *, key: str = KEY, region: str = "eu", **headers: str
+    ingress: Ingress,
+    body: bytes,
+    *,
+    key: str = KEY,
+    region: str = "eu",
+    kind: Kind = Kind.USAGE,
+    **headers: str,
 ) -> tuple[int, dict[str, Any]]:
     sent = {
-        **PushSigner([key]).headers(body),
+        **_signed(key, body, kind),
         REGION_HTTP_HEADER: region,
         "Content-Type": "application/json",
     }
@@ -80,7 +101,8 @@ async def test_signed_batch_is_published_per_tenant_after_the_ack(
     assert headers["qf-schema"] == b"usage-batch/1"
     assert headers["qf-batch-id"] == b"node-1:1"
     assert headers["qf-region"] == b"eu"
-    assert KEY.encode() not in b"".join(v for _, v in by_tenant[b"acme"].headers)
+    record_headers = b"".join(v for _, v in by_tenant[b"acme"].headers)
+    assert _pair(KEY)[0].encode() not in record_headers
 
 
 @pytest.mark.parametrize(
@@ -88,6 +110,9 @@ async def test_signed_batch_is_published_per_tenant_after_the_ack(
     [
         ("unsigned", 401, "missing_signature"),
         ("wrong_key", 401, "unknown_key"),
+        ("push_key", 401, "unknown_key"),
+        ("announcement_kind", 401, "bad_signature"),
+        ("push_kind", 401, "bad_signature"),
         ("unknown_region", 401, "unknown_region"),
         ("region_mismatch", 400, "region_mismatch"),
         ("not_json", 400, "bad_body"),
@@ -114,7 +139,7 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
     good = {"tenant_id": "acme", "customer_id": "cus_1", "units": 1}
     body = _report([good])
     extra: dict[str, str] = {}
-    key, region = KEY, "eu"
+    key, region, kind = KEY, "eu", Kind.USAGE
     if case == "unsigned":
         async with ingress.client.post(
             "/v1/usage",
@@ -125,6 +150,12 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
     else:
         if case == "wrong_key":
             key = "another-key"
+        elif case == "push_key":  # the region's push key: not an edge key, refused
+            key, kind = "push-key-eu", Kind.PUSH
+        elif case == "announcement_kind":  # the edge's own key, but another kind
+            kind = Kind.ANNOUNCEMENT
+        elif case == "push_kind":
+            kind = Kind.PUSH
         elif case == "unknown_region":
             region = "mars"
         elif case == "region_mismatch":
@@ -160,7 +191,7 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
         elif case == "gzip":  # signed over the compressed bytes: only the encoding is wrong
             body = gzip.compress(body)
             extra = {"Content-Encoding": "gzip"}
-        got = await _post(ingress, body, key=key, region=region, **extra)
+        got = await _post(ingress, body, key=key, region=region, kind=kind, **extra)
     assert got[0] == status
     assert got[1]["error"]["reason"] == reason
     if status == 422:
@@ -174,10 +205,10 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
 async def test_a_replayed_request_is_refused_and_rotation_keeps_old_keys_valid(
     ingress_factory: IngressFactory,
 ) -> None:
-    ingress = await _ingress(ingress_factory, usage_keys={"eu": ["new-key", KEY]})
+    ingress = await _ingress(ingress_factory, edge_verify_keys={"eu": _public("new-key", KEY)})
     body = _report([{"tenant_id": "acme", "customer_id": "cus_1", "units": 1}])
     headers = {
-        **PushSigner([KEY]).headers(body),
+        **_signed(KEY, body),
         REGION_HTTP_HEADER: "eu",
         "Content-Type": "application/json",
     }
@@ -200,7 +231,7 @@ async def test_unreachable_broker_answers_503_with_retry_after(
     ingress = await _ingress(ingress_factory, bootstrap="127.0.0.1:1", publish_timeout=0.5)
     body = _report([{"tenant_id": "acme", "customer_id": "cus_1", "units": 1}])
     sent = {
-        **PushSigner([KEY]).headers(body),
+        **_signed(KEY, body),
         REGION_HTTP_HEADER: "eu",
         "Content-Type": "application/json",
     }

@@ -9,6 +9,7 @@ returns the status code of the answer (0 if the server closed without one).
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import hmac
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.reliability.sender import stripe_signature
 
@@ -290,12 +292,25 @@ async def send_raw(port: int, attack: Attack, timeout: float = 15.0) -> int:
     return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
 
 
-def push_signature(key: str, body: bytes, t: int | None = None) -> bytes:
-    """The push header, computed here independently of `edge.signing`."""
+def signature(kind: str, key: str, body: bytes, t: int | None = None) -> bytes:
+    """The `X-Quotaflow-Signature` of `kind` with private `key` (base64 of a 32-byte
+    Ed25519 seed), computed here from the README's description, independently of `wire`."""
     t = int(time.time()) if t is None else t
-    kid = hashlib.sha256(key.encode()).hexdigest()[:8]
-    v1 = hmac.new(key.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},k={kid},v1={v1}".encode()
+    private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(key))
+    kid = hashlib.sha256(private.public_key().public_bytes_raw()).hexdigest()[:16]
+    signed = private.sign(f"quotaflow/{kind}/v1\n{t}\n".encode() + body)
+    encoded = base64.urlsafe_b64encode(signed).rstrip(b"=").decode()
+    return f"t={t},k={kid},ed25519={encoded}".encode()
+
+
+def push_signature(key: str, body: bytes, t: int | None = None) -> bytes:
+    """A push's header, signed with private push `key`."""
+    return signature("push", key, body, t)
+
+
+def random_key(rng: random.Random) -> str:
+    """A private key nobody configured."""
+    return base64.b64encode(_junk(rng, 32)).decode()
 
 
 class PushFuzzer:
@@ -354,7 +369,7 @@ class PushFuzzer:
 
     def wrong_key(self) -> Attack:
         body = self.body()
-        return self.post("push_wrong_key", body, push_signature(_junk(self.rng, 16).hex(), body))
+        return self.post("push_wrong_key", body, push_signature(random_key(self.rng), body))
 
     def stale(self) -> Attack:
         body = self.body()

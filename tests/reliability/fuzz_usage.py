@@ -1,8 +1,8 @@
 """Hostile usage reports for the ingress's `POST /v1/usage` (the edges' route).
 
-A genuine report carries `X-Quotaflow-Region` and `X-Quotaflow-Signature` (the push
-scheme, computed here by `fuzz.push_signature`, not with `edge.signing`) with the
-region's key. Every generator makes a request the ingress must refuse with a 4xx and
+A genuine report carries `X-Quotaflow-Region` and `X-Quotaflow-Signature` (Ed25519,
+kind `usage`, computed here by `fuzz.signature`, not with `wire`) with the region's edge
+key. Every generator makes a request the ingress must refuse with a 4xx and
 without publishing: bad or missing auth, stale, future, tampered or replayed signatures,
 a tenant outside the signing region, bad JSON, bad unit counts, bad shapes, oversized,
 compressed, trickled bodies, wrong content types and methods. The caller needs the
@@ -18,7 +18,15 @@ from collections.abc import Callable
 
 import orjson
 
-from tests.reliability.fuzz import BOMB, JSON, Attack, header_junk, push_signature, request
+from tests.reliability.fuzz import (
+    BOMB,
+    JSON,
+    Attack,
+    header_junk,
+    random_key,
+    request,
+    signature,
+)
 
 REGION = b"X-Quotaflow-Region"
 SIGNATURE = b"X-Quotaflow-Signature"
@@ -26,6 +34,10 @@ SIGNATURE = b"X-Quotaflow-Signature"
 # JSON text: some do not fit a 64-bit integer.
 BAD_UNITS = [b"0", b"-5", b"1000000001", b"1" + b"0" * 30, b"1.5", b'"10"', b"null", b"true"]
 MAX_ITEMS = 100  # the ingress's QUOTAFLOW_USAGE_MAX_ITEMS in the adversarial test
+
+
+def usage_signature(key: str, body: bytes, t: int | None = None) -> bytes:
+    return signature("usage", key, body, t)
 
 
 class UsageFuzzer:
@@ -83,7 +95,7 @@ class UsageFuzzer:
         sent = list(JSON if headers is None else headers)
         sent.append((REGION, self.region.encode() if region is None else region))
         if sig is None:
-            sig = push_signature(key or self.key, body)
+            sig = usage_signature(key or self.key, body)
         if sig:
             sent.append((SIGNATURE, sig))
         raw = request("POST", "/v1/usage", sent, body, **kw)  # type: ignore[arg-type]
@@ -96,6 +108,7 @@ class UsageFuzzer:
             self.unknown_region,
             self.garbage_signature,
             self.wrong_key,
+            self.other_kind,
             self.other_regions_key,
             self.stale,
             self.future,
@@ -131,7 +144,7 @@ class UsageFuzzer:
 
     def no_region(self) -> Attack:
         body = self.body()
-        sent = [*JSON, (SIGNATURE, push_signature(self.key, body))]
+        sent = [*JSON, (SIGNATURE, usage_signature(self.key, body))]
         return Attack("usage_no_region", request("POST", "/v1/usage", sent, body))
 
     def unknown_region(self) -> Attack:
@@ -142,7 +155,13 @@ class UsageFuzzer:
         return self.post("usage_garbage_signature", self.body(), sig=header_junk(self.rng) or b"x")
 
     def wrong_key(self) -> Attack:
-        return self.post("usage_wrong_key", self.body(), key=self.rng.randbytes(16).hex())
+        return self.post("usage_wrong_key", self.body(), key=random_key(self.rng))
+
+    def other_kind(self) -> Attack:
+        """The region's own edge key, but as a push or an announcement: never usage."""
+        body = self.body()
+        kind = self.rng.choice(["push", "node-announcement"])
+        return self.post("usage_other_kind", body, sig=signature(kind, self.key, body))
 
     def other_regions_key(self) -> Attack:
         """The other region's real key, claiming this region."""
@@ -151,16 +170,16 @@ class UsageFuzzer:
     def stale(self) -> Attack:
         body = self.body()
         t = int(time.time()) - self.rng.randint(31, 10**6)
-        return self.post("usage_stale", body, sig=push_signature(self.key, body, t))
+        return self.post("usage_stale", body, sig=usage_signature(self.key, body, t))
 
     def future(self) -> Attack:
         body = self.body()
         t = int(time.time()) + self.rng.randint(31, 10**6)
-        return self.post("usage_future", body, sig=push_signature(self.key, body, t))
+        return self.post("usage_future", body, sig=usage_signature(self.key, body, t))
 
     def tampered(self) -> Attack:
         body = self.body()
-        sig = push_signature(self.key, body)
+        sig = usage_signature(self.key, body)
         return self.post("usage_tampered", body.replace(b"1000000", b"9000000"), sig=sig)
 
     def replay(self) -> Attack:
@@ -266,5 +285,5 @@ class UsageFuzzer:
 
     def huge_header(self) -> Attack:
         body = self.body()
-        sig = push_signature(self.key, body) + b",v0=" + b"a" * self.rng.randint(600, 12000)
+        sig = usage_signature(self.key, body) + b",v0=" + b"a" * self.rng.randint(600, 12000)
         return self.post("usage_huge_header", body, sig=sig)

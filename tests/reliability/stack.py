@@ -10,7 +10,6 @@ Stripe; the last state is what Stripe answers). `stripe=None`: snapshot mode (fe
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +29,13 @@ from quotaflow.topics import ensure_topics
 from tests.pipeline import StripeFeed
 from tests.processes import Component, start
 from tests.reliability.model import Expected, Workload
+from wire import generate_keypair, public_key_of
 
 Key = tuple[str, str]
+
+
+def _public_map(private: dict[str, str]) -> str:
+    return orjson.dumps({r: [public_key_of(k)] for r, k in private.items()}).decode()
 
 
 @dataclass
@@ -46,7 +50,8 @@ class Stack:
     stripe: StandinControl | None  # what the worker fetches from; None: the fetch is off
     ingress_port: int = field(default_factory=free_port)
     edge_ports: dict[str, list[int]] = field(default_factory=dict)
-    push_keys: dict[str, str] = field(default_factory=dict)
+    push_keys: dict[str, str] = field(default_factory=dict)  # region -> private push key
+    edge_keys: dict[str, str] = field(default_factory=dict)  # region -> private edge key
     extra_nodes: dict[str, list[str]] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Component] = field(default_factory=dict)
@@ -54,7 +59,8 @@ class Stack:
     def __post_init__(self) -> None:
         for region, count in self.nodes.items():
             self.edge_ports[region] = [free_port() for _ in range(count)]
-            self.push_keys[region] = secrets.token_hex(32)
+            self.push_keys[region] = generate_keypair()[0]
+            self.edge_keys[region] = generate_keypair()[0]
         tenants_file = self.tmp / "tenants.json"
         tenants_file.write_bytes(dump_tenants(self.workload.tenants))
         self.tenants_file = tenants_file
@@ -86,9 +92,9 @@ class Stack:
                 }
             ),
             "QUOTAFLOW_EDGE_NODES": orjson.dumps(nodes).decode(),
-            "QUOTAFLOW_PUSH_KEYS": orjson.dumps(
-                {r: [k] for r, k in self.push_keys.items()}
-            ).decode(),
+            # Public keys only: each signer gets its private key when it starts.
+            "QUOTAFLOW_PUSH_VERIFY_KEYS": _public_map(self.push_keys),
+            "QUOTAFLOW_EDGE_VERIFY_KEYS": _public_map(self.edge_keys),
             "QUOTAFLOW_LOG_LEVEL": "INFO",
             **self.extra_env,
         }
@@ -116,15 +122,19 @@ class Stack:
         return self.procs["worker"]
 
     def start_pusher(self, region: str) -> Component:
-        proc = start(self.started, ["push", "--region", region], self.env, self.tmp)
+        signing = {region: [self.push_keys[region]]}
+        env = {**self.env, "QUOTAFLOW_PUSH_SIGNING_KEYS": orjson.dumps(signing).decode()}
+        proc = start(self.started, ["push", "--region", region], env, self.tmp)
         self.procs[f"push-{region}"] = proc
         return proc
 
     def start_edge(self, region: str, index: int) -> Component:
         port = self.edge_ports[region][index]
-        proc = start(
-            self.started, ["edge", "--region", region, "--port", str(port)], self.env, self.tmp
-        )
+        env = {
+            **self.env,
+            "QUOTAFLOW_EDGE_SIGNING_KEYS": orjson.dumps([self.edge_keys[region]]).decode(),
+        }
+        proc = start(self.started, ["edge", "--region", region, "--port", str(port)], env, self.tmp)
         proc.wait_port(port)
         self.procs[f"edge-{region}-{index}"] = proc
         return proc

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
 import time
 from collections import Counter
@@ -23,11 +22,12 @@ import orjson
 import pytest
 
 from tests.reliability.conftest import StackFactory
-from tests.reliability.fuzz import Attack, push_signature, request, send_raw
+from tests.reliability.fuzz import Attack, push_signature, request, send_raw, signature
 from tests.reliability.fuzz_usage import MAX_ITEMS, REGION, SIGNATURE
 from tests.reliability.model import build
 from tests.reliability.sender import StripeLikeSender, percentile, stripe_signature
 from tests.reliability.stack import Stack, event_ids, topic_records
+from wire import generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(300)]
 
@@ -139,7 +139,7 @@ def _genuine_usage(key: str, seq: int) -> bytes:
     headers = [
         (b"Content-Type", b"application/json"),
         (REGION, b"eu"),
-        (SIGNATURE, push_signature(key, body)),
+        (SIGNATURE, signature("usage", key, body)),
     ]
     return request("POST", "/v1/usage", headers, body)
 
@@ -148,7 +148,6 @@ async def test_fifteen_thousand_hostile_requests_are_refused_and_change_nothing(
     make_stack: StackFactory, figures: dict[str, Any]
 ) -> None:
     workload = build(["victim", "bystander"], 10, seed=29)
-    us_key = secrets.token_hex(32)  # a region with keys but no tenant of ours
     stack = make_stack(
         workload,
         {"eu": 1},
@@ -157,9 +156,9 @@ async def test_fifteen_thousand_hostile_requests_are_refused_and_change_nothing(
             "QUOTAFLOW_INGRESS_BODY_READ_TIMEOUT": "1",
             "QUOTAFLOW_USAGE_MAX_BODY_BYTES": "65536",
             "QUOTAFLOW_USAGE_MAX_ITEMS": str(MAX_ITEMS),
-            "QUOTAFLOW_USAGE_KEYS": orjson.dumps({"us": [us_key]}).decode(),
         },
     )
+    us_key = stack.edge_keys["us"] = generate_keypair()[0]  # a region with keys, no tenant
     await stack.start_all()
     await StripeLikeSender(stack.ingress_url, workload.secrets).send_all(
         workload.deliveries(), rate=200
@@ -180,7 +179,7 @@ async def test_fifteen_thousand_hostile_requests_are_refused_and_change_nothing(
         genuine_pushes.append(raw.decode("latin-1"))
     genuine_usage: list[str] = []
     for n in range(1, 6):  # genuine usage reports, for the replay attack
-        raw = _genuine_usage(eu_key, n)
+        raw = _genuine_usage(stack.edge_keys["eu"], n)
         assert await send_raw(stack.ingress_port, Attack("genuine", raw)) == 200
         genuine_usage.append(raw.decode("latin-1"))
     victim = ("victim", "cus_victim_0")
@@ -210,7 +209,7 @@ async def test_fifteen_thousand_hostile_requests_are_refused_and_change_nothing(
                 "port": stack.ingress_port,
                 "count": USAGE_ATTACKS,
                 "region": "eu",
-                "key": eu_key,
+                "key": stack.edge_keys["eu"],
                 "other_region": "us",
                 "other_key": us_key,
                 "victim": victim,

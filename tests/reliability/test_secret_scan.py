@@ -119,6 +119,10 @@ async def test_no_secret_in_any_topic_log_or_metric(
         secrets[f"{tenant.id} stripe key"] = tenant.stripe_api_key.get_secret_value().encode()
     for region, key in stack.push_keys.items():
         secrets[f"{region} push key"] = key.encode()
+        secrets[f"{region} push key raw"] = base64.b64decode(key)
+    for region, key in stack.edge_keys.items():
+        secrets[f"{region} edge key"] = key.encode()
+        secrets[f"{region} edge key raw"] = base64.b64decode(key)
     for kid, kek in keyring.items():
         secrets[f"kek {kid}"] = kek.encode()
         secrets[f"kek {kid} raw"] = base64.b64decode(kek)

@@ -4,7 +4,6 @@ process (`quotaflow ingress`, `push`, `edge`) on the real broker, no configured 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from edge.reporter import REGION_HTTP_HEADER
-from edge.signing import SIGNATURE_HEADER, PushSigner
 from quotaflow.localkafka import free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
@@ -27,6 +25,7 @@ from tables.edge_node import SIGNATURE_RECORD_HEADER
 from tables.quota import QuotaUpdate, Reason
 from tables.tenant import Tenant, WebhookSecret
 from tests.processes import Component, components, start
+from wire import SIGNATURE_HEADER, Kind, Signer, generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
@@ -101,10 +100,19 @@ class Stack:
     """Ingress and the eu pusher, running; edges can be started into it."""
 
     def __init__(
-        self, settings: Settings, env: dict[str, str], started: list[Component], logs: Path
+        self,
+        settings: Settings,
+        env: dict[str, str],
+        started: list[Component],
+        logs: Path,
+        *,
+        push_key: str,
+        edge_key: str,
     ) -> None:
         self.settings = settings
-        self.env = env
+        self.env = env  # public keys only; each process adds its own private key
+        self.push_key = push_key  # the eu pushers' private push key
+        self.edge_key = edge_key  # the eu edge nodes' private edge key
         self.started = started
         self.logs = logs
         self.ingress_port = int(env["QUOTAFLOW_INGRESS_PORT"])
@@ -112,7 +120,11 @@ class Stack:
 
     def edge(self, port: int, node_id: str | None = None) -> Component:
         """Starts an edge process; its node id (the pushers' metric label) `node-<port>`."""
-        env = {**self.env, "QUOTAFLOW_USAGE_NODE_ID": node_id or f"node-{port}"}
+        env = {
+            **self.env,
+            "QUOTAFLOW_USAGE_NODE_ID": node_id or f"node-{port}",
+            "QUOTAFLOW_EDGE_SIGNING_KEYS": orjson.dumps([self.edge_key]).decode(),
+        }
         edge = start(self.started, ["edge", "--region", "eu", "--port", str(port)], env, self.logs)
         edge.wait_port(port)
         return edge
@@ -123,8 +135,11 @@ class Stack:
 
 @pytest.fixture
 def stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[Stack]:
-    push_key = secrets.token_hex(32)
-    settings = settings_factory(push_keys={"eu": [SecretStr(push_key)]}, edge_announce_interval=1.0)
+    push_key, push_public = generate_keypair()
+    edge_key, edge_public = generate_keypair()
+    settings = settings_factory(
+        push_signing_keys={"eu": [SecretStr(push_key)]}, edge_announce_interval=1.0
+    )
     asyncio.run(ensure_topics(settings))
     tenants_file = tmp_path / "tenants.json"
     tenant = Tenant(
@@ -140,7 +155,8 @@ def stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator
         "QUOTAFLOW_PARTITIONS": str(settings.partitions),
         "QUOTAFLOW_APP_ID": settings.app_id,
         "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
-        "QUOTAFLOW_PUSH_KEYS": orjson.dumps({"eu": [push_key]}).decode(),
+        "QUOTAFLOW_PUSH_VERIFY_KEYS": orjson.dumps({"eu": [push_public]}).decode(),
+        "QUOTAFLOW_EDGE_VERIFY_KEYS": orjson.dumps({"eu": [edge_public]}).decode(),
         "QUOTAFLOW_EDGE_ANNOUNCE_INTERVAL": "1",
         "QUOTAFLOW_EDGE_URL_ALLOW": orjson.dumps({"eu": ["127.0.0.0/8"]}).decode(),
         "QUOTAFLOW_INGRESS_PORT": str(ingress_port),
@@ -151,14 +167,18 @@ def stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator
     env.pop("QUOTAFLOW_EDGE_NODES", None)
     with components(env, tmp_path) as started:
         ingress = start(started, ["ingress"], env, tmp_path)
-        pusher = start(started, ["push", "--region", "eu"], env, tmp_path)
+        pusher_env = {
+            **env,
+            "QUOTAFLOW_PUSH_SIGNING_KEYS": orjson.dumps({"eu": [push_key]}).decode(),
+        }
+        pusher = start(started, ["push", "--region", "eu"], pusher_env, tmp_path)
         ingress.wait_port(ingress_port)
         pusher.wait_port(pusher_port)
         eventually(
             lambda: HTTP.request("GET", f"http://127.0.0.1:{pusher_port}/readyz").status == 200,
             "pusher ready",
         )
-        yield Stack(settings, env, started, tmp_path)
+        yield Stack(settings, env, started, tmp_path, push_key=push_key, edge_key=edge_key)
 
 
 def test_an_announced_node_gets_a_snapshot_then_deltas_and_leaving_stops_delivery(
@@ -221,7 +241,7 @@ def test_a_forged_announcement_adds_no_node(stack: Stack) -> None:
     body = orjson.dumps(doc)
 
     # Through the ingress, signed with a key that is not the region's: refused.
-    forged = PushSigner(["not-the-eu-key"]).headers(body)
+    forged = Signer(Kind.ANNOUNCEMENT, [generate_keypair()[0]]).headers(body)
     resp = HTTP.request(
         "POST",
         f"http://127.0.0.1:{stack.ingress_port}/v1/edge/nodes",
@@ -328,8 +348,7 @@ def test_an_announcement_outside_the_allow_list_or_far_ahead_changes_nothing(
     """Hole 1: a holder of the announcing key points the pushers elsewhere (data out,
     SSRF), or pins a node with an `at` far in the future. Both are signed correctly."""
     produce_quotas(stack.settings, [update("c0", 1)])
-    key = stack.env["QUOTAFLOW_PUSH_KEYS"]
-    signer = PushSigner(orjson.loads(key)["eu"])
+    signer = Signer(Kind.ANNOUNCEMENT, [stack.edge_key])
     listening = f"http://127.0.0.1:{free_port()}"
     now = time.time()
     docs = {
@@ -383,3 +402,100 @@ def test_an_announcement_outside_the_allow_list_or_far_ahead_changes_nothing(
     assert counted("announced") == 0
     for name in docs:
         assert stack.pusher_metric("quotaflow_push_batches_total", node=name) is None
+
+
+def test_no_credential_signs_another_kind_of_message(stack: Stack) -> None:
+    """Issue 20, hole 1: an edge node's credential cannot sign a push (a compromised
+    Rating pod cannot push `limit: null` to its peers), and the pushers' key signs neither
+    announcements nor usage. Each refusal comes from the real process that verifies."""
+    produce_quotas(stack.settings, [update("c0", 1)])
+    port = free_port()
+    stack.edge(port)
+    eventually(lambda: edge_version(port, "c0") == 1, "snapshot arrives")
+
+    evil = QuotaUpdate.model_validate({**update("c0", 10**9).model_dump(), "limit": None})
+    push = orjson.dumps(
+        {"region": "eu", "updates": [evil.model_dump(mode="json")], "snapshot": None}
+    )
+    edge_signed = {
+        "push kind, edge key": Signer(Kind.PUSH, [stack.edge_key]),
+        "announcement kind, edge key": Signer(Kind.ANNOUNCEMENT, [stack.edge_key]),
+        "usage kind, edge key": Signer(Kind.USAGE, [stack.edge_key]),
+        "announcement kind, push key": Signer(Kind.ANNOUNCEMENT, [stack.push_key]),
+    }
+    refused = {}
+    for name, signer in edge_signed.items():
+        resp = HTTP.request(
+            "POST",
+            f"http://127.0.0.1:{port}/v1/push",
+            body=push,
+            headers={**signer.headers(push), "Content-Type": "application/json"},
+        )
+        refused[name] = (resp.status, orjson.loads(resp.data)["error"]["reason"])
+    assert refused == {
+        "push kind, edge key": (401, "unknown_key"),
+        "announcement kind, edge key": (401, "unknown_key"),
+        "usage kind, edge key": (401, "unknown_key"),
+        "announcement kind, push key": (401, "bad_signature"),
+    }
+    time.sleep(1.5)  # the pusher's heartbeats go on; the forged version never lands
+    assert edge_version(port, "c0") == 1
+
+    def ingress(path: str, body: bytes, signer: Signer) -> tuple[int, str]:
+        resp = HTTP.request(
+            "POST",
+            f"http://127.0.0.1:{stack.ingress_port}{path}",
+            body=body,
+            headers={
+                **signer.headers(body),
+                REGION_HTTP_HEADER: "eu",
+                "Content-Type": "application/json",
+            },
+        )
+        return resp.status, orjson.loads(resp.data)["error"]["reason"]
+
+    announcement = orjson.dumps(
+        {
+            "region": "eu",
+            "node_id": "pushkey",
+            "url": f"http://127.0.0.1:{free_port()}",
+            "at": time.time(),
+            "leaving": False,
+        }
+    )
+    assert ingress("/v1/edge/nodes", announcement, Signer(Kind.ANNOUNCEMENT, [stack.push_key])) == (
+        401,
+        "unknown_key",
+    )
+    assert ingress("/v1/edge/nodes", announcement, Signer(Kind.PUSH, [stack.push_key])) == (
+        401,
+        "unknown_key",
+    )
+    assert ingress("/v1/edge/nodes", announcement, Signer(Kind.USAGE, [stack.edge_key])) == (
+        401,
+        "bad_signature",
+    )
+    usage = orjson.dumps(
+        {
+            "batch_id": "pushkey:1",
+            "node_id": "pushkey",
+            "region": "eu",
+            "sent_at": time.time(),
+            "items": [{"tenant_id": "euco", "customer_id": "c0", "units": 1}],
+        }
+    )
+    assert ingress("/v1/usage", usage, Signer(Kind.USAGE, [stack.push_key])) == (
+        401,
+        "unknown_key",
+    )
+    assert ingress("/v1/usage", usage, Signer(Kind.PUSH, [stack.push_key])) == (
+        401,
+        "unknown_key",
+    )
+    assert ingress("/v1/usage", usage, Signer(Kind.ANNOUNCEMENT, [stack.edge_key])) == (
+        401,
+        "bad_signature",
+    )
+    time.sleep(1.5)  # the node watcher runs twice a second
+    assert stack.pusher_metric("quotaflow_push_nodes") == 1  # the real edge only
+    assert stack.pusher_metric("quotaflow_push_batches_total", node="pushkey") is None

@@ -16,7 +16,6 @@ from pydantic import SecretStr
 
 from edge.cache import QuotaCache
 from edge.server import STATE_KEY, build_app
-from edge.signing import PushVerifier
 from quotaflow.localkafka import free_port
 from quotaflow.registry import StaticTenantRegistry
 from quotaflow.settings import Settings
@@ -24,10 +23,11 @@ from streams.push_node import PushConfig
 from streams.pusher import Pusher, run_pusher
 from tables.quota import QuotaUpdate, Reason
 from tables.tenant import Tenant, WebhookSecret
+from wire import Kind, Verifier, generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
 
-KEY = "test-push-key"
+KEY, PUBLIC = generate_keypair()  # the region's push key pair
 FAST = PushConfig(
     request_timeout=0.5,
     probe_timeout=0.3,
@@ -74,7 +74,7 @@ class Edge:
         self.url = f"http://127.0.0.1:{port}"
         self.cache = QuotaCache(regions=("eu",))
         self.refuse: set[bytes] = set()
-        self.app = build_app(self.cache, PushVerifier([KEY]), region="eu")
+        self.app = build_app(self.cache, Verifier(Kind.PUSH, [PUBLIC]), region="eu")
         self.app.middlewares.append(self._refusing)
         self._runner: web.AppRunner | None = None
 
@@ -167,7 +167,7 @@ def push_settings(
 ) -> Callable[[list[str]], Awaitable[Settings]]:
     async def make(urls: list[str]) -> Settings:
         settings = settings_factory(
-            region="eu", edge_nodes={"eu": urls}, push_keys={"eu": [SecretStr(KEY)]}
+            region="eu", edge_nodes={"eu": urls}, push_signing_keys={"eu": [SecretStr(KEY)]}
         )
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         await admin.start()

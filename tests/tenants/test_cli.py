@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from quotaflow.tenants.cli import keys, parse_duration, tenants
+from wire import Kind, Signer, Verifier, public_key_id, public_key_of
 
 
 @pytest.fixture
@@ -128,3 +129,34 @@ def test_durations() -> None:
     assert parse_duration("24h") == 86400
     assert parse_duration("30m") == 1800
     assert parse_duration("0") == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "signing_env", "verify_env"),
+    [
+        ("push", "QUOTAFLOW_PUSH_SIGNING_KEYS", "QUOTAFLOW_PUSH_VERIFY_KEYS"),
+        ("edge", "QUOTAFLOW_EDGE_SIGNING_KEYS", "QUOTAFLOW_EDGE_VERIFY_KEYS"),
+    ],
+)
+def test_generate_signing_prints_a_pair_and_where_each_half_goes(
+    kind: str, signing_env: str, verify_env: str
+) -> None:
+    doc = orjson.loads(
+        _ok(CliRunner().invoke(keys, ["generate-signing", "--kind", kind, "--region", "eu"]))
+    )
+    private, public = doc["private"], doc["public"]
+    assert public_key_of(private) == public
+    assert doc["key_id"] == public_key_id(public)
+    signed_kind = Kind.PUSH if kind == "push" else Kind.USAGE
+    header = Signer(signed_kind, [private]).header(b"body")
+    assert Verifier(signed_kind, [public]).verify(header, b"body") == doc["key_id"]
+    signing = doc["signers"][signing_env]
+    assert (signing["eu"] if kind == "push" else signing) == [private]
+    assert doc["verifiers"] == {verify_env: {"eu": [public]}}
+    again = orjson.loads(_ok(CliRunner().invoke(keys, ["generate-signing", "--kind", kind])))
+    assert again["private"] != private
+
+
+def test_generate_signing_needs_a_known_kind() -> None:
+    result = CliRunner().invoke(keys, ["generate-signing", "--kind", "webhook"])
+    assert result.exit_code != 0

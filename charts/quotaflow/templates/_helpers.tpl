@@ -49,7 +49,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* One variable from the chart's (or the operator's) Secret:
-     (dict "root" $ "key" "QUOTAFLOW_PUSH_KEYS" "optional" false) */}}
+     (dict "root" $ "key" "QUOTAFLOW_PUSH_SIGNING_KEYS" "optional" false) */}}
 {{- define "quotaflow.secretEnv" -}}
 - name: {{ .key }}
   valueFrom:
