@@ -1,4 +1,5 @@
-"""Session-wide real peers: an Apache Kafka broker, stripe-mock and localstripe.
+"""Session-wide real peers: an Apache Kafka broker, stripe-mock, localstripe and the Stripe
+stand-in (`quotaflow.testing.stripe_standin`).
 
 The broker is `QUOTAFLOW_KAFKA_BOOTSTRAP` if set; otherwise a KRaft broker from Maven jars
 (`quotaflow.localkafka`); otherwise testcontainers' Kafka module when a Docker engine
@@ -17,6 +18,7 @@ import pytest
 
 from quotaflow.localkafka import LocalKafka, free_port
 from quotaflow.settings import Settings
+from quotaflow.testing.stripe_standin import StandinControl, run_standin
 
 
 def _docker_answers() -> bool:
@@ -93,3 +95,29 @@ def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with run_localstripe(tmp_path_factory.mktemp("localstripe")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def stripe_standin_url() -> Iterator[str]:
+    """Base URL of one Stripe stand-in for the session (a thread of the test process)."""
+    with run_standin() as url:
+        yield url
+
+
+@pytest.fixture
+def stripe_standin(stripe_standin_url: str) -> StandinControl:
+    """The session's Stripe stand-in, emptied for this test: objects, settings, stats."""
+    control = StandinControl(stripe_standin_url)
+    control.reset()
+    return control
+
+
+@pytest.fixture(params=["fetch_on", "fetch_off"])
+def stripe_fetch(request: pytest.FixtureRequest, stripe_standin_url: str) -> StandinControl | None:
+    """Runs a test twice: with the worker fetching from the emptied stand-in (production's
+    default) and in snapshot mode (None: the fetch off)."""
+    if request.param == "fetch_off":
+        return None
+    control = StandinControl(stripe_standin_url)
+    control.reset()
+    return control

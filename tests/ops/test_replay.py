@@ -1,5 +1,6 @@
-"""Replay against a real `quotaflow worker` process: replaying everything changes nothing,
-and `quota explain` replays the same records through the domain to the published quota."""
+"""Replay against a real `quotaflow worker` process (fetching from the Stripe stand-in):
+replaying everything changes nothing, and `quota explain` replays the same records through
+the domain to the published quota."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from quotaflow.ops.replay import REPLAY, REPLAY_OF, replay
 from quotaflow.ops.timespec import Position
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
+from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics
 from tables.quota import QuotaUpdate
 from tests.kafkautil import produce, read_all, wait_for_records
-from tests.pipeline import PERIOD, stripe_record, worker_env
+from tests.pipeline import PERIOD, StripeFeed, stripe_record, worker_env
 from tests.processes import components, start
 from tests.tables.factories import BASIC, PRO, UNKNOWN, event, make_tenant, subscription
 
@@ -42,19 +44,28 @@ def _lifecycle() -> list[dict[str, object]]:
 
 
 async def test_replaying_everything_publishes_no_new_quota_version(
-    settings_factory: Callable[..., Settings], tmp_path: Path
+    settings_factory: Callable[..., Settings], tmp_path: Path, stripe_standin: StandinControl
 ) -> None:
     settings = settings_factory(partitions=1)
     await ensure_topics(settings)
     tenants_file = tmp_path / "tenants.json"
-    tenants_file.write_bytes(dump_tenants([make_tenant()]))
+    tenant = make_tenant(stripe_api_key="sk_test_replay")
+    tenants_file.write_bytes(dump_tenants([tenant]))
+    feed = StripeFeed(stripe_standin, [tenant])
     t = settings.topics
     bodies = _lifecycle()
-    originals = [stripe_record("acme", body) for body in bodies]
-    await produce(settings.kafka_bootstrap, t.stripe_events, originals)
+    env = worker_env(settings, tenants_file, tmp_path / "w", stripe=stripe_standin)
 
     with components({}, tmp_path) as started:
-        start(started, ["worker"], worker_env(settings, tenants_file, tmp_path / "w"), tmp_path)
+        start(started, ["worker"], env, tmp_path)
+        # Stripe: the subscription is created (the event twice), then upgraded once the
+        # worker applied the creation, and another customer subscribes.
+        originals = feed.records([("acme", body) for body in bodies[:2]])
+        await produce(settings.kafka_bootstrap, t.stripe_events, originals)
+        await wait_for_records(settings.kafka_bootstrap, t.quota_updates, 1)
+        later = feed.records([("acme", body) for body in bodies[2:]])
+        await produce(settings.kafka_bootstrap, t.stripe_events, later)
+        originals += later
         before = await wait_for_records(settings.kafka_bootstrap, t.quota_updates, 3)
         letters = await wait_for_records(settings.kafka_bootstrap, t.deadletter, 1)
 
@@ -68,7 +79,7 @@ async def test_replaying_everything_publishes_no_new_quota_version(
             "customer.subscription.created",
             subscription("sub_9", "cus_9", "active", [(BASIC, 1)], period=PERIOD),
         )
-        await produce(settings.kafka_bootstrap, t.stripe_events, [stripe_record("acme", marker)])
+        await produce(settings.kafka_bootstrap, t.stripe_events, feed.records([("acme", marker)]))
         after = await wait_for_records(settings.kafka_bootstrap, t.quota_updates, len(before) + 1)
 
     events = await read_all(settings.kafka_bootstrap, t.stripe_events)
@@ -108,6 +119,7 @@ async def test_replaying_everything_publishes_no_new_quota_version(
     unknown = await explain(settings, make_tenant(), "cus_2")
     assert unknown.steps[0].deadletters
     assert unknown.matches
+    feed.assert_fetched("acme", 4)  # sub_1 twice, sub_2, sub_9
 
 
 async def test_replay_of_one_tenant_and_type_reads_only_its_partition(

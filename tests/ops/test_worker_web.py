@@ -1,4 +1,5 @@
-"""The worker's /healthz, /readyz and /metrics on a real worker process and broker."""
+"""The worker's /healthz, /readyz and /metrics on a real worker process and broker (fetching
+from the Stripe stand-in)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from quotaflow.envelope import Envelope
 from quotaflow.localkafka import free_port, port_open
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
+from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics
 from streams.worker_web import MAX_REASONS, WorkerMetrics
 from tables.tenant import Tenant
 from tests.kafkautil import produce, wait_for_records
-from tests.pipeline import PERIOD, stripe_record, worker_env
+from tests.pipeline import PERIOD, StripeFeed, worker_env
 from tests.tables.factories import BASIC, UNKNOWN, event, make_tenant, subscription
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -43,12 +45,14 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 
 
 async def test_worker_web_answers_health_readiness_and_counts_outcomes(
-    settings_factory: Callable[..., Settings], tmp_path: Path
+    settings_factory: Callable[..., Settings], tmp_path: Path, stripe_standin: StandinControl
 ) -> None:
     settings = settings_factory(partitions=1)
     await ensure_topics(settings)
     tenants_file = tmp_path / "tenants.json"
-    tenants_file.write_bytes(dump_tenants([make_tenant()]))
+    tenant = make_tenant(stripe_api_key="sk_test_worker_web")
+    tenants_file.write_bytes(dump_tenants([tenant]))
+    feed = StripeFeed(stripe_standin, [tenant])
     created = event(
         "customer.subscription.created",
         subscription("sub_1", "cus_1", "active", [(BASIC, 1)], period=PERIOD),
@@ -58,17 +62,15 @@ async def test_worker_web_answers_health_readiness_and_counts_outcomes(
         subscription("sub_2", "cus_2", "active", [(UNKNOWN, 1)], period=PERIOD),
     )
     bad = (b"acme", b"{nope", Envelope("acme", "evt_x", "x", False, time.time(), "s1").headers())
-    records = [
-        stripe_record("acme", created),
-        stripe_record("acme", created),
-        stripe_record("acme", unknown),
-        bad,
-    ]
+    records = [*feed.records([("acme", created), ("acme", created), ("acme", unknown)]), bad]
     await produce(settings.kafka_bootstrap, settings.topics.stripe_events, records)
 
     port = free_port()
     log = (tmp_path / "worker.log").open("wb")
-    env = {**os.environ, **worker_env(settings, tenants_file, tmp_path / "w")}
+    env = {
+        **os.environ,
+        **worker_env(settings, tenants_file, tmp_path / "w", stripe=stripe_standin),
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -122,6 +124,8 @@ async def test_worker_web_answers_health_readiness_and_counts_outcomes(
     assert samples[(letters, (("reason", "unknown_price"),))] == 1
     assert samples[(letters, (("reason", "malformed"),))] == 1
     assert samples[("quotaflow_worker_ready", ())] == 1
+    fetched = ("quotaflow_stripe_requests_total", (("mode", "test"), ("outcome", "ok")))
+    assert samples[fetched] >= 2  # sub_1 and sub_2
     lag = [k for k in samples if k[0] == "quotaflow_consumer_lag"]
     assert lag
     assert all(dict(labels)["group"] == settings.app_id for _, labels in lag)

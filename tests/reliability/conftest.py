@@ -16,6 +16,7 @@ import pytest
 
 from quotaflow.localkafka import LocalKafka, free_port
 from quotaflow.settings import Settings
+from quotaflow.testing.stripe_standin import StandinControl
 from tests.processes import Component
 from tests.reliability.model import Workload
 from tests.reliability.stack import Stack
@@ -40,8 +41,11 @@ StackFactory = Callable[..., Stack]
 
 
 @pytest.fixture
-def make_stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[StackFactory]:
-    """Builds `Stack`s whose processes are all stopped when the test ends."""
+def make_stack(
+    settings_factory: Callable[..., Settings], tmp_path: Path, stripe_standin: StandinControl
+) -> Iterator[StackFactory]:
+    """Builds `Stack`s whose processes are all stopped when the test ends; their worker
+    fetches from the Stripe stand-in unless `fetch=False`."""
     started: list[Component] = []
 
     def make(
@@ -49,10 +53,14 @@ def make_stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Ite
         nodes: dict[str, int],
         *,
         env: dict[str, str] | None = None,
+        fetch: bool = True,
         **overrides: Any,
     ) -> Stack:
         settings = settings_factory(**overrides)
-        return Stack(settings, workload, tmp_path, started, nodes, extra_env=dict(env or {}))
+        stripe = stripe_standin if fetch else None
+        return Stack(
+            settings, workload, tmp_path, started, nodes, stripe, extra_env=dict(env or {})
+        )
 
     try:
         yield make

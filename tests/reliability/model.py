@@ -1,10 +1,12 @@
 """The workload and its reference model: what every quota must be at the end.
 
-Each customer gets a subscription lifecycle whose events carry their own snapshot (the
-worker runs with the Stripe fetch off), created at distinct seconds spread over a 3-day
-window, plus paid top-up invoices for some. The expected final quota is computed here
-from the *last* Stripe object per customer and the plan catalog alone, with none of the
-stream code: that is the oracle every fault scenario compares the edges with.
+Each customer gets a subscription lifecycle whose events carry their own snapshot,
+created at distinct seconds spread over a 3-day window, plus paid top-up invoices for
+some. A worker that fetches from Stripe (the stand-in) sees the subscription's state at
+the time of the fetch; one with the fetch off applies the snapshots. The expected final
+quota is computed here from the *last* Stripe object per customer and the plan catalog
+alone, with none of the stream code: that is the oracle every fault scenario compares the
+edges with.
 """
 
 from __future__ import annotations

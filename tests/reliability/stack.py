@@ -1,5 +1,10 @@
 """The whole pipeline as real processes (`quotaflow ingress|worker|push|edge`), with the
 ports, keys and files a scenario needs to break it and to look inside it afterwards.
+
+The worker fetches each event's subscription from Stripe, as in production: from the
+Stripe stand-in, which holds every customer's final subscription before any event is sent
+(deliveries arrive late, duplicated and out of order, after every change happened at
+Stripe; the last state is what Stripe answers). `stripe=None`: snapshot mode (fetch off).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from quotaflow.localkafka import free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
+from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics
+from tests.pipeline import StripeFeed
 from tests.processes import Component, start
 from tests.reliability.model import Expected, Workload
 from wire import generate_keypair, public_key_of
@@ -40,6 +47,7 @@ class Stack:
     tmp: Path
     started: list[Component]
     nodes: dict[str, int]  # region -> edge nodes in it
+    stripe: StandinControl | None  # what the worker fetches from; None: the fetch is off
     ingress_port: int = field(default_factory=free_port)
     edge_ports: dict[str, list[int]] = field(default_factory=dict)
     push_keys: dict[str, str] = field(default_factory=dict)  # region -> private push key
@@ -59,6 +67,9 @@ class Stack:
         tenants_file = self.tmp / "tenants.json"
         tenants_file.write_bytes(dump_tenants(self.workload.tenants))
         self.tenants_file = tenants_file
+        self.feed = StripeFeed(self.stripe, self.workload.tenants)
+        for (tenant_id, _), (final, _) in sorted(self.workload.finals.items()):
+            self.feed.change(tenant_id, final)
 
     @property
     def env(self) -> dict[str, str]:
@@ -75,7 +86,14 @@ class Stack:
             "QUOTAFLOW_DATA_DIR": str(self.tmp / "worker"),
             "QUOTAFLOW_STORE": "memory://",
             "QUOTAFLOW_TENANTS_FILE": str(self.tenants_file),
-            "QUOTAFLOW_STRIPE_FETCH": "false",
+            **(
+                {"QUOTAFLOW_STRIPE_FETCH": "false"}
+                if self.stripe is None
+                else {
+                    "QUOTAFLOW_STRIPE_FETCH": "true",
+                    "QUOTAFLOW_STRIPE_API_BASE": self.stripe.url,
+                }
+            ),
             "QUOTAFLOW_EDGE_NODES": orjson.dumps(nodes).decode(),
             # Public keys only: each signer gets its private key when it starts.
             "QUOTAFLOW_PUSH_VERIFY_KEYS": _public_map(self.push_keys),

@@ -63,6 +63,7 @@ async def _probe_latencies(stack: Stack, secret: str, first: int) -> list[float]
             body = event(
                 "customer.subscription.updated", sub, created=WINDOW_START + i, event_id=f"evt_p{i}"
             )
+            stack.feed.change("acme", sub)  # Stripe's subscription changes, then the event
             sent = time.perf_counter()
             await sender.send_all([Delivery("acme", str(body["id"]), orjson.dumps(body))], rate=1e6)
             url = f"http://127.0.0.1:{port}/v1/quotas/acme/cus_probe"

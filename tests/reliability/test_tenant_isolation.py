@@ -55,7 +55,10 @@ async def test_credentials_of_one_tenant_or_region_change_nothing_of_another(
             raw = request("POST", f"/v1/webhooks/stripe/{victim}", headers, body)
             status = await send_raw(stack.ingress_port, Attack("cross_route", raw))
             statuses.setdefault("webhook signed by A on B's route", []).append(status)
-    # A's own route, A's signature, B's customer ids: accepted, but only ever A's data.
+    # A's own route, A's signature, B's customer ids: accepted, but only ever A's data. The
+    # worker reads them from A's Stripe account, which holds such objects of its own.
+    for n in range(10):
+        stack.feed.change("acme", orjson.loads(_takeover("globex", n, 0))["data"]["object"])
     own = [
         Delivery(
             "acme",

@@ -7,6 +7,10 @@ successor processes again. The state's own guards must make that harmless: every
 customer ends with the quota of an uninterrupted run *and* of the reference model
 (`model.py`: the final Stripe object, the catalog and the distinct usage batches).
 
+The test runs with the worker's Stripe fetch on (the stand-in plays Stripe: each chunk's
+subscriptions change there before their events are produced, so a restarted worker fetches
+states newer than the events it reprocesses) and off (every event carries its snapshot).
+
 Billing and usage arrive on two topics whose relative order no run controls, and usage
 publishes only on threshold crossings, so versions and the `used` of the last published
 record may differ between runs; the comparison is therefore on the end state: limit,
@@ -20,6 +24,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +34,12 @@ import pytest
 from quotaflow.envelope import SCHEMA, TENANT
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
+from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics
 from tables.quota import QuotaUpdate
 from tables.usage import BATCH_ID_HEADER, USAGE_SCHEMA
 from tests.kafkautil import produce, read_all, wait_for_records
-from tests.pipeline import Record, stripe_record, wait_committed, worker_env
+from tests.pipeline import Record, StripeFeed, wait_committed, worker_env
 from tests.processes import components, start
 from tests.reliability.model import Expected, UsageBatch, Workload, add_usage, build
 
@@ -41,8 +47,16 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(420)]
 
 KILLS = 10
 Key = tuple[str, str]
-# (topic, record): billing goes to stripe.events, usage to usage.events.
-Item = tuple[str, Record]
+
+
+@dataclass(frozen=True)
+class Item:
+    """A billing event for stripe.events (stamped as received when produced, after its
+    subscription changed at Stripe) or a usage batch's record for usage.events."""
+
+    tenant: str
+    body: dict[str, Any] | None = None
+    usage: Record | None = None
 
 
 def _usage_record(batch: UsageBatch) -> Record:
@@ -59,9 +73,9 @@ def _stream(workload: Workload, usage: Sequence[UsageBatch], rng: random.Random)
     each kept in its own order."""
     billing: list[Item] = []
     for i, delivery in enumerate(workload.deliveries()):
-        record = stripe_record(delivery.tenant_id, orjson.loads(delivery.body))
-        billing += [("stripe", record)] * (2 if i % 7 == 0 else 1)
-    used: list[Item] = [("usage", _usage_record(b)) for b in usage]
+        item = Item(delivery.tenant_id, body=orjson.loads(delivery.body))
+        billing += [item] * (2 if i % 7 == 0 else 1)
+    used: list[Item] = [Item(b.tenant_id, usage=_usage_record(b)) for b in usage]
     out: list[Item] = []
     while billing or used:
         source = billing if used == [] or (billing and rng.random() < 0.7) else used
@@ -69,10 +83,13 @@ def _stream(workload: Workload, usage: Sequence[UsageBatch], rng: random.Random)
     return out
 
 
-async def _produce(settings: Settings, items: Sequence[Item]) -> None:
-    topics = {"stripe": settings.topics.stripe_events, "usage": settings.topics.usage_events}
-    for kind, topic in topics.items():
-        records = [r for k, r in items if k == kind]
+async def _produce(settings: Settings, feed: StripeFeed, items: Sequence[Item]) -> None:
+    billing = feed.records([(i.tenant, i.body) for i in items if i.body is not None])
+    usage = [i.usage for i in items if i.usage is not None]
+    for topic, records in (
+        (settings.topics.stripe_events, billing),
+        (settings.topics.usage_events, usage),
+    ):
         if records:
             await produce(settings.kafka_bootstrap, topic, records)
 
@@ -104,9 +121,17 @@ def _final(updates: list[Any], states: list[Any]) -> tuple[dict[Key, Expected], 
 
 
 async def _run(
-    settings: Settings, tmp_path: Path, workload: Workload, stream: list[Item], kills: int
+    settings: Settings,
+    tmp_path: Path,
+    workload: Workload,
+    stream: list[Item],
+    kills: int,
+    stripe: StandinControl | None,
 ) -> tuple[dict[Key, Expected], int]:
     rng = random.Random(7)
+    if stripe is not None:
+        stripe.reset()  # each run plays Stripe from the start
+    feed = StripeFeed(stripe, workload.tenants)
     await ensure_topics(settings)
     tenants_file = tmp_path / "tenants.json"
     tenants_file.write_bytes(dump_tenants(workload.tenants))
@@ -114,6 +139,7 @@ async def _run(
         settings,
         tenants_file,
         tmp_path / "data",
+        stripe=stripe,
         store="rocksdb://",
         # Commit rarely so that every kill leaves processed-but-uncommitted records behind.
         commit_interval="5",
@@ -126,32 +152,33 @@ async def _run(
     # One billing event per customer first: it sets the period, which would reset any
     # usage counted before it (usage ahead of billing is a race between two topics).
     firsts: dict[Key, int] = {}
-    for i, (kind, record) in enumerate(stream):
-        if kind == "stripe":
-            body = orjson.loads(record[1])
-            firsts.setdefault((record[0].decode(), str(body["data"]["object"]["customer"])), i)
+    for i, item in enumerate(stream):
+        if item.body is not None:
+            firsts.setdefault((item.tenant, str(item.body["data"]["object"]["customer"])), i)
     rest = [item for i, item in enumerate(stream) if i not in set(firsts.values())]
     # Contiguous slices: each topic ends up in the same order as the uninterrupted run's.
     size = -(-len(rest) // (kills + 1))
     chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
     with components({}, tmp_path) as started:
         worker = start(started, ["worker"], env, tmp_path)
-        await _produce(settings, [stream[i] for i in firsts.values()])
+        await _produce(settings, feed, [stream[i] for i in firsts.values()])
         await wait_for_records(settings.kafka_bootstrap, quota_updates, len(firsts), 120)
         for chunk in chunks[:-1]:
             before = len(await read_all(settings.kafka_bootstrap, quota_updates))
-            await _produce(settings, chunk)
+            await _produce(settings, feed, chunk)
             # Kill mid-work: once this chunk's first updates are out, at a random moment.
             await wait_for_records(settings.kafka_bootstrap, quota_updates, before + 1, 120)
             await asyncio.sleep(rng.uniform(0.0, 1.0))
             worker.kill()
             worker = start(started, ["worker"], env, tmp_path)
-        await _produce(settings, chunks[-1])
+        await _produce(settings, feed, chunks[-1])
         t = settings.topics
         await wait_committed(settings, 180, [t.stripe_events, t.usage_events])
         updates = await read_all(settings.kafka_bootstrap, quota_updates)
         changelog = f"{settings.app_id}-customers-changelog"
         states = await read_all(settings.kafka_bootstrap, changelog)
+    for tenant in workload.tenants:
+        feed.assert_fetched(tenant.id, 15)
     return _final(updates, states)
 
 
@@ -160,6 +187,7 @@ async def test_ten_sigkills_in_a_mixed_stream_end_in_the_reference_state(
     tmp_path: Path,
     unique: Callable[[str], str],
     figures: dict[str, Any],
+    stripe_fetch: StandinControl | None,
 ) -> None:
     workload = build(["acme", "globex"], 15, seed=11)
     usage = add_usage(workload, random.Random(5), batches_per_node=10, max_units=3000)
@@ -167,13 +195,16 @@ async def test_ten_sigkills_in_a_mixed_stream_end_in_the_reference_state(
     calm_dir, crash_dir = tmp_path / "calm", tmp_path / "crash"
     calm_dir.mkdir()
     crash_dir.mkdir()
-    calm, calm_repeats = await _run(settings_factory(), calm_dir, workload, stream, 0)
+    calm, calm_repeats = await _run(settings_factory(), calm_dir, workload, stream, 0, stripe_fetch)
     crashed_settings = settings_factory(topic_prefix=unique("k") + ".", app_id=unique("crash-app"))
-    crashed, repeats = await _run(crashed_settings, crash_dir, workload, stream, KILLS)
+    crashed, repeats = await _run(
+        crashed_settings, crash_dir, workload, stream, KILLS, stripe_fetch
+    )
     figures.update(
         kills=KILLS,
-        billing_records=sum(1 for k, _ in stream if k == "stripe"),
-        usage_records=sum(1 for k, _ in stream if k == "usage"),
+        fetch=stripe_fetch is not None,
+        billing_records=sum(1 for i in stream if i.body is not None),
+        usage_records=sum(1 for i in stream if i.usage is not None),
         customers=len(workload.expected),
         repeated_versions=repeats,
     )

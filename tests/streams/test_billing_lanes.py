@@ -81,8 +81,7 @@ async def test_reads_run_concurrently_and_a_held_tenant_does_not_block_another(
             settings,
             tmp_path / "tenants.json",
             tmp_path / "w",
-            stripe_fetch="true",
-            stripe_api_base=url,
+            stripe=url,
         )
         with components({}, tmp_path) as started:
             start(started, ["worker"], env, tmp_path)
@@ -129,8 +128,7 @@ async def test_a_tenant_whose_stripe_stays_down_falls_back_to_snapshots_and_show
             settings,
             tmp_path / "tenants.json",
             tmp_path / "w",
-            stripe_fetch="true",
-            stripe_api_base=url,
+            stripe=url,
             stripe_fallback_after="2",
         )
         with components({}, tmp_path) as started:

@@ -36,6 +36,8 @@ def make_tenant(
     *,
     alias_key: str | None = "rating_id",
     tenant_id: str = "acme",
+    stripe_api_key: str | None = None,
+    stripe_account: str | None = None,
 ) -> Tenant:
     default = {
         "basic": PlanEntry(quota=1000, rate_per_second=10, features=("api",)),
@@ -50,6 +52,8 @@ def make_tenant(
         regions=("eu",),
         plans=dict(plans if plans is not None else default),
         customer_alias_key=alias_key,
+        stripe_api_key=None if stripe_api_key is None else SecretStr(stripe_api_key),
+        stripe_account=stripe_account,
     )
 
 
