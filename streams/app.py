@@ -147,6 +147,8 @@ def create_app(
         deadletter=deadletter,
         meter_jobs=meter_jobs,
         observe=observe,
+        # The changelog writes of a batch are durable before its quota records go out.
+        barrier=lambda: app.producer.flush(),
     )
 
     resources = WorkerResources(settings, registry)

@@ -6,6 +6,12 @@ one event loop, never overwrite each other. Each write is made under the event o
 partition (`event_context`): Faust files a table write under the current event's
 partition.
 
+A quota record is sent only once the state that produced it is in the changelog (a
+flush of the producer first, `barrier`): otherwise a worker killed between the two would
+recover an older state than it had published, and its next record for that customer
+could carry a version already used (seen in `tests/reliability/test_worker_crash.py`).
+Meter jobs and dead letters need no barrier: a reprocessed event makes the same ones.
+
 Sends are issued in the order of the batches (so the newest version of a quota key is
 also the last record of that key in the compacted topic), and the broker's
 acknowledgement of every send of a batch is awaited before the batch's events are
@@ -57,6 +63,7 @@ class Sink:
         deadletter: faust.TopicT,
         meter_jobs: faust.TopicT | None = None,
         observe: Callable[[Effects], None] | None = None,
+        barrier: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._customers = customers
         self._aliases = aliases
@@ -64,6 +71,7 @@ class Sink:
         self._deadletter = deadletter
         self._meter_jobs = meter_jobs
         self._observe = observe
+        self._barrier = barrier
 
     def write(self, effects: Effects, events: Mapping[int, Any]) -> None:
         """Table writes; `events` names one Faust event per partition written to."""
@@ -79,6 +87,8 @@ class Sink:
         if not (effects.updates or effects.meter_jobs or effects.deadletters):
             return []
         try:
+            if effects.updates and self._barrier is not None:
+                await self._barrier()
             return await self._send_all(effects)
         except asyncio.CancelledError:
             raise
