@@ -151,19 +151,20 @@ class BillingPipeline:
         ready: list[tuple[BillingEvent, FetchResult, Any]],
         rejected: list[tuple[Record, Rejected, Any]],
     ) -> None:
-        effects = Effects()
-        for record, why, _ in rejected:
-            self._processor.reject(effects, record, why)
-        self._processor.apply(
-            self._customers, self._aliases, [(e, r) for e, r, _ in ready], effects
-        )
         handles = [h for *_, h in ready] + [h for *_, h in rejected]
         by_partition: dict[int, Any] = {}
         for handle in handles:
             by_partition.setdefault(handle.message.partition, handle)
-        # No await between the processor's reads above and these writes.
-        self._sink.write(effects, by_partition)
-        futures = await self._sink.send(effects)
+        async with self._sink.turn:
+            effects = Effects()
+            for record, why, _ in rejected:
+                self._processor.reject(effects, record, why)
+            self._processor.apply(
+                self._customers, self._aliases, [(e, r) for e, r, _ in ready], effects
+            )
+            # No await between the processor's reads above and these writes.
+            self._sink.write(effects, by_partition)
+            futures = await self._sink.send(effects)
         task = asyncio.create_task(self._confirm(events, futures, handles, effects))
         self._confirming.add(task)
         task.add_done_callback(self._confirming.discard)

@@ -76,7 +76,8 @@ def add_grace_timer(
         """Re-evaluates each ticked customer; a tick for a gone customer is ignored."""
         async for event in stream.events():
             record = record_from(event)
-            effects = processor.handle(customers, [record])
-            sink.write(effects, {record.partition: event})
-            await sink.send(effects)
+            async with sink.turn:
+                effects = processor.handle(customers, [record])
+                sink.write(effects, {record.partition: event})
+                await sink.send(effects)
             sink.done(effects)

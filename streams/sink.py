@@ -12,6 +12,10 @@ recover an older state than it had published, and its next record for that custo
 could carry a version already used (seen in `tests/reliability/test_worker_crash.py`).
 Meter jobs and dead letters need no barrier: a reprocessed event makes the same ones.
 
+The three agents (billing, usage, grace) write the same customers, so each holds `turn`
+from its state reads to its last send: versions are computed, written and sent in one
+order, and a record never follows a newer one of the same customer into the topic.
+
 Sends are issued in the order of the batches (so the newest version of a quota key is
 also the last record of that key in the compacted topic), and the broker's
 acknowledgement of every send of a batch is awaited before the batch's events are
@@ -72,6 +76,15 @@ class Sink:
         self._meter_jobs = meter_jobs
         self._observe = observe
         self._barrier = barrier
+        # Held from an agent's state reads to its last send (created in the worker's loop).
+        self._turn: asyncio.Lock | None = None
+
+    @property
+    def turn(self) -> asyncio.Lock:
+        """Held from the processor's reads to the last send of what it decided."""
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        return self._turn
 
     def write(self, effects: Effects, events: Mapping[int, Any]) -> None:
         """Table writes; `events` names one Faust event per partition written to."""

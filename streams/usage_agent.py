@@ -69,9 +69,10 @@ def add_usage_agent(
         try:
             async for event in stream.events():
                 record = record_from(event)
-                effects = processor.handle(customers, aliases, [record])
-                sink.write(effects, {record.partition: event})
-                await sink.send(effects)
+                async with sink.turn:
+                    effects = processor.handle(customers, aliases, [record])
+                    sink.write(effects, {record.partition: event})
+                    await sink.send(effects)
                 sink.done(effects)
         except asyncio.CancelledError:
             raise
