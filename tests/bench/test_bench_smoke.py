@@ -50,7 +50,8 @@ def test_quick_worker_bench_writes_the_expected_figures(
     assert store["store"] == "memory://"
     assert store["raw_consumer"]["events_per_s"] > 0
     throughput = store["throughput"]
-    assert throughput["updates"] == store["events"]
+    # A batch publishes a customer's newest version only: at most one record per event.
+    assert 0 < throughput["updates"] <= store["events"]
     assert set(throughput) >= {"events_per_s", "fraction_of_raw", "worker_cpu_cores"}
     latency = store["latency"]
     assert latency["matched"] > 0
