@@ -84,15 +84,21 @@ class BillingPipeline:
 
     async def run(self, stream: Any) -> None:
         """Admits every event of `stream`; the applier task does the rest."""
-        await self._ready()
-        registry = self._registry()
-        assert registry is not None  # set before ready
+        # Iterate at once and wait for the registry on the first event, as Faust expects
+        # of an agent: a stream first iterated after recovery resumed the streams was
+        # never fed (a worker restarted on a filled changelog took no event).
         events = stream.noack()
-        applier = asyncio.create_task(self._apply_loop(events), name="billing-applier")
+        applier: asyncio.Task[None] | None = None
+        registry: TenantRegistry | None = None
         try:
             async for event in events.events():
-                if applier.done():
+                if applier is None:
+                    await self._ready()
+                    registry = self._registry()
+                    applier = asyncio.create_task(self._apply_loop(events), name="billing-applier")
+                elif applier.done():
                     applier.result()  # re-raises what stopped it
+                assert registry is not None  # set before ready
                 record = record_from(event)
                 parsed = parse(record, registry)
                 if parsed is None:
@@ -104,8 +110,9 @@ class BillingPipeline:
                 else:
                     await self.lanes.admit(parsed, event)
         finally:
-            applier.cancel()
-            await asyncio.gather(applier, return_exceptions=True)
+            if applier is not None:
+                applier.cancel()
+                await asyncio.gather(applier, return_exceptions=True)
             await self.lanes.close()
             confirming = list(self._confirming)
             for task in confirming:

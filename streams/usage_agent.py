@@ -65,9 +65,12 @@ def add_usage_agent(
     @app.agent(usage_events, concurrency=1, name="usage")
     async def usage(stream: faust.StreamT[bytes]) -> None:
         """Applies each usage batch once in effect; a bad record goes to the dead letters."""
-        await ready()
+        waited = False
         try:
             async for event in stream.events():
+                if not waited:  # on the first event: see BillingPipeline.run
+                    await ready()
+                    waited = True
                 record = record_from(event)
                 async with sink.turn:
                     effects = processor.handle(customers, aliases, [record])
