@@ -41,7 +41,7 @@ import pstats
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,20 +278,22 @@ async def wait_records(
         await asyncio.sleep(0.25)
 
 
-def expected_versions(events: Sequence[tuple[str, str, bytes]]) -> dict[str, int]:
-    """Quota key -> the version its last event publishes (every event changes the quota,
-    so a customer's k-th event is version k)."""
+def count_versions(evts: Iterable[str], counts: dict[str, int]) -> dict[str, int]:
+    """Event id -> the version it publishes, counting on from `counts` (quota key -> events
+    of that customer already in the topic), which it updates: every event changes the
+    quota, so a customer's k-th event in a topic is version k."""
     out: dict[str, int] = {}
-    for _tenant, evt, _body in events:
-        key, version = key_version(evt)
-        out[key] = max(out.get(key, 0), version)
+    for evt in evts:
+        key = key_of(evt)
+        counts[key] = counts.get(key, 0) + 1
+        out[evt] = counts[key]
     return out
 
 
-def key_version(evt: str) -> tuple[str, int]:
-    """`evt_{t}_{c}_{step}_{seq}` -> (quota key, version that event publishes)."""
-    _, t, c, step, _seq = evt.split("_")
-    return f"{tenant_id(int(t))}/cus_{t}_{c}", int(step) + 1
+def key_of(evt: str) -> str:
+    """`evt_{t}_{c}_{step}_{seq}` -> the quota key of its customer."""
+    _, t, c, _step, _seq = evt.split("_")
+    return f"{tenant_id(int(t))}/cus_{t}_{c}"
 
 
 async def wait_versions(
@@ -554,8 +556,10 @@ async def bench_store(
         started.append(worker)
         with ProcSampler(worker.pid) as sampler:
             progress(f"{store}: worker catching up")
+            counts: dict[str, int] = {}
+            count_versions((evt for _, evt, _ in events), counts)
             waited, records = await wait_versions(
-                bootstrap, updates_topic, expected_versions(events), args.timeout, worker
+                bootstrap, updates_topic, dict(counts), args.timeout, worker
             )
             usage = sampler.window()
             stamps = sorted(r.timestamp for r in records)
@@ -574,10 +578,8 @@ async def bench_store(
             before = await partition_ends(bootstrap, updates_topic)
             sampler.mark()
             sent = await paced(bootstrap, events_topic, workload, args.rate, args.latency_seconds)
-            wanted: dict[str, int] = {}
-            for evt in sent:
-                key, version = key_version(evt)
-                wanted[key] = max(wanted.get(key, 0), version)
+            versions = count_versions(sent, counts)  # `sent` is in send order
+            wanted = {key_of(evt): version for evt, version in versions.items()}
             _, new = await wait_versions(bootstrap, updates_topic, wanted, 60, worker, before)
             usage = sampler.window()
             # Each event is served by the first record of its customer at or past its
@@ -590,8 +592,8 @@ async def bench_store(
                 )
             kafka_ms, apply_ms = [], []
             for evt, (t0, appended) in sent.items():
-                key, version = key_version(evt)
-                hit = next((r for r in by_key.get(key, ()) if r[0] >= version), None)
+                version = versions[evt]
+                hit = next((r for r in by_key.get(key_of(evt), ()) if r[0] >= version), None)
                 if hit is None:
                     continue
                 kafka_ms.append(hit[1] - appended * 1000.0)
