@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from ingress.access_log import log_access
-from ingress.admission import CONNECT, Admission, AdmissionLimits
+from ingress.admission import CONNECT, Admission, AdmissionLimits, Pass
 from ingress.body import read_json_body
 from ingress.event import StripeEventFields, parse_event
 from ingress.exceptions import (
@@ -187,20 +187,12 @@ class WebhookEndpoints:
                 raise RequestRejected("unknown_tenant", "no such tenant", status=404)
             try:
                 self._check_active(tenant)
-                body = await self._read_body(request, trace)
-                now = self._clock()
-                trace.secret_id = verify(
-                    request.headers.get("Stripe-Signature"),
-                    body,
-                    self._tenant_keys(tenant, now),
-                    now,
-                    self._tolerance,
-                    self._future_skew,
-                )
             except IngressError:
                 admitted.failed()
                 raise
-            admitted.verified()
+            body, now, trace.secret_id = await self._read_verified(
+                request, trace, admitted, lambda now: self._tenant_keys(tenant, now)
+            )
             trace.event = event = parse_event(body)
             if event.account is not None and event.account != tenant.stripe_account:
                 raise RequestRejected("account_mismatch", "event.account is not this tenant's")
@@ -215,22 +207,14 @@ class WebhookEndpoints:
             )
         admitted = self._admission.enter(CONNECT, self._source(request), self._declared(request))
         try:
-            try:
-                body = await self._read_body(request, trace)
-                now = self._clock()
-                keys = [(i, k) for i, k, exp in self._platform_keys if exp is None or now < exp]
-                secret_id = verify(
-                    request.headers.get("Stripe-Signature"),
-                    body,
-                    keys,
-                    now,
-                    self._tolerance,
-                    self._future_skew,
-                )
-            except IngressError:
-                admitted.failed()
-                raise
-            admitted.verified()
+            body, now, secret_id = await self._read_verified(
+                request,
+                trace,
+                admitted,
+                lambda now: [
+                    (i, k) for i, k, exp in self._platform_keys if exp is None or now < exp
+                ],
+            )
             trace.secret_id = secret_id
             trace.event = event = parse_event(body)
             if event.account is None:
@@ -243,6 +227,32 @@ class WebhookEndpoints:
             return await self._deliver(tenant, event, body, now, secret_id)
         finally:
             admitted.release()
+
+    async def _read_verified(
+        self,
+        request: web.Request,
+        trace: _Trace,
+        admitted: Pass,
+        keys: Callable[[float], Sequence[tuple[str, bytes]]],
+    ) -> tuple[bytes, float, str]:
+        """The body, the time, and the id of the secret that verified it; a request that
+        fails here spends its sender's unverified budget, one that passes earns trust."""
+        try:
+            body = await self._read_body(request, trace)
+            now = self._clock()
+            secret_id = verify(
+                request.headers.get("Stripe-Signature"),
+                body,
+                keys(now),
+                now,
+                self._tolerance,
+                self._future_skew,
+            )
+        except IngressError:
+            admitted.failed()
+            raise
+        admitted.verified()
+        return body, now, secret_id
 
     async def _deliver(
         self, tenant: Tenant, event: StripeEventFields, body: bytes, now: float, secret_id: str
@@ -305,6 +315,9 @@ class WebhookEndpoints:
     def _check_active(tenant: Tenant) -> None:
         if tenant.status != "active":
             raise RequestRejected("tenant_suspended", "tenant is suspended", status=403)
+
+    def _platform_keys_at(self, now: float) -> list[tuple[str, bytes]]:
+        return [(i, k) for i, k, exp in self._platform_keys if exp is None or now < exp]
 
     def _tenant_keys(self, tenant: Tenant, now: float) -> list[tuple[str, bytes]]:
         cached = self._keys.get(tenant.id)
