@@ -26,6 +26,7 @@ from typing import Any
 import faust
 
 from quotaflow.registry import TenantRegistry
+from streams.faust_tuning import event_context
 from streams.lanes import Lanes
 from streams.processing.billing import BillingEvent, BillingProcessor, FetchResult, Rejected, parse
 from streams.processing.effects import Effects, Record
@@ -162,13 +163,19 @@ class BillingPipeline:
         by_partition: dict[int, Any] = {}
         for handle in handles:
             by_partition.setdefault(handle.message.partition, handle)
+        by_partition_items: dict[int, list[tuple[BillingEvent, FetchResult]]] = {}
+        for event, result, _ in ready:
+            by_partition_items.setdefault(event.record.partition, []).append((event, result))
         async with self._sink.turn:
             effects = Effects()
             for record, why, _ in rejected:
                 self._processor.reject(effects, record, why)
-            self._processor.apply(
-                self._customers, self._aliases, [(e, r) for e, r, _ in ready], effects
-            )
+            for partition, items in by_partition_items.items():
+                # Reads, like writes, belong to a partition: RocksDB looks a key up in the
+                # current event's partition, and a context-free read misses partitions
+                # whose store is not open yet (a restarted worker saw customers as new).
+                with event_context(by_partition[partition]):
+                    self._processor.apply(self._customers, self._aliases, items, effects)
             # No await between the processor's reads above and these writes.
             self._sink.write(effects, by_partition)
             futures = await self._sink.send(effects)

@@ -29,6 +29,7 @@ from typing import Any
 import faust
 
 from quotaflow.settings import Settings
+from streams.faust_tuning import event_context
 from streams.processing.grace import GraceProcessor, due_for_blocking
 from streams.records import raw_topic, record_from
 from streams.sink import Sink
@@ -77,7 +78,8 @@ def add_grace_timer(
         async for event in stream.events():
             record = record_from(event)
             async with sink.turn:
-                effects = processor.handle(customers, [record])
+                with event_context(event):  # reads belong to a partition too
+                    effects = processor.handle(customers, [record])
                 sink.write(effects, {record.partition: event})
                 await sink.send(effects)
             sink.done(effects)

@@ -28,6 +28,7 @@ import mode
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
+from streams.faust_tuning import event_context
 from streams.meter_client import MeterClient
 from streams.meter_reporter import MeterReporter
 from streams.processing.usage import UsageProcessor, meter_identifier
@@ -73,7 +74,8 @@ def add_usage_agent(
                     waited = True
                 record = record_from(event)
                 async with sink.turn:
-                    effects = processor.handle(customers, aliases, [record])
+                    with event_context(event):  # reads belong to a partition too
+                        effects = processor.handle(customers, aliases, [record])
                     sink.write(effects, {record.partition: event})
                     await sink.send(effects)
                 sink.done(effects)
