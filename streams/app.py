@@ -34,7 +34,7 @@ from streams.grace import add_grace_timer
 from streams.lanes import LaneLimits, Lanes
 from streams.processing.billing import BillingProcessor
 from streams.processing.effects import Effects
-from streams.records import raw_table, raw_topic
+from streams.records import TrackedTable, raw_table, raw_topic
 from streams.sink import Sink
 from streams.stripe_client import StripeReader
 from streams.usage_agent import add_usage_agent
@@ -126,6 +126,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         autodiscover=False,
+        Table=TrackedTable,
     )
     policy = QuotaPolicy(grace_seconds=settings.grace_seconds)
     reader = (
@@ -147,8 +148,6 @@ def create_app(
         deadletter=deadletter,
         meter_jobs=meter_jobs,
         observe=observe,
-        # The changelog writes of a batch are durable before its quota records go out.
-        barrier=lambda: app.producer.flush(),
     )
 
     resources = WorkerResources(settings, registry)

@@ -38,6 +38,26 @@ def raw_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT:
     )
 
 
+class TrackedTable(faust.Table):  # type: ignore[type-arg]
+    """A table whose changelog sends can be awaited: `Sink` publishes a quota record only
+    once the changelog record of the state behind it is in Kafka. (Faust's producer
+    flush is no such barrier: a record its buffer task has taken but not yet handed to
+    the client is in neither queue, and the flush returns without it.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[Any] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self.sent.append(fut)
+        return fut
+
+    def take_sent(self) -> list[Any]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
 def raw_table(app: faust.App, settings: Settings, name: str) -> Any:
     """A table co-partitioned with the topics; bytes types make its changelog raw too."""
     return app.Table(

@@ -6,8 +6,8 @@ one event loop, never overwrite each other. Each write is made under the event o
 partition (`event_context`): Faust files a table write under the current event's
 partition.
 
-A quota record is sent only once the state that produced it is in the changelog (a
-flush of the producer first, `barrier`): otherwise a worker killed between the two would
+A quota record is sent only once the state that produced it is in the changelog (the
+changelog sends of the turn are awaited first): otherwise a worker killed between the two would
 recover an older state than it had published, and its next record for that customer
 could carry a version already used (seen in `tests/reliability/test_worker_crash.py`).
 Meter jobs and dead letters need no barrier: a reprocessed event makes the same ones.
@@ -67,7 +67,6 @@ class Sink:
         deadletter: faust.TopicT,
         meter_jobs: faust.TopicT | None = None,
         observe: Callable[[Effects], None] | None = None,
-        barrier: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._customers = customers
         self._aliases = aliases
@@ -75,7 +74,7 @@ class Sink:
         self._deadletter = deadletter
         self._meter_jobs = meter_jobs
         self._observe = observe
-        self._barrier = barrier
+        self._changelog: list[Any] = []  # changelog sends of the current turn
         # Held from an agent's state reads to its last send (created in the worker's loop).
         self._turn: asyncio.Lock | None = None
 
@@ -88,10 +87,14 @@ class Sink:
 
     def write(self, effects: Effects, events: Mapping[int, Any]) -> None:
         """Table writes; `events` names one Faust event per partition written to."""
+        self._changelog = []
         for table, writes in ((self._customers, effects.states), (self._aliases, effects.aliases)):
             for key, (partition, value) in writes.items():
                 with event_context(events[partition]):
                     table[key] = value
+            take = getattr(table, "take_sent", None)
+            if take is not None:
+                self._changelog.extend(take())
 
     async def send(self, effects: Effects) -> list[Awaitable[Any]]:
         """Hands every record of `effects` to the producer, in order; returns their
@@ -100,8 +103,8 @@ class Sink:
         if not (effects.updates or effects.meter_jobs or effects.deadletters):
             return []
         try:
-            if effects.updates and self._barrier is not None:
-                await self._barrier()
+            if effects.updates and self._changelog:
+                await asyncio.gather(*self._changelog)
             return await self._send_all(effects)
         except asyncio.CancelledError:
             raise
