@@ -19,6 +19,17 @@ batch has landed) a customer the cache does not hold is denied with `no_snapshot
 it with `unknown_customer`. A cache built with `complete=True` (an in-process library fed
 some other way) never says `no_snapshot`.
 
+Tenant lifecycle: pushes carry tenant states (`set_tenant_state`, `replace_tenant_states`).
+A suspended tenant's customers are denied with `tenant_suspended`: the deny is written into
+each of its entries (`_Entry.deny`, which the hot path already reads) and kept in a
+per-tenant dict that new entries and unknown customers consult, so `consume` still costs
+one dict lookup. A removed tenant (deleted, or no longer served in the region) has its
+entries dropped from memory and its customers denied with `tenant_removed`; the units
+they consumed and not yet drained stay drainable (`drain_usage`), so the reporter sends
+them and the ingress decides (today it refuses them for a tenant it no longer serves
+there, and the reporter counts them as dropped). Resuming restores each entry's own
+status-based deny.
+
 Stale state: every accepted push (heartbeats included) calls `touch(region)`. When a
 region's state is older than `stale_after`, customers served from it get the tenant's
 policy: fail open (answer from the last state, rate-like limits) or fail closed (deny
@@ -30,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from tables.quota import QuotaUpdate
@@ -55,6 +66,16 @@ BLOCKED = Decision(False, 0, "blocked")
 EXHAUSTED = Decision(False, 0, "exhausted")
 STALE = Decision(False, None, "stale_state")
 GRACE_ENDED = Decision(False, 0, "grace_ended")
+# Tenant-level denies, set by signed pushes: the tenant is suspended (its quotas are kept,
+# and served again on resume), or no longer served here (deleted, or region removed).
+SUSPENDED = Decision(False, 0, "tenant_suspended")
+REMOVED = Decision(False, None, "tenant_removed")
+TENANT_STATES = ("active", "suspended", "removed")
+_TENANT_DENY: dict[str, Decision | None] = {
+    "active": None,
+    "suspended": SUSPENDED,
+    "removed": REMOVED,
+}
 
 # Skips NamedTuple's Python-level __new__ on the hot path (about 3x cheaper).
 _new_decision: Callable[[type[Decision], tuple[bool, int | None, str]], Decision] = tuple.__new__
@@ -64,10 +85,29 @@ def _denied(remaining: int) -> Decision:
     return EXHAUSTED if remaining <= 0 else Decision(False, remaining, "insufficient")
 
 
-class _Entry:
-    __slots__ = ("deny", "grace_until", "local", "pending", "region", "remaining", "update")
+def _status_deny(update: QuotaUpdate) -> Decision | None:
+    if update.status == "blocked":
+        return BLOCKED
+    if update.status == "exhausted":
+        return EXHAUSTED
+    return None
 
-    def __init__(self, update: QuotaUpdate, region: str, pending: int) -> None:
+
+class _Entry:
+    __slots__ = (
+        "deny",
+        "grace_until",
+        "local",
+        "own_deny",
+        "pending",
+        "region",
+        "remaining",
+        "update",
+    )
+
+    def __init__(
+        self, update: QuotaUpdate, region: str, pending: int, tenant_deny: Decision | None
+    ) -> None:
         self.update = update
         self.region = region
         self.pending = pending
@@ -75,13 +115,10 @@ class _Entry:
         self.remaining: int | None = (
             None if update.remaining is None else update.remaining - pending
         )
-        self.deny: Decision | None = (
-            BLOCKED
-            if update.status == "blocked"
-            else EXHAUSTED
-            if update.status == "exhausted"
-            else None
-        )
+        # What the quota's own status says; `deny` is what the hot path reads: a tenant
+        # deny (suspended) wins over it, and resuming puts `own_deny` back.
+        self.own_deny = _status_deny(update)
+        self.deny: Decision | None = tenant_deny or self.own_deny
         # The core publishes the deadline with the grace status: past it the customer is
         # blocked here at once, before the core's next record says so.
         self.grace_until = update.grace_until if update.status == "grace" else None
@@ -105,6 +142,12 @@ class QuotaCache:
         `complete=False`: the cache waits for a snapshot; unknown customers get `no_snapshot`.
         """
         self._entries: dict[tuple[str, str], _Entry] = {}
+        # Customers held per tenant, so a tenant state change touches only its entries.
+        self._by_tenant: dict[str, set[str]] = {}
+        # Tenants denied as a whole (suspended or removed), by their deny.
+        self._tenant_deny: dict[str, Decision] = {}
+        # Undrained units of entries dropped with a removed tenant, for `drain_usage`.
+        self._orphaned: dict[tuple[str, str], int] = {}
         self._unknown = UNKNOWN if complete else NO_SNAPSHOT
         self._clock = clock
         self._wall = wall_clock
@@ -122,12 +165,71 @@ class QuotaCache:
 
     def apply(self, update: QuotaUpdate, region: str = "") -> bool:
         """Applies `update` if its version is newer than the one held; True if applied."""
-        key = (update.tenant_id, update.customer_id)
+        tenant = update.tenant_id
+        key = (tenant, update.customer_id)
         held = self._entries.get(key)
         if held is not None and update.version <= held.update.version:
             return False
-        self._entries[key] = _Entry(update, region, held.pending if held is not None else 0)
+        deny = self._tenant_deny.get(tenant)
+        if deny is REMOVED:
+            # A removed tenant's update still queued towards this node when the removal
+            # went out: it must not bring the tenant's customers back. Only an `active`
+            # state (the tenant served here again) lifts the removal.
+            return False
+        self._entries[key] = _Entry(update, region, held.pending if held is not None else 0, deny)
+        if held is None:
+            self._by_tenant.setdefault(tenant, set()).add(update.customer_id)
         return True
+
+    # -- writes: tenant states (signed pushes only) ---------------------------------
+
+    def set_tenant_state(self, tenant_id: str, state: str) -> bool:
+        """Applies `active`, `suspended` or `removed` to a tenant; True if it changed."""
+        deny = _TENANT_DENY[state]  # KeyError: not a tenant state (the caller validates)
+        if self._tenant_deny.get(tenant_id) is deny:
+            return False
+        customers = self._by_tenant.get(tenant_id, set())
+        if deny is REMOVED:
+            for customer in customers:
+                entry = self._entries.pop((tenant_id, customer))
+                if entry.pending:
+                    key = (tenant_id, customer)
+                    self._orphaned[key] = self._orphaned.get(key, 0) + entry.pending
+            self._by_tenant.pop(tenant_id, None)
+            self._tenant_deny[tenant_id] = REMOVED
+            return True
+        for customer in customers:
+            entry = self._entries[(tenant_id, customer)]
+            entry.deny = deny or entry.own_deny
+        if deny is None:
+            self._tenant_deny.pop(tenant_id, None)
+        else:
+            self._tenant_deny[tenant_id] = deny
+        return True
+
+    def replace_tenant_states(self, states: Mapping[str, str], region: str) -> int:
+        """A complete list of `region`'s tenants (a snapshot's): applies each state, and
+        removes every tenant held from `region` that the list lacks (it was deleted or
+        left the region while this node was away). Returns how many states changed."""
+        changed = 0
+        for tenant_id in list(self._by_tenant):
+            if tenant_id not in states and any(
+                self._entries[(tenant_id, c)].region == region for c in self._by_tenant[tenant_id]
+            ):
+                changed += self.set_tenant_state(tenant_id, "removed")
+        for tenant_id, state in states.items():
+            changed += self.set_tenant_state(tenant_id, state)
+        return changed
+
+    def tenant_state(self, tenant_id: str) -> str:
+        """`active`, `suspended` or `removed`, as the last signed push said."""
+        deny = self._tenant_deny.get(tenant_id)
+        return "active" if deny is None else "suspended" if deny is SUSPENDED else "removed"
+
+    def tenant_counts(self) -> dict[str, int]:
+        """How many tenants are `suspended` and `removed` here (for the metrics)."""
+        suspended = sum(1 for d in self._tenant_deny.values() if d is SUSPENDED)
+        return {"suspended": suspended, "removed": len(self._tenant_deny) - suspended}
 
     def mark_complete(self) -> None:
         """A complete snapshot has been applied: unknown customers are truly unknown now."""
@@ -162,7 +264,8 @@ class QuotaCache:
             raise ValueError("cost must be >= 0")
         entry = self._entries.get((tenant_id, customer_id))
         if entry is None:
-            return self._unknown
+            # Miss path only: a suspended or removed tenant says so for every customer.
+            return self._tenant_deny.get(tenant_id) or self._unknown
         if self._guard and self._clock() >= self._stale_deadline and self._is_stale(entry):
             return STALE
         if entry.deny is not None:
@@ -182,7 +285,8 @@ class QuotaCache:
             raise ValueError("cost must be >= 0")
         entry = self._entries.get((tenant_id, customer_id))
         if entry is None:
-            return self._unknown
+            # Miss path only: a suspended or removed tenant says so for every customer.
+            return self._tenant_deny.get(tenant_id) or self._unknown
         if self._guard and self._clock() >= self._stale_deadline and self._is_stale(entry):
             return STALE
         if entry.deny is not None:
@@ -226,10 +330,10 @@ class QuotaCache:
 
     def drain_usage(self) -> dict[tuple[str, str], int]:
         """Units consumed since the last drain, per (tenant, customer); resets them."""
-        drained: dict[tuple[str, str], int] = {}
+        drained, self._orphaned = self._orphaned, {}
         for key, entry in self._entries.items():
             if entry.pending:
-                drained[key] = entry.pending
+                drained[key] = drained.get(key, 0) + entry.pending
                 entry.pending = 0
         return drained
 

@@ -47,6 +47,18 @@ class EdgeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.tenant_changes = Counter(
+            "edge_tenant_state_changes",
+            "Tenant state changes (suspended, resumed, removed) applied from signed pushes.",
+            registry=self.registry,
+        )
+        self.tenants = Gauge(
+            "edge_tenants_denied",
+            "Tenants whose customers are all denied here, by state (suspended: reason "
+            "tenant_suspended; removed: reason tenant_removed).",
+            ["state"],
+            registry=self.registry,
+        )
         self._decision_children: dict[str, CounterChild] = {}
         self.keys = Gauge("edge_quota_keys", "Customers held.", registry=self.registry)
         self.snapshot = Gauge(
@@ -67,5 +79,7 @@ class EdgeMetrics:
         for region, age in self._cache.state_age_seconds().items():
             self.state_age.labels(region=region).set(age)
         self.keys.set(len(self._cache))
+        for state, count in self._cache.tenant_counts().items():
+            self.tenants.labels(state=state).set(count)
         self.snapshot.set(1 if self._cache.complete else 0)
         return generate_latest(self.registry)

@@ -3,11 +3,13 @@ languages. Everything is answered from the in-process `QuotaCache`.
 
 Routes:
 - `POST /v1/push` (signed; the pusher): `{"region", "updates": [QuotaUpdate...],
-  "snapshot": {"id", "final"} | null}` → `{"applied", "stale", "invalid", "boot_id",
-  "snapshot"}`. `boot_id` names this process (random, new at every start) and `snapshot`
-  says whether it holds a complete snapshot: a pusher that sees a boot id change, or a
-  node without a snapshot, re-joins it with a snapshot at once (a restarted node would
-  otherwise accept heartbeats and stay empty). The signature
+  "snapshot": {"id", "final"} | null, "tenants": {tenant_id: "active" | "suspended" |
+  "removed"}, "tenants_complete": bool}` (tenant states: see `PushBody`) →
+  `{"applied", "stale", "invalid", "boot_id", "snapshot"}`. `boot_id` names this process
+  (random, new at every start) and `snapshot` says whether it holds a complete snapshot:
+  a pusher that sees a boot id change, or a node without a snapshot, re-joins it with a
+  snapshot at once (a restarted node would otherwise accept heartbeats and stay empty).
+  The signature
   is verified on the raw bytes before anything is parsed: 401 `{"error": {"reason"}}` and
   nothing changes. A malformed body is 400; a single malformed update is counted as
   `invalid` and the others still apply (one bad record must not wedge the pusher).
@@ -25,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from edge.announcer import NodeAnnouncer
 from edge.cache import QuotaCache
@@ -38,6 +40,7 @@ from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
 from quotaflow.settings import Settings
 from tables.quota import QuotaUpdate
+from tables.tenant import TENANT_ID_PATTERN
 from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
 log = logging.getLogger(__name__)
@@ -55,8 +58,16 @@ class SnapshotMark(BaseModel):
     final: bool
 
 
+TenantId = Annotated[str, StringConstraints(pattern=TENANT_ID_PATTERN)]
+
+
 class PushBody(BaseModel):
-    """The push envelope; updates are validated one by one so one bad record is isolated."""
+    """The push envelope; updates are validated one by one so one bad record is isolated.
+
+    `tenants` carries tenant states (`active`, `suspended`, `removed`), applied before the
+    updates of the same push: only what the push names changes, unless `tenants_complete`
+    (a snapshot's first batch), which lists every tenant of the region, so a tenant held
+    here and absent from it is removed. Only a verified push reaches this model."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -64,6 +75,8 @@ class PushBody(BaseModel):
     updates: list[dict[str, Any]]
     snapshot: SnapshotMark | None = None
     push_id: str | None = Field(None, max_length=128)
+    tenants: dict[TenantId, Literal["active", "suspended", "removed"]] = Field(default_factory=dict)
+    tenants_complete: bool = False
 
 
 class EdgeState:
@@ -123,6 +136,19 @@ class _Handlers:
         if push.region != s.region:
             s.metrics.pushes.labels(outcome="bad_request").inc()
             return _error(400, "wrong_region")
+        if push.tenants or push.tenants_complete:
+            # Before the updates: an update of a tenant removed by this very push (queued
+            # before the removal) must not bring its customers back.
+            if push.tenants_complete:
+                changed = s.cache.replace_tenant_states(push.tenants, push.region)
+            else:
+                changed = sum(s.cache.set_tenant_state(t, st) for t, st in push.tenants.items())
+            if changed:
+                s.metrics.tenant_changes.inc(changed)
+                log.info(
+                    "tenant states applied",
+                    extra={"changed": changed, "complete": push.tenants_complete},
+                )
         applied = stale = invalid = 0
         for raw in push.updates:
             try:
