@@ -22,6 +22,12 @@ delays itself):
   for good (a non-retryable 4xx: the batch is lost to that node, a snapshot restores it).
 - `wake()` (the node announced a new boot id) cuts the breaker's wait short and, if the
   node is live, re-joins it.
+- Tenant states (`active`, `suspended`, `removed`): a snapshot's first batch carries the
+  region's complete list (`"tenants_complete": true`), so a node that (re)joins knows who
+  is suspended and drops tenants it holds that left; a change the pusher sees later is
+  queued by `offer_tenants()` and rides on the next push, sent at once when the sender is
+  idle (its heartbeat wait is cut short). A change stays queued until a push carrying it
+  is answered 200; a node that fails meanwhile re-joins, and the list comes with it.
 
 Metric labels name the node by a bounded label (its announced node id, or `host:port`
 of a configured URL: never the URL, which could carry userinfo), and a sender removes
@@ -42,7 +48,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -159,8 +165,10 @@ class NodeSender:
         snapshot: Callable[[], Awaitable[list[bytes]]],
         config: PushConfig,
         node: str | None = None,
+        tenants: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
-        """`node` is the metric label (the announced node id); default `node_label(url)`."""
+        """`node` is the metric label (the announced node id); default `node_label(url)`.
+        `tenants()` is the region's complete tenant list (id -> state) a snapshot carries."""
         self.url = url.rstrip("/")
         self.node = node or node_label(self.url)
         self.region = region
@@ -180,6 +188,8 @@ class NodeSender:
         self._refused = False  # a batch was refused for good: re-join on the next success
         self._wake = asyncio.Event()
         self._idle_wait: asyncio.Timeout | None = None  # the heartbeat wait, while idle
+        self._tenant_list = tenants
+        self._tenants: dict[str, str] = {}  # tenant state changes not yet delivered
 
     # -- called by the pusher (same event loop, never awaits) -----------------------
 
@@ -203,6 +213,17 @@ class NodeSender:
         once when it is idle (its heartbeat wait is cut short)."""
         self.accepting = False
         self._resync = True
+        self._cut_idle_wait()
+
+    def offer_tenants(self, changes: Mapping[str, str]) -> None:
+        """Queues tenant state changes for the node's next push, sent at once when idle.
+        A node not accepting gets the complete list with the snapshot it joins with."""
+        if not self.accepting or not changes:
+            return
+        self._tenants.update(changes)
+        self._cut_idle_wait()
+
+    def _cut_idle_wait(self) -> None:
         waiting = self._idle_wait
         if waiting is not None and not waiting.expired():
             waiting.reschedule(asyncio.get_running_loop().time())
@@ -304,6 +325,7 @@ class NodeSender:
 
     def _join(self) -> None:
         self._drop_queue()
+        self._tenants.clear()  # the snapshot's first batch carries the complete list
         self._resync = False
         self._refused = False
         self.accepting = True
@@ -359,7 +381,7 @@ class NodeSender:
             final = i == len(chunks) - 1
             flag = b"true" if final else b"false"
             mark = b'{"id":"%s","final":%s}' % (snapshot_id.encode(), flag)
-            answer = await self._post(chunk, mark)
+            answer = await self._post(chunk, mark, complete=i == 0)
             if answer is None:
                 # Refused for good: the node would be left without a complete snapshot.
                 raise NodeDown("snapshot_refused")
@@ -398,10 +420,17 @@ class NodeSender:
         """Sends queued deltas in batches (or a heartbeat when idle) until a resync."""
         queue, cfg = self._queue, self._config
         while not self._resync:
+            if self._tenants and queue.empty():
+                # Tenant changes queued while a batch was in flight: send them now, not
+                # after a heartbeat interval (a suspension must land within 2 s).
+                if self._check_answer(await self._post([], b"null")):
+                    return
+                continue
             try:
                 async with asyncio.timeout(cfg.heartbeat) as self._idle_wait:
                     first = await queue.get()
             except TimeoutError:
+                # A heartbeat, or tenant state changes that cut the wait short.
                 if self._resync or self._check_answer(await self._post([], b"null")):
                     return
                 continue
@@ -418,19 +447,36 @@ class NodeSender:
                 if pending and pending[0] == offset:
                     pending.popleft()
 
-    def _body(self, values: list[bytes], snapshot: bytes) -> bytes:
+    def _body(
+        self, values: list[bytes], snapshot: bytes, tenants: Mapping[str, str], complete: bool
+    ) -> bytes:
         # A fresh push id per attempt: identical retries must not look like replays.
+        states = b""
+        if complete:
+            states = b'"tenants":%s,"tenants_complete":true,' % orjson.dumps(tenants)
+        elif tenants:
+            states = b'"tenants":%s,' % orjson.dumps(tenants)
         return (
-            b'{"region":%s,"push_id":"%s","snapshot":%s,"updates":['
-            % (self._region_json, uuid.uuid4().hex.encode(), snapshot)
+            b'{"region":%s,"push_id":"%s","snapshot":%s,%s"updates":['
+            % (self._region_json, uuid.uuid4().hex.encode(), snapshot, states)
             + b",".join(values)
             + b"]}"
         )
 
-    async def _post(self, values: list[bytes], snapshot: bytes) -> NodeAnswer | None:
+    def _tenants_delivered(self, sent: Mapping[str, str], complete: bool) -> None:
+        """Forgets queued changes the node now has (a newer one queued meanwhile stays)."""
+        for tenant_id, state in list(self._tenants.items()):
+            if sent.get(tenant_id, "removed" if complete else None) == state:
+                del self._tenants[tenant_id]
+
+    async def _post(
+        self, values: list[bytes], snapshot: bytes, *, complete: bool = False
+    ) -> NodeAnswer | None:
         """One batch, retried with backoff; raises `NodeDown` when attempts run out.
 
-        Returns the node's answer, or None when the node refused the batch for good.
+        `complete`: carry the region's complete tenant list (a snapshot's first batch);
+        else the tenant state changes queued so far. Returns the node's answer, or None
+        when the node refused the batch for good.
         """
         assert self._session is not None
         cfg = self._config
@@ -439,7 +485,13 @@ class NodeSender:
             if attempt:
                 BATCHES.labels(**self._labels, outcome="retry").inc()
                 await asyncio.sleep(_jittered(cfg.backoff_base, attempt - 1, cfg.backoff_max))
-            body = self._body(values, snapshot)
+            if complete:
+                # Read per attempt: the registry is live, so the list is never older
+                # than a change queued while this batch was being retried.
+                tenants = dict(self._tenant_list()) if self._tenant_list is not None else {}
+            else:
+                tenants = dict(self._tenants)
+            body = self._body(values, snapshot, tenants, complete and self._tenant_list is not None)
             headers = {
                 SIGNATURE_HEADER: self._signer.header(body),
                 "Content-Type": "application/json",
@@ -458,10 +510,13 @@ class NodeSender:
             if status == 200:
                 LATENCY.labels(region=self.region).observe(time.perf_counter() - started)
                 BATCHES.labels(**self._labels, outcome="ok").inc()
+                self._tenants_delivered(tenants, complete and self._tenant_list is not None)
                 return NodeAnswer.parse(answer)
             reason = f"http_{status}"
             if 400 <= status < 500 and status not in _RETRYABLE_4XX:
                 BATCHES.labels(**self._labels, outcome="dropped").inc()
+                # The node re-joins on its next success, with the complete tenant list.
+                self._tenants.clear()
                 log.error(
                     "push batch refused, dropped; the node re-joins on its next success",
                     extra={**self._labels, "status": status},

@@ -16,8 +16,17 @@ it joins (end offsets are read after it starts accepting deltas). A crash theref
 redelivers at most what no live node acknowledged; duplicates are harmless because the
 edge applies only newer versions.
 
-A tenant newly added to the region has quotas the nodes never saw: the region watcher
-notices (once a second) and asks every node to re-join, i.e. to take a fresh snapshot.
+The region watcher follows the tenants of the region and their states (`active`,
+`suspended`; `removed` once a tenant is deleted or leaves the region). It runs at once
+when the registry reports a change (the `tenants` topic registry calls its listeners),
+and once a second regardless (a registry without listeners). Every change is queued to
+every node (`NodeSender.offer_tenants`) and goes out on the next push, at once when the
+node is idle, so an edge denies a suspended or removed tenant's customers within about
+the registry's own delay plus a push (RELIABILITY.md: 20c). A snapshot's first batch
+carries the complete list, so a node that (re)joins knows too. A tenant newly added to
+the region has quotas the nodes never saw: every node is asked to re-join, i.e. to take
+a fresh snapshot. Quotas of a suspended tenant are still delivered (the edges deny
+them), so resuming serves current quotas at once.
 
 Nodes = the configured ones (`QUOTAFLOW_EDGE_NODES[R]`) plus those announced in
 `edge.nodes` (`streams.node_directory`) and heard from within three announcement
@@ -41,7 +50,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from prometheus_client import REGISTRY, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -58,9 +67,17 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 30.0
 COMMIT_TIMEOUT = 5.0
 REGION_WATCH_INTERVAL = 1.0
+# Registry changes come in bursts (a key rotation rewrites every tenant): one scan per burst.
+REGION_WATCH_MIN_GAP = 0.05
 NODE_WATCH_INTERVAL = 0.5
 
 NODES = Gauge("quotaflow_push_nodes", "Edge nodes this pusher delivers to.", ["region"])
+TENANT_CHANGES = Counter(
+    "quotaflow_push_tenant_changes",
+    "Tenant state changes the region watcher sent to the nodes, by state (active, "
+    "suspended, removed).",
+    ["region", "state"],
+)
 _LIVE: weakref.WeakSet[Pusher] = weakref.WeakSet()
 
 
@@ -114,7 +131,11 @@ class Pusher:
         self._committed: dict[Hashable, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._served: set[str] | None = None
+        self._states: dict[str, str] | None = None  # the region's tenants, as last sent
+        self._registry_changed = asyncio.Event()
+        add_listener = getattr(registry, "add_listener", None)
+        if callable(add_listener):  # the topic registry: wake the watcher on each change
+            add_listener(lambda _tenant_id, _tenant: self._registry_changed.set())
 
     # -- routing ----------------------------------------------------------------------
 
@@ -128,7 +149,9 @@ class Pusher:
     def _dispatch(self, tp: Hashable, record: ConsumerRecord) -> None:
         key, value = record.key, record.value
         if key is None or value is None:
-            return  # tombstones: the edge has no delete yet (see the usage/tenant issues)
+            # Tombstones (`tenants purge`, after a delete): the edge dropped the tenant's
+            # entries when its removal was pushed; there is no per-customer delete.
+            return
         if not self._serves_key(key):
             return
         try:
@@ -157,6 +180,7 @@ class Pusher:
             snapshot=self._snapshot,
             config=self.config,
             node=node,
+            tenants=self.tenant_states,
         )
 
     def _node_restarted(self, url: str, boot_id: str) -> None:
@@ -191,7 +215,7 @@ class Pusher:
         except BaseException:
             await self.stop()
             raise
-        self._served = self._region_tenants()
+        self._states = self.tenant_states()
         _LIVE.add(self)
         NODES.labels(region=self.region).set(len(self.nodes))
         for name, coro in (
@@ -359,19 +383,42 @@ class Pusher:
             )
             await node.stop()
 
-    def _region_tenants(self) -> set[str]:
-        return {t.id for t in self.registry if self.region in t.regions}
+    def tenant_states(self) -> dict[str, str]:
+        """Every tenant served in this region, by state (`active` or `suspended`)."""
+        return {t.id: t.status for t in self.registry if self.region in t.regions}
 
     async def _watch_region(self) -> None:
         while True:
-            await asyncio.sleep(REGION_WATCH_INTERVAL)
-            current = self._region_tenants()
-            added = current - (self._served or set())
-            self._served = current
-            if added:
-                log.info("tenants joined region, nodes resync", extra={"tenants": len(added)})
-                for node in self.nodes:
-                    node.request_resync()
+            try:
+                async with asyncio.timeout(REGION_WATCH_INTERVAL):
+                    await self._registry_changed.wait()
+            except TimeoutError:
+                pass
+            self._registry_changed.clear()
+            self.sync_region()
+            await asyncio.sleep(REGION_WATCH_MIN_GAP)
+
+    def sync_region(self) -> None:
+        """Sends the nodes what changed in the region's tenants since the last call."""
+        current = self.tenant_states()
+        before = self._states if self._states is not None else current
+        self._states = current
+        changes = {t: state for t, state in current.items() if before.get(t) != state}
+        changes.update({t: "removed" for t in before.keys() - current.keys()})
+        if not changes:
+            return
+        for state in changes.values():
+            TENANT_CHANGES.labels(region=self.region, state=state).inc()
+        log.info(
+            "tenant states changed, sent to the nodes",
+            extra={"region": self.region, "tenants": len(changes)},
+        )
+        for node in self.nodes:
+            node.offer_tenants(changes)
+        if current.keys() - before.keys():
+            log.info("tenants joined region, nodes resync", extra={"region": self.region})
+            for node in self.nodes:
+                node.request_resync()
 
 
 async def run_pusher(

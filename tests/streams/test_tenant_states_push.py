@@ -1,0 +1,131 @@
+"""The pusher carries tenant states to real sidecar apps (in this process, over HTTP, on
+the real broker): suspend, resume, region removal, deletion, and a node that restarts.
+The same with every component a real process is tests/streams/test_tenant_lifecycle.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from edge.cache import SUSPENDED
+from quotaflow.registry import StaticTenantRegistry
+from streams.pusher import run_pusher
+from tables.tenant import Tenant
+from tests.streams.test_pusher import (
+    FAST,
+    Edge,
+    edges,
+    eventually,
+    latest,
+    lifecycle,
+    produce,
+    push_settings,
+    tenant,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+__all__ = ["edges", "push_settings"]  # fixtures, used by name
+
+
+def suspended(t: Tenant) -> Tenant:
+    return t.model_copy(update={"status": "suspended"})
+
+
+async def until(check: Callable[[], bool], what: str, within: float = 10.0) -> float:
+    """Seconds until `check()` holds (polled every 10 ms); fails past `within`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            pytest.fail(f"not within {within}s: {what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+def denied(edge: Edge, tenant_id: str, reason: str) -> bool:
+    return edge.cache.consume(tenant_id, "c0", 0).reason == reason
+
+
+async def test_suspend_resume_remove_and_delete_reach_every_node_within_2s(
+    edges: Callable[[], Edge], push_settings: Callable[[list[str]], Awaitable[Any]]
+) -> None:
+    a, b = edges(), edges()
+    await a.start()
+    await b.start()
+    settings = await push_settings([a.url, b.url])
+    registry = StaticTenantRegistry([tenant("euco", "eu"), tenant("both", "eu", "us")])
+    quotas = lifecycle("euco", 3, 1) + lifecycle("both", 3, 1)
+    await produce(settings, quotas)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_pusher(settings, registry, stop, config=FAST))
+    try:
+        await eventually(lambda: a.holds(latest(quotas)) and b.holds(latest(quotas)), "served")
+        nodes = (a, b)
+
+        registry.put(suspended(tenant("euco", "eu")))
+        took = await until(
+            lambda: all(denied(n, "euco", "tenant_suspended") for n in nodes), "suspended"
+        )
+        assert took <= 2.0
+        assert all(n.cache.consume("both", "c0", 0).allowed for n in nodes)
+        # Quotas of a suspended tenant still flow, so resuming serves current ones.
+        await produce(settings, [*lifecycle("euco", 1, 2)[1:]])
+        await eventually(lambda: a.cache.version("euco", "c0") == 2, "quota still delivered")
+        assert a.cache.consume("euco", "c0") == SUSPENDED
+
+        registry.put(tenant("euco", "eu"))
+        took = await until(
+            lambda: all(n.cache.consume("euco", "c0", 0).allowed for n in nodes), "resumed"
+        )
+        assert took <= 2.0
+
+        registry.put(tenant("both", "us"))  # region removed
+        took = await until(
+            lambda: all(denied(n, "both", "tenant_removed") for n in nodes), "region removed"
+        )
+        assert took <= 2.0
+        assert all(n.cache.get("both", "c0") is None for n in nodes)  # dropped from memory
+
+        registry.remove("euco")  # deleted
+        took = await until(
+            lambda: all(denied(n, "euco", "tenant_removed") for n in nodes), "deleted"
+        )
+        assert took <= 2.0
+        assert len(a.cache) == len(b.cache) == 0
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_restarted_node_learns_the_suspension_from_its_snapshot(
+    edges: Callable[[], Edge], push_settings: Callable[[list[str]], Awaitable[Any]]
+) -> None:
+    first = edges()
+    await first.start()
+    settings = await push_settings([first.url])
+    registry = StaticTenantRegistry([tenant("euco", "eu"), suspended(tenant("late", "eu"))])
+    quotas = lifecycle("euco", 2, 1) + lifecycle("late", 2, 1)
+    await produce(settings, quotas)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_pusher(settings, registry, stop, config=FAST))
+    try:
+        # Suspended before the node ever joined: the snapshot's list says so.
+        await eventually(lambda: first.ready and first.holds(latest(quotas)), "joined")
+        assert first.cache.consume("late", "c0") == SUSPENDED
+        registry.put(suspended(tenant("euco", "eu")))
+        await eventually(lambda: denied(first, "euco", "tenant_suspended"), "suspended")
+        await first.stop()
+        second = Edge(first.port)  # a new process on the same port: empty memory
+        await second.start()
+        try:
+            await eventually(lambda: second.ready and second.holds(latest(quotas)), "rejoined")
+            assert second.cache.consume("euco", "c0") == SUSPENDED
+            assert second.cache.consume("late", "c1") == SUSPENDED
+        finally:
+            await second.stop()
+    finally:
+        stop.set()
+        await task
