@@ -73,6 +73,15 @@ class Tenant(BaseModel):
         None, pattern=r"^we_[A-Za-z0-9]+$", description="The Stripe webhook endpoint we registered."
     )
     status: Literal["active", "suspended"] = "active"
+    suspended_at: float | None = Field(
+        None,
+        description="Unix seconds the current (or last) suspension began; set by the writer.",
+    )
+    resumed_at: float | None = Field(
+        None,
+        description="Unix seconds the last suspension ended; the worker reconciles with "
+        "Stripe from `suspended_at` (webhooks were refused meanwhile).",
+    )
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
 

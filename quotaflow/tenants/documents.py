@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 MASK = "**********"
-READ_ONLY_FIELDS = frozenset({"id", "created_at", "updated_at"})
+# `suspended_at`/`resumed_at` follow `status` (see `apply_patch`), never a client's say.
+READ_ONLY_FIELDS = frozenset({"id", "created_at", "updated_at", "suspended_at", "resumed_at"})
 
 
 def _field_path(loc: Iterable[int | str]) -> str:
@@ -121,7 +122,14 @@ def apply_patch(
         if name in READ_ONLY_FIELDS:
             raise InvalidTenant(name, "is read-only")
     doc = _merge(plain_document(tenant), dict(patch))
-    doc["id"], doc["created_at"], doc["updated_at"] = tenant.id, tenant.created_at, time.time()
+    now = time.time()
+    doc["id"], doc["created_at"], doc["updated_at"] = tenant.id, tenant.created_at, now
+    # The suspended window, recorded with the status change that opens or closes it: the
+    # worker reconciles it with Stripe on resume (the tenant's webhooks got 403 meanwhile).
+    if tenant.status == "active" and doc.get("status") == "suspended":
+        doc["suspended_at"] = now
+    elif tenant.status == "suspended" and doc.get("status") == "active":
+        doc["resumed_at"] = now
     return parse_tenant(doc, known_regions)
 
 

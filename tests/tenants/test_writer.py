@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from unittest.mock import ANY
 
 import orjson
 import pytest
@@ -151,7 +152,11 @@ async def test_scenario_leaves_no_plaintext_secret_in_any_topic(
     ]
     assert all(a["actor"] == "test" and isinstance(a["ts"], float) for a in audit)
     suspend = audit[4]
-    assert suspend["changes"] == [{"field": "status", "from": "active", "to": "suspended"}]
+    # The suspended window opens with the status (the worker reconciles it on resume).
+    assert suspend["changes"] == [
+        {"field": "status", "from": "active", "to": "suspended"},
+        {"field": "suspended_at", "from": None, "to": ANY},
+    ]
     assert orjson.dumps(audit).count(b"**********") > 0
 
 
@@ -168,3 +173,20 @@ async def test_registry_ready_only_after_load(
         assert registry.get("acme") is not None
     finally:
         await registry.stop()
+
+
+async def test_suspend_and_resume_record_the_suspended_window(writer: TenantWriter) -> None:
+    await writer.add(tenant_doc("acme"), actor="test")
+    before = time.time()
+    suspended = await writer.suspend("acme", "test")
+    assert suspended.suspended_at is not None
+    assert suspended.suspended_at >= before
+    assert suspended.resumed_at is None
+    resumed = await writer.update("acme", {"status": "active"}, "test")  # the admin API's way
+    assert resumed.suspended_at == suspended.suspended_at
+    assert resumed.resumed_at is not None
+    assert resumed.resumed_at >= suspended.suspended_at
+    # The window follows the status, never a client's say.
+    for field in ("suspended_at", "resumed_at"):
+        with pytest.raises(InvalidTenant):
+            await writer.update("acme", {field: 0.0}, "test")
