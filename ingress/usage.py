@@ -10,7 +10,7 @@ Request (sent by the edge sidecar's reporter, `edge/reporter.py`):
 The region header picks the keys before the body is trusted (the region's public edge
 keys, `QUOTAFLOW_EDGE_VERIFY_KEYS`, kind `usage`: a push or announcement signature never
 verifies here; several during a rotation; a signature is accepted once within the
-window). Then: every item names a known, active tenant served in that region, with
+window). Then: every item names a known tenant (active or suspended) served in that region, with
 1 <= units <= 10^9, at most one item per (tenant, customer), at most `usage_max_items`.
 The batch is split per tenant into one record each (key = tenant id, so a tenant's usage
 shares the partition of its customers' table), published with acks=all; 200 only once
@@ -21,7 +21,7 @@ Refusals answer `{"error": {"reason", "message"[, "tenant_id"]}}` and publish no
 401 signature reasons (`missing_signature`, `bad_signature`, `stale`, `replayed`,
 `unknown_region`, ...), 400 `bad_body`, `region_mismatch`, `bad_batch_id`, `empty_batch`,
 `too_many_items`, `duplicate_item`, 408 `body_timeout`, 413 `body_too_large`, 415
-`unsupported_media_type`, `unsupported_encoding`, 422 `unknown_tenant`, `tenant_suspended`,
+`unsupported_media_type`, `unsupported_encoding`, 422 `unknown_tenant`,
 `tenant_not_in_region` (with the `tenant_id`, so the edge can drop that tenant's items
 and re-send the rest under the same id).
 """
@@ -223,8 +223,9 @@ class UsageEndpoint:
         tenant = self._registry.get(tenant_id)
         if tenant is None:
             raise _TenantRefused("unknown_tenant", "no such tenant", tenant_id)
-        if tenant.status != "active":
-            raise _TenantRefused("tenant_suspended", "tenant is suspended", tenant_id)
+        # A suspended tenant's usage is kept: it was consumed before the suspension
+        # reached the edges (they deny from then on), so it counts in `used` (README,
+        # Usage loop). Only a tenant that is gone, or not served here, is refused.
         if region not in tenant.regions:
             raise _TenantRefused("tenant_not_in_region", "tenant not served here", tenant_id)
 

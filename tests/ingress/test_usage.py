@@ -105,6 +105,23 @@ async def test_signed_batch_is_published_per_tenant_after_the_ack(
     assert _pair(KEY)[0].encode() not in record_headers
 
 
+async def test_a_suspended_tenants_usage_is_kept(ingress_factory: IngressFactory) -> None:
+    """Usage counted at the edge before the suspension reached it is real consumption:
+    published like any other (the worker counts it in `used`), not refused and dropped."""
+    ingress = await _ingress(ingress_factory)
+    items = [
+        {"tenant_id": "frozen", "customer_id": "cus_1", "units": 7},
+        {"tenant_id": "acme", "customer_id": "cus_1", "units": 1},
+    ]
+    status, doc = await _post(ingress, _report(items))
+    assert (status, doc["status"], doc["records"]) == (200, "accepted", 2)
+    records = await read_topic(
+        ingress.settings.kafka_bootstrap, ingress.settings.topics.usage_events
+    )
+    frozen = [UsageRecord.model_validate_json(r.value) for r in records if r.key == b"frozen"]
+    assert [(i.customer_id, i.units) for r in frozen for i in r.items] == [("cus_1", 7)]
+
+
 @pytest.mark.parametrize(
     ("case", "status", "reason"),
     [
@@ -125,7 +142,6 @@ async def test_signed_batch_is_published_per_tenant_after_the_ack(
         ("duplicate", 400, "duplicate_item"),
         ("too_many", 400, "too_many_items"),
         ("unknown_tenant", 422, "unknown_tenant"),
-        ("suspended", 422, "tenant_suspended"),
         ("other_region", 422, "tenant_not_in_region"),
         ("too_large", 413, "body_too_large"),
         ("text", 415, "unsupported_media_type"),
@@ -180,8 +196,6 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
             body = _report([{**good, "customer_id": f"c{i}"} for i in range(4)])
         elif case == "unknown_tenant":
             body = _report([good, {**good, "tenant_id": "nobody"}])
-        elif case == "suspended":
-            body = _report([{**good, "tenant_id": "frozen"}])
         elif case == "other_region":
             body = _report([{**good, "tenant_id": "usonly"}])
         elif case == "too_large":
@@ -195,7 +209,7 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
     assert got[0] == status
     assert got[1]["error"]["reason"] == reason
     if status == 422:
-        assert got[1]["error"]["tenant_id"] in {"nobody", "frozen", "usonly"}
+        assert got[1]["error"]["tenant_id"] in {"nobody", "usonly"}
     records = await read_topic(
         ingress.settings.kafka_bootstrap, ingress.settings.topics.usage_events
     )
