@@ -127,7 +127,10 @@ def worker(web_port: int | None) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = WorkerMetrics()
     app = create_app(
-        settings, stripe_reader=metrics.stripe_reader(settings), observe=metrics.observe
+        settings,
+        stripe_reader=metrics.stripe_reader(settings),
+        observe=metrics.observe,
+        on_resume_reconcile=metrics.resume_reconciled,
     )
     if web_port is not None:
         attach_worker_web(app, settings, web_port, metrics=metrics)

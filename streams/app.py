@@ -25,6 +25,7 @@ from collections.abc import Callable
 import faust
 import mode
 
+from quotaflow.ops.topicread import tenant_partition
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.running import RunningRegistry, open_registry
@@ -35,6 +36,7 @@ from streams.lanes import LaneLimits, Lanes
 from streams.processing.billing import BillingProcessor
 from streams.processing.effects import Effects
 from streams.records import TrackedTable, raw_table, raw_topic
+from streams.resume import ResumeReconciler
 from streams.sink import Sink
 from streams.stripe_client import StripeReader
 from streams.usage_agent import add_usage_agent
@@ -92,11 +94,13 @@ def create_app(
     stripe_reader: StripeReader | None = None,
     web_port: int | None = None,
     observe: Callable[[Effects], None] | None = None,
+    on_resume_reconcile: Callable[[str, int], None] | None = None,
 ) -> faust.App:
     """Builds the worker app. One app per process (and per test).
 
     Without `registry`, the app opens the one `open_registry(settings)` gives when it starts.
-    `observe` is shown the `Effects` of every batch once Kafka has them (metrics).
+    `observe` is shown the `Effects` of every batch once Kafka has them (metrics);
+    `on_resume_reconcile(outcome, injected)` each reconcile of a resumed tenant.
     """
     topics = settings.topics
     set_fetch_max_wait(settings.worker_fetch_wait_ms)
@@ -184,14 +188,29 @@ def create_app(
         """Applies each Stripe event once in effect; see streams/billing_agent.py."""
         await pipeline.run(stream)
 
+    resume = ResumeReconciler(
+        settings,
+        lambda: resources.registry,
+        holds=lambda tenant_id: _holds_tenant(app, stripe_events, settings.partitions, tenant_id),
+        on_outcome=on_resume_reconcile,
+    )
+
     @app.service
     class Resources(mode.Service):
-        """Opens the registry with the app and closes it and the Stripe reader after."""
+        """Opens the registry with the app and closes it and the Stripe reader after;
+        reconciles resumed tenants meanwhile (streams/resume.py)."""
+
+        _resume: asyncio.Task[None] | None = None
 
         async def on_start(self) -> None:
             await resources.open()
+            self._resume = asyncio.create_task(resume.follow(), name="resume-reconcile")
 
         async def on_stop(self) -> None:
+            task, self._resume = self._resume, None
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
             await resources.close()
             if reader is not None:
                 await reader.close()
@@ -199,6 +218,21 @@ def create_app(
     app.customers = customers  # type: ignore[attr-defined]
     app.billing = pipeline  # type: ignore[attr-defined]
     return app
+
+
+def _holds_tenant(
+    app: faust.App, topic: faust.TopicT, partitions: int, tenant_id: str
+) -> bool | None:
+    """Whether this worker holds the tenant's `stripe.events` partition; None while it
+    holds none (starting, or rebalancing): the caller asks again later."""
+    try:
+        assigned = app.consumer.assignment()
+    except Exception:  # noqa: BLE001 - not started or stopping: not known yet
+        return None
+    mine = {tp.partition for tp in assigned if tp.topic in topic.topics}
+    if not mine:
+        return None
+    return tenant_partition(tenant_id, partitions) in mine
 
 
 def _pause(app: faust.App, topic: faust.TopicT, partition: int, paused: bool) -> None:

@@ -17,6 +17,8 @@ Metrics (label values are bounded sets: no tenant, customer or event id ever):
 - `quotaflow_consumer_lag{group, topic, partition}`: records behind on the partitions
   this worker is assigned (high-water mark minus committed offset); changelogs excluded.
 - `quotaflow_worker_ready`: 1 once table recovery completed.
+- `quotaflow_resume_reconciles_total{outcome}`, `quotaflow_resume_reconcile_events_total`:
+  reconciles of resumed tenants' suspended windows (streams/resume.py).
 - `faust_*`: Faust's own sensors (messages, events, latency, commits, rebalances).
 - `process_*`: CPU, memory, file descriptors.
 
@@ -87,6 +89,19 @@ class WorkerMetrics:
             registry=r,
         )
         self.ready = Gauge("quotaflow_worker_ready", "1 once table recovery completed", registry=r)
+        self.resume_reconciles = Counter(
+            "quotaflow_resume_reconciles",
+            "Reconciles of a resumed tenant's suspended window with Stripe, by outcome "
+            "(ok, failed, no_key).",
+            ["outcome"],
+            registry=r,
+        )
+        self.resume_reconcile_events = Counter(
+            "quotaflow_resume_reconcile_events",
+            "Stripe events those reconciles injected into stripe.events (missed while "
+            "the tenant was suspended).",
+            registry=r,
+        )
         ProcessCollector(registry=r)
         self._reasons: set[str] = set()
 
@@ -107,6 +122,11 @@ class WorkerMetrics:
             self.events.labels(outcome).inc(n)
         for letter in effects.deadletters:
             self.deadletters.labels(self.reason(letter.reason)).inc()
+
+    def resume_reconciled(self, outcome: str, injected: int) -> None:
+        """Counts one reconcile of a resumed tenant (streams/resume.py)."""
+        self.resume_reconciles.labels(outcome).inc()
+        self.resume_reconcile_events.inc(injected)
 
     def stripe_reader(self, settings: Settings) -> StripeReader | None:
         """The Stripe reader the worker should use (None when fetching is off), counted."""
