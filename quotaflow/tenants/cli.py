@@ -233,7 +233,8 @@ def update(
 @tenants.command("suspend")
 @click.argument("tenant_id")
 def suspend(tenant_id: str) -> None:
-    """Suspend a tenant: its webhooks are refused (403) until `resume`."""
+    """Suspend a tenant: its webhooks are refused (403) and every edge of its regions denies
+    its customers (tenant_suspended) within 2 s, until `resume`. Its usage still counts."""
     actor = cli_actor()
     _run(lambda w: w.suspend(tenant_id, actor))
     click.echo(f"suspended {tenant_id}")
@@ -242,7 +243,8 @@ def suspend(tenant_id: str) -> None:
 @tenants.command("resume")
 @click.argument("tenant_id")
 def resume(tenant_id: str) -> None:
-    """Make a suspended tenant active again."""
+    """Make a suspended tenant active again: served at every edge within 2 s; the worker
+    then reconciles the suspended window with Stripe."""
     actor = cli_actor()
     _run(lambda w: w.resume(tenant_id, actor))
     click.echo(f"resumed {tenant_id}")

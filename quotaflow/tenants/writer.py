@@ -130,7 +130,8 @@ class TenantWriter:
         return await self.update(tenant_id, {"status": "active"}, actor, action="resume")
 
     async def delete(self, tenant_id: str, actor: str) -> None:
-        """Writes the tombstone: webhooks answer 404 and pushes stop everywhere within 1 s."""
+        """Writes the tombstone: webhooks answer 404 within 1 s, and every edge denies the
+        tenant's customers (`tenant_removed`) and drops them within 2 s."""
         async with self._lock:
             current = self._current(tenant_id)
             await self._write(
