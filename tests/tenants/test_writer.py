@@ -10,7 +10,12 @@ from aiokafka import AIOKafkaProducer
 
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
-from quotaflow.tenants.exceptions import InvalidTenant, TenantExists, TenantStateError
+from quotaflow.tenants.exceptions import (
+    AccountInUse,
+    InvalidTenant,
+    TenantExists,
+    TenantStateError,
+)
 from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
 from quotaflow.tenants.writer import TenantWriter
@@ -168,3 +173,22 @@ async def test_registry_ready_only_after_load(
         assert registry.get("acme") is not None
     finally:
         await registry.stop()
+
+
+async def test_an_account_another_tenant_holds_is_refused_and_nothing_is_written(
+    writer: TenantWriter, settings: Settings
+) -> None:
+    await writer.add(tenant_doc("acme", stripe_account="acct_1Shared"), actor="test")
+    await writer.add(tenant_doc("globex", stripe_account="acct_1Globex"), actor="test")
+    written = len(await topic_bytes(settings.kafka_bootstrap, settings.topics.tenants))
+    with pytest.raises(AccountInUse) as caught:
+        await writer.add(tenant_doc("initech", stripe_account="acct_1Shared"), actor="test")
+    assert caught.value.holder == "acme"
+    with pytest.raises(AccountInUse):
+        await writer.update("globex", {"stripe_account": "acct_1Shared"}, actor="test")
+    assert len(await topic_bytes(settings.kafka_bootstrap, settings.topics.tenants)) == written
+    assert writer.registry.by_account("acct_1Shared").id == "acme"  # type: ignore[union-attr]
+    # Letting go frees the account for another tenant.
+    await writer.update("acme", {"stripe_account": None}, actor="test")
+    moved = await writer.update("globex", {"stripe_account": "acct_1Shared"}, actor="test")
+    assert moved.stripe_account == "acct_1Shared"
