@@ -39,6 +39,7 @@ dev: $(BIN)/quotaflow
 lint: $(BIN)/quotaflow
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 types: $(BIN)/quotaflow
 	$(BIN)/mypy
