@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with Python 3.11, Java 17 + Maven and Go:
 #   make dev   - the whole pipeline on an embedded local Kafka (Ctrl-C stops it)
 #   make test  - installs every tool the tests need, then lint, types and the suite
+#   make unit  - the tests that need no broker or other peer (seconds, no tools)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -38,12 +39,17 @@ dev: $(BIN)/quotaflow
 lint: $(BIN)/quotaflow
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 types: $(BIN)/quotaflow
 	$(BIN)/mypy
 
 test: tools lint types
 	$(TEST_ENV) $(BIN)/pytest -q
+
+# Everything that needs no real peer (broker, Stripe servers, deploy tools): seconds.
+unit: $(BIN)/quotaflow
+	$(BIN)/pytest -q -m "not peers"
 
 reliability: tools
 	$(TEST_ENV) $(BIN)/pytest -q tests/reliability

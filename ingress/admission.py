@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingress.exceptions import Overloaded, Throttled
+from ingress.limits import Bucket
 from ingress.shared_trust import SharedTrust
 from quotaflow.settings import Settings
 
@@ -84,24 +85,6 @@ def source_of(remote: str | None) -> str:
         return str(ipaddress.IPv6Network(f"{remote}/64", strict=False))
     except ValueError:
         return remote
-
-
-class _Failures:
-    """A bucket of failures: full at `burst`, refilled at `rate`, spent one per failure."""
-
-    __slots__ = ("in_flight", "stamp", "tokens")
-
-    def __init__(self, burst: float, now: float) -> None:
-        self.tokens = burst
-        self.stamp = now
-        self.in_flight = 0
-
-    def refill(self, now: float, rate: float, burst: float) -> None:
-        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
-        self.stamp = now
-
-    def wait(self, rate: float) -> float:
-        return (1.0 - self.tokens) / rate if rate > 0 else 60.0
 
 
 class Pass:
@@ -158,8 +141,8 @@ class Admission:
         self._shared = shared
         self.in_flight = 0
         self.buffered = 0
-        self._sources: OrderedDict[str, _Failures] = OrderedDict()
-        self._routes: dict[str, _Failures] = {}
+        self._sources: OrderedDict[str, Bucket] = OrderedDict()
+        self._routes: dict[str, Bucket] = {}
         self._trusted: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def enter(self, route: str | None, remote: str | None, declared: int) -> Pass:
@@ -246,13 +229,13 @@ class Admission:
         for route in [r for r in self._routes if not keep(r)]:
             del self._routes[route]
 
-    def _source(self, source: str) -> _Failures:
+    def _source(self, source: str) -> Bucket:
         limits, now = self.limits, self._clock()
         bucket = self._sources.get(source)
         if bucket is None:
             if len(self._sources) >= limits.max_sources:
                 self._evict_source()
-            bucket = self._sources[source] = _Failures(limits.source_burst, now)
+            bucket = self._sources[source] = Bucket(limits.source_burst, now)
         else:
             bucket.refill(now, limits.source_rate, limits.source_burst)
             self._sources.move_to_end(source)
@@ -266,11 +249,11 @@ class Admission:
                 del self._sources[key]
                 return
 
-    def _route(self, route: str) -> _Failures:
+    def _route(self, route: str) -> Bucket:
         limits, now = self.limits, self._clock()
         bucket = self._routes.get(route)
         if bucket is None:
-            bucket = self._routes[route] = _Failures(limits.tenant_burst, now)
+            bucket = self._routes[route] = Bucket(limits.tenant_burst, now)
         else:
             bucket.refill(now, limits.tenant_rate, limits.tenant_burst)
         return bucket

@@ -5,7 +5,8 @@
     ├── RequestRejected     4xx  a verified or unverifiable request we refuse (tenant, body)
     ├── Throttled           429  a tenant's delivery budget, or an unverified budget, is spent
     ├── Overloaded          503  the global in-flight or buffered-bytes cap is reached
-    └── PublishUnavailable  503  the broker did not acknowledge in time (retriable)
+    ├── PublishUnavailable  503  the broker did not acknowledge in time (retriable)
+    └── AccountConflict     503  two tenants claim a Connect event's account (retriable)
 
 `reason` is a stable machine-readable string: metrics count by it and clients match on it.
 `message` is for humans and never carries a secret or the request body.
@@ -76,4 +77,16 @@ class PublishUnavailable(IngressError):
 
     def __init__(self, reason: str, message: str = "", *, retry_after: float = 5.0) -> None:
         super().__init__(reason, message)
+        self.retry_after = retry_after
+
+
+class AccountConflict(IngressError):
+    """Two tenants claim the Connect event's account: routing it to either could hand one
+    tenant's events to the other, so Stripe is told to retry while an operator fixes it."""
+
+    status = 503
+    retriable = True
+
+    def __init__(self, *, retry_after: float = 60.0) -> None:
+        super().__init__("account_conflict", "more than one tenant has this stripe_account")
         self.retry_after = retry_after

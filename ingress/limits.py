@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from quotaflow.settings import Settings
 
-__all__ = ["IngressLimits", "TenantThrottle"]
+__all__ = ["Bucket", "IngressLimits", "TenantThrottle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +42,27 @@ class IngressLimits:
         )
 
 
-class _Bucket:
+class Bucket:
+    """A token bucket with an in-flight count: full at `burst`, refilled at `rate`.
+
+    Shared by the tenant's delivery budget (a token per request) and the unverified
+    budgets of `ingress.admission` (a token per failure).
+    """
+
     __slots__ = ("in_flight", "stamp", "tokens")
 
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
+    def __init__(self, burst: float, now: float) -> None:
+        self.tokens = burst
+        self.stamp = now
         self.in_flight = 0
+
+    def refill(self, now: float, rate: float, burst: float) -> None:
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+
+    def wait(self, rate: float) -> float:
+        """Seconds until one token is back."""
+        return (1.0 - self.tokens) / rate if rate > 0 else 60.0
 
 
 class TenantThrottle:
@@ -59,21 +73,20 @@ class TenantThrottle:
         self._burst = max(1.0, limits.tenant_burst)
         self._max_in_flight = limits.tenant_max_in_flight
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, Bucket] = {}
 
     def acquire(self, tenant_id: str) -> float:
         """0.0 if admitted (the caller must `release`), else seconds until a retry may pass."""
         now = self._clock()
         bucket = self._buckets.get(tenant_id)
         if bucket is None:
-            bucket = self._buckets[tenant_id] = _Bucket(self._burst, now)
+            bucket = self._buckets[tenant_id] = Bucket(self._burst, now)
         else:
-            bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.stamp) * self._rate)
-            bucket.stamp = now
+            bucket.refill(now, self._rate, self._burst)
         if bucket.in_flight >= self._max_in_flight:
             return 1.0
         if bucket.tokens < 1.0:
-            return (1.0 - bucket.tokens) / self._rate if self._rate > 0 else 60.0
+            return bucket.wait(self._rate)
         bucket.tokens -= 1.0
         bucket.in_flight += 1
         return 0.0

@@ -11,6 +11,7 @@ by `event.account`. A refusal before the body is read closes the connection.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ingress.admission import CONNECT, Admission, AdmissionLimits, Pass
 from ingress.body import read_json_body
 from ingress.event import StripeEventFields, parse_event
 from ingress.exceptions import (
+    AccountConflict,
     IngressError,
     Overloaded,
     PublishUnavailable,
@@ -37,6 +39,8 @@ from quotaflow.envelope import Envelope
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from tables.tenant import Tenant, WebhookSecret
+
+log = logging.getLogger(__name__)
 
 __all__ = ["WebhookEndpoints", "error_response"]
 
@@ -139,7 +143,7 @@ class WebhookEndpoints:
         except IngressError as exc:
             if isinstance(exc, Throttled):
                 outcome, retry_after = "throttled", exc.retry_after
-            elif isinstance(exc, PublishUnavailable | Overloaded):
+            elif isinstance(exc, PublishUnavailable | Overloaded | AccountConflict):
                 outcome, retry_after = "unavailable", exc.retry_after
             else:
                 outcome = "rejected"
@@ -221,6 +225,13 @@ class WebhookEndpoints:
                 raise RequestRejected("missing_account", "a Connect event must carry event.account")
             tenant = self._registry.by_account(event.account)
             if tenant is None:
+                holders = self._registry.account_holders(event.account)
+                if holders:
+                    log.error(
+                        "connect account held by several tenants: events held back",
+                        extra={"tenants": holders},
+                    )
+                    raise AccountConflict()
                 raise RequestRejected("unknown_account", "no tenant has this account", status=404)
             trace.tenant_id = tenant.id
             self._check_active(tenant)

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from quotaflow.exceptions import ConfigurationError
 from quotaflow.logs import logging_config, setup_logging
 from quotaflow.ops import cli as ops_cli
 from quotaflow.registry import TenantRegistry
@@ -45,7 +46,17 @@ async def _with_registry(
         await registry.stop()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """Turns a deployment mistake (`ConfigurationError`) into its one-line reason, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="quotaflow")
 def main() -> None:
     """quotaflow: Stripe billing turned into live API quotas at the edge.
@@ -93,6 +104,8 @@ def ingress(port: int | None, workers: int | None) -> None:
 
     settings = _settings(ingress_port=port)
     setup_logging(settings.log_level)
+    # Once here, so a topic mismatch is one line from the command, not one per worker.
+    asyncio.run(ensure_topics(settings))
     trust = SharedTrust.create()  # the workers share which senders verified (admission)
     os.environ[TRUST_TABLE_ENV] = str(trust.path)
     try:
@@ -252,7 +265,8 @@ def kafka_status(directory: Path, port: int) -> None:
 
 @main.command("topics")
 def topics_cmd() -> None:
-    """Create every topic quotaflow owns (partitions from QUOTAFLOW_PARTITIONS)."""
+    """Create every topic quotaflow owns and check the existing ones (partitions from
+    QUOTAFLOW_PARTITIONS); exit 1 naming each topic that differs from the design."""
     created = asyncio.run(ensure_topics(_settings()))
     click.echo("\n".join(created) if created else "all topics exist")
 

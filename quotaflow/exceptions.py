@@ -3,3 +3,8 @@
 
 class QuotaflowError(Exception):
     """Base of every error quotaflow raises on purpose."""
+
+
+class ConfigurationError(QuotaflowError):
+    """The deployment is set up wrong (settings, topics): a one-line reason is all an
+    operator needs, and the command exits with it instead of a traceback."""

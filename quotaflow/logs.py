@@ -51,8 +51,10 @@ def logging_config(level: str = "INFO") -> dict[str, object]:
     """A `logging.config.dictConfig` document with the JSON formatter on stderr.
 
     Faust's worker configures logging itself; handing it this document keeps its lines
-    (and ours) JSON too.
+    (and ours) JSON too. The Stripe SDK logs every request at INFO: thousands of lines a
+    minute in a busy worker, so it speaks at WARNING unless the whole process runs at DEBUG.
     """
+    third_party = "DEBUG" if level.upper() == "DEBUG" else "WARNING"
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -61,6 +63,9 @@ def logging_config(level: str = "INFO") -> dict[str, object]:
             "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.stderr}
         },
         "filters": {"client_errors": {"()": ClientErrorDemotion}},
-        "loggers": {"aiohttp.server": {"filters": ["client_errors"]}},
+        "loggers": {
+            "aiohttp.server": {"filters": ["client_errors"]},
+            "stripe": {"level": third_party},
+        },
         "root": {"level": level.upper(), "handlers": ["json"]},
     }

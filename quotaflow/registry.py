@@ -24,7 +24,13 @@ class TenantRegistry(Protocol):
 
     def get(self, tenant_id: str) -> Tenant | None: ...
 
-    def by_account(self, account: str) -> Tenant | None: ...
+    def by_account(self, account: str) -> Tenant | None:
+        """The one tenant with this Connect account; None if none, or several (a conflict)."""
+        ...
+
+    def account_holders(self, account: str) -> list[str]:
+        """Ids of every tenant with this account: more than one is a conflict to alarm on."""
+        ...
 
     def __iter__(self) -> Iterator[Tenant]: ...
 
@@ -33,32 +39,51 @@ class TenantRegistry(Protocol):
 
 
 class StaticTenantRegistry:
-    """An in-memory registry built from tenant documents."""
+    """An in-memory registry built from tenant documents.
+
+    A Connect account held by two tenants (the writer refuses it, but a record can come
+    from elsewhere) is never resolved by write order: `by_account` answers None for it
+    until one of them lets go, and `conflicts()` names it for the alarm.
+    """
 
     def __init__(self, tenants: Iterable[Tenant] = ()) -> None:
         self._by_id: dict[str, Tenant] = {}
-        self._by_account: dict[str, Tenant] = {}
+        self._by_account: dict[str, dict[str, Tenant]] = {}
         for tenant in tenants:
             self.put(tenant)
 
     def put(self, tenant: Tenant) -> None:
-        old = self._by_id.get(tenant.id)
-        if old is not None and old.stripe_account is not None:
-            self._by_account.pop(old.stripe_account, None)
+        self._drop_account(self._by_id.get(tenant.id))
         self._by_id[tenant.id] = tenant
         if tenant.stripe_account is not None:
-            self._by_account[tenant.stripe_account] = tenant
+            self._by_account.setdefault(tenant.stripe_account, {})[tenant.id] = tenant
 
     def remove(self, tenant_id: str) -> None:
-        old = self._by_id.pop(tenant_id, None)
-        if old is not None and old.stripe_account is not None:
+        self._drop_account(self._by_id.pop(tenant_id, None))
+
+    def _drop_account(self, old: Tenant | None) -> None:
+        if old is None or old.stripe_account is None:
+            return
+        holders = self._by_account.get(old.stripe_account, {})
+        holders.pop(old.id, None)
+        if not holders:
             self._by_account.pop(old.stripe_account, None)
 
     def get(self, tenant_id: str) -> Tenant | None:
         return self._by_id.get(tenant_id)
 
     def by_account(self, account: str) -> Tenant | None:
-        return self._by_account.get(account)
+        holders = self._by_account.get(account)
+        if holders is None or len(holders) != 1:
+            return None
+        return next(iter(holders.values()))
+
+    def account_holders(self, account: str) -> list[str]:
+        return sorted(self._by_account.get(account, ()))
+
+    def conflicts(self) -> dict[str, list[str]]:
+        """Accounts held by more than one tenant, with their holders."""
+        return {a: sorted(h) for a, h in self._by_account.items() if len(h) > 1}
 
     def __iter__(self) -> Iterator[Tenant]:
         return iter(list(self._by_id.values()))

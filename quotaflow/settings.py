@@ -1,6 +1,6 @@
 """Configuration: one validated, frozen object read from `QUOTAFLOW_*` environment variables.
 
-Every field is documented in the README's configuration table; `tests/test_settings.py`
+Every field is documented in the README's configuration table; `tests/quotaflow/test_settings.py`
 checks that the table and this class name the same variables.
 """
 

@@ -20,6 +20,37 @@ from quotaflow.localkafka import LocalKafka, free_port
 from quotaflow.settings import Settings
 from quotaflow.testing.stripe_standin import StandinControl, run_standin
 
+# Fixtures that start or need a real peer (broker, Stripe servers, deploy tools): a test
+# using any of them is marked `peers`, and `make unit` runs everything else.
+PEER_FIXTURES = frozenset(
+    {
+        "kafka_bootstrap",
+        "settings_factory",
+        "own_broker",
+        "make_stack",
+        "stripe_mock",
+        "localstripe",
+        "stripe_standin_url",
+        "stripe_standin",
+        "stripe_fetch",
+        "helm",
+        "promtool",
+        "amtool",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "peers: needs a real peer process (set by conftest)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    peers = pytest.mark.peers
+    for item in items:
+        marked = item.get_closest_marker("kafka") or item.get_closest_marker("stripe")
+        if marked or PEER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(peers)
+
 
 def _docker_answers() -> bool:
     if shutil.which("docker") is None:

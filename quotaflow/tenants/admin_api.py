@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from quotaflow.settings import Settings
 from quotaflow.tenants.documents import masked
 from quotaflow.tenants.exceptions import (
+    AccountInUse,
     InvalidTenant,
     TenantExists,
     TenantNotFound,
@@ -90,6 +91,8 @@ def _auth_middleware(tokens: Mapping[str, SecretStr]) -> Any:
             return _error(404, "not_found", str(exc))
         except TenantExists as exc:
             return _error(409, "exists", str(exc))
+        except AccountInUse as exc:
+            return _error(409, "account_in_use", str(exc), "stripe_account")
         except TenantStateError as exc:
             return _error(409, "conflict", str(exc))
         except TenantsError as exc:

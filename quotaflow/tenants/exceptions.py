@@ -5,6 +5,7 @@ QuotaflowError
     ├── InvalidTenant        a document or patch is refused (names the field)
     ├── TenantNotFound       no tenant with that id
     ├── TenantExists         `add` of an id that is already registered
+    ├── AccountInUse         another tenant already has that Stripe Connect account
     ├── TenantStateError     the operation does not fit the tenant's state
     ├── KeyringError         the keyring is missing, malformed or lacks a key id
     ├── DecryptionError      a ciphertext does not open (wrong key, tenant or field)
@@ -39,6 +40,16 @@ class TenantExists(TenantsError):
     def __init__(self, tenant_id: str) -> None:
         super().__init__(f"tenant {tenant_id!r} already exists")
         self.tenant_id = tenant_id
+
+
+class AccountInUse(TenantsError):
+    """Connect events are routed by `stripe_account`: two tenants with one account would
+    make them land with whichever was written last."""
+
+    def __init__(self, tenant_id: str, holder: str) -> None:
+        super().__init__(f"tenant {holder!r} already has this stripe_account")
+        self.tenant_id = tenant_id
+        self.holder = holder
 
 
 class TenantStateError(TenantsError):

@@ -30,6 +30,7 @@ _ERROR = {
                 "invalid_tenant",
                 "not_found",
                 "exists",
+                "account_in_use",
                 "conflict",
                 "internal",
             ],
@@ -106,7 +107,11 @@ def openapi_document() -> dict[str, Any]:
                         "201": _response(f"Added. {masked}", "Tenant"),
                         "400": _response("Not a JSON object.", "Error"),
                         "401": errors["401"],
-                        "409": _response("The id exists.", "Error"),
+                        "409": _response(
+                            "The id exists (`exists`), or another tenant has the "
+                            "`stripe_account` (`account_in_use`).",
+                            "Error",
+                        ),
                         "422": _response("Invalid document; `field` names the field.", "Error"),
                     },
                 },
@@ -124,6 +129,11 @@ def openapi_document() -> dict[str, Any]:
                         "200": _response(f"Updated. {masked}", "Tenant"),
                         "400": _response("Not a JSON object.", "Error"),
                         **errors,
+                        "409": _response(
+                            "Another tenant has the `stripe_account` (`account_in_use`), or the "
+                            "change does not fit the tenant's state (`conflict`).",
+                            "Error",
+                        ),
                         "422": _response("Invalid result; `field` names it.", "Error"),
                     },
                 },

@@ -70,6 +70,12 @@ class TopicTenantRegistry:
     def by_account(self, account: str) -> Tenant | None:
         return self._view.by_account(account)
 
+    def account_holders(self, account: str) -> list[str]:
+        return self._view.account_holders(account)
+
+    def conflicts(self) -> dict[str, list[str]]:
+        return self._view.conflicts()
+
     def __iter__(self) -> Iterator[Tenant]:
         return iter(self._view)
 

@@ -27,7 +27,12 @@ from quotaflow.settings import Settings
 from quotaflow.tenants.audit import audit_record
 from quotaflow.tenants.config import audit_topic
 from quotaflow.tenants.documents import apply_patch, audit_changes, parse_tenant, plain_document
-from quotaflow.tenants.exceptions import TenantExists, TenantNotFound, TenantStateError
+from quotaflow.tenants.exceptions import (
+    AccountInUse,
+    TenantExists,
+    TenantNotFound,
+    TenantStateError,
+)
 from quotaflow.tenants.keyring import KeyEncryptionKeys
 from quotaflow.tenants.sealing import (
     DataKey,
@@ -102,6 +107,7 @@ class TenantWriter:
         async with self._lock:
             if self._registry.sealed(tenant.id) is not None or self._registry.get(tenant.id):
                 raise TenantExists(tenant.id)
+            self._check_account(tenant)
             key = await new_data_key(tenant.id, self._keyring)
             await self._write(
                 tenant.id,
@@ -243,6 +249,7 @@ class TenantWriter:
         tenant = apply_patch(current, patch, self._regions)
         if not audit_changes(current, tenant):
             return current
+        self._check_account(tenant)
         record = self._registry.sealed(tenant_id)
         if record is None:  # pragma: no cover - get() and sealed() are updated together
             raise TenantNotFound(tenant_id)
@@ -253,6 +260,16 @@ class TenantWriter:
             audit_record(action, tenant_id, actor, current, tenant, **details),
         )
         return tenant
+
+    def _check_account(self, tenant: Tenant) -> None:
+        """`AccountInUse` if another tenant holds `tenant`'s Connect account."""
+        if tenant.stripe_account is None:
+            return
+        others = [
+            t for t in self._registry.account_holders(tenant.stripe_account) if t != tenant.id
+        ]
+        if others:
+            raise AccountInUse(tenant.id, others[0])
 
     async def _data_key(self, tenant_id: str, record: SealedRecord) -> DataKey:
         """The tenant's data key, wrapped under the active KEK (every write moves it there)."""

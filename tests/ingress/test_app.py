@@ -148,6 +148,20 @@ async def test_connect_event_is_routed_to_the_tenant_of_its_account(
     assert (key, value, env.tenant_id, env.secret_id) == (b"globex", body, "globex", "platform-1")
 
 
+async def test_a_connect_account_two_tenants_claim_is_held_back_with_503(
+    ingress_factory: IngressFactory,
+) -> None:
+    platform = WebhookSecret(id="platform-1", secret="whsec_platform")
+    twin = make_tenant("globex-twin", stripe_account="acct_Globex1")
+    ingress = await ingress_factory([*TENANTS, twin], platform_secrets=[platform])
+    status, doc, headers = await ingress.post(
+        "/v1/webhooks/stripe", event_body("evt_twin", account="acct_Globex1"), "whsec_platform"
+    )
+    assert (status, doc["error"]["reason"]) == (503, "account_conflict")
+    assert int(headers["Retry-After"]) >= 1  # Stripe retries: nothing sent is dropped
+    assert await published(ingress) == []
+
+
 async def test_connect_route_without_platform_secret_refuses(
     ingress_factory: IngressFactory,
 ) -> None:

@@ -35,7 +35,8 @@ def tenant_doc(tenant_id: str = "acme", **overrides: Any) -> dict[str, Any]:
         "id": tenant_id,
         "name": "Acme",
         "mode": "test",
-        "stripe_account": "acct_1Acme",
+        # One account per tenant: the writer refuses an account another tenant holds.
+        "stripe_account": "acct_1" + "".join(c for c in tenant_id.capitalize() if c.isalnum()),
         "webhook_secrets": [{"id": "s1", "secret": f"whsec_{tenant_id}_{os.urandom(8).hex()}"}],
         "stripe_api_key": f"rk_test_{tenant_id}_{os.urandom(8).hex()}",
         "regions": ["eu"],

@@ -52,6 +52,11 @@ async def test_crud_with_masked_responses_and_audited_actor(
     response = await client.post("/v1/tenants", json=doc, headers=AUTH)
     assert response.status == 409
 
+    twin = tenant_doc("acme-twin", stripe_account=doc["stripe_account"])
+    response = await client.post("/v1/tenants", json=twin, headers=AUTH)
+    assert response.status == 409
+    assert (await response.json())["error"] == "account_in_use"
+
     old = {"Authorization": "Bearer " + TOKENS["ops-old"].get_secret_value()}
     response = await client.patch("/v1/tenants/acme", json={"status": "suspended"}, headers=old)
     assert response.status == 200

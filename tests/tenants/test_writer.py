@@ -11,7 +11,12 @@ from aiokafka import AIOKafkaProducer
 
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
-from quotaflow.tenants.exceptions import InvalidTenant, TenantExists, TenantStateError
+from quotaflow.tenants.exceptions import (
+    AccountInUse,
+    InvalidTenant,
+    TenantExists,
+    TenantStateError,
+)
 from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
 from quotaflow.tenants.writer import TenantWriter
@@ -190,3 +195,22 @@ async def test_suspend_and_resume_record_the_suspended_window(writer: TenantWrit
     for field in ("suspended_at", "resumed_at"):
         with pytest.raises(InvalidTenant):
             await writer.update("acme", {field: 0.0}, "test")
+
+
+async def test_an_account_another_tenant_holds_is_refused_and_nothing_is_written(
+    writer: TenantWriter, settings: Settings
+) -> None:
+    await writer.add(tenant_doc("acme", stripe_account="acct_1Shared"), actor="test")
+    await writer.add(tenant_doc("globex", stripe_account="acct_1Globex"), actor="test")
+    written = len(await topic_bytes(settings.kafka_bootstrap, settings.topics.tenants))
+    with pytest.raises(AccountInUse) as caught:
+        await writer.add(tenant_doc("initech", stripe_account="acct_1Shared"), actor="test")
+    assert caught.value.holder == "acme"
+    with pytest.raises(AccountInUse):
+        await writer.update("globex", {"stripe_account": "acct_1Shared"}, actor="test")
+    assert len(await topic_bytes(settings.kafka_bootstrap, settings.topics.tenants)) == written
+    assert writer.registry.by_account("acct_1Shared").id == "acme"  # type: ignore[union-attr]
+    # Letting go frees the account for another tenant.
+    await writer.update("acme", {"stripe_account": None}, actor="test")
+    moved = await writer.update("globex", {"stripe_account": "acct_1Shared"}, actor="test")
+    assert moved.stripe_account == "acct_1Shared"
