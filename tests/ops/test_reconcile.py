@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import stripe
+from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from quotaflow.envelope import Envelope
-from quotaflow.ops.reconcile import BACKFILL, RECONCILE_SECRET_ID, reconcile
+from quotaflow.ops.reconcile import BACKFILL, RECONCILE_SECRET_ID, held_event_ids, reconcile
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tests.kafkautil import read_all
@@ -79,3 +80,29 @@ async def test_events_of_new_objects_on_localstripe_are_backfilled(
     assert any(customer.id.encode() in r.value for r in records)
     again = await reconcile(settings, tenant, since)
     assert again.injected == 0
+
+
+async def test_held_ids_are_read_from_when_the_window_could_have_been_received(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """The resume reconcile runs on every resume: it reads the tenant's partition from the
+    window's start (less a margin), not 14 days of it."""
+    settings = settings_factory()
+    await ensure_topics(settings)
+    now = time.time()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for event_id, at in (("evt_old", now - 7200), ("evt_new", now - 60)):
+            envelope = Envelope("acme", event_id, "invoice.paid", False, at, "s1")
+            await producer.send_and_wait(
+                settings.topics.stripe_events,
+                b"{}",
+                key=b"acme",
+                headers=envelope.headers(),
+                timestamp_ms=int(at * 1000),
+            )
+    finally:
+        await producer.stop()
+    assert await held_event_ids(settings, "acme") == {"evt_old", "evt_new"}
+    assert await held_event_ids(settings, "acme", received_since=now - 3600) == {"evt_new"}
