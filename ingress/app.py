@@ -93,16 +93,27 @@ def build_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        """Ready only when the producer reaches the broker and the registry is loaded."""
+        """Ready only when the producer reaches the broker, the registry is loaded and every
+        tenant record in it can be read (a record this keyring cannot open would hold that
+        tenant's webhooks and usage back with 503: a balancer should send them elsewhere,
+        and a rollout with an incomplete keyring should stop here)."""
         producer = await publisher.probe()
         tenants = registry.ready
-        ok = producer and tenants
-        return web.json_response(
-            {"status": "ready" if ok else "not_ready", "producer": producer, "registry": tenants},
-            status=200 if ok else 503,
-        )
+        unreadable = len(registry.unreadable())
+        metrics.unreadable_records.set(unreadable)
+        ok = producer and tenants and unreadable == 0
+        doc: dict[str, object] = {
+            "status": "ready" if ok else "not_ready",
+            "producer": producer,
+            "registry": tenants,
+        }
+        if unreadable:
+            doc["reason"] = "tenant_records_unreadable"
+            doc["unreadable_records"] = unreadable
+        return web.json_response(doc, status=200 if ok else 503)
 
     async def metrics_handler(request: web.Request) -> web.Response:
+        metrics.unreadable_records.set(len(registry.unreadable()))
         return web.Response(
             body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

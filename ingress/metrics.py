@@ -90,6 +90,12 @@ class IngressMetrics:
             registry=self.registry,
             multiprocess_mode="livesum",  # with --workers N: the sum over live workers
         )
+        self.unreadable_records = Gauge(
+            "quotaflow_tenant_records_unreadable",
+            "Tenant records this process cannot read (its keyring lacks their key).",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.body_bytes = Counter(
             "quotaflow_ingress_published_bytes_total",
             "Bytes of verified bodies published to stripe.events.",

@@ -24,6 +24,12 @@ Refusals answer `{"error": {"reason", "message"[, "tenant_id"]}}` and publish no
 `unsupported_media_type`, `unsupported_encoding`, 422 `unknown_tenant`,
 `tenant_not_in_region` (with the `tenant_id`, so the edge can drop that tenant's items
 and re-send the rest under the same id).
+
+A tenant whose record exists but cannot be read here (`TenantRegistry.unreadable()`: this
+ingress's keyring lacks the record's key) is not unknown: the batch answers 503
+`tenant_unreadable` + Retry-After, publishes nothing, and the edge keeps it and retries
+(design guarantee 7). The other tenants of that batch wait with it; the ingress is not
+ready meanwhile, so a balancer sends the retry to a replica that can read the record.
 """
 
 from __future__ import annotations
@@ -221,6 +227,12 @@ class UsageEndpoint:
 
     def _check_tenant(self, tenant_id: str, region: str) -> None:
         tenant = self._registry.get(tenant_id)
+        if tenant is None and tenant_id in self._registry.unreadable():
+            raise PublishUnavailable(
+                "tenant_unreadable",
+                "the tenant's record cannot be read here yet",
+                retry_after=self._retry_after,
+            )
         if tenant is None:
             raise _TenantRefused("unknown_tenant", "no such tenant", tenant_id)
         # A suspended tenant's usage is kept: it was consumed before the suspension

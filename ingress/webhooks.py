@@ -186,6 +186,12 @@ class WebhookEndpoints:
             self._declared(request),
         )
         try:
+            if tenant is None and tenant_id in self._registry.unreadable():
+                # Its record exists but this ingress cannot read it (keyring incomplete):
+                # Stripe retries a 503, and the sender did nothing wrong (no budget spent).
+                raise PublishUnavailable(
+                    "tenant_unreadable", "the tenant's record cannot be read here yet"
+                )
             if tenant is None:
                 admitted.failed()
                 raise RequestRejected("unknown_tenant", "no such tenant", status=404)
@@ -232,6 +238,11 @@ class WebhookEndpoints:
                         extra={"tenants": holders},
                     )
                     raise AccountConflict()
+                if self._registry.unreadable():
+                    # The account may be an unreadable record's: hold the event, don't refuse.
+                    raise PublishUnavailable(
+                        "tenant_unreadable", "a tenant record cannot be read here yet"
+                    )
                 raise RequestRejected("unknown_account", "no tenant has this account", status=404)
             trace.tenant_id = tenant.id
             self._check_active(tenant)

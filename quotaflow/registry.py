@@ -7,7 +7,7 @@ the same protocol.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -17,6 +17,9 @@ from pydantic import TypeAdapter
 from tables.tenant import Tenant
 
 _TENANT_LIST = TypeAdapter(list[Tenant])
+
+ChangeListener = Callable[[str, Tenant | None], None]
+"""Called after a tenant was put (with the tenant) or removed (with None)."""
 
 
 class TenantRegistry(Protocol):
@@ -30,6 +33,18 @@ class TenantRegistry(Protocol):
 
     def account_holders(self, account: str) -> list[str]:
         """Ids of every tenant with this account: more than one is a conflict to alarm on."""
+        ...
+
+    def unreadable(self) -> Mapping[str, str]:
+        """Tenant id -> the field that failed, for records this process could not read.
+
+        Such a tenant is not unknown: its record exists and may become readable (a keyring
+        completed, a record re-written), so work for it is held back, never refused.
+        """
+        ...
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """`listener` is called after every change of a tenant."""
         ...
 
     def __iter__(self) -> Iterator[Tenant]: ...
@@ -49,6 +64,7 @@ class StaticTenantRegistry:
     def __init__(self, tenants: Iterable[Tenant] = ()) -> None:
         self._by_id: dict[str, Tenant] = {}
         self._by_account: dict[str, dict[str, Tenant]] = {}
+        self._listeners: list[ChangeListener] = []
         for tenant in tenants:
             self.put(tenant)
 
@@ -57,9 +73,21 @@ class StaticTenantRegistry:
         self._by_id[tenant.id] = tenant
         if tenant.stripe_account is not None:
             self._by_account.setdefault(tenant.stripe_account, {})[tenant.id] = tenant
+        self._emit(tenant.id, tenant)
 
     def remove(self, tenant_id: str) -> None:
         self._drop_account(self._by_id.pop(tenant_id, None))
+        self._emit(tenant_id, None)
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, tenant_id: str, tenant: Tenant | None) -> None:
+        for listener in self._listeners:
+            listener(tenant_id, tenant)
+
+    def unreadable(self) -> Mapping[str, str]:
+        return {}
 
     def _drop_account(self, old: Tenant | None) -> None:
         if old is None or old.stripe_account is None:

@@ -7,8 +7,12 @@ broker hands it over (fetch wait 100 ms), so it is in effect everywhere well wit
 It reads `read_committed`, because writers put each change and its audit record in one
 transaction. A tombstone removes the tenant.
 
-A record that does not decrypt (for example a KEK dropped from the keyring too early)
-is logged by tenant id and skipped; the tenant's previous version, if any, stays.
+A record that does not decrypt (for example a KEK dropped from the keyring too early,
+or a component started with an incomplete `QUOTAFLOW_KEYRING` during a rotation) is
+logged by tenant id and skipped; the tenant's previous version, if any, stays. It is
+listed in `unreadable()` until a readable version or a tombstone follows: callers hold
+that tenant's work back (503, parked meter jobs) instead of treating it as unknown, and
+the component is not ready while the list is not empty.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from quotaflow.registry import StaticTenantRegistry
+from quotaflow.registry import ChangeListener, StaticTenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.exceptions import DecryptionError, TenantsError
 from quotaflow.tenants.keyring import KeyEncryptionKeys
@@ -30,9 +34,6 @@ from tables.tenant import Tenant
 __all__ = ["ChangeListener", "TopicTenantRegistry"]
 
 log = logging.getLogger("quotaflow.tenants.registry")
-
-ChangeListener = Callable[[str, Tenant | None], None]
-"""Called after a tenant was put (with the tenant) or removed (with None)."""
 
 
 class TopicTenantRegistry:
@@ -78,6 +79,9 @@ class TopicTenantRegistry:
 
     def __iter__(self) -> Iterator[Tenant]:
         return iter(self._view)
+
+    def unreadable(self) -> Mapping[str, str]:
+        return self.undecryptable
 
     def __len__(self) -> int:
         return len(self._view)
