@@ -216,6 +216,7 @@ def create_app(
                 await reader.close()
 
     app.customers = customers  # type: ignore[attr-defined]
+    app.tenants_of = lambda: resources.registry  # type: ignore[attr-defined]
     app.billing = pipeline  # type: ignore[attr-defined]
     return app
 

@@ -11,8 +11,11 @@ Every attempt carries the job's deterministic `identifier` as both the meter eve
 `Idempotency-Key` (a retry of a request that did reach Stripe gets the first answer back).
 So a retry, a restart or a replay re-sends the same identifier and is billed once.
 
-Retry rule: `Stripe-Should-Retry: true|false` decides when present; otherwise 429, 409,
-5xx, timeouts and connection errors are retried, everything else is permanent. Backoff is
+Retry rule: 401 and 403 (the tenant's key revoked or without the permission) end the call
+as `unauthorized`: not permanent for the job, which the caller parks until the key is
+replaced (streams/meter_reporter.py). Otherwise `Stripe-Should-Retry: true|false` decides
+when present; else 429, 409, 5xx, timeouts and connection errors are retried, everything
+else is permanent (`failed`). Backoff is
 exponential with full jitter, capped at `max_backoff`; retries never stop (usage is money),
 but a caller can bound them with `max_attempts`.
 """
@@ -35,7 +38,7 @@ __all__ = ["MeterClient", "MeterJob", "SendResult"]
 
 log = logging.getLogger("quotaflow.meter")
 
-SendResult = Literal["sent", "duplicate", "failed", "no_api_key"]
+SendResult = Literal["sent", "duplicate", "failed", "no_api_key", "unauthorized"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,12 @@ class MeterClient:
                         self.rate_limited += 1
                     if _already_recorded(exc):
                         return "duplicate"
+                    if exc.http_status in (401, 403):
+                        log.warning(
+                            "stripe refused the tenant's key",
+                            extra={"tenant_id": job.tenant_id, "status": exc.http_status},
+                        )
+                        return "unauthorized"
                     if not retriable(exc):
                         log.error(
                             "meter event refused",

@@ -115,6 +115,7 @@ def add_usage_agent(
                     max_in_flight=settings.meter_max_in_flight,
                 )
                 self.reporter = reporter
+                app.meter_reporter = reporter  # type: ignore[attr-defined]  # for /readyz
                 await reporter.start()
 
         async def on_stop(self) -> None:

@@ -26,6 +26,11 @@ Metrics (label values are bounded sets: no tenant, customer or event id ever):
   `quotaflow_billing_paused_partitions`, `quotaflow_stripe_tenants{state=retrying|degraded}`,
   `quotaflow_stripe_fallbacks`: the billing lanes (streams/lanes.py).
 
+- `quotaflow_tenant_records_unreadable`, `quotaflow_meter_parked_tenants{reason}`,
+  `quotaflow_meter_parked_jobs`, `quotaflow_meter_parked_oldest_seconds`: what the
+  worker holds back (streams/worker_tenants.py); `/readyz` lists them too and is not
+  ready while a tenant record is unreadable.
+
 Events and dead letters are counted from each batch's `Effects` once Kafka has taken
 them (`observe`); `/readyz` also lists, in `stripe`, the tenants whose reads are
 retrying or degraded.
@@ -59,6 +64,7 @@ from quotaflow.settings import Settings
 from streams.lanes import Lanes
 from streams.processing.effects import Effects
 from streams.stripe_client import StripeReader
+from streams.worker_tenants import TenantsCollector, held_back, unreadable_count
 
 log = logging.getLogger("quotaflow.worker.web")
 
@@ -288,9 +294,17 @@ class WorkerWeb(mode.Service):
         return web.json_response({"status": "alive"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = is_ready(self._app)
+        recovered = is_ready(self._app)
+        # A tenant record this keyring cannot open holds that tenant's work back: not
+        # ready, so a rollout with an incomplete QUOTAFLOW_KEYRING stops here.
+        unreadable = unreadable_count(self._app)
+        ready = recovered and unreadable == 0
         self._metrics.ready.set(1 if ready else 0)
-        detail: dict[str, Any] = {"status": "ready" if ready else "recovering"}
+        status = "ready" if ready else ("recovering" if not recovered else "not_ready")
+        detail: dict[str, Any] = {"status": status}
+        if recovered and unreadable:
+            detail["reason"] = "tenant_records_unreadable"
+        detail.update(held_back(self._app))
         lanes = _lanes_of(self._app)
         if lanes is not None:
             # A tenant whose Stripe is down does not make the worker unready (the other
@@ -345,6 +359,7 @@ def attach_worker_web(
     """
     metrics = metrics if metrics is not None else WorkerMetrics()
     metrics.registry.register(LanesCollector(app))
+    metrics.registry.register(TenantsCollector(app))
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.registry, "faust"))
     metrics.registry.register(LagCollector(app))
     bind = host if host is not None else settings.worker_web_host

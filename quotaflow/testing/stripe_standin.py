@@ -31,6 +31,9 @@ Per account (or as the default of every account), settable at any time:
   has retries left). `down="hang"`: requests are read and never answered while the mode
   lasts (the client times out; a client that gives up is no longer counted in flight);
   once the mode is cleared, requests still waiting are answered normally.
+- `revoke(key)`: every later request with that API key is answered 401
+  `api_key_expired`, as Stripe answers a key rolled or deleted in the Dashboard (other
+  keys of the same account keep working, so a replaced key is accepted).
 - `hold` / `release`: while held, the account's API requests wait unanswered until
   released, so a test can see what is in flight without timing thresholds. `hold(None)`
   holds every account (also those not seen yet); `release(None)` releases everything.
@@ -54,9 +57,11 @@ Control, for tests and benchmarks in any process, over HTTP under `/_standin/`
   "down"?}`: sets the named fields of A (null: the default of every account); answers
   A's resulting behaviour.
 - `POST /_standin/hold`, `POST /_standin/release` `{"account": A or null}`.
+- `POST /_standin/revoke` `{"key": K}` (a test key, in a body, never in a URL).
 - `GET /_standin/stats`; `POST /_standin/stats/reset`.
 - `GET /_standin/meter_events`: recorded meter events per account label.
-- `POST /_standin/reset`: forgets objects, settings, holds, stats and meter events.
+- `POST /_standin/reset`: forgets objects, settings, holds, revoked keys, stats and meter
+  events.
 
 `StandinControl(base_url)` is a small synchronous client of those routes (urllib, short
 timeouts). Run the server as a process with `python -m quotaflow.testing.stripe_standin
@@ -273,6 +278,7 @@ class StripeStandin:
         self._total = _Counts()
         self._accounts: dict[str, _Counts] = {}
         self._unauthorized = 0
+        self._revoked: set[str] = set()
         self._meter_events: dict[str, dict[str, JSON]] = {}
         self._idempotent: dict[tuple[str, str], tuple[str, int, bytes]] = {}
         self._runner: web.AppRunner | None = None
@@ -309,6 +315,10 @@ class StripeStandin:
             self._buckets.pop(label, None)
         await self._notify()
         return self.behaviour(account)
+
+    def revoke(self, key: str) -> None:
+        """Answers every later request with this API key 401 (`api_key_expired`)."""
+        self._revoked.add(account_label(key))
 
     async def hold(self, account: str | None) -> None:
         if account is None:
@@ -349,6 +359,7 @@ class StripeStandin:
         self._buckets.clear()
         self._meter_events.clear()
         self._idempotent.clear()
+        self._revoked.clear()
         self.reset_stats()
         await self.release(None)
 
@@ -384,6 +395,7 @@ class StripeStandin:
             ("PUT", "/_standin/accounts", self._c_configure),
             ("POST", "/_standin/hold", self._c_hold),
             ("POST", "/_standin/release", self._c_release),
+            ("POST", "/_standin/revoke", self._c_revoke),
             ("GET", "/_standin/stats", self._c_stats),
             ("POST", "/_standin/stats/reset", self._c_reset_stats),
             ("GET", "/_standin/meter_events", self._c_meter_events),
@@ -429,6 +441,16 @@ class StripeStandin:
                 "invalid_request_error",
                 message,
                 {"WWW-Authenticate": 'Bearer realm="Stripe"', "Request-Id": _request_id()},
+            )
+        if account_label(key) in self._revoked:
+            self._unauthorized += 1
+            self._total.statuses["401"] += 1
+            return _error(
+                401,
+                "invalid_request_error",
+                "Expired API Key provided.",  # Stripe names the key's tail; we name nothing
+                {"Request-Id": _request_id()},
+                code="api_key_expired",
             )
         account = request.headers.get("Stripe-Account") or key
         if not (account is key or _ACCOUNT.match(account)):
@@ -638,6 +660,9 @@ class StripeStandin:
     async def _c_release(self, request: web.Request) -> web.Response:
         return await self._control(request, lambda d: self.release(_optional(d.get("account"))))
 
+    async def _c_revoke(self, request: web.Request) -> web.Response:
+        return await self._control(request, lambda d: self.revoke(str(d["key"])))
+
     async def _c_stats(self, request: web.Request) -> web.Response:
         return _json(self.stats())
 
@@ -735,6 +760,9 @@ class StandinControl:
 
     def release(self, account: str | None = None) -> None:
         self._call("POST", "/_standin/release", {"account": account})
+
+    def revoke(self, key: str) -> None:
+        self._call("POST", "/_standin/revoke", {"key": key})
 
     def stats(self) -> JSON:
         result: JSON = self._call("GET", "/_standin/stats")

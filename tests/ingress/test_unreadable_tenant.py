@@ -133,7 +133,8 @@ async def test_usage_of_an_unreadable_tenant_waits_at_the_edge_until_the_keyring
         assert doc["reason"] == "tenant_records_unreadable"
         assert doc["unreadable_records"] == 1
         for secret_text in (acme["stripe_api_key"], secret, old.hex(), new.hex()):
-            assert secret_text not in ready.decode() and secret_text not in metrics
+            assert secret_text not in ready.decode()
+            assert secret_text not in metrics
         assert "quotaflow_tenant_records_unreadable 1.0" in metrics
         status, error, headers = webhook
         assert (status, error["error"]["reason"]) == (503, "tenant_unreadable")
