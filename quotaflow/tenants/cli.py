@@ -382,20 +382,25 @@ def generate_signing(kind: str, region: str) -> None:
 def status() -> None:
     """How many tenants each key wraps; a key wrapping none can be removed."""
 
-    async def work(writer: TenantWriter) -> dict[str, int]:
+    async def work(writer: TenantWriter) -> tuple[dict[str, int], list[str]]:
         counts: dict[str, int] = {}
         for record in writer.registry.sealed_records().values():
             counts[record.data_key.kek_id] = counts.get(record.data_key.kek_id, 0) + 1
-        return counts
+        return counts, sorted(writer.registry.unreadable())
 
     with _errors():
         ring = keyring_from_settings(Settings())
-    counts = _run(work)
+    counts, unreadable = _run(work)
     for key_id in ring.key_ids:
         active = " (active)" if key_id == ring.active_key_id else ""
         click.echo(f"{key_id}{active}\t{counts.pop(key_id, 0)} tenants")
     for key_id, count in counts.items():
         click.echo(f"{key_id} (NOT IN KEYRING)\t{count} tenants")
+    if unreadable:
+        # Records wrapped under a key this keyring lacks: a component started with it
+        # answers these tenants 503 and is not ready (README, Unreadable tenant records).
+        shown = ", ".join(unreadable[:20]) + (", ..." if len(unreadable) > 20 else "")
+        click.echo(f"(UNREADABLE)\t{len(unreadable)} tenants: {shown}")
 
 
 @keys.command("rotate")

@@ -24,6 +24,8 @@ PENDING = {
     "quotaflow_consumer_lag": "pushers: records behind per group, topic, partition",
     # Registered with the worker's Faust app (streams/worker_web.py LanesCollector).
     "quotaflow_stripe_tenants": "worker: tenants whose Stripe reads retry or degrade",
+    # Registered with the worker's Faust app (streams/worker_tenants.py TenantsCollector).
+    "quotaflow_meter_parked_oldest_seconds": "worker: the longest-parked tenant's age",
 }
 
 _KEYWORDS = frozenset(

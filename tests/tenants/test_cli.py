@@ -106,6 +106,9 @@ def test_keys_rotate_then_old_key_can_go(env: dict[str, str]) -> None:
     old = orjson.loads(env["QUOTAFLOW_KEYRING"])
     both = {**env, "QUOTAFLOW_KEYRING": orjson.dumps({**new, **old}).decode()}
     assert "k1\t1 tenants" in _ok(CliRunner(env=both).invoke(keys, ["status"]))
+    only_new_before = {**env, "QUOTAFLOW_KEYRING": orjson.dumps(new).decode()}
+    status = _ok(CliRunner(env=only_new_before).invoke(keys, ["status"]))
+    assert "(UNREADABLE)\t1 tenants: acme" in status  # a component with this ring waits
     assert "re-wrapped 1" in _ok(CliRunner(env=both).invoke(keys, ["rotate"]))
     only_new = {**env, "QUOTAFLOW_KEYRING": orjson.dumps(new).decode()}
     assert "k2 (active)\t1 tenants" in _ok(CliRunner(env=only_new).invoke(keys, ["status"]))
