@@ -87,7 +87,9 @@ def parse(record: Record, registry: TenantRegistry) -> BillingEvent | Rejected |
         return Rejected("malformed", f"envelope headers: {type(exc).__name__}")
     tenant = registry.get(env.tenant_id)
     if tenant is None:
-        return Rejected("unknown_tenant", env.tenant_id)
+        # Unreadable here (keyring incomplete) is not unknown: redrive it after the fix.
+        unreadable = env.tenant_id in registry.unreadable()
+        return Rejected("tenant_unreadable" if unreadable else "unknown_tenant", env.tenant_id)
     try:
         body = orjson.loads(record.value)
     except orjson.JSONDecodeError as exc:

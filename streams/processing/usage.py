@@ -65,7 +65,11 @@ class UsageProcessor:
         reg = self._registry()
         tenant = reg.get(usage.tenant_id) if reg is not None else None
         if tenant is None:
-            out.dead(record, "unknown_tenant", usage.tenant_id)
+            # A record this worker's keyring cannot open is no proof the tenant is gone:
+            # its own reason, so `deadletter redrive --reason tenant_unreadable` after the fix.
+            unreadable = reg is None or usage.tenant_id in reg.unreadable()
+            reason = "tenant_unreadable" if unreadable else "unknown_tenant"
+            out.dead(record, reason, usage.tenant_id)
             out.count("dead_lettered")
             return
         partition, offset = record.partition, record.offset

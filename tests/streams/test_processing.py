@@ -207,6 +207,40 @@ def test_usage_counts_once_per_batch_and_makes_meter_jobs() -> None:
     assert [d.reason for d in bad.deadletters] == ["bad_usage_record"]
 
 
+class _Unreadable(StaticTenantRegistry):
+    """A registry that holds a record it cannot read (as the topic registry does with an
+    incomplete keyring): the collaborator, not the processor under test."""
+
+    def unreadable(self) -> dict[str, str]:
+        return {"acme": "stripe_api_key"}
+
+
+def test_a_tenant_whose_record_cannot_be_read_is_dead_lettered_as_unreadable_not_unknown() -> None:
+    registry = _Unreadable()
+    processor = UsageProcessor(lambda: registry, QuotaPolicy(), (0.5, 1.0), lambda: NOW)
+    doc = {
+        "batch_id": "n1:1",
+        "node_id": "n1",
+        "region": "eu",
+        "tenant_id": "acme",
+        "sent_at": NOW,
+        "received_at": NOW,
+        "items": [{"customer_id": "cus_1", "units": 3}],
+    }
+    usage = processor.handle({}, {}, [Record("usage.events", 0, 0, b"acme", orjson.dumps(doc))])
+    assert [d.reason for d in usage.deadletters] == ["tenant_unreadable"]
+    good = event(
+        "customer.subscription.created",
+        subscription("sub_1", "cus_1", "active", [(BASIC, 1)], period=PERIOD),
+    )
+    billing = parse(Offsets().record(good), registry)
+    assert isinstance(billing, Rejected)
+    assert billing.reason == "tenant_unreadable"
+    assert parse(Offsets().record(good, tenant="nobody"), registry) == Rejected(
+        "unknown_tenant", "nobody"
+    )
+
+
 def test_a_grace_tick_blocks_a_customer_whose_grace_ended() -> None:
     policy = QuotaPolicy(grace_seconds=10)
     registry = StaticTenantRegistry([make_tenant()])
