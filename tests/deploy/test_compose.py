@@ -6,6 +6,7 @@ invocation, and the wiring between pushers, edge nodes and Prometheus."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ import orjson
 import pytest
 import yaml
 
+from edge.auth import AppAuth
 from quotaflow.cli import main as cli
 from quotaflow.registry import load_tenants_file
 from quotaflow.settings import Settings
@@ -209,3 +211,13 @@ def test_demo_tenants_file_loads_and_serves_every_region() -> None:
     tenant = registry.get("demo")
     assert tenant is not None
     assert set(REGIONS) <= set(tenant.regions)
+
+
+def test_edge_nodes_accept_the_demo_token_the_header_documents() -> None:
+    found = re.search(r"Bearer (qfa_\w+)", COMPOSE.read_text())
+    assert found is not None, "the header lost its demo token"
+    for region in REGIONS:
+        env = _env(_services()[f"edge-{region}"])
+        assert "QUOTAFLOW_EDGE_ALLOW_LOOPBACK" not in env
+        auth = AppAuth(orjson.loads(env["QUOTAFLOW_EDGE_APP_TOKENS"]))
+        assert auth.authenticate(f"Bearer {found.group(1)}", None) == "demo"
