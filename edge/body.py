@@ -30,12 +30,15 @@ class BodyLimits:
     consume/check: a few ids and a cost, a few hundred bytes. push: a snapshot batch is
     1,000 records (`streams/push_node.py` `snapshot_batch`) of typically ~0.4 KiB and at
     most ~3.2 KiB (255-character ids and reason, 32 features of 64 characters), so 3.2 MB
-    at worst; 8 MiB leaves room (a refused batch would be dropped, and a refused
-    snapshot retried for ever).
+    at worst, and the first batch of a snapshot also carries the region's complete tenant
+    list: at the design's scale (100,000 tenants) up to 7.8 MB with 63-character ids,
+    ~2.5 MB with short ones. 16 MiB holds both worst cases together (a refused batch
+    would be dropped, and a refused snapshot retried for ever); tests/edge/
+    test_body_limits.py keeps it so.
     """
 
     consume: int = 4096
-    push: int = 8 * 1_048_576
+    push: int = 16 * 1_048_576
     timeout: float = 5.0
 
 

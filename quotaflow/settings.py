@@ -224,7 +224,7 @@ class Settings(BaseSettings):
         4096, gt=0, description="Largest consume or check body at the edge, bytes."
     )
     edge_push_max_bytes: int = Field(
-        8 * 1_048_576, gt=0, description="Largest push body at the edge, bytes."
+        16 * 1_048_576, gt=0, description="Largest push body at the edge, bytes."
     )
     edge_body_read_timeout: float = Field(
         5.0, gt=0, description="Seconds an edge request may take to send its whole body."

@@ -1,5 +1,6 @@
 """The edge's body limits refuse no legitimate push: the pusher's largest batch of large
-records fits the default push limit (a refused snapshot would be retried for ever)."""
+records, with the largest tenant list, fits the default push limit (a refused snapshot
+would be retried for ever)."""
 
 from __future__ import annotations
 
@@ -36,19 +37,31 @@ def _large_record() -> bytes:
     return update.to_json()
 
 
-def test_the_largest_push_batch_fits_the_default_push_limit_with_room() -> None:
+def _body(records: int, tenants: int) -> bytes:
+    """The pusher's envelope (streams/push_node.py `_body`): `records` large records and,
+    as a snapshot's first batch carries it, a complete list of `tenants` tenants with ids
+    of the longest length `TENANT_ID_PATTERN` allows (63), each in the longest state."""
+    states = {f"{i:063d}": "suspended" for i in range(tenants)}
+    return (
+        b'{"region":"%s","push_id":"%s","snapshot":{"id":"%s","final":false},'
+        b'"tenants":%s,"tenants_complete":true,"updates":['
+        % (b"r" * 64, uuid.uuid4().hex.encode(), uuid.uuid4().hex.encode(), orjson.dumps(states))
+        + b",".join([_large_record()] * records)
+        + b"]}"
+    )
+
+
+def test_the_largest_push_batches_fit_the_default_push_limit() -> None:
     config = PushConfig()
-    record = _large_record()
-    for count in (config.snapshot_batch, config.batch_max):
-        # The pusher's own envelope (streams/push_node.py `_body`) around `count` records.
-        body = (
-            b'{"region":"%s","push_id":"%s","snapshot":{"id":"%s","final":true},"updates":['
-            % (b"r" * 64, uuid.uuid4().hex.encode(), uuid.uuid4().hex.encode())
-            + b",".join([record] * count)
-            + b"]}"
-        )
+    limit = BodyLimits().push
+    for records in (config.snapshot_batch, config.batch_max):
+        body = _body(records, 0)
         assert orjson.loads(body)["updates"][0]["customer_id"] == "c" * 255
-        assert len(body) * 2 < BodyLimits().push, (count, len(body))
+        assert len(body) * 4 < limit, (records, len(body))
+    # A snapshot's first batch at the design's scale (100,000 tenants, BENCHMARKS.md).
+    first = _body(config.snapshot_batch, 100_000)
+    assert len(orjson.loads(first)["tenants"]) == 100_000
+    assert len(first) * 1.4 < limit, len(first)
 
 
 def test_the_settings_defaults_are_the_limits_defaults() -> None:

@@ -270,7 +270,7 @@ def test_bodies_over_the_limit_are_413_before_or_while_reading(edges: dict[str, 
     # Declared: answered at once, though not one byte of the body was sent.
     status, _ = _raw(edge.port, _head("/v1/consume", RATING, 5000))
     assert status == b"HTTP/1.1 413 Request Entity Too Large"
-    status, _ = _raw(edge.port, _head("/v1/push", RATING, 9 * 1_048_576))
+    status, _ = _raw(edge.port, _head("/v1/push", RATING, 16 * 1_048_576 + 1))
     assert status == b"HTTP/1.1 413 Request Entity Too Large"
     # Undeclared (chunked): refused once the running length passes the limit.
     chunk = b"x" * 3000
