@@ -135,7 +135,11 @@ async def test_usage_counted_while_the_ingress_is_down_survives_a_sidecar_restar
     units = await _units(usage_settings)
     assert sum(u for (_, _, c), u in units.items() if c == "cus_1") == 22
     assert sum(u for (_, _, c), u in units.items() if c == "cus_2") == 3
-    assert {b for b, _, _ in units} == {f"edge-a:{n}" for n in range(1, 5)}
+    # One incarnation across the restart: the spool survived, so its ids continue.
+    assert second.spool.incarnation == first.spool.incarnation
+    assert {b for b, _, _ in units} == {
+        f"edge-a:{first.spool.incarnation}:{n}" for n in range(1, 5)
+    }
 
 
 async def test_backlog_is_bounded_and_merges_only_unsent_batches(
@@ -181,4 +185,5 @@ async def test_a_refused_tenant_is_dropped_and_the_others_still_arrive(
         assert len(reporter.spool) == 0
     finally:
         await reporter.stop()
-    assert await _units(usage_settings) == {("edge-a:1", "acme", "cus_1"): 4}
+    batch = f"edge-a:{reporter.spool.incarnation}:1"
+    assert await _units(usage_settings) == {(batch, "acme", "cus_1"): 4}
