@@ -68,9 +68,10 @@ MAX_INCARNATIONS = 4
 # from growing a customer's state without limit.
 MAX_MARKS = 64
 
-_INCARNATION = re.compile(rf"^[0-9a-f]{{{INCARNATION_HEX}}}$")
-_NODE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_SEQ = re.compile(r"^[0-9]{1,18}$")
+# One match per batch id (the usage agent parses every one): node, incarnation?, seq.
+_BATCH_ID = re.compile(
+    rf"([A-Za-z0-9._-]{{1,64}})(?::([0-9a-f]{{{INCARNATION_HEX}}}))?:([0-9]{{1,18}})"
+)
 
 
 def remember(ids: Mapping[str, float], key: str, at: float) -> dict[str, float]:
@@ -108,18 +109,10 @@ def format_batch_id(node: str, incarnation: str | None, seq: int) -> str:
 
 def parse_batch_id(batch_id: str) -> BatchId | None:
     """`node:incarnation:seq` or legacy `node:seq` → BatchId; anything else → None."""
-    parts = batch_id.split(":")
-    if len(parts) == 2:
-        node, seq = parts
-        incarnation = None
-    elif len(parts) == 3:
-        node, incarnation, seq = parts
-        if not _INCARNATION.match(incarnation):
-            return None
-    else:
+    match = _BATCH_ID.fullmatch(batch_id)
+    if match is None:
         return None
-    if not _NODE.match(node) or not _SEQ.match(seq):
-        return None
+    node, incarnation, seq = match.groups()
     return BatchId(node, incarnation, int(seq))
 
 
@@ -153,8 +146,10 @@ def spool_reset(keys: Mapping[str, object], added: str) -> bool:
     return scope is not None and any(k != added and _scope(k) == scope for k in keys)
 
 
-def marks_to_drop(ats: Mapping[str, float], now: float, idle_after: int) -> set[str]:
-    """Marks (key → last applied at) to forget so that the bounds hold.
+def marks_to_drop(ats: Mapping[str, float], added: str, now: float, idle_after: int) -> set[str]:
+    """Marks (key → last applied at) to forget so that the bounds hold again after the
+    mark `added` was opened (they held before it, so only its scope and the total can be
+    over).
 
     Per (key, node) at most `MAX_INCARNATIONS`, least recently applied out first; then,
     past `idle_after` marks in all, the idle ones (nothing applied for the id window: a
@@ -162,20 +157,19 @@ def marks_to_drop(ats: Mapping[str, float], now: float, idle_after: int) -> set[
     key, so the result is a pure function of the marks.
     """
     drop: set[str] = set()
-    by_scope: dict[str, list[str]] = {}
-    for key in ats:
-        scope = _scope(key)
-        if scope is not None:
-            by_scope.setdefault(scope, []).append(key)
-    for keys in by_scope.values():
-        if len(keys) > MAX_INCARNATIONS:
-            oldest = sorted(keys, key=lambda k: (ats[k], k))
-            drop.update(oldest[: len(keys) - MAX_INCARNATIONS])
+    scope = _scope(added)
+    if scope is not None:
+        prefix = scope + "|"  # neither ids nor incarnations contain `|`
+        same = [k for k in ats if k.startswith(prefix)]
+        if len(same) > MAX_INCARNATIONS:
+            oldest = sorted(same, key=lambda k: (ats[k], k))
+            drop.update(oldest[: len(same) - MAX_INCARNATIONS])
+    if len(ats) - len(drop) <= idle_after:
+        return drop
     kept = {k: at for k, at in ats.items() if k not in drop}
-    if len(kept) > idle_after:
-        idle = {k for k, at in kept.items() if at < now - ID_WINDOW}
-        drop |= idle
-        kept = {k: at for k, at in kept.items() if k not in idle}
+    idle = {k for k, at in kept.items() if at < now - ID_WINDOW}
+    drop |= idle
+    kept = {k: at for k, at in kept.items() if k not in idle}
     if len(kept) > MAX_MARKS:
         oldest = sorted(kept, key=lambda k: (kept[k], k))
         drop.update(oldest[: len(kept) - MAX_MARKS])

@@ -109,11 +109,16 @@ def apply_usage(
             mark = UsageMark()
         elif mark_applied(mark.low, mark.above, seq):
             return Outcome(None, None, True)
+        opened = key not in state.usage_marks
         low, above = mark_add(mark.low, mark.above, seq)
         marks = {**state.usage_marks, key: UsageMark(low=low, above=above, at=now)}
-        # Marks of retired nodes and replaced spools would otherwise pile up.
-        drop = marks_to_drop({k: m.at for k, m in marks.items()}, now, MAX_IDLE_CHECK)
-        changes["usage_marks"] = {k: m for k, m in marks.items() if k not in drop}
+        if opened:
+            # Marks of retired nodes and replaced spools would otherwise pile up; the
+            # bounds can only be crossed when a mark is opened.
+            ats = {k: m.at for k, m in marks.items()}
+            drop = marks_to_drop(ats, key, now, MAX_IDLE_CHECK)
+            marks = {k: m for k, m in marks.items() if k not in drop}
+        changes["usage_marks"] = marks
     else:
         if batch_id in state.usage_ids:
             return Outcome(None, None, True)

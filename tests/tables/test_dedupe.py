@@ -109,22 +109,27 @@ def _inc(n: int) -> str:
 
 
 def test_incarnations_per_node_are_bounded_least_recently_applied_out_first() -> None:
-    ats = {f"k1|n1|{_inc(n)}": float(n) for n in range(MAX_INCARNATIONS + 2)}
+    ats = {f"k1|n1|{_inc(n)}": float(n) for n in range(MAX_INCARNATIONS + 1)}
     ats["k1|n2|" + _inc(0)] = 0.0  # another node's mark is not counted against n1
-    drop = marks_to_drop(ats, now=10.0, idle_after=16)
-    assert drop == {f"k1|n1|{_inc(0)}", f"k1|n1|{_inc(1)}"}
+    ats["k1|n1"] = 0.0  # nor a node whose id is a prefix's
+    added = f"k1|n1|{_inc(MAX_INCARNATIONS)}"
+    assert marks_to_drop(ats, added, now=10.0, idle_after=16) == {f"k1|n1|{_inc(0)}"}
+    assert marks_to_drop(ats, "k1|n2|" + _inc(0), now=10.0, idle_after=16) == set()
 
 
 def test_marks_in_all_are_bounded() -> None:
-    ats = {f"k1|n{n}|{INC_A}": 1000.0 + n for n in range(MAX_MARKS + 5)}
-    drop = marks_to_drop(ats, now=1000.0 + MAX_MARKS + 5, idle_after=16)
-    assert drop == {f"k1|n{n}|{INC_A}" for n in range(5)}
+    ats = {f"k1|n{n}|{INC_A}": 1000.0 + n for n in range(MAX_MARKS + 1)}
+    added = f"k1|n{MAX_MARKS}|{INC_A}"
+    drop = marks_to_drop(ats, added, now=1000.0 + MAX_MARKS, idle_after=16)
+    assert drop == {f"k1|n0|{INC_A}"}
 
 
 def test_idle_marks_go_once_there_are_many() -> None:
-    ats = {f"n{n}": 0.0 for n in range(17)} | {f"k|n|{INC_A}": ID_WINDOW + 10}
-    assert marks_to_drop(ats, now=ID_WINDOW + 10, idle_after=16) == {f"n{n}" for n in range(17)}
-    assert marks_to_drop(ats, now=ID_WINDOW + 10, idle_after=18) == set()
+    added = f"k|n|{INC_A}"
+    ats = {f"n{n}": 0.0 for n in range(17)} | {added: ID_WINDOW + 10}
+    idle = {f"n{n}" for n in range(17)}
+    assert marks_to_drop(ats, added, now=ID_WINDOW + 10, idle_after=16) == idle
+    assert marks_to_drop(ats, added, now=ID_WINDOW + 10, idle_after=18) == set()
 
 
 @given(st.lists(st.integers(min_value=1, max_value=200), max_size=300))
