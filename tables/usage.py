@@ -210,4 +210,4 @@ class UsageRecord(BaseModel):
     items: tuple[UsageItem, ...]
     # The edge key that verified the report (`wire` key id); scopes the batch's marks.
     # Absent on records written before the ingress recorded it (legacy ids only).
-    key_id: str | None = None
+    key_id: str | None = Field(None, max_length=64)
