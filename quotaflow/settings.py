@@ -271,6 +271,11 @@ class Settings(BaseSettings):
     usage_spool_max_batches: int = Field(
         600, ge=2, description="Unsent batches kept apart; past it new usage merges into the last."
     )
+    usage_legacy_batch_ids: bool = Field(
+        True,
+        description="Ingress: accept legacy `node:seq` batch ids (edges spooled before spool "
+        "incarnations); turn off once every edge runs a version that sends incarnations.",
+    )
     usage_max_body_bytes: int = Field(
         1_048_576, gt=0, description="Largest accepted usage report at the ingress."
     )
