@@ -28,6 +28,7 @@ from tables.dedupe import parse_batch_id
 from tables.quota import QuotaUpdate
 from tables.tenant import PlanEntry
 from tests.kafkautil import produce
+from tests.processes import EDGE_AUTH
 from tests.reliability.conftest import StackFactory
 from tests.reliability.model import Workload
 from tests.reliability.stack import Stack, topic_records
@@ -45,7 +46,8 @@ STEP = 10  # units per consume; thresholds every 1 % of 1000, so each batch publ
 
 async def _consume(stack: Stack, calls: int) -> None:
     port = stack.edge_ports["eu"][0]
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout, headers=EDGE_AUTH) as session:
         for _ in range(calls):
             ask = {"tenant_id": "acme", "customer_id": "cus_1", "cost": STEP}
             async with session.post(f"http://127.0.0.1:{port}/v1/consume", json=ask) as resp:
