@@ -26,6 +26,9 @@ RUN groupadd --system --gid 10001 quotaflow \
  && mkdir -p /var/lib/quotaflow/data \
  && chown -R quotaflow:quotaflow /var/lib/quotaflow
 COPY --from=build /opt/quotaflow /opt/quotaflow
+# The edge listens on every interface (pushers reach it); its consume, check and quota routes
+# answer only applications whose token digests are in QUOTAFLOW_EDGE_APP_TOKENS (none set
+# here: an edge started without them refuses every consume with 401 and says so at start).
 ENV PATH=/opt/quotaflow/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

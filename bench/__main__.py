@@ -35,7 +35,7 @@ class Bench:
 
 BENCHES = (
     Bench("ingress", "bench.ingress_bench", True, ("--duration", "2", "--skip-baseline")),
-    Bench("edge", "bench.edge_bench", False, ()),
+    Bench("edge", "bench.edge_bench", False, ("--quick",)),
     Bench("onboarding", "bench.onboarding_bench", True, ("--count", "5")),
     Bench("usage", "bench.usage_bench", True, ("--quick",)),
     Bench("worker", "bench.worker_bench", True, ("--quick",)),
@@ -169,7 +169,9 @@ def rows(name: str, result: Any) -> list[tuple[str, Any]]:
     if name == "edge":
         return [
             ("check() p99 us", _get(result, "check", "quotaflow_check", "p99_us")),
-            ("http consume p99 ms", _get(result, "http_consume", "p99_ms")),
+            ("http consume p99 ms (auth)", _get(result, "http_consume", "p99_ms")),
+            ("http consume p99 ms (loopback)", _get(result, "http_consume_loopback", "p99_ms")),
+            ("http p99 auth / loopback", _get(result, "http_auth_cost", "p99_ms_ratio")),
         ]
     if name == "onboarding":
         return [("p50/p99 ms", f"{_get(result, 'p50_ms')}/{_get(result, 'p99_ms')}")]

@@ -1,6 +1,7 @@
 """Edge benchmark: in-process `check()` latency and HTTP `consume` latency on localhost.
 
-Run: `.venv/bin/python -m bench.edge_bench` (prints JSON).
+Run: `.venv/bin/python -m bench.edge_bench [--quick] [--rounds N]` (prints JSON).
+`--quick` runs tiny sizes (a smoke test: the figures mean nothing).
 
 1. `QuotaCache.check()` over 1M calls on 10,000 customers: throughput from batches timed
    with perf_counter_ns, and per-call p50/p99 from individually timed samples (timer
@@ -8,11 +9,19 @@ Run: `.venv/bin/python -m bench.edge_bench` (prints JSON).
    write: a dict of pydantic `QuotaUpdate` models keyed `tenant/customer`, answering with
    a dict.
 2. `POST /v1/consume` on a sidecar in a child process, driven open-loop at 2,000 req/s
-   from this process over keep-alive connections; p50/p99/max client-side latency.
+   from this process over keep-alive connections; p50/p99/max client-side latency. The
+   same load runs in the same run, alternately (`--rounds` times each, on a fresh server
+   each time), in three modes: `http_consume` with authentication as deployed (a bearer
+   token on every request, hashed and compared by the edge), `http_consume_loopback`
+   without a token (the edge lets loopback in, `QUOTAFLOW_EDGE_ALLOW_LOOPBACK`: what the
+   edge cost before authentication), and `http_consume_idempotency_key` (a token and a
+   fresh `Idempotency-Key` on every request: the cost of remembering each answer).
+   `http_auth_cost` gives the ratios authenticated / loopback (1.0 = free).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import multiprocessing as mp
 import os
@@ -26,6 +35,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.server import build_app
 from tables.quota import QuotaUpdate, Reason, quota_key
@@ -36,6 +46,13 @@ CALLS = 1_000_000
 SAMPLES = 200_000
 HTTP_RATE = 2_000
 HTTP_SECONDS = 10.0
+TOKEN = generate_app_token()
+# mode -> (whether the client sends the token, whether it sends an Idempotency-Key)
+MODES = {
+    "http_consume": (True, False),
+    "http_consume_loopback": (False, False),
+    "http_consume_idempotency_key": (True, True),
+}
 
 
 def _updates(limit: int) -> list[QuotaUpdate]:
@@ -97,13 +114,16 @@ def _percentile(sorted_values: list[int], q: float) -> float:
 
 
 def _measure(
-    check: Callable[[str, str, int], object], keys: list[tuple[str, str]]
+    check: Callable[[str, str, int], object],
+    keys: list[tuple[str, str]],
+    calls: int = CALLS,
+    samples_n: int = SAMPLES,
 ) -> dict[str, Any]:
     n = len(keys)
     clock = time.perf_counter_ns
     # Throughput: batches of 1,000 calls, one clock read per batch.
     batch_ns: list[int] = []
-    for start in range(0, CALLS, 1000):
+    for start in range(0, calls, 1000):
         chunk = [keys[(start + j) % n] for j in range(1000)]
         t0 = clock()
         for tenant, customer in chunk:
@@ -111,7 +131,7 @@ def _measure(
         batch_ns.append(clock() - t0)
     # Latency: every call timed on its own (includes one clock read's overhead).
     samples: list[int] = []
-    for i in range(SAMPLES):
+    for i in range(samples_n):
         tenant, customer = keys[i % n]
         t0 = clock()
         check(tenant, customer, 1)
@@ -119,10 +139,10 @@ def _measure(
     samples.sort()
     per_call = sorted(b / 1000 for b in batch_ns)
     return {
-        "calls": CALLS,
-        "mean_us": round(sum(batch_ns) / CALLS / 1000, 3),
+        "calls": calls,
+        "mean_us": round(sum(batch_ns) / calls / 1000, 3),
         "batch_p50_us_per_call": round(statistics.median(per_call) / 1000, 3),
-        "calls_per_second": round(CALLS / (sum(batch_ns) / 1e9)),
+        "calls_per_second": round(calls / (sum(batch_ns) / 1e9)),
         "p50_us": round(_percentile(samples, 0.50) / 1000, 3),
         "p99_us": round(_percentile(samples, 0.99) / 1000, 3),
         "p999_us": round(_percentile(samples, 0.999) / 1000, 3),
@@ -140,7 +160,7 @@ def _timer_overhead_us() -> float:
     return round(_percentile(samples, 0.5) / 1000, 3)
 
 
-def bench_check() -> dict[str, Any]:
+def bench_check(calls: int = CALLS, samples: int = SAMPLES) -> dict[str, Any]:
     updates = _updates(limit=10**12)
     cache = QuotaCache(regions=("bench",))
     baseline = BaselineCache()
@@ -151,23 +171,26 @@ def bench_check() -> dict[str, Any]:
     random.Random(7).shuffle(keys)
     return {
         "timer_overhead_p50_us": _timer_overhead_us(),
-        "quotaflow_check": _measure(cache.check, keys),
-        "baseline_pydantic_dict_check": _measure(baseline.check, keys),
-        "quotaflow_consume": _measure(cache.consume, keys),
-        "baseline_pydantic_dict_consume": _measure(baseline.consume, keys),
+        "quotaflow_check": _measure(cache.check, keys, calls, samples),
+        "baseline_pydantic_dict_check": _measure(baseline.check, keys, calls, samples),
+        "quotaflow_consume": _measure(cache.consume, keys, calls, samples),
+        "baseline_pydantic_dict_consume": _measure(baseline.consume, keys, calls, samples),
     }
 
 
 # -- HTTP --------------------------------------------------------------------------
 
 
-def _serve(port: int, ready: Connection) -> None:
+def _serve(port: int, ready: Connection, digest: str, loopback: bool) -> None:
     async def main() -> None:
         cache = QuotaCache(regions=("bench",))
         for u in _updates(limit=10**12):
             cache.apply(u, "bench")
+        # As `quotaflow edge` builds it: one application's digest, loopback let in or not.
+        auth = AppAuth({"bench": digest}, allow_loopback=loopback)
+        verifier = Verifier(Kind.PUSH, [generate_keypair()[1]])
         runner = web.AppRunner(
-            build_app(cache, Verifier(Kind.PUSH, [generate_keypair()[1]]), region="bench"),
+            build_app(cache, verifier, region="bench", auth=auth),
             access_log=None,
         )
         await runner.setup()
@@ -179,18 +202,25 @@ def _serve(port: int, ready: Connection) -> None:
 
 
 async def _connection(
-    port: int, jobs: asyncio.Queue[tuple[float, bytes] | None], out: list[tuple[float, float]]
+    port: int,
+    jobs: asyncio.Queue[tuple[float, bytes, bytes] | None],
+    out: list[tuple[float, float]],
+    auth: bytes,
 ) -> None:
     """One keep-alive HTTP/1.1 connection; a minimal client so the load generator is not
-    the bottleneck on a 2-core machine (aiohttp's client costs more CPU than the server)."""
+    the bottleneck on a 2-core machine (aiohttp's client costs more CPU than the server).
+    `auth` (the Authorization header line, or nothing) and each job's extra header lines
+    are sent as they are."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while (job := await jobs.get()) is not None:
-            scheduled, body = job
+            scheduled, body, extra = job
             sent = time.perf_counter()
             writer.write(
-                b"POST /v1/consume HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                b"POST /v1/consume HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % (auth, extra, len(body))
+                + body
             )
             async with asyncio.timeout(10):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -208,33 +238,47 @@ async def _connection(
         writer.close()
 
 
-async def _drive(port: int) -> dict[str, Any]:
+async def _drive(port: int, seconds: float, token: bool, keys: bool) -> dict[str, Any]:
     bodies = [
         orjson.dumps({"tenant_id": f"t{i % 100}", "customer_id": f"c{i}", "cost": 1})
         for i in range(CUSTOMERS)
     ]
+    auth = b"Authorization: Bearer %s\r\n" % TOKEN.encode() if token else b""
+    run = os.urandom(4).hex().encode()
+
+    def extra(i: int) -> bytes:
+        # A fresh key per call, as a Rating API names each call (a UUID's length).
+        return b"Idempotency-Key: %s-%032d\r\n" % (run, i) if keys else b""
+
     connections = 16
-    jobs: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+    jobs: asyncio.Queue[tuple[float, bytes, bytes] | None] = asyncio.Queue()
     out: list[tuple[float, float]] = []
-    workers = [asyncio.create_task(_connection(port, jobs, out)) for _ in range(connections)]
+    workers = [asyncio.create_task(_connection(port, jobs, out, auth)) for _ in range(connections)]
     for i in range(500):  # warm-up
-        jobs.put_nowait((time.perf_counter(), bodies[i]))
+        jobs.put_nowait((time.perf_counter(), bodies[i], extra(-i - 1)))
     async with asyncio.timeout(30):
         await jobs.join()
     out.clear()
-    total = int(HTTP_RATE * HTTP_SECONDS)
+    total = int(HTTP_RATE * seconds)
     start = time.perf_counter()
     for i in range(total):
         scheduled = start + i / HTTP_RATE
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        jobs.put_nowait((scheduled, bodies[i % CUSTOMERS]))
+        jobs.put_nowait((scheduled, bodies[i % CUSTOMERS], extra(i)))
     for _ in workers:
         jobs.put_nowait(None)
     async with asyncio.timeout(60):
         await asyncio.gather(*workers)
     elapsed = time.perf_counter() - start
+    return {"requests": len(out), "elapsed": elapsed, "samples": out}
+
+
+def _figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One mode's figures over all its rounds' samples, and each round's p99."""
+    out = [sample for r in runs for sample in r["samples"]]
+    elapsed = sum(r["elapsed"] for r in runs)
     # From the scheduled send time (counts queueing in the client: no coordinated omission)
     # and from the actual write (the server's share).
     scheduled_ns = sorted(int(a * 1e9) for a, _ in out)
@@ -243,7 +287,12 @@ async def _drive(port: int) -> dict[str, Any]:
         "target_rps": HTTP_RATE,
         "achieved_rps": round(len(out) / elapsed),
         "requests": len(out),
-        "connections": connections,
+        "connections": 16,
+        "rounds": len(runs),
+        "round_p99_ms": [
+            round(_percentile(sorted(int(a * 1e9) for a, _ in r["samples"]), 0.99) / 1e6, 3)
+            for r in runs
+        ],
         "p50_ms": round(_percentile(scheduled_ns, 0.50) / 1e6, 3),
         "p99_ms": round(_percentile(scheduled_ns, 0.99) / 1e6, 3),
         "max_ms": round(scheduled_ns[-1] / 1e6, 3),
@@ -252,26 +301,63 @@ async def _drive(port: int) -> dict[str, Any]:
     }
 
 
-def bench_http() -> dict[str, Any]:
+def _http_round(seconds: float, token: bool, keys: bool) -> dict[str, Any]:
+    """One mode's load against a fresh sidecar process (loopback let in iff no token)."""
     from quotaflow.localkafka import free_port
 
     port = free_port()
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve, args=(port, child), daemon=True)
+    # The digest travels: a spawned child re-imports this module and would draw a new TOKEN.
+    args = (port, child, token_digest(TOKEN), not token)
+    server = ctx.Process(target=_serve, args=args, daemon=True)
     server.start()
     try:
         if not parent.poll(30):
             raise RuntimeError("edge server did not start")
         parent.recv()
-        return asyncio.run(_drive(port))
+        return asyncio.run(_drive(port, seconds, token, keys))
     finally:
         server.terminate()
         server.join(10)
 
 
+def bench_http(seconds: float = HTTP_SECONDS, rounds: int = 2) -> dict[str, Any]:
+    """Every mode, alternating round by round so a change in the machine's load falls on
+    all of them alike; the ratios compare the modes within this run."""
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    for _ in range(rounds):
+        for mode, (token, keys) in MODES.items():
+            runs[mode].append(_http_round(seconds, token, keys))
+    result: dict[str, Any] = {mode: _figures(r) for mode, r in runs.items()}
+    authed, open_ = result["http_consume"], result["http_consume_loopback"]
+    keyed = result["http_consume_idempotency_key"]
+    result["http_auth_cost"] = {
+        f"{name}_ratio": round(authed[name] / open_[name], 3) if open_[name] else None
+        for name in ("p50_ms", "p99_ms", "from_write_p50_ms", "from_write_p99_ms")
+    } | {
+        f"idempotency_key_{name}_ratio": round(keyed[name] / open_[name], 3)
+        if open_[name]
+        else None
+        for name in ("p50_ms", "p99_ms")
+    }
+    return result
+
+
 def main() -> None:
-    result = {"check": bench_check(), "http_consume": bench_http(), "cpus": os.cpu_count()}
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--rounds", type=int, default=2, help="HTTP rounds per mode")
+    args = parser.parse_args()
+    calls, samples = (20_000, 5_000) if args.quick else (CALLS, SAMPLES)
+    seconds = 1.0 if args.quick else HTTP_SECONDS
+    rounds = 1 if args.quick else args.rounds
+    result = {
+        "check": bench_check(calls, samples),
+        **bench_http(seconds, rounds),
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+    }
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -54,7 +54,7 @@ import orjson
 
 from bench.common import ProcSampler, Report, bench_workspace, progress, summary
 from bench.e2e_bench import N_TENANTS, NODES, Webhooks, drive, secret
-from bench.stack import pipeline
+from bench.stack import APP_AUTH, pipeline
 from bench.worker_bench import tenant_id
 
 LIMITS = (50, 100, 150, 200)
@@ -201,7 +201,9 @@ async def load(
     connector = aiohttp.TCPConnector(limit=400)
     timeout = aiohttp.ClientTimeout(total=10)
     cpu0, wall0 = time.process_time(), time.monotonic()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers=APP_AUTH
+    ) as session:
 
         async def one(c: Customer, node: int) -> None:
             tenant, customer = c.key.split("/", 1)

@@ -21,12 +21,17 @@ import orjson
 
 from bench.common import Proc, processes, progress, unique, wait_http
 from bench.worker_bench import WorkerTuning, start_worker
+from edge.auth import generate_app_token, token_digest
 from wire import generate_keypair
 
 # (private, public) Ed25519 pairs per region: pushers get the private push key, edge nodes
 # the public push key and their region's private edge key, the ingress the public edge keys.
 PUSH_KEYS = {r: generate_keypair() for r in ("eu", "us")}
 EDGE_KEYS = {r: generate_keypair() for r in ("eu", "us")}
+# The benches' calling application: edge nodes hold its digest, load generators send
+# `APP_AUTH` (consume needs a credential, as deployed).
+APP_TOKEN = generate_app_token()
+APP_AUTH = {"Authorization": f"Bearer {APP_TOKEN}"}
 
 
 def _json(doc: object) -> str:
@@ -93,6 +98,7 @@ def pipeline(
         "QUOTAFLOW_EDGE_NODES": orjson.dumps(urls).decode(),
         "QUOTAFLOW_PUSH_VERIFY_KEYS": _json({r: [k[1]] for r, k in PUSH_KEYS.items()}),
         "QUOTAFLOW_EDGE_VERIFY_KEYS": _json({r: [k[1]] for r, k in EDGE_KEYS.items()}),
+        "QUOTAFLOW_EDGE_APP_TOKENS": _json({"bench": token_digest(APP_TOKEN)}),
         "QUOTAFLOW_USAGE_INGRESS_URL": f"http://127.0.0.1:{ingress_port}",
         **(env or {}),
     }

@@ -1,6 +1,7 @@
 """The sidecar's Prometheus metrics, in their own registry so several sidecars (tests,
-benchmarks) can live in one process. Every label set is bounded: regions come from
-configuration and reasons/outcomes from fixed vocabularies.
+benchmarks) can live in one process. Every label set is bounded: regions and application
+names come from configuration (`app` is a configured application name or `loopback`,
+never anything a caller sends), routes, reasons and outcomes from fixed vocabularies.
 """
 
 from __future__ import annotations
@@ -43,8 +44,50 @@ class EdgeMetrics:
         )
         self.decisions = Counter(
             "edge_consume_decisions",
-            "HTTP consume answers, by reason.",
-            ["reason"],
+            "HTTP consume answers, by calling application and reason (idempotent replays "
+            "are not counted again).",
+            ["app", "reason"],
+            registry=self.registry,
+        )
+        self._decision_children: dict[tuple[str, str], CounterChild] = {}
+        self.checks = Counter(
+            "edge_check_decisions",
+            "HTTP check answers (nothing counted), by calling application and reason.",
+            ["app", "reason"],
+            registry=self.registry,
+        )
+        self._check_children: dict[tuple[str, str], CounterChild] = {}
+        self.quota_reads = Counter(
+            "edge_quota_reads",
+            "GET /v1/quotas answers, by calling application and outcome (found, unknown).",
+            ["app", "outcome"],
+            registry=self.registry,
+        )
+        self.auth_refusals = Counter(
+            "edge_auth_refusals",
+            "Requests refused 401 for their credential, by route (consume, check, quotas) "
+            "and reason (missing_credential, bad_credential).",
+            ["route", "reason"],
+            registry=self.registry,
+        )
+        self.body_refusals = Counter(
+            "edge_body_refusals",
+            "Requests whose body was refused, by route and reason (body_too_large, "
+            "body_timeout, unsupported_encoding, incomplete_body).",
+            ["route", "reason"],
+            registry=self.registry,
+        )
+        self.idempotency = Counter(
+            "edge_idempotency_keys_seen",
+            "Consumes with an Idempotency-Key already held, by calling application and "
+            "outcome (replayed: the first answer again, nothing counted; reused: another "
+            "request under the same key, refused 422).",
+            ["app", "outcome"],
+            registry=self.registry,
+        )
+        self.idempotency_held = Gauge(
+            "edge_idempotency_keys",
+            "Idempotency keys held (bounded per application by QUOTAFLOW_EDGE_IDEMPOTENCY_*).",
             registry=self.registry,
         )
         self.tenant_changes = Counter(
@@ -59,7 +102,6 @@ class EdgeMetrics:
             ["state"],
             registry=self.registry,
         )
-        self._decision_children: dict[str, CounterChild] = {}
         self.keys = Gauge("edge_quota_keys", "Customers held.", registry=self.registry)
         self.snapshot = Gauge(
             "edge_snapshot_complete",
@@ -68,11 +110,19 @@ class EdgeMetrics:
             registry=self.registry,
         )
 
-    def decision(self, reason: str) -> CounterChild:
-        """The counter child for a decision reason, bound once (labels() is costly per call)."""
-        child = self._decision_children.get(reason)
+    def decision(self, app: str, reason: str) -> CounterChild:
+        """The consume counter child for (app, reason), bound once (labels() is costly)."""
+        child = self._decision_children.get((app, reason))
         if child is None:
-            child = self._decision_children[reason] = self.decisions.labels(reason=reason)
+            child = self.decisions.labels(app=app, reason=reason)
+            self._decision_children[(app, reason)] = child
+        return child
+
+    def check(self, app: str, reason: str) -> CounterChild:
+        """The check counter child for (app, reason), bound once."""
+        child = self._check_children.get((app, reason))
+        if child is None:
+            child = self._check_children[(app, reason)] = self.checks.labels(app=app, reason=reason)
         return child
 
     def render(self) -> bytes:

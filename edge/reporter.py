@@ -4,8 +4,9 @@ Every `interval` seconds: drain `QuotaCache.drain_usage()` into a sealed batch o
 disk spool (`edge/spool.py`), then send spooled batches to the ingress `POST /v1/usage`
 oldest first, one at a time, each signed with the node's edge key
 (`QUOTAFLOW_EDGE_SIGNING_KEYS`, kind `usage` of `wire/signing.py`). A batch id is
-`<node_id>:<seq>`; re-sending a batch re-uses its id, so the core counts it once however
-often it travels.
+`<node_id>:<spool incarnation>:<seq>` (edge/spool.py); re-sending a batch re-uses its id,
+so the core counts it once however often it travels, and a spool that starts over empty
+is a new incarnation, never a duplicate of the old one.
 
 While the ingress is away the node keeps counting (the cache never waits on this loop);
 batches pile up on disk up to `max_batches`, after which new usage merges into the newest
@@ -152,6 +153,10 @@ class UsageReporter:
             return
         self.spool.load()
         self._update_gauges()
+        log.info(
+            "usage spool opened",
+            extra={"node_id": self.node_id, "incarnation": self.spool.incarnation},
+        )
         if self.spool:
             log.info("usage spool has unsent batches", extra={"batches": len(self.spool)})
         if self._signer is None:
@@ -242,7 +247,7 @@ class UsageReporter:
             self.spool.mark_attempted(batch.seq)
         body = orjson.dumps(
             {
-                "batch_id": f"{self.node_id}:{batch.seq}",
+                "batch_id": self.spool.batch_id(self.node_id, batch.seq),
                 "node_id": self.node_id,
                 "region": self._region,
                 "sent_at": self._clock(),

@@ -13,13 +13,23 @@ Routes:
   is verified on the raw bytes before anything is parsed: 401 `{"error": {"reason"}}` and
   nothing changes. A malformed body is 400; a single malformed update is counted as
   `invalid` and the others still apply (one bad record must not wedge the pusher).
-- `GET /v1/quotas/{tenant_id}/{customer_id}`: the quota with local consumption; 404
-  `unknown_customer`.
-- `POST /v1/consume` `{"tenant_id", "customer_id", "cost"}` → `{"allowed", "remaining",
-  "reason"}` (200 for every decision; 400 for a malformed request). Until the first
-  complete snapshot, a customer the node does not know is denied with `no_snapshot`.
+- `GET /v1/quotas/{tenant_id}/{customer_id}` (an application's credential): the quota with
+  local consumption; 404 `unknown_customer`.
+- `POST /v1/consume` (an application's credential) `{"tenant_id", "customer_id", "cost"}`
+  → `{"allowed", "remaining", "reason"}` (200 for every decision; 400 for a malformed
+  request). Until the first complete snapshot, a customer the node does not know is
+  denied with `no_snapshot`. An `Idempotency-Key` header makes a retry count once
+  (`edge/idempotency.py`): the first answer again, or 422 `idempotency_key_reused` for
+  another request under the same key.
+- `POST /v1/check` (an application's credential): the same body and answer as consume,
+  counting nothing.
 - `GET /healthz` (with the boot id), `GET /readyz` (ready once a final snapshot batch
-  arrived), `GET /metrics`.
+  arrived), `GET /metrics`: open, they say nothing about any customer.
+
+Applications authenticate with a bearer token (`edge/auth.py`) before anything else is
+done, the body included: 401 `missing_credential` / `bad_credential` with
+`WWW-Authenticate: Bearer`. Every body has a size limit per route and a read timeout
+(`edge/body.py`: 413 `body_too_large`, 408 `body_timeout`).
 """
 
 from __future__ import annotations
@@ -35,7 +45,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from edge.announcer import NodeAnnouncer
+from edge.auth import BAD_CREDENTIAL, AppAuth, AuthError
+from edge.body import BodyLimits, BodyRefused, read_body
 from edge.cache import QuotaCache
+from edge.idempotency import IdempotencyCache, KeyReused, valid_key
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
 from quotaflow.settings import Settings
@@ -45,8 +58,8 @@ from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
 log = logging.getLogger(__name__)
 
-MAX_PUSH_BYTES = 32 * 1024 * 1024
 MAX_COST = 1_000_000_000
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 CACHE_KEY = web.AppKey("cache", QuotaCache)
 
@@ -82,10 +95,22 @@ class PushBody(BaseModel):
 class EdgeState:
     """What the handlers share besides the cache."""
 
-    def __init__(self, cache: QuotaCache, verifier: Verifier, region: str) -> None:
+    def __init__(
+        self,
+        cache: QuotaCache,
+        verifier: Verifier,
+        region: str,
+        *,
+        auth: AppAuth,
+        limits: BodyLimits,
+        idempotency: IdempotencyCache,
+    ) -> None:
         self.cache = cache
         self.verifier = verifier
         self.region = region
+        self.auth = auth
+        self.limits = limits
+        self.idempotency = idempotency
         self.metrics = EdgeMetrics(cache)
         self.ready = False
         self.snapshots_completed = 0
@@ -109,6 +134,44 @@ def _json(doc: object) -> web.Response:
     return web.Response(body=orjson.dumps(doc), content_type="application/json")
 
 
+def _unauthorized(reason: str) -> web.Response:
+    resp = _error(401, reason)
+    # RFC 6750: the scheme to use; `invalid_token` when one was presented and is not good.
+    challenge = 'Bearer realm="quotaflow-edge"'
+    if reason == BAD_CREDENTIAL:
+        challenge += ', error="invalid_token"'
+    resp.headers["WWW-Authenticate"] = challenge
+    # Refused before its body is read: no keep-alive past an unread body (nor for a caller
+    # without a credential).
+    resp.force_close()
+    return resp
+
+
+def _body_refused(exc: BodyRefused) -> web.Response:
+    resp = _error(exc.status, exc.reason)
+    resp.force_close()  # the rest of the body is never read: the connection cannot go on
+    return resp
+
+
+Ask = tuple[str, str, int]  # (tenant_id, customer_id, cost)
+
+
+def _parse_ask(raw: bytes) -> Ask | web.Response:
+    """The consume/check body, or the 400 answer that refuses it."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _error(400, "bad_body")
+    if not isinstance(doc, dict):
+        return _error(400, "bad_body")
+    tenant, customer, cost = doc.get("tenant_id"), doc.get("customer_id"), doc.get("cost", 1)
+    if not (isinstance(tenant, str) and tenant and isinstance(customer, str) and customer):
+        return _error(400, "bad_customer")
+    if type(cost) is not int or not 0 <= cost <= MAX_COST:
+        return _error(400, "bad_cost")
+    return tenant, customer, cost
+
+
 class _Handlers:
     def __init__(self, state: EdgeState) -> None:
         self.s = state
@@ -120,7 +183,12 @@ class _Handlers:
             # The pusher never compresses; a compressed body is someone else's (a zip bomb).
             s.metrics.pushes.labels(outcome="bad_request").inc()
             return _error(415, "unsupported_encoding")
-        body = await request.read()
+        try:
+            body = await read_body(request, max_bytes=s.limits.push, timeout=s.limits.timeout)
+        except BodyRefused as exc:
+            s.metrics.pushes.labels(outcome="bad_request").inc()
+            s.metrics.body_refusals.labels(route="push", reason=exc.reason).inc()
+            return _body_refused(exc)
         try:
             s.verifier.verify(request.headers.get(SIGNATURE_HEADER), body)
         except SignatureError as exc:
@@ -180,28 +248,86 @@ class _Handlers:
             }
         )
 
+    def _app(self, request: web.Request, route: str) -> str | web.Response:
+        """The calling application's name, or the 401 answer (counted by route and reason)."""
+        authorization = request.headers.get("Authorization")
+        # The peer address is looked up only when it can matter (no credential presented).
+        remote = request.remote if authorization is None else None
+        try:
+            return self.s.auth.authenticate(authorization, remote)
+        except AuthError as exc:
+            self.s.metrics.auth_refusals.labels(route=route, reason=exc.reason).inc()
+            return _unauthorized(exc.reason)
+
+    async def _ask(self, request: web.Request, route: str) -> Ask | web.Response:
+        """The consume/check body read within its limits and parsed, or the refusal."""
+        s = self.s
+        try:
+            raw = await read_body(request, max_bytes=s.limits.consume, timeout=s.limits.timeout)
+        except BodyRefused as exc:
+            s.metrics.body_refusals.labels(route=route, reason=exc.reason).inc()
+            return _body_refused(exc)
+        return _parse_ask(raw)
+
     async def quota(self, request: web.Request) -> web.Response:
         """One customer's quota, local consumption included; 404 if unknown."""
+        app = self._app(request, "quotas")
+        if isinstance(app, web.Response):
+            return app
         doc = self.s.cache.get(request.match_info["tenant_id"], request.match_info["customer_id"])
         if doc is None:
+            self.s.metrics.quota_reads.labels(app=app, outcome="unknown").inc()
             return _error(404, "unknown_customer")
+        self.s.metrics.quota_reads.labels(app=app, outcome="found").inc()
         return _json(doc)
 
     async def consume(self, request: web.Request) -> web.Response:
         """Allows and counts a call, or denies it: the Rating node's one question."""
+        s = self.s
+        app = self._app(request, "consume")
+        if isinstance(app, web.Response):
+            return app
+        ask = await self._ask(request, "consume")
+        if isinstance(ask, web.Response):
+            return ask
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:  # the hot path: nothing to remember
+            allowed, remaining, reason = s.cache.consume(*ask)
+            s.metrics.decision(app, reason).inc()
+            return _json({"allowed": allowed, "remaining": remaining, "reason": reason})
+        if not valid_key(key):
+            return _error(400, "bad_idempotency_key")
+        # From here to the store nothing awaits: a concurrent request with the same key
+        # runs after this one stored its answer, and replays it.
         try:
-            doc = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _error(400, "bad_body")
-        if not isinstance(doc, dict):
-            return _error(400, "bad_body")
-        tenant, customer, cost = doc.get("tenant_id"), doc.get("customer_id"), doc.get("cost", 1)
-        if not (isinstance(tenant, str) and tenant and isinstance(customer, str) and customer):
-            return _error(400, "bad_customer")
-        if type(cost) is not int or not 0 <= cost <= MAX_COST:
-            return _error(400, "bad_cost")
-        allowed, remaining, reason = self.s.cache.consume(tenant, customer, cost)
-        self.s.metrics.decision(reason).inc()
+            first = s.idempotency.lookup(app, key, ask)
+        except KeyReused:
+            s.metrics.idempotency.labels(app=app, outcome="reused").inc()
+            return _error(422, "idempotency_key_reused")
+        if first is not None:
+            s.metrics.idempotency.labels(app=app, outcome="replayed").inc()
+            return web.Response(
+                body=first,
+                content_type="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )
+        allowed, remaining, reason = s.cache.consume(*ask)
+        s.metrics.decision(app, reason).inc()
+        answer = orjson.dumps({"allowed": allowed, "remaining": remaining, "reason": reason})
+        s.idempotency.store(app, key, ask, answer)
+        return web.Response(body=answer, content_type="application/json")
+
+    async def check(self, request: web.Request) -> web.Response:
+        """Would this call be allowed now? The consume question, counting nothing."""
+        s = self.s
+        app = self._app(request, "check")
+        if isinstance(app, web.Response):
+            return app
+        ask = await self._ask(request, "check")
+        if isinstance(ask, web.Response):
+            return ask
+        allowed, remaining, reason = s.cache.check(*ask)
+        s.metrics.check(app, reason).inc()
         return _json({"allowed": allowed, "remaining": remaining, "reason": reason})
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -225,6 +351,7 @@ class _Handlers:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
+        self.s.metrics.idempotency_held.set(len(self.s.idempotency))
         return web.Response(
             body=self.s.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -239,16 +366,43 @@ def push_verifier(settings: Settings) -> Verifier:
     )
 
 
-def build_app(cache: QuotaCache, verifier: Verifier, *, region: str) -> web.Application:
-    """The sidecar's application; `app[STATE_KEY]` exposes readiness and metrics."""
-    state = EdgeState(cache, verifier, region)
+def app_auth(settings: Settings) -> AppAuth:
+    """Who may check, consume and read quotas on this node, from its settings."""
+    return AppAuth(settings.edge_app_tokens, allow_loopback=settings.edge_allow_loopback)
+
+
+def build_app(
+    cache: QuotaCache,
+    verifier: Verifier,
+    *,
+    region: str,
+    auth: AppAuth | None = None,
+    limits: BodyLimits | None = None,
+    idempotency: IdempotencyCache | None = None,
+) -> web.Application:
+    """The sidecar's application; `app[STATE_KEY]` exposes readiness and metrics.
+
+    `auth` says who may check, consume and read quotas; without one nobody may (the
+    secure default: an embedder opts in by passing tokens or allowing loopback).
+    """
+    limits = limits if limits is not None else BodyLimits()
+    state = EdgeState(
+        cache,
+        verifier,
+        region,
+        auth=auth if auth is not None else AppAuth(),
+        limits=limits,
+        idempotency=idempotency if idempotency is not None else IdempotencyCache(),
+    )
     handlers = _Handlers(state)
-    app = web.Application(client_max_size=MAX_PUSH_BYTES)
+    # Handlers read bodies themselves, within each route's limit; this is only a backstop.
+    app = web.Application(client_max_size=max(limits.push, limits.consume))
     app[CACHE_KEY] = cache
     app[STATE_KEY] = state
     app.router.add_post("/v1/push", handlers.push)
     app.router.add_get("/v1/quotas/{tenant_id}/{customer_id}", handlers.quota)
     app.router.add_post("/v1/consume", handlers.consume)
+    app.router.add_post("/v1/check", handlers.check)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
@@ -270,8 +424,34 @@ async def serve(
         )
     else:
         log.info("verifying pushes", extra={"region": region, "key_ids": list(verifier.key_ids)})
+    auth = app_auth(settings)
+    if auth.refuses_everyone:
+        log.warning(
+            "no application tokens (QUOTAFLOW_EDGE_APP_TOKENS) and loopback not allowed: "
+            "every consume, check and quota read will be refused (401)",
+            extra={"region": region},
+        )
+    else:
+        # Names only: the digests say nothing useful in a log, the tokens are never here.
+        log.info(
+            "applications allowed to consume",
+            extra={"apps": list(auth.apps), "loopback": auth.allow_loopback},
+        )
     cache = cache if cache is not None else QuotaCache(regions=(region,))
-    app = build_app(cache, verifier, region=region)
+    app = build_app(
+        cache,
+        verifier,
+        region=region,
+        auth=auth,
+        limits=BodyLimits(
+            consume=settings.edge_consume_max_bytes,
+            push=settings.edge_push_max_bytes,
+            timeout=settings.edge_body_read_timeout,
+        ),
+        idempotency=IdempotencyCache(
+            max_keys=settings.edge_idempotency_max_keys, ttl=settings.edge_idempotency_ttl
+        ),
+    )
     reporter: UsageReporter | None = None
     if settings.edge_signing_keys:
         reporter = UsageReporter.from_settings(settings, cache, app[STATE_KEY].metrics.registry)

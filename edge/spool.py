@@ -5,6 +5,14 @@ must not lose usage that was counted and drained from the cache. One small file 
 second per node costs nothing next to that.
 
 Layout of the spool directory:
+- `incarnation`: `{"incarnation": "<16 hex>", "first_seq": n}`, written (durably) when the
+  spool is created, before any batch. The incarnation is 64 random bits: batch ids are
+  `<node>:<incarnation>:<seq>`, so a spool that starts over (a container restarted without
+  its volume, a replaced disk) is a new incarnation whose seq 1 is never mistaken for the
+  old spool's seq 1. `first_seq` is 1 for a new spool; a spool written before incarnations
+  existed (it has `next_seq` or batches but no `incarnation`) gets one whose `first_seq`
+  is its `next_seq`, and its older batches keep their legacy `<node>:<seq>` ids (the core
+  may already hold them under those ids; re-sent under a new id they would count twice).
 - `next_seq`: the next batch sequence number. It is written *before* the batch that uses
   the current one, so a crash can leave a gap in the sequence (harmless: the usage
   agent tracks applied sequence numbers per node, gaps included) but never reuse a
@@ -23,13 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-__all__ = ["SpooledBatch", "UsageSpool"]
+from tables.dedupe import INCARNATION_HEX, format_batch_id
+
+__all__ = ["SpooledBatch", "UsageSpool", "new_incarnation"]
 
 UsageKey = tuple[str, str]
 
@@ -47,6 +58,11 @@ class SpooledBatch:
         self.units = sum(self.items.values())
 
 
+def new_incarnation() -> str:
+    """64 random bits as lowercase hex: unguessable, and never reused by chance."""
+    return secrets.token_hex(INCARNATION_HEX // 2)
+
+
 class UsageSpool:
     """Sealed, unreported batches of one edge node, in order, mirrored on disk."""
 
@@ -54,6 +70,8 @@ class UsageSpool:
         self._dir = directory
         self._batches: OrderedDict[int, SpooledBatch] = OrderedDict()
         self._next_seq = 1
+        self._incarnation: str | None = None
+        self._first_seq = 1
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -73,12 +91,42 @@ class UsageSpool:
             self._batches[batch.seq] = batch
             next_seq = max(next_seq, batch.seq + 1)
         self._next_seq = next_seq
+        self._load_incarnation(fresh=not stored.exists() and not self._batches)
+
+    def _load_incarnation(self, *, fresh: bool) -> None:
+        path = self._dir / "incarnation"
+        if path.exists():
+            # Written whole or not at all (rename): a file that does not parse is not ours
+            # to replace, since batches of the incarnation it names may be in the core.
+            doc = orjson.loads(path.read_bytes())
+            self._incarnation = str(doc["incarnation"])
+            self._first_seq = int(doc["first_seq"])
+            return
+        # A new spool starts at 1; one from before incarnations continues its sequence.
+        first_seq = 1 if fresh else self._next_seq
+        incarnation = new_incarnation()
+        doc = {"incarnation": incarnation, "first_seq": first_seq}
+        self._write(path, orjson.dumps(doc))
+        self._incarnation, self._first_seq = incarnation, first_seq
 
     # -- reads ----------------------------------------------------------------------
 
     @property
     def next_seq(self) -> int:
         return self._next_seq
+
+    @property
+    def incarnation(self) -> str:
+        """This spool's incarnation (after `load()`)."""
+        if self._incarnation is None:
+            raise RuntimeError("the spool is not loaded")
+        return self._incarnation
+
+    def batch_id(self, node_id: str, seq: int) -> str:
+        """The id batch `seq` travels under: legacy for batches from before incarnations."""
+        if seq < self._first_seq:
+            return format_batch_id(node_id, None, seq)
+        return format_batch_id(node_id, self.incarnation, seq)
 
     def __len__(self) -> int:
         return len(self._batches)

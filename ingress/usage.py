@@ -4,8 +4,17 @@ Request (sent by the edge sidecar's reporter, `edge/reporter.py`):
 
     X-Quotaflow-Region: eu
     X-Quotaflow-Signature: t=<unix s>,k=<key id>,ed25519=<base64url>   (wire/signing.py)
-    {"batch_id": "node-1:42", "node_id": "node-1", "region": "eu", "sent_at": 1767225600.5,
+    {"batch_id": "node-1:9f86d081884c7d65:42", "node_id": "node-1", "region": "eu",
+     "sent_at": 1767225600.5,
      "items": [{"tenant_id": "acme", "customer_id": "cus_1", "units": 30}, ...]}
+
+A batch id is `<node_id>:<spool incarnation, 16 hex>:<seq>`, its node part the body's
+`node_id`. The legacy `<node_id>:<seq>` is accepted while `usage_legacy_batch_ids` is on
+(the default): an edge that spooled batches before the upgrade re-sends them under their
+old ids, and an old edge treats a 400 as malformed and sets the batch aside, so refusing
+the old form during a rolling upgrade would lose usage. The key id that verified the
+report goes into every record (`key_id`, header `qf-key-id`): the usage agent keeps its
+marks per key, so a node id is only ever as good as the key that signed it.
 
 The region header picks the keys before the body is trusted (the region's public edge
 keys, `QUOTAFLOW_EDGE_VERIFY_KEYS`, kind `usage`: a push or announcement signature never
@@ -51,6 +60,7 @@ from ingress.publisher import Publisher
 from quotaflow.envelope import RECEIVED_AT, SCHEMA, TENANT
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
+from tables.dedupe import parse_batch_id
 from tables.tenant import TENANT_ID_PATTERN
 from tables.usage import (
     BATCH_ID_HEADER,
@@ -171,7 +181,10 @@ class UsageEndpoint:
             if exc.status == 413:
                 response.force_close()
             return response
-        self.reports.labels("accepted", "published").inc()
+        parsed = parse_batch_id(batch_id)
+        # Counted apart so an operator sees when no edge sends legacy ids any more.
+        legacy = parsed is not None and parsed.incarnation is None
+        self.reports.labels("accepted", "legacy_batch_id" if legacy else "published").inc()
         self.units.inc(units)
         log.debug(
             "usage report accepted",
@@ -204,8 +217,11 @@ class UsageEndpoint:
             raise RequestRejected("bad_body", "not a valid usage report") from None
         if report.region != region:
             raise RequestRejected("region_mismatch", "body region differs from the header")
-        if report.batch_id.rpartition(":")[0] != report.node_id:
-            raise RequestRejected("bad_batch_id", "batch_id must be <node_id>:<seq>")
+        batch = parse_batch_id(report.batch_id)
+        if batch is None or batch.node != report.node_id:
+            raise RequestRejected("bad_batch_id", "batch_id must be <node_id>:<incarnation>:<seq>")
+        if batch.incarnation is None and not self._settings.usage_legacy_batch_ids:
+            raise RequestRejected("bad_batch_id", "legacy <node_id>:<seq> batch ids are off")
         if not report.items:
             raise RequestRejected("empty_batch", "a usage report carries at least one item")
         if len(report.items) > self._max_items:
@@ -259,6 +275,7 @@ class UsageEndpoint:
                     "sent_at": report.sent_at,
                     "received_at": now,
                     "items": items,
+                    "key_id": key_id,
                 }
             )
             headers = [

@@ -7,6 +7,11 @@ published `DEMO_SECRET`. Ctrl-C stops everything it started, in reverse order.
 Fresh Ed25519 key pairs are generated at every start, one push pair and one edge pair
 per region: every process gets the public keys, and only a region's pushers get its
 private push key and only its edge node its private edge key, as in a deployment.
+
+The edge nodes authenticate their callers as in a deployment (loopback is not let in
+without a token): a fresh application token `dev` is made at every start, its digest
+goes to the edges and the token itself to `APP_TOKEN_FILE` (mode 0600), which the printed
+`curl` commands read.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 
 import orjson
 
+from edge.auth import generate_app_token, token_digest
 from quotaflow.localkafka import LocalKafka, port_open
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
@@ -33,6 +39,9 @@ DEMO_TENANT = "demo"
 # Published in the README so the sample curl works; never use it outside `quotaflow dev`.
 DEMO_SECRET = "whsec_quotaflow_local_demo"  # noqa: S105 - a published demo value
 FIRST_EDGE_PORT = 9101
+DEV_APP = "dev"
+# Relative, as the README's curl reads it from where `make dev` runs.
+APP_TOKEN_FILE = DEV_DIR / "app-token"
 
 
 def demo_tenant(regions: list[str]) -> Tenant:
@@ -56,13 +65,22 @@ class DevKeys:
     def __init__(self, regions: list[str]) -> None:
         self.push = {r: generate_keypair() for r in regions}
         self.edge = {r: generate_keypair() for r in regions}
+        self.app_token = generate_app_token()
 
     def public_environment(self) -> dict[str, str]:
-        """The verify keys: public, so every process may have them."""
+        """The verify keys and the app token's digest: public, every process may have them."""
         return {
             "QUOTAFLOW_PUSH_VERIFY_KEYS": _json({r: [p[1]] for r, p in self.push.items()}),
             "QUOTAFLOW_EDGE_VERIFY_KEYS": _json({r: [p[1]] for r, p in self.edge.items()}),
+            "QUOTAFLOW_EDGE_APP_TOKENS": _json({DEV_APP: token_digest(self.app_token)}),
         }
+
+    def write_app_token(self, path: Path = APP_TOKEN_FILE) -> None:
+        """Puts the token where the printed curl commands read it, readable by us only."""
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self.app_token)
 
     def signer_environment(self, command: list[str]) -> dict[str, str]:
         """The one private key a `push --region R` or `edge --region R` process signs with."""
@@ -131,7 +149,16 @@ T=$(date +%s)
 SIG=$(printf '%s.%s' "$T" "$BODY" | openssl dgst -sha256 -hmac '{DEMO_SECRET}' | sed 's/^.* //')
 curl -sS http://127.0.0.1:{port}/v1/webhooks/stripe/{DEMO_TENANT} \\
   -H "Stripe-Signature: t=$T,v1=$SIG" -H 'Content-Type: application/json' --data-binary "$BODY"
-curl -sS http://127.0.0.1:{FIRST_EDGE_PORT}/v1/quotas/{DEMO_TENANT}/cus_demo"""
+curl -sS -H "Authorization: Bearer $(cat {APP_TOKEN_FILE})" \\
+  http://127.0.0.1:{FIRST_EDGE_PORT}/v1/quotas/{DEMO_TENANT}/cus_demo"""
+
+
+def consume_curl() -> str:
+    """One call of the demo customer, as the Rating API makes it (with its token)."""
+    ask = orjson.dumps({"tenant_id": DEMO_TENANT, "customer_id": "cus_demo", "cost": 1}).decode()
+    return f"""curl -sS -H "Authorization: Bearer $(cat {APP_TOKEN_FILE})" \\
+  -H "Idempotency-Key: demo-call-1" --data-binary '{ask}' \\
+  http://127.0.0.1:{FIRST_EDGE_PORT}/v1/consume"""
 
 
 def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
@@ -141,6 +168,7 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
         print(f"starting Kafka on 127.0.0.1:{kafka_port} ...", flush=True)
         broker.start()
     keys = DevKeys(regions)
+    keys.write_app_token()
     env = {**os.environ, **dev_environment(regions, kafka_port, keys)}
     asyncio.run(ensure_topics(Settings(kafka_bootstrap=broker.bootstrap)))
 
@@ -178,8 +206,13 @@ quotaflow is running (logs in {logs}/):
   edges     {edges}
   kafka     {broker.bootstrap}
 
-Send a signed webhook for the demo tenant, then read the quota at the edge:
+Send a signed webhook for the demo tenant, then read the quota at the edge (as the
+application "{DEV_APP}", whose token is in {APP_TOKEN_FILE}):
 {sample_curl()}
+
+Consume one unit as the Rating API would; run it twice: the same Idempotency-Key
+answers the first decision again and counts once:
+{consume_curl()}
 
 Ctrl-C stops everything.""",
             flush=True,

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edge.auth import normalise_digests
 from tables.tenant import WebhookSecret
 from wire.signing import public_key_id
 
@@ -30,6 +31,11 @@ REMOVED = {
 class RemovedSetting(RuntimeError):
     """A variable quotaflow no longer reads is set. Not a ValueError, so pydantic does not
     wrap it into a ValidationError that would print every input, secrets included."""
+
+
+class InvalidSetting(RuntimeError):
+    """A setting that may hold a secret by mistake is malformed; the message names what is
+    wrong without the value (a ValueError would be wrapped by pydantic, input included)."""
 
 
 class Settings(BaseSettings):
@@ -203,6 +209,32 @@ class Settings(BaseSettings):
         'usage reports and announcements), JSON: {"eu": ["…"]}.',
     )
     push_tolerance: float = Field(30.0, gt=0, description="Push timestamp window, seconds.")
+    edge_app_tokens: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Edge nodes: SHA-256 hex digests of the bearer tokens of the applications "
+        'that may check, consume and read quotas, JSON: {"rating-api": "<digest>"} or '
+        '{"rating-api": ["new", "old"]} while a token rotates. Digests only, never tokens.',
+    )
+    edge_allow_loopback: bool = Field(
+        False,
+        description="Edge nodes: let loopback callers (127.0.0.0/8, ::1) check, consume and "
+        "read quotas without a token (application name `loopback`).",
+    )
+    edge_consume_max_bytes: int = Field(
+        4096, gt=0, description="Largest consume or check body at the edge, bytes."
+    )
+    edge_push_max_bytes: int = Field(
+        16 * 1_048_576, gt=0, description="Largest push body at the edge, bytes."
+    )
+    edge_body_read_timeout: float = Field(
+        5.0, gt=0, description="Seconds an edge request may take to send its whole body."
+    )
+    edge_idempotency_ttl: float = Field(
+        300.0, gt=0, description="Seconds an edge consume's Idempotency-Key is remembered."
+    )
+    edge_idempotency_max_keys: int = Field(
+        50_000, ge=1, description="Idempotency keys an edge node holds per application."
+    )
     edge_url: str | None = Field(
         None,
         description="Base URL this edge node announces for pushes (default: "
@@ -238,6 +270,11 @@ class Settings(BaseSettings):
     )
     usage_spool_max_batches: int = Field(
         600, ge=2, description="Unsent batches kept apart; past it new usage merges into the last."
+    )
+    usage_legacy_batch_ids: bool = Field(
+        True,
+        description="Ingress: accept legacy `node:seq` batch ids (edges spooled before spool "
+        "incarnations); turn off once every edge runs a version that sends incarnations.",
     )
     usage_max_body_bytes: int = Field(
         1_048_576, gt=0, description="Largest accepted usage report at the ingress."
@@ -286,6 +323,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("edge_app_tokens", mode="before")
+    @classmethod
+    def _app_token_digests(cls, value: object) -> object:
+        # Raised as RemovedSetting's kin, not ValueError: pydantic would echo the input, and
+        # an operator who pasted a token here instead of its digest must not see it logged.
+        try:
+            return normalise_digests(value)
+        except ValueError as exc:
+            raise InvalidSetting(f"QUOTAFLOW_EDGE_APP_TOKENS: {exc}") from None
 
     @field_validator("push_verify_keys", "edge_verify_keys", mode="after")
     @classmethod

@@ -79,6 +79,12 @@ def add_usage_agent(
                     sink.write(effects, {record.partition: event})
                     await sink.send(effects)
                 sink.done(effects)
+                for region, node in set(effects.spool_resets):
+                    log.warning(
+                        "usage from a new spool incarnation of a node that reported before: "
+                        "its spool was reset (usage it had not sent is lost) or forged",
+                        extra={"region": region, "node_id": node},
+                    )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

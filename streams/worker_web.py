@@ -94,6 +94,15 @@ class WorkerMetrics:
             ["mode", "outcome"],
             registry=r,
         )
+        # No labels: a labelled child appears only on its first increment, which
+        # `increase()` cannot see, and the first reset is the one that must alert. The
+        # worker's log names the region and node.
+        self.spool_resets = Counter(
+            "quotaflow_usage_spool_resets",
+            "Usage batches of a new edge spool incarnation for a node that reported under "
+            "another (a spool reset, or a forged incarnation), once per customer",
+            registry=r,
+        )
         self.ready = Gauge("quotaflow_worker_ready", "1 once table recovery completed", registry=r)
         self.resume_reconciles = Counter(
             "quotaflow_resume_reconciles",
@@ -128,6 +137,8 @@ class WorkerMetrics:
             self.events.labels(outcome).inc(n)
         for letter in effects.deadletters:
             self.deadletters.labels(self.reason(letter.reason)).inc()
+        if effects.spool_resets:
+            self.spool_resets.inc(len(effects.spool_resets))
 
     def resume_reconciled(self, outcome: str, injected: int) -> None:
         """Counts one reconcile of a resumed tenant (streams/resume.py)."""

@@ -52,6 +52,8 @@ class Outcome:
     # When `update` moves the customer to another quota key (its alias changed): what the
     # old key says from now on (`retirement`), published before `update`.
     retired: QuotaUpdate | None = None
+    # Usage only: the batch opened a new spool incarnation of a node that had another.
+    spool_reset: bool = False
 
     @property
     def retired_key(self) -> str | None:

@@ -20,7 +20,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tables.billing_state import CustomerState, UsageMark
-from tables.dedupe import ID_WINDOW, mark_add, mark_applied, parse_batch_id, remember
+from tables.dedupe import (
+    INCARNATION_HEX,
+    mark_add,
+    mark_applied,
+    mark_key,
+    marks_to_drop,
+    parse_batch_id,
+    remember,
+    spool_reset,
+)
 from tables.outcome import (
     Outcome,
     Source,
@@ -52,7 +61,9 @@ DEFAULT_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Sanity bound on one customer's units in one batch (a second of one node's traffic).
 MAX_UNITS = 1_000_000_000
 NODE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-BATCH_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}:[0-9]{1,18}$"
+# `<node>:<incarnation>:<seq>`, or the legacy `<node>:<seq>` of edges spooled before
+# incarnations (tables/dedupe.py).
+BATCH_ID_PATTERN = rf"^[A-Za-z0-9._-]{{1,64}}(:[0-9a-f]{{{INCARNATION_HEX}}})?:[0-9]{{1,18}}$"
 
 
 def apply_usage(
@@ -66,11 +77,15 @@ def apply_usage(
     now: float,
     policy: QuotaPolicy,
     thresholds: Sequence[float] | None = None,
+    key_id: str | None = None,
 ) -> Outcome:
     """Adds a usage batch to the current period, exactly once per batch id.
 
-    Batch ids `node:seq` are tracked per node with a low-water mark plus the applied
-    sequence numbers above it (tables/dedupe.py); other ids in a bounded window.
+    Batch ids `node:incarnation:seq` are tracked per (`key_id`, node, incarnation) — the
+    edge key that signed the report, as the ingress recorded it — with a low-water mark
+    plus the applied sequence numbers above it; legacy `node:seq` ids per node
+    (tables/dedupe.py); other ids in a bounded window. `Outcome.spool_reset` says the
+    batch opened a new incarnation of a node that had another in this customer's marks.
     `customer_id` is the Stripe customer id (the table key); the usage agent maps a
     Rating API alias to it. A usage.events offset at or below the recorded one
     (`usage_offsets`, a separate offset space from stripe.events) is a reprocessed
@@ -84,16 +99,25 @@ def apply_usage(
         "usage_offsets": {**state.usage_offsets, source.partition: source.offset}
     }
     parsed = parse_batch_id(batch_id)
+    reset = False
     if parsed is not None:
-        node, seq = parsed
-        mark = state.usage_marks.get(node, UsageMark())
-        if mark_applied(mark.low, mark.above, seq):
+        seq = parsed.seq
+        key = mark_key(parsed, key_id)
+        mark = state.usage_marks.get(key)
+        if mark is None:
+            reset = spool_reset(state.usage_marks, key)
+            mark = UsageMark()
+        elif mark_applied(mark.low, mark.above, seq):
             return Outcome(None, None, True)
+        opened = key not in state.usage_marks
         low, above = mark_add(mark.low, mark.above, seq)
-        marks = {**state.usage_marks, node: UsageMark(low=low, above=above, at=now)}
-        if len(marks) > MAX_IDLE_CHECK:
-            # Marks of retired nodes would otherwise pile up.
-            marks = {k: m for k, m in marks.items() if m.at >= now - ID_WINDOW}
+        marks = {**state.usage_marks, key: UsageMark(low=low, above=above, at=now)}
+        if opened:
+            # Marks of retired nodes and replaced spools would otherwise pile up; the
+            # bounds can only be crossed when a mark is opened.
+            ats = {k: m.at for k, m in marks.items()}
+            drop = marks_to_drop(ats, key, now, MAX_IDLE_CHECK)
+            marks = {k: m for k, m in marks.items() if k not in drop}
         changes["usage_marks"] = marks
     else:
         if batch_id in state.usage_ids:
@@ -108,7 +132,7 @@ def apply_usage(
         update = _coalesced(new, new.last, now, policy, reason, thresholds)
     if update is not None:
         new.last = update
-    return Outcome(new, update, False, (), retirement(state, update))
+    return Outcome(new, update, False, (), retirement(state, update), spool_reset=reset)
 
 
 def _coalesced(
@@ -184,3 +208,6 @@ class UsageRecord(BaseModel):
     sent_at: float
     received_at: float
     items: tuple[UsageItem, ...]
+    # The edge key that verified the report (`wire` key id); scopes the batch's marks.
+    # Absent on records written before the ingress recorded it (legacy ids only).
+    key_id: str | None = Field(None, max_length=64)

@@ -11,7 +11,22 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
+
+from edge.auth import generate_app_token, token_digest
 from quotaflow.localkafka import port_open
+
+# The calling application every test edge accepts (consume, check and quota reads need a
+# credential): edges get its digest through `edge_auth_env()`, clients send `EDGE_AUTH`.
+EDGE_APP = "tests"
+EDGE_TOKEN = generate_app_token()
+EDGE_AUTH = {"Authorization": f"Bearer {EDGE_TOKEN}"}
+
+
+def edge_auth_env() -> dict[str, str]:
+    """The setting that lets `EDGE_AUTH` in at an edge process (a digest, not the token)."""
+    digests = {EDGE_APP: token_digest(EDGE_TOKEN)}
+    return {"QUOTAFLOW_EDGE_APP_TOKENS": orjson.dumps(digests).decode()}
 
 
 class Component:

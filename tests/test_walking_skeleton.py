@@ -23,7 +23,7 @@ from quotaflow.localkafka import free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from tables.tenant import PlanEntry, Tenant, WebhookSecret
-from tests.processes import components, start
+from tests.processes import EDGE_AUTH, components, edge_auth_env, start
 from wire import generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.stripe, pytest.mark.timeout(240)]
@@ -35,7 +35,7 @@ def _poll_json(url: str, ready: Callable[[dict[str, Any]], bool], timeout: float
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            response = http.request("GET", url, timeout=2.0)
+            response = http.request("GET", url, headers=EDGE_AUTH, timeout=2.0)
             last = f"{response.status} {response.data[:200]!r}"
             if response.status == 200:
                 doc: dict[str, Any] = orjson.loads(response.data)
@@ -76,6 +76,7 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
         "QUOTAFLOW_STRIPE_API_BASE": localstripe,
         "QUOTAFLOW_EDGE_NODES": orjson.dumps({"eu": [f"http://127.0.0.1:{edge_port}"]}).decode(),
         "QUOTAFLOW_PUSH_VERIFY_KEYS": orjson.dumps({"eu": [push_public]}).decode(),
+        **edge_auth_env(),
     }
     pusher_env = {**env, "QUOTAFLOW_PUSH_SIGNING_KEYS": orjson.dumps({"eu": [push_key]}).decode()}
     with components(env, tmp_path) as started:
@@ -146,6 +147,9 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
         assert quota["period_end"] > time.time()
 
         missing = http.request(
-            "GET", f"http://127.0.0.1:{edge_port}/v1/quotas/acme/cus_nobody", timeout=2.0
+            "GET",
+            f"http://127.0.0.1:{edge_port}/v1/quotas/acme/cus_nobody",
+            headers=EDGE_AUTH,
+            timeout=2.0,
         )
         assert missing.status == 404

@@ -230,6 +230,7 @@ class Replayer:
                 now=item.at,
                 policy=self.policy,
                 thresholds=self.thresholds,
+                key_id=record.key_id,  # the worker's marks are per signing key too
             )
             self._record(customer, before, outcome, step)
             steps.append((customer, step))

@@ -330,7 +330,8 @@ def roll_webhook_secret(tenant_id: str, new_secret: str, overlap: str) -> None:
 
 @click.group()
 def keys() -> None:
-    """Key-encryption keys (QUOTAFLOW_KEYRING) and Ed25519 push/edge signing keys."""
+    """Key-encryption keys (QUOTAFLOW_KEYRING), Ed25519 push/edge signing keys and the
+    edge's application tokens."""
 
 
 @keys.command("generate")
@@ -374,6 +375,34 @@ def generate_signing(kind: str, region: str) -> None:
         "public": public,
         "signers": signer_env,
         "verifiers": verifier_env,
+    }
+    click.echo(orjson.dumps(doc).decode())
+
+
+@keys.command("generate-app-token")
+@click.argument("name")
+def generate_app_token_cmd(name: str) -> None:
+    """Print a new bearer token for the calling application NAME, with its edge setting.
+
+    The token is shown once, here: give it to the application (it sends `Authorization:
+    Bearer <token>` to the edge's consume, check and quota routes). The edge nodes get
+    only its SHA-256 digest, in QUOTAFLOW_EDGE_APP_TOKENS (merge the printed entry into
+    theirs; during a rotation list the new and the old digest: {"NAME": ["new", "old"]}).
+    The output holds a secret: keep it out of logs.
+    """
+    from edge.auth import generate_app_token, normalise_digests, token_digest
+
+    try:
+        normalise_digests({name: "0" * 64})  # the name rules, before a token is made
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    token = generate_app_token()
+    digest = token_digest(token)
+    doc = {
+        "app": name,
+        "token": token,
+        "sha256": digest,
+        "edge": {"QUOTAFLOW_EDGE_APP_TOKENS": {name: digest}},
     }
     click.echo(orjson.dumps(doc).decode())
 

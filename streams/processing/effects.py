@@ -88,6 +88,9 @@ class Effects:
     deadletters: list[DeadLetterOut] = field(default_factory=list)
     meter_jobs: list[MeterJob] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
+    # (region, node id) of usage batches that opened a new spool incarnation of a node
+    # another incarnation had reported for (a reset spool), once per customer state.
+    spool_resets: list[tuple[str, str]] = field(default_factory=list)
 
     def publish(self, partition: int, outcome: Outcome) -> bool:
         """Queues what `outcome` publishes; a key seen before keeps only its newest."""

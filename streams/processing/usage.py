@@ -7,6 +7,10 @@ meter of the customer with an identifier derived from the batch, so the same bat
 only ever make the same Stripe meter event. A reprocessed offset re-sends its jobs (the
 crash may have come between the table write and the send); the identifier makes that
 harmless.
+
+Batch ids are deduplicated per (edge key, node, spool incarnation) (tables/dedupe.py); a
+batch that opens a new incarnation of a node which had another is listed in
+`Effects.spool_resets` (counted and alerted on: the old spool was lost).
 """
 
 from __future__ import annotations
@@ -92,7 +96,10 @@ class UsageProcessor:
                 now=now,
                 policy=self._policy,
                 thresholds=self._thresholds,
+                key_id=usage.key_id,
             )
+            if outcome.spool_reset:
+                out.spool_resets.append((usage.region, usage.node_id))
             if outcome.state is not None:
                 cache.put(key, partition, outcome.state)
             published = out.publish(partition, outcome) or published

@@ -89,6 +89,28 @@ def test_quick_scale_bench_rebuilds_states_written_into_the_changelog(
     assert result["data_dir_mib"] > 0
 
 
+def test_quick_edge_bench_measures_http_consume_with_and_without_authentication() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.edge_bench", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["quick"] is True
+    # Every request of every mode was answered 200 allowed (the client checks each answer),
+    # so the authenticated modes really sent a token the edge accepted.
+    for mode in ("http_consume", "http_consume_loopback", "http_consume_idempotency_key"):
+        assert result[mode]["requests"] == 2000, mode
+        assert set(result[mode]) >= {"p50_ms", "p99_ms", "from_write_p99_ms", "round_p99_ms"}
+    cost = result["http_auth_cost"]
+    assert set(cost) >= {"p50_ms_ratio", "p99_ms_ratio", "idempotency_key_p99_ms_ratio"}
+    assert all(v is not None and v > 0 for v in cost.values())
+
+
 def test_quick_enforcement_bench_cuts_every_customer_off_at_every_node(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

@@ -92,7 +92,8 @@ def env_of(container: Doc) -> dict[str, Doc]:
 
 
 def test_lint_passes_strict(helm: Path, tmp_path: Path) -> None:
-    for extra in ([], ["-f", str(_write(tmp_path, FULL_VALUES))]):
+    full = ["-f", str(_write(tmp_path, {**FULL_VALUES, **EDGE_VALUES}))]
+    for extra in ([], full):
         result = run(helm, "lint", "--strict", "--kube-version", KUBE_VERSION, CHART, *extra)
         assert result.returncode == 0, result.stdout + result.stderr
 
@@ -365,3 +366,87 @@ def test_schema_rejects_bad_values(
     assert result.returncode != 0
     assert "schema" in result.stderr
     assert complaint in result.stderr
+
+
+EDGE_VALUES: dict[str, Any] = {
+    "edgeSidecar": {
+        "enabled": True,
+        "regions": {
+            "eu": {"replicas": 2, "signingKeysSecret": "quotaflow-edge-eu"},
+            "us": {"replicas": 1, "signingKeysSecret": "quotaflow-edge-us"},
+        },
+        "appContainers": [{"name": "rating-api", "image": "rating-api:1"}],
+        "pushVerifyKeys": {r: [public] for r, (_, public) in PUSH.items()},
+        "spool": {"size": "2Gi", "storageClassName": "fast"},
+    }
+}
+
+
+def test_edge_sidecars_keep_their_usage_spool_on_a_volume_of_their_own(
+    helm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20: a spool lost with its container loses unsent usage; each edge pod gets a
+    claim of its own, mounted at the spool directory, and a node id that stays with it."""
+    docs = render(helm, "-f", _write(tmp_path, EDGE_VALUES))
+    edges = {
+        d["metadata"]["labels"]["quotaflow.io/region"]: d
+        for d in docs
+        if d["kind"] == "StatefulSet"
+        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "edge"
+    }
+    assert set(edges) == {"eu", "us"}
+    assert edges["eu"]["spec"]["replicas"] == 2
+    for region, edge in edges.items():
+        claim = edge["spec"]["volumeClaimTemplates"][0]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+        assert claim["spec"]["storageClassName"] == "fast"
+        pod = edge["spec"]["template"]["spec"]
+        assert [c["name"] for c in pod["containers"]] == ["rating-api", "quotaflow-edge"]
+        sidecar = pod["containers"][1]
+        assert sidecar["args"] == ["edge", "--region", region, "--port", "9101"]
+        env = env_of(sidecar)
+        mounts = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
+        assert mounts[claim["metadata"]["name"]] == env["QUOTAFLOW_USAGE_SPOOL_DIR"]["value"]
+        # No emptyDir may stand in for the claim: it would be lost with the pod.
+        assert claim["metadata"]["name"] not in {v["name"] for v in pod["volumes"]}
+        node_id = env["QUOTAFLOW_USAGE_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+        assert node_id == "metadata.name"
+        service = one(docs, "Service", f"edge-{region}")
+        assert edge["spec"]["serviceName"] == service["metadata"]["name"]
+        # Only its own edge key: no keyring, no push signing key, not the chart's Secret.
+        refs = [
+            e["valueFrom"]["secretKeyRef"]
+            for e in sidecar["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        ]
+        assert refs == [{"name": f"quotaflow-edge-{region}", "key": "QUOTAFLOW_EDGE_SIGNING_KEYS"}]
+        assert "envFrom" not in sidecar
+        for key, entry in env.items():
+            if "value" in entry:
+                monkeypatch.setenv(key, entry["value"])
+        monkeypatch.setenv("QUOTAFLOW_USAGE_NODE_ID", f"qf-quotaflow-edge-{region}-0")
+        settings = Settings()
+        assert settings.region == region
+        assert settings.usage_ingress_url == "http://qf-quotaflow-ingress:80"
+        assert settings.push_verify_keys == {region: [PUSH[region][1]]}
+        assert not settings.keyring
+    assert not [d for d in render(helm) if "edge" in d["metadata"]["name"]]  # off by default
+
+
+def test_an_edge_region_without_its_signing_key_secret_does_not_render(
+    helm: Path, tmp_path: Path
+) -> None:
+    values = {"edgeSidecar": {"enabled": True, "regions": {"eu": {"replicas": 1}}}}
+    result = run(
+        helm,
+        "template",
+        "qf",
+        CHART,
+        "--kube-version",
+        KUBE_VERSION,
+        "-f",
+        _write(tmp_path, values),
+    )
+    assert result.returncode != 0
+    assert "signingKeysSecret" in result.stderr

@@ -6,6 +6,7 @@ invocation, and the wiring between pushers, edge nodes and Prometheus."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ import orjson
 import pytest
 import yaml
 
+from edge.auth import AppAuth
 from quotaflow.cli import main as cli
 from quotaflow.registry import load_tenants_file
 from quotaflow.settings import Settings
@@ -178,6 +180,25 @@ def test_each_region_has_a_pusher_whose_edge_nodes_exist_and_verify_its_key() ->
                 assert edge_public in orjson.loads(verifier["QUOTAFLOW_EDGE_VERIFY_KEYS"])[region]
 
 
+def test_every_edge_keeps_its_usage_spool_on_a_named_volume_under_a_fixed_node_id() -> None:
+    """Issue 20: a spool in the container's own filesystem is lost when the container is
+    recreated, and with it the usage the node had not reported; a node id derived from
+    the (per-container) hostname would strand the spool under the old id."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    edges = {n: s for n, s in _services().items() if s.get("command", [""])[0] == "edge"}
+    assert len(edges) == len(REGIONS)
+    node_ids = set()
+    for name, edge in edges.items():
+        env = _env(edge)
+        node_ids.add(env["QUOTAFLOW_USAGE_NODE_ID"])
+        spool = env["QUOTAFLOW_USAGE_SPOOL_DIR"]
+        mounts = dict(str(v).split(":")[1::-1] for v in edge.get("volumes", []))
+        mount = next((m for m in mounts if spool.startswith(m.rstrip("/") + "/")), None)
+        assert mount is not None, f"{name}: {spool} is not on a volume"
+        assert mounts[mount] in compose["volumes"], f"{name}: {mounts[mount]} is not a named volume"
+    assert len(node_ids) == len(edges)
+
+
 def test_private_keys_reach_only_their_signers() -> None:
     for name, service in _services().items():
         env = _env(service)
@@ -209,3 +230,13 @@ def test_demo_tenants_file_loads_and_serves_every_region() -> None:
     tenant = registry.get("demo")
     assert tenant is not None
     assert set(REGIONS) <= set(tenant.regions)
+
+
+def test_edge_nodes_accept_the_demo_token_the_header_documents() -> None:
+    found = re.search(r"Bearer (qfa_\w+)", COMPOSE.read_text())
+    assert found is not None, "the header lost its demo token"
+    for region in REGIONS:
+        env = _env(_services()[f"edge-{region}"])
+        assert "QUOTAFLOW_EDGE_ALLOW_LOOPBACK" not in env
+        auth = AppAuth(orjson.loads(env["QUOTAFLOW_EDGE_APP_TOKENS"]))
+        assert auth.authenticate(f"Bearer {found.group(1)}", None) == "demo"

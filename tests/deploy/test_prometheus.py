@@ -14,6 +14,8 @@ RULES = DEPLOY / "prometheus" / "rules.yml"
 REQUIRED_ALERTS = {
     "QuotaflowConsumerLagHigh": "quotaflow_consumer_lag",
     "QuotaflowDeadLettersGrowing": "quotaflow_deadletters_total",
+    # Issue 20: a node whose usage spool started over empty.
+    "QuotaflowEdgeSpoolReset": "quotaflow_usage_spool_resets_total",
     "QuotaflowSignatureFailuresSpiking": "bad_signature",
     "QuotaflowTenantSignatureFailures": "tenant_id",
     "QuotaflowEdgeStateStale": "quota_state_age_seconds",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry, generate_latest
@@ -135,7 +136,11 @@ async def test_usage_counted_while_the_ingress_is_down_survives_a_sidecar_restar
     units = await _units(usage_settings)
     assert sum(u for (_, _, c), u in units.items() if c == "cus_1") == 22
     assert sum(u for (_, _, c), u in units.items() if c == "cus_2") == 3
-    assert {b for b, _, _ in units} == {f"edge-a:{n}" for n in range(1, 5)}
+    # One incarnation across the restart: the spool survived, so its ids continue.
+    assert second.spool.incarnation == first.spool.incarnation
+    assert {b for b, _, _ in units} == {
+        f"edge-a:{first.spool.incarnation}:{n}" for n in range(1, 5)
+    }
 
 
 async def test_backlog_is_bounded_and_merges_only_unsent_batches(
@@ -181,4 +186,37 @@ async def test_a_refused_tenant_is_dropped_and_the_others_still_arrive(
         assert len(reporter.spool) == 0
     finally:
         await reporter.stop()
-    assert await _units(usage_settings) == {("edge-a:1", "acme", "cus_1"): 4}
+    batch = f"edge-a:{reporter.spool.incarnation}:1"
+    assert await _units(usage_settings) == {(batch, "acme", "cus_1"): 4}
+
+
+async def test_a_spool_from_before_incarnations_is_drained_across_the_upgrade(
+    usage_settings: Settings, tmp_path: Path
+) -> None:
+    """An edge upgraded with unsent batches in its spool re-sends them under their legacy
+    ids (the core may hold them already) and numbers new ones under an incarnation; the
+    real ingress accepts both."""
+    await ensure_topics(usage_settings)
+    port = free_port()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "next_seq").write_text("8")  # what the previous version left
+    old = {"seq": 7, "items": [["acme", "cus_1", 5]]}
+    (spool / f"batch-{7:020d}.json").write_bytes(orjson.dumps(old))
+    cache = _cache(("acme", "cus_1"))
+    reporter = _reporter(cache, spool, port)
+    await reporter.start()
+    try:
+        cache.consume("acme", "cus_1", 3)
+        await reporter.seal()
+        async with _ingress(usage_settings, port, [_tenant("acme")]):
+            async with asyncio.timeout(30):
+                await reporter.flush()
+        assert len(reporter.spool) == 0
+    finally:
+        await reporter.stop()
+    incarnation = reporter.spool.incarnation
+    assert await _units(usage_settings) == {
+        ("edge-a:7", "acme", "cus_1"): 5,
+        (f"edge-a:{incarnation}:8", "acme", "cus_1"): 3,
+    }

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.server import build_app
 from tables.quota import QuotaUpdate, Reason
@@ -21,6 +22,12 @@ Client = TestClient[Any, Any]
 # (private, public) pairs: "k2" and "k1" are the region's push keys (newest first), "edge"
 # is an edge node's own credential, "wrong" nobody's.
 KEYS = {name: generate_keypair() for name in ("k1", "k2", "wrong", "edge")}
+
+
+# The calling application's token: the client sends it with every request.
+TOKEN = generate_app_token()
+AUTH = AppAuth({"rating": token_digest(TOKEN)})
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def push_verifier(*names: str) -> Verifier:
@@ -52,8 +59,8 @@ def push_body(
 
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
-    app = build_app(QuotaCache(regions=("eu",)), push_verifier("k2", "k1"), region="eu")
-    async with TestClient(TestServer(app)) as c:
+    app = build_app(QuotaCache(regions=("eu",)), push_verifier("k2", "k1"), region="eu", auth=AUTH)
+    async with TestClient(TestServer(app), headers=BEARER) as c:
         yield c
 
 
@@ -250,7 +257,7 @@ async def test_an_unknown_customer_is_denied_no_snapshot_until_the_snapshot_is_c
     assert after["reason"] == "unknown_customer"
     metrics = await (await client.get("/metrics")).text()
     assert "edge_snapshot_complete 1.0" in metrics
-    assert 'edge_consume_decisions_total{reason="no_snapshot"} 1.0' in metrics
+    assert 'edge_consume_decisions_total{app="rating",reason="no_snapshot"} 1.0' in metrics
 
 
 async def test_metrics_expose_state_age_per_region(
@@ -281,3 +288,38 @@ async def test_compressed_push_is_refused_before_it_is_read() -> None:
             assert (await resp.json())["error"]["reason"] == "unsupported_encoding"
     finally:
         await client.close()
+
+
+async def test_by_default_nobody_may_consume_check_or_read_quotas() -> None:
+    app = build_app(QuotaCache(regions=("eu",)), push_verifier("k2"), region="eu")
+    async with TestClient(TestServer(app), headers=BEARER) as c:
+        ask = {"tenant_id": "t1", "customer_id": "c1"}
+        for resp in (
+            await c.post("/v1/consume", json=ask),
+            await c.post("/v1/check", json=ask),
+            await c.get("/v1/quotas/t1/c1"),
+        ):
+            assert (resp.status, await resp.json()) == (
+                401,
+                {"error": {"reason": "bad_credential"}},
+            )
+        assert (await c.get("/healthz")).status == 200
+
+
+async def test_concurrent_retries_with_one_idempotency_key_count_once(
+    client: Client, signed: Callable[..., dict[str, str]]
+) -> None:
+    import asyncio
+
+    body = push_body([update(1, limit=100)], final=True)
+    await client.post("/v1/push", data=body, headers=signed(body))
+    ask = {"tenant_id": "t1", "customer_id": "c1", "cost": 7}
+
+    async def one() -> tuple[int, bytes]:
+        resp = await client.post("/v1/consume", json=ask, headers={"Idempotency-Key": "k-1"})
+        return resp.status, await resp.read()
+
+    answers = await asyncio.gather(*(one() for _ in range(20)))
+    assert set(answers) == {(200, b'{"allowed":true,"remaining":93,"reason":"ok"}')}
+    doc = await (await client.get("/v1/quotas/t1/c1")).json()
+    assert doc["used"] == 7

@@ -139,7 +139,7 @@ def test_unknown_customers_of_a_suspended_tenant_say_so_before_the_snapshot() ->
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
     app = build_app(QuotaCache(regions=("eu",)), Verifier(Kind.PUSH, [PUSH_PUBLIC]), region="eu")
-    async with TestClient(TestServer(app)) as c:
+    async with TestClient(TestServer(app)) as c:  # push and metrics only: no app token
         yield c
 
 

@@ -13,7 +13,7 @@ import pytest
 from ingress.usage import REGION_HTTP_HEADER
 from tables.usage import UsageRecord
 from tests.ingress.conftest import Ingress, IngressFactory, create_topic, make_tenant, read_topic
-from wire import Kind, Signer, generate_keypair
+from wire import Kind, Signer, generate_keypair, public_key_id
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -47,9 +47,12 @@ async def _ingress(ingress_factory: IngressFactory, **overrides: Any) -> Ingress
     return ingress
 
 
+INCARNATION = "0123456789abcdef"
+
+
 def _report(items: list[dict[str, Any]], *, seq: int = 1, **fields: Any) -> bytes:
     doc: dict[str, Any] = {
-        "batch_id": f"node-1:{seq}",
+        "batch_id": f"node-1:{INCARNATION}:{seq}",
         "node_id": "node-1",
         "region": "eu",
         "sent_at": time.time(),
@@ -95,11 +98,13 @@ async def test_signed_batch_is_published_per_tenant_after_the_ack(
     by_tenant = {r.key: r for r in records}
     assert set(by_tenant) == {b"acme", b"globex"}
     acme = UsageRecord.model_validate_json(by_tenant[b"acme"].value)
-    assert acme.batch_id == "node-1:1"
+    assert acme.batch_id == f"node-1:{INCARNATION}:1"
+    assert acme.key_id == public_key_id(_public(KEY)[0])
     assert [(i.customer_id, i.units) for i in acme.items] == [("cus_1", 30), ("rating-7", 2)]
     headers = dict(by_tenant[b"acme"].headers)
     assert headers["qf-schema"] == b"usage-batch/1"
-    assert headers["qf-batch-id"] == b"node-1:1"
+    assert headers["qf-batch-id"] == f"node-1:{INCARNATION}:1".encode()
+    assert headers["qf-key-id"] == acme.key_id.encode()
     assert headers["qf-region"] == b"eu"
     record_headers = b"".join(v for _, v in by_tenant[b"acme"].headers)
     assert _pair(KEY)[0].encode() not in record_headers
@@ -122,6 +127,28 @@ async def test_a_suspended_tenants_usage_is_kept(ingress_factory: IngressFactory
     assert [(i.customer_id, i.units) for r in frozen for i in r.items] == [("cus_1", 7)]
 
 
+async def test_a_legacy_batch_id_is_still_accepted_during_the_upgrade(
+    ingress_factory: IngressFactory,
+) -> None:
+    """An edge that spooled batches before incarnations re-sends them under `node:seq`;
+    an old edge would set a 400 aside as malformed, so the default keeps accepting them."""
+    ingress = await _ingress(ingress_factory)
+    body = _report([{"tenant_id": "acme", "customer_id": "cus_1", "units": 4}], batch_id="node-1:7")
+    status, doc = await _post(ingress, body)
+    assert (status, doc["batch_id"]) == (200, "node-1:7")
+    records = await read_topic(
+        ingress.settings.kafka_bootstrap, ingress.settings.topics.usage_events
+    )
+    assert [UsageRecord.model_validate_json(r.value).batch_id for r in records] == ["node-1:7"]
+    async with ingress.client.get("/metrics") as resp:
+        text = await resp.text()
+    # Counted apart, so an operator sees when the last legacy id went through.
+    assert (
+        'quotaflow_ingress_usage_reports_total{outcome="accepted",reason="legacy_batch_id"} 1.0'
+        in text
+    )
+
+
 @pytest.mark.parametrize(
     ("case", "status", "reason"),
     [
@@ -138,6 +165,8 @@ async def test_a_suspended_tenants_usage_is_kept(ingress_factory: IngressFactory
         ("huge_units", 400, "bad_body"),
         ("bad_batch_id", 400, "bad_body"),
         ("foreign_batch_id", 400, "bad_batch_id"),
+        ("bad_incarnation", 400, "bad_body"),
+        ("legacy_batch_id_off", 400, "bad_batch_id"),
         ("empty", 400, "empty_batch"),
         ("duplicate", 400, "duplicate_item"),
         ("too_many", 400, "too_many_items"),
@@ -151,7 +180,12 @@ async def test_a_suspended_tenants_usage_is_kept(ingress_factory: IngressFactory
 async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_published(
     ingress_factory: IngressFactory, case: str, status: int, reason: str
 ) -> None:
-    ingress = await _ingress(ingress_factory, usage_max_items=3, usage_max_body_bytes=4096)
+    ingress = await _ingress(
+        ingress_factory,
+        usage_max_items=3,
+        usage_max_body_bytes=4096,
+        usage_legacy_batch_ids=case != "legacy_batch_id_off",
+    )
     good = {"tenant_id": "acme", "customer_id": "cus_1", "units": 1}
     body = _report([good])
     extra: dict[str, str] = {}
@@ -187,7 +221,11 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
         elif case == "bad_batch_id":
             body = _report([good], batch_id="node-1:x")
         elif case == "foreign_batch_id":
-            body = _report([good], batch_id="node-2:1")
+            body = _report([good], batch_id=f"node-2:{INCARNATION}:1")
+        elif case == "bad_incarnation":
+            body = _report([good], batch_id="node-1:boot:1")
+        elif case == "legacy_batch_id_off":
+            body = _report([good], batch_id="node-1:1")
         elif case == "empty":
             body = _report([])
         elif case == "duplicate":

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from quotaflow.dev import APP_TOKEN_FILE, FIRST_EDGE_PORT, consume_curl
 from quotaflow.localkafka import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
@@ -41,18 +42,34 @@ def test_dev_pipeline_answers_the_readme_curl_and_stops_on_ctrl_c(tmp_path: Path
             assert time.monotonic() < deadline, "quotaflow dev did not come up"
             time.sleep(0.5)
         answers: list[bytes] = []
-        for _ in range(20):  # the push reaches the edge within milliseconds; allow slack
-            run = subprocess.run(
-                ["bash", "-c", script.group(1)], capture_output=True, timeout=30, check=True
+
+        # Run where `make dev` runs: the curl reads the dev app token from .quotaflow/dev/.
+        def bash(command: str) -> bytes:
+            done = subprocess.run(
+                ["bash", "-c", command], cwd=tmp_path, capture_output=True, timeout=30, check=True
             )
-            answers = run.stdout.split(b"}{")
+            return done.stdout
+
+        stdout = b""
+        for _ in range(20):  # the push reaches the edge within milliseconds; allow slack
+            stdout = bash(script.group(1))
+            answers = stdout.split(b"}{")
             if len(answers) == 2 and b'"limit"' in answers[1]:
                 break
             time.sleep(0.5)
-        assert answers[0] == b'{"status":"accepted"', run.stdout
+        assert answers[0] == b'{"status":"accepted"', stdout
         quota = orjson.loads(b"{" + answers[1])
         assert (quota["tenant_id"], quota["customer_id"]) == ("demo", "cus_demo")
         assert (quota["limit"], quota["remaining"], quota["status"]) == (1000, 1000, "active")
+        # The printed consume, twice: one Idempotency-Key, so one unit counted.
+        first, again = bash(consume_curl()), bash(consume_curl())
+        assert orjson.loads(first) == {"allowed": True, "remaining": 999, "reason": "ok"}
+        assert again == first
+        url = f"http://127.0.0.1:{FIRST_EDGE_PORT}/v1/quotas/demo/cus_demo"
+        token = f'-H "Authorization: Bearer $(cat {APP_TOKEN_FILE})"'
+        assert orjson.loads(bash(f"curl -sS {token} {url}"))["used"] == 1
+        # Without the token the edge answers nothing (auth is on in dev as in production).
+        assert bash(f"curl -sS -o /dev/null -w '%{{http_code}}' {url}") == b"401"
     finally:
         dev.send_signal(signal.SIGINT)
         dev.wait(timeout=60)

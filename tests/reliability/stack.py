@@ -27,7 +27,7 @@ from quotaflow.settings import Settings
 from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics
 from tests.pipeline import StripeFeed
-from tests.processes import Component, start
+from tests.processes import EDGE_AUTH, Component, edge_auth_env, start
 from tests.reliability.model import Expected, Workload
 from wire import generate_keypair, public_key_of
 
@@ -98,6 +98,8 @@ class Stack:
             # Public keys only: each signer gets its private key when it starts.
             "QUOTAFLOW_PUSH_VERIFY_KEYS": _public_map(self.push_keys),
             "QUOTAFLOW_EDGE_VERIFY_KEYS": _public_map(self.edge_keys),
+            # The digest of the tests' application token (consume and quota reads need it).
+            **edge_auth_env(),
             "QUOTAFLOW_LOG_LEVEL": "INFO",
             **self.extra_env,
         }
@@ -163,7 +165,7 @@ class Stack:
     async def edge_view(self, port: int, keys: Iterable[Key]) -> dict[Key, dict[str, Any] | None]:
         out: dict[Key, dict[str, Any] | None] = {}
         timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout, headers=EDGE_AUTH) as session:
             for tenant, customer in keys:
                 url = f"http://127.0.0.1:{port}/v1/quotas/{tenant}/{customer}"
                 try:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from quotaflow.localkafka import free_port
+from tests.processes import EDGE_AUTH
 from tests.reliability.conftest import StackFactory
 from tests.reliability.model import PERIOD, WINDOW_START, Delivery, build
 from tests.reliability.sender import StripeLikeSender, percentile
@@ -57,7 +58,8 @@ async def _probe_latencies(stack: Stack, secret: str, first: int) -> list[float]
     port = stack.edge_ports["eu"][0]
     sender = StripeLikeSender(stack.ingress_url, {"acme": secret}, concurrency=1)
     out: list[float] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout, headers=EDGE_AUTH) as http:
         for i in range(first, first + PROBES):
             sub = subscription("sub_probe", "cus_probe", "active", [(BASIC, i)], period=PERIOD)
             body = event(

@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from quotaflow.localkafka import LocalKafka, free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.topics import ensure_topics
+from tests.processes import EDGE_TOKEN
 from tests.reliability.conftest import StackFactory
 from tests.reliability.fuzz import PushFuzzer, WebhookFuzzer, send_raw
 from tests.reliability.model import build
@@ -123,6 +124,7 @@ async def test_no_secret_in_any_topic_log_or_metric(
     for region, key in stack.edge_keys.items():
         secrets[f"{region} edge key"] = key.encode()
         secrets[f"{region} edge key raw"] = base64.b64decode(key)
+    secrets["edge application token"] = EDGE_TOKEN.encode()  # sent by converge()'s reads
     for kid, kek in keyring.items():
         secrets[f"kek {kid}"] = kek.encode()
         secrets[f"kek {kid} raw"] = base64.b64decode(kek)

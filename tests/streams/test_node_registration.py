@@ -24,7 +24,7 @@ from quotaflow.topics import ensure_topics
 from tables.edge_node import SIGNATURE_RECORD_HEADER
 from tables.quota import QuotaUpdate, Reason
 from tables.tenant import Tenant, WebhookSecret
-from tests.processes import Component, components, start
+from tests.processes import EDGE_AUTH, Component, components, edge_auth_env, start
 from wire import SIGNATURE_HEADER, Kind, Signer, generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
@@ -86,7 +86,10 @@ def metric(port: int, name: str, **labels: str) -> float | None:
 def edge_version(port: int, customer: str) -> int | None:
     try:
         resp = HTTP.request(
-            "GET", f"http://127.0.0.1:{port}/v1/quotas/euco/{customer}", timeout=2.0
+            "GET",
+            f"http://127.0.0.1:{port}/v1/quotas/euco/{customer}",
+            headers=EDGE_AUTH,
+            timeout=2.0,
         )
     except urllib3.exceptions.HTTPError:
         return None
@@ -163,6 +166,7 @@ def stack(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator
         "QUOTAFLOW_USAGE_INGRESS_URL": f"http://127.0.0.1:{ingress_port}",
         "QUOTAFLOW_USAGE_SPOOL_DIR": str(tmp_path / "spool"),
         "QUOTAFLOW_PUSHER_PORT": str(pusher_port),
+        **edge_auth_env(),
     }
     env.pop("QUOTAFLOW_EDGE_NODES", None)
     with components(env, tmp_path) as started:

@@ -22,6 +22,7 @@ from streams.processing.billing import (
 from streams.processing.effects import Effects, Record
 from streams.processing.grace import GraceProcessor
 from streams.processing.usage import UsageProcessor
+from streams.worker_web import WorkerMetrics
 from tables.billing import QuotaPolicy
 from tables.billing_state import CustomerState
 from tables.quota import QuotaUpdate
@@ -205,6 +206,42 @@ def test_usage_counts_once_per_batch_and_makes_meter_jobs() -> None:
     assert [u.status for u in _updates(effects)] == ["active"]  # crossed 50 %
     bad = processor.handle(store, {}, [Record("usage.events", 0, 2, b"acme", b"[]")])
     assert [d.reason for d in bad.deadletters] == ["bad_usage_record"]
+
+
+def test_a_reset_spool_is_counted_once_per_customer_and_its_usage_counts() -> None:
+    registry = StaticTenantRegistry([make_tenant()])
+    store: dict[bytes, bytes] = {}
+    processor = UsageProcessor(lambda: registry, QuotaPolicy(), (0.5, 1.0), lambda: NOW)
+    old, new = "00000000000000aa", "00000000000000bb"
+
+    def usage(offset: int, batch: str, key_id: str) -> Record:
+        doc = {
+            "batch_id": batch,
+            "node_id": "n1",
+            "region": "eu",
+            "tenant_id": "acme",
+            "sent_at": NOW,
+            "received_at": NOW,
+            "items": [{"customer_id": "cus_1", "units": 5}, {"customer_id": "cus_2", "units": 1}],
+            "key_id": key_id,
+        }
+        return Record("usage.events", 0, offset, b"acme", orjson.dumps(doc))
+
+    first = processor.handle(store, {}, [usage(0, f"n1:{old}:1", "k1")])
+    assert first.spool_resets == []
+    for key, (_, value) in first.states.items():
+        store[key] = value
+    # The node's spool started over: seq 1 again, another incarnation, same key.
+    reset = processor.handle(
+        store, {}, [usage(1, f"n1:{new}:1", "k1"), usage(2, f"n1:{new}:2", "k1")]
+    )
+    assert reset.spool_resets == [("eu", "n1"), ("eu", "n1")]  # cus_1 and cus_2, once each
+    for key, (_, value) in reset.states.items():
+        store[key] = value
+    assert CustomerState.model_validate_json(store[b"acme/cus_1"]).used == 15
+    metrics = WorkerMetrics()
+    metrics.observe(reset)
+    assert metrics.registry.get_sample_value("quotaflow_usage_spool_resets_total") == 2
 
 
 class _Unreadable(StaticTenantRegistry):

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import REGISTRY as METRICS
 from pydantic import SecretStr
 
+from edge.auth import AppAuth, token_digest
 from edge.cache import QuotaCache
 from edge.server import STATE_KEY, build_app
 from quotaflow.localkafka import free_port
@@ -23,6 +24,7 @@ from streams.push_node import PushConfig
 from streams.pusher import Pusher, run_pusher
 from tables.quota import QuotaUpdate, Reason
 from tables.tenant import Tenant, WebhookSecret
+from tests.processes import EDGE_APP, EDGE_AUTH, EDGE_TOKEN
 from wire import Kind, Verifier, generate_keypair
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
@@ -74,7 +76,12 @@ class Edge:
         self.url = f"http://127.0.0.1:{port}"
         self.cache = QuotaCache(regions=("eu",))
         self.refuse: set[bytes] = set()
-        self.app = build_app(self.cache, Verifier(Kind.PUSH, [PUBLIC]), region="eu")
+        self.app = build_app(
+            self.cache,
+            Verifier(Kind.PUSH, [PUBLIC]),
+            region="eu",
+            auth=AppAuth({EDGE_APP: [token_digest(EDGE_TOKEN)]}),
+        )
         self.app.middlewares.append(self._refusing)
         self._runner: web.AppRunner | None = None
 
@@ -325,7 +332,7 @@ async def test_edge_http_answers_what_the_pusher_delivered(
     task = asyncio.create_task(run_pusher(settings, REGISTRY, stop, config=FAST))
     try:
         await eventually(lambda: edge.holds([update("euco", "c9", 3)]), "edge converges")
-        async with ClientSession() as http:
+        async with ClientSession(headers=EDGE_AUTH) as http:
             async with http.get(f"{edge.url}/v1/quotas/euco/c9") as resp:
                 doc = await resp.json()
             async with http.get(f"{edge.url}/readyz") as ready:

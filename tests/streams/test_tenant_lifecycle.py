@@ -33,7 +33,7 @@ from quotaflow.tenants.writer import TenantWriter
 from quotaflow.topics import ensure_topics
 from tests.kafkautil import read_all
 from tests.pipeline import stripe_record
-from tests.processes import Component, components, start
+from tests.processes import EDGE_AUTH, Component, components, edge_auth_env, start
 from tests.tables.factories import BASIC, event, subscription
 from wire import Kind, Signer, generate_keypair, public_key_of
 
@@ -186,6 +186,7 @@ async def stack(
         "QUOTAFLOW_STORE": "memory://",
         "QUOTAFLOW_DATA_DIR": str(tmp_path / "data"),
         "QUOTAFLOW_USAGE_THRESHOLDS": "[0.5, 1.0]",
+        **edge_auth_env(),  # the tests' calling application (consume and quota reads)
     }
     async with open_writer(settings, keyring=LocalKeyring({"k1": kek})) as writer:
         await writer.add(doc("acme", "eu", "us"), actor="test")
@@ -227,7 +228,7 @@ async def test_suspend_resume_remove_and_delete_at_every_edge(stack: Stack) -> N
     eu, us = s.edges["eu"], s.edges["us"]
     figures: dict[str, Any] = {}
     await produce_subscriptions(s.settings, ["acme", "calm"])
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=EDGE_AUTH) as http:
         await until_all(http, s.all_edges, "acme", "ok", time.monotonic(), within=120)
         await until_all(http, eu, "calm", "ok", time.monotonic())
 

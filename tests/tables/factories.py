@@ -313,7 +313,13 @@ class Feed:
         return out
 
     def usage(
-        self, batch_id: str, units: int, *, now: float, source: Source | None = None
+        self,
+        batch_id: str,
+        units: int,
+        *,
+        now: float,
+        source: Source | None = None,
+        key_id: str | None = None,
     ) -> Outcome:
         customer_id = self.state.stripe_customer_id if self.state else "cus_usage"
         out = apply_usage(
@@ -325,6 +331,7 @@ class Feed:
             source=source or self.next_source(),
             now=now,
             policy=self.policy,
+            key_id=key_id,
         )
         self._record(out)
         return out

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
+from edge.auth import AppAuth, AuthError
 from quotaflow.tenants.cli import keys, parse_duration, tenants
 from wire import Kind, Signer, Verifier, public_key_id, public_key_of
 
@@ -158,6 +159,27 @@ def test_generate_signing_prints_a_pair_and_where_each_half_goes(
     assert doc["verifiers"] == {verify_env: {"eu": [public]}}
     again = orjson.loads(_ok(CliRunner().invoke(keys, ["generate-signing", "--kind", kind])))
     assert again["private"] != private
+
+
+def test_generate_app_token_prints_a_token_once_and_the_digest_the_edge_holds() -> None:
+    doc = orjson.loads(_ok(CliRunner().invoke(keys, ["generate-app-token", "rating-api"])))
+    token, setting = doc["token"], doc["edge"]["QUOTAFLOW_EDGE_APP_TOKENS"]
+    assert token.startswith("qfa_")
+    assert token not in orjson.dumps(doc["edge"]).decode()  # the edge never gets the token
+    # The printed entry, as the edge reads it, lets exactly that token in as rating-api.
+    auth = AppAuth(setting)
+    assert auth.authenticate(f"Bearer {token}", None) == "rating-api"
+    again = orjson.loads(_ok(CliRunner().invoke(keys, ["generate-app-token", "rating-api"])))
+    assert again["token"] != token
+    with pytest.raises(AuthError):
+        auth.authenticate(f"Bearer {again['token']}", None)
+
+
+@pytest.mark.parametrize("name", ["loopback", "has space", "x" * 65])
+def test_generate_app_token_refuses_names_the_edge_would_refuse(name: str) -> None:
+    result = CliRunner().invoke(keys, ["generate-app-token", name])
+    assert result.exit_code == 2
+    assert "qfa_" not in result.output
 
 
 def test_generate_signing_needs_a_known_kind() -> None:
