@@ -28,6 +28,8 @@ delays itself):
   queued by `offer_tenants()` and rides on the next push, sent at once when the sender is
   idle (its heartbeat wait is cut short). A change stays queued until a push carrying it
   is answered 200; a node that fails meanwhile re-joins, and the list comes with it.
+  While the pusher cannot vouch for the list (a tenant record it cannot read: `tenants()`
+  answers None), a snapshot carries no list, so a node removes nothing it holds.
 
 Metric labels name the node by a bounded label (its announced node id, or `host:port`
 of a configured URL: never the URL, which could carry userinfo), and a sender removes
@@ -165,10 +167,11 @@ class NodeSender:
         snapshot: Callable[[], Awaitable[list[bytes]]],
         config: PushConfig,
         node: str | None = None,
-        tenants: Callable[[], Mapping[str, str]] | None = None,
+        tenants: Callable[[], Mapping[str, str] | None] | None = None,
     ) -> None:
         """`node` is the metric label (the announced node id); default `node_label(url)`.
-        `tenants()` is the region's complete tenant list (id -> state) a snapshot carries."""
+        `tenants()` is the region's complete tenant list (id -> state) a snapshot carries,
+        or None while it is not known to be complete."""
         self.url = url.rstrip("/")
         self.node = node or node_label(self.url)
         self.region = region
@@ -485,13 +488,19 @@ class NodeSender:
             if attempt:
                 BATCHES.labels(**self._labels, outcome="retry").inc()
                 await asyncio.sleep(_jittered(cfg.backoff_base, attempt - 1, cfg.backoff_max))
-            if complete:
+            listed = None
+            if complete and self._tenant_list is not None:
                 # Read per attempt: the registry is live, so the list is never older
                 # than a change queued while this batch was being retried.
-                tenants = dict(self._tenant_list()) if self._tenant_list is not None else {}
+                listed = self._tenant_list()
+            whole = listed is not None
+            if listed is not None:
+                tenants = dict(listed)
+            elif complete:
+                tenants = {}  # no list we can vouch for: the node keeps what it has
             else:
                 tenants = dict(self._tenants)
-            body = self._body(values, snapshot, tenants, complete and self._tenant_list is not None)
+            body = self._body(values, snapshot, tenants, whole)
             headers = {
                 SIGNATURE_HEADER: self._signer.header(body),
                 "Content-Type": "application/json",
@@ -510,7 +519,7 @@ class NodeSender:
             if status == 200:
                 LATENCY.labels(region=self.region).observe(time.perf_counter() - started)
                 BATCHES.labels(**self._labels, outcome="ok").inc()
-                self._tenants_delivered(tenants, complete and self._tenant_list is not None)
+                self._tenants_delivered(tenants, whole)
                 return NodeAnswer.parse(answer)
             reason = f"http_{status}"
             if 400 <= status < 500 and status not in _RETRYABLE_4XX:

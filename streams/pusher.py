@@ -180,7 +180,7 @@ class Pusher:
             snapshot=self._snapshot,
             config=self.config,
             node=node,
-            tenants=self.tenant_states,
+            tenants=self.tenant_list,
         )
 
     def _node_restarted(self, url: str, boot_id: str) -> None:
@@ -253,11 +253,12 @@ class Pusher:
             await consumer.stop()
 
     def ready(self) -> bool:
-        """Consuming, with every background task alive."""
+        """Consuming, with every background task alive, and every tenant record readable."""
         return (
             self._consumer is not None
             and bool(self._tasks)
             and not any(t.done() for t in self._tasks)
+            and not self.registry.unreadable()
         )
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -382,6 +383,13 @@ class Pusher:
                 "edge node left, delivery stopped", extra={"region": self.region, "node": node.node}
             )
             await node.stop()
+
+    def tenant_list(self) -> dict[str, str] | None:
+        """The complete list a snapshot carries; None while a tenant record cannot be read
+        here: a list without that tenant would make every node remove it."""
+        if self.registry.unreadable():
+            return None
+        return self.tenant_states()
 
     def tenant_states(self) -> dict[str, str]:
         """Every tenant served in this region, by state (`active` or `suspended`)."""

@@ -5,6 +5,7 @@ The same with every component a real process is tests/streams/test_tenant_lifecy
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -129,3 +130,40 @@ async def test_a_restarted_node_learns_the_suspension_from_its_snapshot(
     finally:
         stop.set()
         await task
+
+
+def _more_snapshots(node: Edge, than: int) -> bool:
+    return node.snapshots > than
+
+
+class _Unreadable(StaticTenantRegistry):
+    """What a pusher started with an incomplete keyring holds: `late`'s record exists but
+    cannot be read (the collaborator; the pusher is under test)."""
+
+    def unreadable(self) -> dict[str, str]:
+        return {"late": "document"}
+
+
+async def test_a_pusher_that_cannot_read_a_record_does_not_make_nodes_remove_that_tenant(
+    edges: Callable[[], Edge], push_settings: Callable[[list[str]], Awaitable[Any]]
+) -> None:
+    node = edges()
+    await node.start()
+    settings = await push_settings([node.url])
+    quotas = lifecycle("euco", 2, 1) + lifecycle("late", 2, 1)
+    await produce(settings, quotas)
+    full = StaticTenantRegistry([tenant("euco", "eu"), tenant("late", "eu")])
+    for registry in (full, _Unreadable([tenant("euco", "eu")])):
+        # The second pusher: restarted with a keyring that cannot open `late`'s record.
+        joined = node.snapshots
+        stop = asyncio.Event()
+        pusher = asyncio.create_task(run_pusher(settings, registry, stop, config=FAST))
+        try:
+            await eventually(functools.partial(_more_snapshots, node, joined), "a snapshot")
+            await eventually(lambda: node.holds(latest(quotas)), "holds every customer")
+        finally:
+            stop.set()
+            await pusher
+    # Its snapshot carried no tenant list: the node removed nobody.
+    assert node.cache.consume("late", "c0", 0).allowed
+    assert node.cache.consume("euco", "c0", 0).allowed
