@@ -7,7 +7,7 @@ the same three routes from their own apps.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -17,13 +17,20 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 log = logging.getLogger("quotaflow.health")
 
 
-def ops_app(ready: Callable[[], bool], registry: CollectorRegistry = REGISTRY) -> web.Application:
+def ops_app(
+    ready: Callable[[], bool],
+    registry: CollectorRegistry = REGISTRY,
+    detail: Callable[[], Mapping[str, object]] | None = None,
+) -> web.Application:
+    """`detail()` adds fields to `/readyz` (why it is not ready; never a secret)."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
         ok = ready()
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
+        doc = {"ready": ok, **(detail() if detail is not None else {})}
+        return web.json_response(doc, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(
@@ -39,10 +46,16 @@ def ops_app(ready: Callable[[], bool], registry: CollectorRegistry = REGISTRY) -
 
 @asynccontextmanager
 async def ops_server(
-    host: str, port: int, ready: Callable[[], bool], registry: CollectorRegistry = REGISTRY
+    host: str,
+    port: int,
+    ready: Callable[[], bool],
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    detail: Callable[[], Mapping[str, object]] | None = None,
 ) -> AsyncIterator[int]:
     """Serves the three routes while the block runs; yields the bound port (0 picks one)."""
-    runner = web.AppRunner(ops_app(ready, registry), access_log=None, handle_signals=False)
+    app = ops_app(ready, registry, detail)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -96,7 +96,20 @@ class _LagCollector(Collector):
         yield family
 
 
+class _UnreadableCollector(Collector):
+    """`quotaflow_tenant_records_unreadable`: records the running pushers cannot read."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "quotaflow_tenant_records_unreadable",
+            "Tenant records this process cannot read (its keyring lacks their key)",
+        )
+        family.add_metric([], max((len(p.registry.unreadable()) for p in list(_LIVE)), default=0))
+        yield family
+
+
 REGISTRY.register(_LagCollector())
+REGISTRY.register(_UnreadableCollector())
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -384,6 +397,13 @@ class Pusher:
             )
             await node.stop()
 
+    def readiness(self) -> dict[str, object]:
+        """Why not ready, for `/readyz` (a count, never a key or a record)."""
+        unreadable = len(self.registry.unreadable())
+        if not unreadable:
+            return {}
+        return {"reason": "tenant_records_unreadable", "unreadable_records": unreadable}
+
     def tenant_list(self) -> dict[str, str] | None:
         """The complete list a snapshot carries; None while a tenant record cannot be read
         here: a list without that tenant would make every node remove it."""
@@ -442,7 +462,9 @@ async def run_pusher(
     QUOTAFLOW_PUSHER_HOST:QUOTAFLOW_PUSHER_PORT meanwhile.
     """
     pusher = Pusher(settings, registry, config=config)
-    async with ops_server(settings.pusher_host, settings.pusher_port, pusher.ready):
+    async with ops_server(
+        settings.pusher_host, settings.pusher_port, pusher.ready, detail=pusher.readiness
+    ):
         await _run(pusher, stop)
 
 

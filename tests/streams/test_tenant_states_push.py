@@ -10,9 +10,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 
 from edge.cache import SUSPENDED
+from quotaflow.localkafka import free_port
 from quotaflow.registry import StaticTenantRegistry
 from streams.pusher import run_pusher
 from tables.tenant import Tenant
@@ -149,7 +152,8 @@ async def test_a_pusher_that_cannot_read_a_record_does_not_make_nodes_remove_tha
 ) -> None:
     node = edges()
     await node.start()
-    settings = await push_settings([node.url])
+    base = await push_settings([node.url])
+    settings = base.model_copy(update={"pusher_port": free_port()})  # its /readyz is read
     quotas = lifecycle("euco", 2, 1) + lifecycle("late", 2, 1)
     await produce(settings, quotas)
     full = StaticTenantRegistry([tenant("euco", "eu"), tenant("late", "eu")])
@@ -161,6 +165,16 @@ async def test_a_pusher_that_cannot_read_a_record_does_not_make_nodes_remove_tha
         try:
             await eventually(functools.partial(_more_snapshots, node, joined), "a snapshot")
             await eventually(lambda: node.holds(latest(quotas)), "holds every customer")
+            if registry is not full:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{settings.pusher_port}/readyz") as resp,
+                ):
+                    ready = (resp.status, await resp.json())
+                reason = {"reason": "tenant_records_unreadable", "unreadable_records": 1}
+                assert ready == (503, {"ready": False, **reason})
+                metrics = generate_latest(REGISTRY).decode()
+                assert "quotaflow_tenant_records_unreadable 1.0" in metrics
         finally:
             stop.set()
             await pusher
