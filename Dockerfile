@@ -16,7 +16,9 @@ COPY edge ./edge
 COPY wire ./wire
 COPY quotaflow ./quotaflow
 COPY tables ./tables
-RUN /opt/quotaflow-edge/bin/pip install --upgrade pip \
+# A build/ directory copied from a working tree could hold modules deleted since: drop it.
+RUN rm -rf packaging/edge/build \
+ && /opt/quotaflow-edge/bin/pip install --upgrade pip \
  && /opt/quotaflow-edge/bin/pip install ./packaging/edge
 
 FROM python:3.11-slim AS edge
