@@ -136,7 +136,7 @@ def test_the_clean_venv_has_no_faust_kafka_client_stripe_sdk_or_rocksdb(
         "        return importlib.util.find_spec(name) is not None\n"
         "    except ModuleNotFoundError:\n"
         "        return False\n"
-        "import edge\n"
+        "import edge, edge.cli, edge.server\n"  # imported, not just found: they must load
         "print(json.dumps({'found': {n: present(n) for n in sys.argv[1:]},"
         " 'edge': edge.__file__, 'prefix': sys.prefix,"
         " 'dists': sorted(d.metadata['Name'].lower()"
