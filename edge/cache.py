@@ -376,17 +376,21 @@ class QuotaCache:
             return GRACE_ENDED
         if feature is not None and feature not in entry.features:
             return NO_ENTITLEMENT
-        # Customers without a rate limit pay one attribute test for it (`entry.rate`).
         remaining = entry.remaining
+        if remaining is not None and cost > remaining:
+            return _denied(remaining)
+        # Customers without a rate limit pay one attribute test for it.
+        rate = entry.rate
+        if rate is not None:
+            # The bucket's level now, inlined (the hot path of a limited customer). Capping
+            # at the burst cannot change a `< 1` test (a positive rate's burst is at least
+            # 1), and a rate of 0 stays at its 0 tokens.
+            tokens = entry.tokens + (self._clock() - entry.stamp) * rate
+            if tokens < 1.0:
+                return _limited(remaining, rate, tokens)
         if remaining is None:
-            if entry.rate is not None and (limited := self._peek(entry, None)) is not None:
-                return limited
             return UNLIMITED
-        if cost <= remaining:
-            if entry.rate is not None and (limited := self._peek(entry, remaining)) is not None:
-                return limited
-            return _new_decision(Decision, (True, remaining - cost, OK))
-        return _denied(remaining)
+        return _new_decision(Decision, (True, remaining - cost, OK))
 
     def consume(
         self, tenant_id: str, customer_id: str, cost: int = 1, feature: str | None = None
@@ -437,15 +441,6 @@ class QuotaCache:
         if entry.deny is not None and entry.deny is not EXHAUSTED:
             return False
         return entry.grace_until is None or self._wall() < entry.grace_until
-
-    def _peek(self, entry: _Entry, remaining: int | None) -> Decision | None:
-        """For customers with a rate limit: None if a whole token is there now, else the
-        `rate_limited` denial. Spends nothing."""
-        rate = entry.rate or 0.0
-        # The level now; capping at the burst cannot change a `< 1` test (a positive rate's
-        # burst is at least 1), and a rate of 0 stays at its 0 tokens.
-        tokens = entry.tokens + (self._clock() - entry.stamp) * rate
-        return _limited(remaining, rate, tokens) if tokens < 1.0 else None
 
     def _take(self, entry: _Entry, remaining: int | None, cost: int) -> Decision | None:
         """For customers with a rate limit: takes a token (none for a cost-0 probe, which
