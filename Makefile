@@ -58,4 +58,4 @@ bench: tools
 	$(TEST_ENV) $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .quotaflow
+	rm -rf $(VENV) .quotaflow packaging/edge/build quotaflow_edge.egg-info

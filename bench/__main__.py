@@ -169,6 +169,10 @@ def rows(name: str, result: Any) -> list[tuple[str, Any]]:
     if name == "edge":
         return [
             ("check() p99 us", _get(result, "check", "quotaflow_check", "p99_us")),
+            (
+                "check() rate+feature p99 us",
+                _get(result, "check", "quotaflow_check_rate_feature", "p99_us"),
+            ),
             ("http consume p99 ms (auth)", _get(result, "http_consume", "p99_ms")),
             ("http consume p99 ms (loopback)", _get(result, "http_consume_loopback", "p99_ms")),
             ("http p99 auth / loopback", _get(result, "http_auth_cost", "p99_ms_ratio")),

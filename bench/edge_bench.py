@@ -7,7 +7,10 @@ Run: `.venv/bin/python -m bench.edge_bench [--quick] [--rounds N]` (prints JSON)
    with perf_counter_ns, and per-call p50/p99 from individually timed samples (timer
    overhead measured and reported beside them). Beside it, the baseline a team would
    write: a dict of pydantic `QuotaUpdate` models keyed `tenant/customer`, answering with
-   a dict.
+   a dict. Then the same with features and rate limits on (`*_rate_feature`): every
+   customer has a `rate_per_second` (high enough that no call is denied, so each call
+   takes the whole bucket path: clock read, refill, spend) and two features, and each
+   call names one.
 2. `POST /v1/consume` on a sidecar in a child process, driven open-loop at 2,000 req/s
    from this process over keep-alive connections; p50/p99/max client-side latency. The
    same load runs in the same run, alternately (`--rounds` times each, on a fresh server
@@ -55,7 +58,9 @@ MODES = {
 }
 
 
-def _updates(limit: int) -> list[QuotaUpdate]:
+def _updates(
+    limit: int, rate: float | None = None, features: tuple[str, ...] = ()
+) -> list[QuotaUpdate]:
     return [
         QuotaUpdate(
             tenant_id=f"t{i % 100}",
@@ -67,6 +72,8 @@ def _updates(limit: int) -> list[QuotaUpdate]:
             version=1,
             reason=Reason(kind="policy", id="bench"),
             updated_at=0.0,
+            rate_per_second=rate,
+            features=features,
         )
         for i in range(CUSTOMERS)
     ]
@@ -114,27 +121,39 @@ def _percentile(sorted_values: list[int], q: float) -> float:
 
 
 def _measure(
-    check: Callable[[str, str, int], object],
+    check: Callable[..., object],
     keys: list[tuple[str, str]],
     calls: int = CALLS,
     samples_n: int = SAMPLES,
+    feature: str | None = None,
 ) -> dict[str, Any]:
+    """`check(tenant, customer, 1)`, or `check(tenant, customer, 1, feature)` if given (the
+    loops are duplicated so that neither pays for the other's call shape)."""
     n = len(keys)
     clock = time.perf_counter_ns
     # Throughput: batches of 1,000 calls, one clock read per batch.
     batch_ns: list[int] = []
     for start in range(0, calls, 1000):
         chunk = [keys[(start + j) % n] for j in range(1000)]
-        t0 = clock()
-        for tenant, customer in chunk:
-            check(tenant, customer, 1)
+        if feature is None:
+            t0 = clock()
+            for tenant, customer in chunk:
+                check(tenant, customer, 1)
+        else:
+            t0 = clock()
+            for tenant, customer in chunk:
+                check(tenant, customer, 1, feature)
         batch_ns.append(clock() - t0)
     # Latency: every call timed on its own (includes one clock read's overhead).
     samples: list[int] = []
     for i in range(samples_n):
         tenant, customer = keys[i % n]
-        t0 = clock()
-        check(tenant, customer, 1)
+        if feature is None:
+            t0 = clock()
+            check(tenant, customer, 1)
+        else:
+            t0 = clock()
+            check(tenant, customer, 1, feature)
         samples.append(clock() - t0)
     samples.sort()
     per_call = sorted(b / 1000 for b in batch_ns)
@@ -169,11 +188,18 @@ def bench_check(calls: int = CALLS, samples: int = SAMPLES) -> dict[str, Any]:
         baseline.apply(u)
     keys = [(u.tenant_id, u.customer_id) for u in updates]
     random.Random(7).shuffle(keys)
+    # Features and rate limits on: a rate no call reaches (each call still reads the clock,
+    # refills and spends a token), two features, and every call names one of them.
+    limited = QuotaCache(regions=("bench",))
+    for u in _updates(limit=10**12, rate=1e9, features=("bulk", "export")):
+        limited.apply(u, "bench")
     return {
         "timer_overhead_p50_us": _timer_overhead_us(),
         "quotaflow_check": _measure(cache.check, keys, calls, samples),
+        "quotaflow_check_rate_feature": _measure(limited.check, keys, calls, samples, "bulk"),
         "baseline_pydantic_dict_check": _measure(baseline.check, keys, calls, samples),
         "quotaflow_consume": _measure(cache.consume, keys, calls, samples),
+        "quotaflow_consume_rate_feature": _measure(limited.consume, keys, calls, samples, "bulk"),
         "baseline_pydantic_dict_consume": _measure(baseline.consume, keys, calls, samples),
     }
 

@@ -114,8 +114,10 @@ def edge_node(region: str, port: int, out: str) -> None:
                 )
             return applied
 
-        def consume(self, tenant_id: str, customer_id: str, cost: int = 1) -> Decision:
-            decision = super().consume(tenant_id, customer_id, cost)
+        def consume(
+            self, tenant_id: str, customer_id: str, cost: int = 1, feature: str | None = None
+        ) -> Decision:
+            decision = super().consume(tenant_id, customer_id, cost, feature)
             if decision.allowed:
                 tap.write(f"a {tenant_id}/{customer_id} {decision.remaining} {time.time():.6f}\n")
             return decision

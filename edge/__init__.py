@@ -4,7 +4,7 @@ Ships on its own next to a Rating node: imports no Faust and no Kafka client. Si
 verification come from `wire` (standard library and `cryptography` only).
 """
 
-from edge.cache import Decision, QuotaCache
+from edge.cache import Decision, QuotaCache, RateLimited
 from edge.exceptions import EdgeError
 from wire import SIGNATURE_HEADER, SignatureError, Signer, Verifier, key_id
 
@@ -13,6 +13,7 @@ __all__ = [
     "Decision",
     "EdgeError",
     "QuotaCache",
+    "RateLimited",
     "SignatureError",
     "Signer",
     "Verifier",

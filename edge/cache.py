@@ -30,6 +30,26 @@ them and the ingress decides (today it refuses them for a tenant it no longer se
 there, and the reporter counts them as dropped). Resuming restores each entry's own
 status-based deny.
 
+Features and rate limits (the record's `features` and `rate_per_second`):
+- A call may name a feature (`check`/`consume(..., feature=...)`): if the customer's record
+  does not list it, the call is denied with `no_entitlement`. A call naming none is not
+  gated by features. `has()` answers a boolean feature on its own.
+- `rate_per_second` is calls per second (the plan catalog grants it per unit of quantity,
+  and a customer's items add up), enforced by a token bucket per customer on this node:
+  it refills at `rate_per_second x rate_share` tokens a second and holds at most one
+  second's worth (at least 1 token). Every allowed `consume` with `cost >= 1` spends one
+  token, whatever the cost (cost is quota units; the rate counts calls); `check` and a
+  `consume` with cost 0 (a probe) spend none, and answer `rate_limited` when no whole
+  token is there. A denied call spends nothing. The denial carries `retry_after`: the
+  seconds until a token is back. A new record keeps the bucket's level (a push must not
+  refill it); a customer without `rate_per_second` has no bucket and pays nothing for it.
+- Order of denials, first match wins: `stale_state` (fail closed) -> `tenant_suspended`,
+  `blocked` or `exhausted` as the record's status says -> `grace_ended` ->
+  `no_entitlement` -> `exhausted`/`insufficient` (the local count) -> `rate_limited`.
+  Every denial before `rate_limited` is one that waiting does not cure, so a
+  `rate_limited` answer is always one that its `retry_after` cures (if nothing else
+  changes meanwhile), and a client is never told to retry a call that will fail anyway.
+
 Stale state: every accepted push (heartbeats included) calls `touch(region)`. When a
 region's state is older than `stale_after`, customers served from it get the tenant's
 policy: fail open (answer from the last state, rate-like limits) or fail closed (deny
@@ -54,8 +74,36 @@ class Decision(NamedTuple):
     remaining: int | None
     reason: str
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until the call could be allowed, with `rate_limited`; else None."""
+        return None
+
+
+class RateLimited(Decision):
+    """A `rate_limited` denial: still the 3-tuple (equal to it, unpacks like it), plus the
+    retry hint as an attribute, so every other answer stays a plain, cheap `Decision`."""
+
+    _retry_after: float | None
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until a token is back (rounded up to the millisecond); None if the
+        record's rate is 0 (no call is allowed until a new record says otherwise)."""
+        return self._retry_after
+
+
+def _limited(remaining: int | None, rate: float, tokens: float) -> RateLimited:
+    """The `rate_limited` denial for a bucket holding `tokens` (< 1) refilled at `rate`."""
+    decision = RateLimited(False, remaining, RATE_LIMITED)
+    # Rounded up to the millisecond: a caller that waits exactly this long finds a token.
+    # A rate of 0 never refills: no hint (no call until a new record says otherwise).
+    decision._retry_after = math.ceil((1.0 - tokens) / rate * 1000.0) / 1000.0 if rate else None
+    return decision
+
 
 OK = "ok"
+RATE_LIMITED = "rate_limited"
 UNKNOWN = Decision(False, None, "unknown_customer")
 # A customer this node does not know while it still waits for its first complete snapshot
 # (just started, or restarted and lost its memory): denied, with a reason that says the
@@ -66,6 +114,8 @@ BLOCKED = Decision(False, 0, "blocked")
 EXHAUSTED = Decision(False, 0, "exhausted")
 STALE = Decision(False, None, "stale_state")
 GRACE_ENDED = Decision(False, 0, "grace_ended")
+# The call names a feature the customer's record does not list.
+NO_ENTITLEMENT = Decision(False, None, "no_entitlement")
 # Tenant-level denies, set by signed pushes: the tenant is suspended (its quotas are kept,
 # and served again on resume), or no longer served here (deleted, or region removed).
 SUSPENDED = Decision(False, 0, "tenant_suspended")
@@ -95,20 +145,50 @@ def _status_deny(update: QuotaUpdate) -> Decision | None:
 
 class _Entry:
     __slots__ = (
+        "burst",
         "deny",
+        "features",
         "grace_until",
         "local",
         "own_deny",
         "pending",
+        "rate",
         "region",
         "remaining",
+        "stamp",
+        "tokens",
         "update",
     )
 
     def __init__(
-        self, update: QuotaUpdate, region: str, pending: int, tenant_deny: Decision | None
+        self,
+        update: QuotaUpdate,
+        region: str,
+        pending: int,
+        tenant_deny: Decision | None,
+        *,
+        rate_share: float = 1.0,
+        now: float = 0.0,
+        held: _Entry | None = None,
     ) -> None:
         self.update = update
+        self.features = frozenset(update.features)
+        # Token bucket (None: no rate limit). `tokens` is the level at `stamp` (the cache's
+        # monotonic clock); the level now is computed on use, so nothing ticks.
+        self.rate: float | None = None
+        self.burst = self.tokens = self.stamp = 0.0
+        if update.rate_per_second is not None:
+            rate = max(update.rate_per_second * rate_share, 0.0)
+            self.rate = rate
+            self.burst = max(rate, 1.0) if rate > 0 else 0.0
+            self.stamp = now
+            # A new record of a customer already limited keeps the bucket's level: pushes
+            # come often (usage thresholds, renewals) and must not hand out a fresh burst.
+            self.tokens = (
+                min(held.level(now), self.burst)
+                if held is not None and held.rate is not None
+                else self.burst
+            )
         self.region = region
         self.pending = pending
         self.local = pending
@@ -123,6 +203,11 @@ class _Entry:
         # blocked here at once, before the core's next record says so.
         self.grace_until = update.grace_until if update.status == "grace" else None
 
+    def level(self, now: float) -> float:
+        """Tokens in the bucket at `now` (only for an entry with a rate)."""
+        tokens = self.tokens + (now - self.stamp) * (self.rate or 0.0)
+        return tokens if tokens < self.burst else self.burst
+
 
 class QuotaCache:
     """Every customer's quota as last pushed, plus local consumption. Single event loop."""
@@ -136,11 +221,17 @@ class QuotaCache:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         complete: bool = True,
+        rate_share: float = 1.0,
     ) -> None:
         """`fail_open(tenant_id)` picks a tenant's stale-state policy; default: fail open.
 
         `complete=False`: the cache waits for a snapshot; unknown customers get `no_snapshot`.
+        `rate_share`: the fraction of each customer's `rate_per_second` this node enforces
+        (1.0: the full rate on every node; 1/N with N nodes serving a region evenly).
         """
+        if not 0.0 < rate_share <= 1.0:
+            raise ValueError("rate_share must be in (0, 1]")
+        self._rate_share = rate_share
         self._entries: dict[tuple[str, str], _Entry] = {}
         # Customers held per tenant, so a tenant state change touches only its entries.
         self._by_tenant: dict[str, set[str]] = {}
@@ -176,7 +267,15 @@ class QuotaCache:
             # went out: it must not bring the tenant's customers back. Only an `active`
             # state (the tenant served here again) lifts the removal.
             return False
-        self._entries[key] = _Entry(update, region, held.pending if held is not None else 0, deny)
+        self._entries[key] = _Entry(
+            update,
+            region,
+            held.pending if held is not None else 0,
+            deny,
+            rate_share=self._rate_share,
+            now=self._clock() if update.rate_per_second is not None else 0.0,
+            held=held,
+        )
         if held is None:
             self._by_tenant.setdefault(tenant, set()).add(update.customer_id)
         return True
@@ -258,8 +357,11 @@ class QuotaCache:
 
     # -- reads: the hot path --------------------------------------------------------
 
-    def check(self, tenant_id: str, customer_id: str, cost: int = 1) -> Decision:
-        """Would a call costing `cost` be allowed now? Counts nothing."""
+    def check(
+        self, tenant_id: str, customer_id: str, cost: int = 1, feature: str | None = None
+    ) -> Decision:
+        """Would a call costing `cost` (naming `feature`, if given) be allowed now? Counts
+        nothing and spends no rate token."""
         if cost < 0:
             raise ValueError("cost must be >= 0")
         entry = self._entries.get((tenant_id, customer_id))
@@ -272,15 +374,29 @@ class QuotaCache:
             return entry.deny
         if entry.grace_until is not None and self._wall() >= entry.grace_until:
             return GRACE_ENDED
+        if feature is not None and feature not in entry.features:
+            return NO_ENTITLEMENT
         remaining = entry.remaining
+        if remaining is not None and cost > remaining:
+            return _denied(remaining)
+        # Customers without a rate limit pay one attribute test for it.
+        rate = entry.rate
+        if rate is not None:
+            # The bucket's level now, inlined (the hot path of a limited customer). Capping
+            # at the burst cannot change a `< 1` test (a positive rate's burst is at least
+            # 1), and a rate of 0 stays at its 0 tokens.
+            tokens = entry.tokens + (self._clock() - entry.stamp) * rate
+            if tokens < 1.0:
+                return _limited(remaining, rate, tokens)
         if remaining is None:
             return UNLIMITED
-        if cost <= remaining:
-            return _new_decision(Decision, (True, remaining - cost, OK))
-        return _denied(remaining)
+        return _new_decision(Decision, (True, remaining - cost, OK))
 
-    def consume(self, tenant_id: str, customer_id: str, cost: int = 1) -> Decision:
-        """Allows and counts a call costing `cost`, or denies it and counts nothing."""
+    def consume(
+        self, tenant_id: str, customer_id: str, cost: int = 1, feature: str | None = None
+    ) -> Decision:
+        """Allows and counts a call costing `cost` (naming `feature`, if given), or denies it
+        and counts nothing. An allowed call with `cost >= 1` spends one rate token."""
         if cost < 0:
             raise ValueError("cost must be >= 0")
         entry = self._entries.get((tenant_id, customer_id))
@@ -293,18 +409,52 @@ class QuotaCache:
             return entry.deny
         if entry.grace_until is not None and self._wall() >= entry.grace_until:
             return GRACE_ENDED
+        if feature is not None and feature not in entry.features:
+            return NO_ENTITLEMENT
+        # Customers without a rate limit pay one attribute test for it (`entry.rate`).
         remaining = entry.remaining
         if remaining is None:
+            if entry.rate is not None and (limited := self._take(entry, None, cost)) is not None:
+                return limited
             entry.local += cost
             entry.pending += cost
             return UNLIMITED
         if cost <= remaining:
+            if entry.rate is not None and (limited := self._take(entry, remaining, cost)):
+                return limited
             remaining -= cost
             entry.remaining = remaining
             entry.local += cost
             entry.pending += cost
             return _new_decision(Decision, (True, remaining, OK))
         return _denied(remaining)
+
+    def has(self, tenant_id: str, customer_id: str, feature: str) -> bool:
+        """Whether the customer holds boolean `feature` now: its record lists it and the
+        customer is served (not stale-closed, suspended, removed, blocked or past grace).
+        Quota exhaustion and the rate limit do not take a feature away."""
+        entry = self._entries.get((tenant_id, customer_id))
+        if entry is None or feature not in entry.features:
+            return False
+        if self._guard and self._clock() >= self._stale_deadline and self._is_stale(entry):
+            return False
+        if entry.deny is not None and entry.deny is not EXHAUSTED:
+            return False
+        return entry.grace_until is None or self._wall() < entry.grace_until
+
+    def _take(self, entry: _Entry, remaining: int | None, cost: int) -> Decision | None:
+        """For customers with a rate limit: takes a token (none for a cost-0 probe, which
+        counts nothing) and answers None, or answers the `rate_limited` denial."""
+        rate = entry.rate or 0.0
+        now = self._clock()
+        tokens = entry.tokens + (now - entry.stamp) * rate
+        if tokens < 1.0:
+            return _limited(remaining, rate, tokens)
+        if cost:
+            burst = entry.burst
+            entry.tokens = (burst if tokens > burst else tokens) - 1.0
+            entry.stamp = now
+        return None
 
     def _is_stale(self, entry: _Entry) -> bool:
         """Slow path, taken only once some region's state is past `stale_after`."""

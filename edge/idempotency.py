@@ -2,7 +2,7 @@
 
 The first answer to a key is kept, scoped per authenticated application (two applications
 may use the same key for different calls), together with what was asked (tenant,
-customer, cost). A retry with the same key and the same request gets that first answer
+customer, cost, feature). A retry with the same key and the same request gets that first answer
 again, byte for byte, and counts nothing; the same key with a different request is a
 client bug and is refused (`KeyReused` → 422 `idempotency_key_reused`), as Stripe does.
 
@@ -27,12 +27,12 @@ from collections.abc import Callable
 
 from edge.exceptions import EdgeError
 
-__all__ = ["MAX_KEY_LENGTH", "IdempotencyCache", "KeyReused", "valid_key"]
+__all__ = ["MAX_KEY_LENGTH", "IdempotencyCache", "KeyReused", "Request", "valid_key"]
 
 MAX_KEY_LENGTH = 255  # Stripe's limit; a UUID or a request id fits easily
 
-# What a consume asked: (tenant_id, customer_id, cost).
-Request = tuple[str, str, int]
+# What a consume asked: (tenant_id, customer_id, cost, feature).
+Request = tuple[str, str, int, str | None]
 
 
 class KeyReused(EdgeError):

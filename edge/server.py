@@ -15,14 +15,16 @@ Routes:
   `invalid` and the others still apply (one bad record must not wedge the pusher).
 - `GET /v1/quotas/{tenant_id}/{customer_id}` (an application's credential): the quota with
   local consumption; 404 `unknown_customer`.
-- `POST /v1/consume` (an application's credential) `{"tenant_id", "customer_id", "cost"}`
-  → `{"allowed", "remaining", "reason"}` (200 for every decision; 400 for a malformed
-  request). Until the first complete snapshot, a customer the node does not know is
-  denied with `no_snapshot`. An `Idempotency-Key` header makes a retry count once
-  (`edge/idempotency.py`): the first answer again, or 422 `idempotency_key_reused` for
-  another request under the same key.
+- `POST /v1/consume` (an application's credential) `{"tenant_id", "customer_id", "cost",
+  "feature"?}` → `{"allowed", "remaining", "reason"}`, plus `"retry_after"` (seconds) with
+  reason `rate_limited` (200 for every decision; 400 for a malformed request). A call
+  naming a `feature` the customer's record lacks is `no_entitlement`. Until the first
+  complete snapshot, a customer the node does not know is denied with `no_snapshot`. An
+  `Idempotency-Key` header makes a retry count once (`edge/idempotency.py`): the first
+  answer again, or 422 `idempotency_key_reused` for another request under the same key; a
+  `rate_limited` answer is not kept (its retry is meant to be decided afresh).
 - `POST /v1/check` (an application's credential): the same body and answer as consume,
-  counting nothing.
+  counting nothing and spending no rate token.
 - `GET /healthz` (with the boot id), `GET /readyz` (ready once a final snapshot batch
   arrived), `GET /metrics`: open, they say nothing about any customer.
 
@@ -47,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from edge.announcer import NodeAnnouncer
 from edge.auth import BAD_CREDENTIAL, AppAuth, AuthError
 from edge.body import BodyLimits, BodyRefused, read_body
-from edge.cache import QuotaCache
+from edge.cache import RATE_LIMITED, Decision, QuotaCache
 from edge.idempotency import IdempotencyCache, KeyReused, valid_key
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
@@ -59,6 +61,7 @@ from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
 log = logging.getLogger(__name__)
 
 MAX_COST = 1_000_000_000
+MAX_FEATURE_CHARS = 256
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 CACHE_KEY = web.AppKey("cache", QuotaCache)
@@ -153,7 +156,7 @@ def _body_refused(exc: BodyRefused) -> web.Response:
     return resp
 
 
-Ask = tuple[str, str, int]  # (tenant_id, customer_id, cost)
+Ask = tuple[str, str, int, str | None]  # (tenant_id, customer_id, cost, feature)
 
 
 def _parse_ask(raw: bytes) -> Ask | web.Response:
@@ -169,7 +172,26 @@ def _parse_ask(raw: bytes) -> Ask | web.Response:
         return _error(400, "bad_customer")
     if type(cost) is not int or not 0 <= cost <= MAX_COST:
         return _error(400, "bad_cost")
-    return tenant, customer, cost
+    feature = doc.get("feature")
+    if feature is not None and not (
+        isinstance(feature, str) and 0 < len(feature) <= MAX_FEATURE_CHARS
+    ):
+        return _error(400, "bad_feature")
+    return tenant, customer, cost, feature
+
+
+def _answer(decision: Decision) -> dict[str, object]:
+    """The consume/check answer; `retry_after` only with `rate_limited` (in the body, not a
+    `Retry-After` header: these routes answer 200 for every decision)."""
+    allowed, remaining, reason = decision
+    if reason == RATE_LIMITED:
+        return {
+            "allowed": allowed,
+            "remaining": remaining,
+            "reason": reason,
+            "retry_after": decision.retry_after,
+        }
+    return {"allowed": allowed, "remaining": remaining, "reason": reason}
 
 
 class _Handlers:
@@ -292,9 +314,9 @@ class _Handlers:
             return ask
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is None:  # the hot path: nothing to remember
-            allowed, remaining, reason = s.cache.consume(*ask)
-            s.metrics.decision(app, reason).inc()
-            return _json({"allowed": allowed, "remaining": remaining, "reason": reason})
+            decision = s.cache.consume(*ask)
+            s.metrics.decision(app, decision.reason).inc()
+            return _json(_answer(decision))
         if not valid_key(key):
             return _error(400, "bad_idempotency_key")
         # From here to the store nothing awaits: a concurrent request with the same key
@@ -311,10 +333,13 @@ class _Handlers:
                 content_type="application/json",
                 headers={"Idempotent-Replayed": "true"},
             )
-        allowed, remaining, reason = s.cache.consume(*ask)
-        s.metrics.decision(app, reason).inc()
-        answer = orjson.dumps({"allowed": allowed, "remaining": remaining, "reason": reason})
-        s.idempotency.store(app, key, ask, answer)
+        decision = s.cache.consume(*ask)
+        s.metrics.decision(app, decision.reason).inc()
+        answer = orjson.dumps(_answer(decision))
+        if decision.reason != RATE_LIMITED:
+            # A rate-limited call counted nothing and invites a retry after `retry_after`:
+            # replaying this denial to that retry would refuse it for the key's whole life.
+            s.idempotency.store(app, key, ask, answer)
         return web.Response(body=answer, content_type="application/json")
 
     async def check(self, request: web.Request) -> web.Response:
@@ -326,9 +351,9 @@ class _Handlers:
         ask = await self._ask(request, "check")
         if isinstance(ask, web.Response):
             return ask
-        allowed, remaining, reason = s.cache.check(*ask)
-        s.metrics.check(app, reason).inc()
-        return _json({"allowed": allowed, "remaining": remaining, "reason": reason})
+        decision = s.cache.check(*ask)
+        s.metrics.check(app, decision.reason).inc()
+        return _json(_answer(decision))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok", "boot_id": self.s.boot_id})
@@ -437,7 +462,11 @@ async def serve(
             "applications allowed to consume",
             extra={"apps": list(auth.apps), "loopback": auth.allow_loopback},
         )
-    cache = cache if cache is not None else QuotaCache(regions=(region,))
+    cache = (
+        cache
+        if cache is not None
+        else QuotaCache(regions=(region,), rate_share=settings.edge_rate_share)
+    )
     app = build_app(
         cache,
         verifier,

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from edge import cli as edge_cli
 from quotaflow.exceptions import ConfigurationError
 from quotaflow.logs import logging_config, setup_logging
 from quotaflow.ops import cli as ops_cli
@@ -171,18 +172,6 @@ def push(region: str | None) -> None:
 
 
 @main.command()
-@click.option("--region", help="Region of this node (QUOTAFLOW_REGION).")
-@click.option("--port", type=int, help="Listen port (QUOTAFLOW_EDGE_PORT).")
-def edge(region: str | None, port: int | None) -> None:
-    """Run an edge sidecar: receives signed pushes, answers quota checks locally."""
-    from edge.server import serve
-
-    settings = _settings(region=region, edge_port=port)
-    setup_logging(settings.log_level)
-    run_until_signalled(lambda stop: serve(settings, stop))
-
-
-@main.command()
 def admin() -> None:
     """Run the tenant admin HTTP API (bearer tokens from QUOTAFLOW_ADMIN_TOKENS)."""
     from quotaflow.tenants.admin_api import serve_admin
@@ -193,6 +182,9 @@ def admin() -> None:
     run_until_signalled(lambda stop: serve_admin(settings, stop))
 
 
+# The edge sidecar's command is the slim distribution's `quotaflow-edge` (edge/cli.py):
+# one definition, so both take the same options.
+main.add_command(edge_cli.edge)
 main.add_command(tenants_cli.tenants)
 main.add_command(tenants_cli.keys)
 for _command in ops_cli.COMMANDS:  # replay, deadletter, quota, reconcile, lag

@@ -184,6 +184,14 @@ class Settings(BaseSettings):
     )
     edge_host: str = Field("127.0.0.1", description="Edge sidecar listen address.")
     edge_port: int = Field(9101, ge=0, le=65535, description="Edge sidecar listen port.")
+    edge_rate_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Fraction of each customer's rate_per_second one edge node enforces "
+        "(1.0: every node the full rate, so N nodes of a region allow up to N x rate; 1/N "
+        "with N nodes sharing a region's traffic evenly).",
+    )
     edge_nodes: dict[str, list[str]] = Field(
         default_factory=dict,
         description='Edge node base URLs per region, JSON: {"eu": ["http://127.0.0.1:9101"]}.',

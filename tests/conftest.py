@@ -20,8 +20,8 @@ from quotaflow.localkafka import LocalKafka, free_port
 from quotaflow.settings import Settings
 from quotaflow.testing.stripe_standin import StandinControl, run_standin
 
-# Fixtures that start or need a real peer (broker, Stripe servers, deploy tools): a test
-# using any of them is marked `peers`, and `make unit` runs everything else.
+# Fixtures that start or need a real peer (broker, Stripe servers, deploy tools, the package
+# index): a test using any of them is marked `peers`, and `make unit` runs everything else.
 PEER_FIXTURES = frozenset(
     {
         "kafka_bootstrap",
@@ -36,6 +36,8 @@ PEER_FIXTURES = frozenset(
         "helm",
         "promtool",
         "amtool",
+        # the slim edge distribution installed from the package index into a clean venv
+        "slim_edge_venv",
     }
 )
 

@@ -1,12 +1,25 @@
-"""Who may import whom: the contracts in pyproject.toml `[tool.importlinter]`, kept."""
+"""Who may import whom: the contracts in pyproject.toml `[tool.importlinter]`, kept; and the
+slim edge distribution's contract in step with what `packaging/edge` ships."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
+from fnmatch import fnmatchcase
+from functools import cache
+from importlib.metadata import packages_distributions
 from pathlib import Path
+from typing import Any
+
+import grimp
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SLIM = tomllib.loads((ROOT / "packaging" / "edge" / "pyproject.toml").read_text())
+SLIM_CONTRACT_NAME = "the slim edge distribution imports only what it ships"
 
 
 def test_every_import_contract_is_kept() -> None:
@@ -22,3 +35,99 @@ def test_every_import_contract_is_kept() -> None:
     assert "0 broken" in done.stdout
     # Each contract ran (a renamed package would make a contract vacuous, not broken).
     assert done.stdout.count(" KEPT") == 4
+    assert f"{SLIM_CONTRACT_NAME} KEPT" in done.stdout
+
+
+@cache
+def _graph() -> grimp.ImportGraph:
+    roots = PROJECT["tool"]["importlinter"]["root_packages"]
+    return grimp.build_graph(*roots, include_external_packages=True, cache_dir=None)
+
+
+def _first_party() -> set[str]:
+    roots = set(PROJECT["tool"]["importlinter"]["root_packages"])
+    return {m for m in _graph().modules if m.split(".")[0] in roots}
+
+
+def _slim_contract() -> dict[str, Any]:
+    contracts: list[dict[str, Any]] = PROJECT["tool"]["importlinter"]["contracts"]
+    (contract,) = [c for c in contracts if c["name"] == SLIM_CONTRACT_NAME]
+    return contract
+
+
+def _under(module: str, packages: list[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def _ancestors(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def _shipped() -> set[str]:
+    """The modules the slim wheel holds, found the way setuptools finds them for
+    packaging/edge: the modules of every package `find` includes, each `py-modules` entry,
+    and the packages above them (whose `__init__` come along)."""
+    config = SLIM["tool"]["setuptools"]
+    include = config["packages"]["find"]["include"]
+    packages = {
+        m
+        for m in _first_party()
+        if (ROOT / m.replace(".", "/") / "__init__.py").is_file()
+        and any(fnmatchcase(m, pattern) for pattern in include)
+    }
+    singles = set(config["py-modules"])
+    wanted = packages | singles | {a for m in singles for a in _ancestors(m)}
+    modules = {m for m in _first_party() if m in wanted or m.rpartition(".")[0] in packages}
+    assert packages >= {"edge", "wire"}, packages
+    assert singles <= modules, singles - modules
+    return modules
+
+
+def test_the_slim_contract_names_exactly_what_packaging_edge_ships() -> None:
+    sources = list(_slim_contract()["source_modules"])
+    shipped = _shipped()
+    covered = {m for m in _first_party() if _under(m, sources)}
+    # The packages above the single modules (quotaflow/, tables/) ship their __init__ only.
+    assert shipped - covered == {"quotaflow", "tables"}
+    assert covered <= shipped, covered - shipped
+    graph = _graph()
+    for package in ("quotaflow", "tables"):
+        imported = graph.find_modules_directly_imported_by(package)
+        assert not imported & _first_party(), (package, imported)
+
+
+def test_the_slim_contract_forbids_every_module_it_does_not_ship() -> None:
+    forbidden = list(_slim_contract()["forbidden_modules"])
+    shipped = _shipped()
+    missing = {m for m in _first_party() - shipped if not _under(m, forbidden)}
+    assert not missing, f"add to the slim contract's forbidden_modules: {sorted(missing)}"
+    assert not {m for m in shipped if _under(m, forbidden)}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_slim_modules_import_only_the_slim_dependencies() -> None:
+    """What the wheel declares is what its modules import (standard library aside), and
+    each dependency is the full distribution's own specifier, so the two never drift. A
+    module for some callers only (say, an ASGI middleware needing Starlette) may import a
+    package of one of the slim distribution's extras instead."""
+    extras = SLIM["project"].get("optional-dependencies", {}).values()
+    requirements = [*SLIM["project"]["dependencies"], *(r for extra in extras for r in extra)]
+    declared = {_canonical(Requirement(r).name) for r in requirements}
+    owners = packages_distributions()
+    graph = _graph()
+    first_party = _first_party()
+    for module in _shipped():
+        for imported in graph.find_modules_directly_imported_by(module) - first_party:
+            top = imported.split(".")[0]
+            if top in sys.stdlib_module_names:
+                continue
+            dists = {_canonical(d) for d in owners.get(top, [top])}
+            assert dists & declared, f"{module} imports {top}, not a slim dependency"
+    assert set(SLIM["project"]["dependencies"]) <= set(PROJECT["project"]["dependencies"])
+    assert SLIM["project"]["version"] == PROJECT["project"]["version"]
+    assert SLIM["project"]["scripts"]["quotaflow-edge"] == "edge.cli:main"
+    assert PROJECT["project"]["scripts"]["quotaflow-edge"] == "edge.cli:main"

@@ -3,7 +3,8 @@
 The official `stripe` library creates a customer and a subscription on localstripe;
 localstripe signs and delivers the webhooks to the ingress; the worker fetches the
 subscription back from localstripe, computes the quota and publishes it; the regional
-pusher delivers it to the edge, where `GET /v1/quotas/...` answers it.
+pusher delivers it to the edge, where `GET /v1/quotas/...` answers it, and `POST
+/v1/consume` enforces the plan's rate limit and features.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
         webhook_secrets=(WebhookSecret(id="s1", secret=secret),),
         stripe_api_key=api_key,
         regions=("eu",),
-        plans={plan_id: PlanEntry(quota=500)},
+        # Per unit of quantity: 3 units make 0.3 calls a second (a burst of 1) and `bulk`.
+        plans={plan_id: PlanEntry(quota=500, rate_per_second=0.1, features=("bulk",))},
     )
     tenants_file = tmp_path / "tenants.json"
     tenants_file.write_bytes(dump_tenants([tenant]))
@@ -153,3 +155,28 @@ def test_subscription_on_stripe_becomes_quota_at_the_edge(
             timeout=2.0,
         )
         assert missing.status == 404
+
+        assert quota["rate_per_second"] == pytest.approx(0.3)
+        assert quota["features"] == ["bulk"]
+
+        def consume(**fields: object) -> dict[str, Any]:
+            resp = http.request(
+                "POST",
+                f"http://127.0.0.1:{edge_port}/v1/consume",
+                body=orjson.dumps({"tenant_id": "acme", "customer_id": customer.id, **fields}),
+                headers={**EDGE_AUTH, "Content-Type": "application/json"},
+                timeout=2.0,
+            )
+            assert resp.status == 200, resp.data
+            answer: dict[str, Any] = orjson.loads(resp.data)
+            return answer
+
+        assert consume(feature="export")["reason"] == "no_entitlement"
+        assert consume(feature="bulk", cost=10) == {
+            "allowed": True,
+            "remaining": 1490,
+            "reason": "ok",
+        }
+        limited = consume(feature="bulk", cost=10)
+        assert (limited["allowed"], limited["reason"]) == (False, "rate_limited")
+        assert 0 < limited["retry_after"] <= 3.334

@@ -26,6 +26,7 @@ from tests.deploy.support import (
 from wire import generate_keypair, public_key_of
 
 Doc = dict[str, Any]
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 PUSH = {r: generate_keypair() for r in ("eu", "us")}  # (private, public)
@@ -404,7 +405,10 @@ def test_edge_sidecars_keep_their_usage_spool_on_a_volume_of_their_own(
         pod = edge["spec"]["template"]["spec"]
         assert [c["name"] for c in pod["containers"]] == ["rating-api", "quotaflow-edge"]
         sidecar = pod["containers"][1]
-        assert sidecar["args"] == ["edge", "--region", region, "--port", "9101"]
+        # The slim image by default, running `quotaflow-edge` (which the full image has too).
+        assert sidecar["image"] == f"quotaflow-edge:{APP_VERSION}"
+        assert sidecar["command"] == ["quotaflow-edge"]
+        assert sidecar["args"] == ["--region", region, "--port", "9101"]
         env = env_of(sidecar)
         mounts = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
         assert mounts[claim["metadata"]["name"]] == env["QUOTAFLOW_USAGE_SPOOL_DIR"]["value"]
@@ -432,6 +436,30 @@ def test_edge_sidecars_keep_their_usage_spool_on_a_volume_of_their_own(
         assert settings.push_verify_keys == {region: [PUSH[region][1]]}
         assert not settings.keyring
     assert not [d for d in render(helm) if "edge" in d["metadata"]["name"]]  # off by default
+
+
+def test_the_edge_sidecar_image_is_configurable_apart_from_the_full_image(
+    helm: Path, tmp_path: Path
+) -> None:
+    image = {"repository": "registry.example/qf-edge", "tag": "1.2.3", "pullPolicy": "Always"}
+    values = {**EDGE_VALUES, "edgeSidecar": {**EDGE_VALUES["edgeSidecar"], "image": image}}
+    docs = render(helm, "-f", _write(tmp_path, values))
+    sidecars = [
+        c
+        for d in docs
+        if d["kind"] == "StatefulSet"
+        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "edge"
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "quotaflow-edge"
+    ]
+    assert len(sidecars) == 2
+    for sidecar in sidecars:
+        assert sidecar["image"] == "registry.example/qf-edge:1.2.3"
+        assert sidecar["imagePullPolicy"] == "Always"
+    # The other components keep the full image.
+    workers = [d for d in docs if d["kind"] == "StatefulSet" and "worker" in d["metadata"]["name"]]
+    assert workers
+    assert workers[0]["spec"]["template"]["spec"]["containers"][0]["image"].startswith("quotaflow:")
 
 
 def test_an_edge_region_without_its_signing_key_secret_does_not_render(

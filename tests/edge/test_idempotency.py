@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge.idempotency import IdempotencyCache, KeyReused, valid_key
+from edge.idempotency import IdempotencyCache, KeyReused, Request, valid_key
 
-ASK = ("t1", "c1", 1)
+ASK: Request = ("t1", "c1", 1, None)
 
 
 class Clock:
@@ -27,7 +27,13 @@ def test_the_first_answer_is_replayed_for_the_same_request() -> None:
 def test_another_request_under_the_same_key_is_refused() -> None:
     cache = IdempotencyCache(clock=Clock())
     cache.store("rating", "k1", ASK, b"first")
-    for other in (("t1", "c1", 2), ("t1", "c2", 1), ("t2", "c1", 1)):
+    others: tuple[Request, ...] = (
+        ("t1", "c1", 2, None),
+        ("t1", "c2", 1, None),
+        ("t2", "c1", 1, None),
+        ("t1", "c1", 1, "bulk"),  # the same call naming a feature
+    )
+    for other in others:
         with pytest.raises(KeyReused):
             cache.lookup("rating", "k1", other)
 
@@ -35,8 +41,8 @@ def test_another_request_under_the_same_key_is_refused() -> None:
 def test_keys_are_scoped_per_application() -> None:
     cache = IdempotencyCache(clock=Clock())
     cache.store("rating", "k1", ASK, b"rating's")
-    assert cache.lookup("gateway", "k1", ("t9", "c9", 5)) is None
-    cache.store("gateway", "k1", ("t9", "c9", 5), b"gateway's")
+    assert cache.lookup("gateway", "k1", ("t9", "c9", 5, None)) is None
+    cache.store("gateway", "k1", ("t9", "c9", 5, None), b"gateway's")
     assert cache.lookup("rating", "k1", ASK) == b"rating's"
     assert cache.held() == {"rating": 1, "gateway": 1}
 
@@ -50,8 +56,8 @@ def test_a_key_expires_after_its_ttl_from_first_use() -> None:
     clock.now += 0.1
     assert cache.lookup("rating", "k1", ASK) is None
     assert len(cache) == 0
-    cache.store("rating", "k1", ("t1", "c1", 7), b"second")  # the key may be used anew
-    assert cache.lookup("rating", "k1", ("t1", "c1", 7)) == b"second"
+    cache.store("rating", "k1", ("t1", "c1", 7, None), b"second")  # the key may be used anew
+    assert cache.lookup("rating", "k1", ("t1", "c1", 7, None)) == b"second"
 
 
 def test_expired_keys_are_swept_as_new_ones_arrive() -> None:

@@ -27,6 +27,11 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{- /* The slim edge image (Dockerfile target `edge`: the quotaflow-edge distribution). */ -}}
+{{- define "quotaflow.edgeImage" -}}
+{{ .Values.edgeSidecar.image.repository }}:{{ .Values.edgeSidecar.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
 {{- define "quotaflow.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{ .Values.serviceAccount.name | default (include "quotaflow.fullname" .) }}

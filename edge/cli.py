@@ -1,0 +1,41 @@
+"""`quotaflow-edge`: the edge sidecar's command, the one the slim distribution installs.
+
+The same click command is `quotaflow edge` in the full distribution (`quotaflow/cli.py`
+registers it), so both take the same options and read the same `QUOTAFLOW_*` settings.
+This module imports only what the slim distribution ships (`packaging/edge`): click,
+the settings, the JSON logs and the signal runner; the server is imported when it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from quotaflow import __version__
+from quotaflow.logs import setup_logging
+from quotaflow.runner import run_until_signalled
+from quotaflow.settings import Settings
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="quotaflow-edge")
+@click.option("--region", help="Region of this node (QUOTAFLOW_REGION).")
+@click.option("--port", type=int, help="Listen port (QUOTAFLOW_EDGE_PORT).")
+def edge(region: str | None, port: int | None) -> None:
+    """Run an edge sidecar: receives signed pushes, answers quota checks locally."""
+    from edge.server import serve
+
+    overrides: dict[str, Any] = {"region": region, "edge_port": port}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    setup_logging(settings.log_level)
+    run_until_signalled(lambda stop: serve(settings, stop))
+
+
+def main() -> None:
+    """The `quotaflow-edge` console script."""
+    edge()
+
+
+if __name__ == "__main__":
+    main()
