@@ -59,7 +59,7 @@ from edge.idempotency import IdempotencyCache, KeyReused, valid_key
 from edge.identify import Identifier, identifier_from_settings
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
-from edge.verdict import Gate
+from edge.verdict import REASON_HEADER, Gate
 from quotaflow.settings import Settings
 from tables.quota import QuotaUpdate
 from tables.tenant import TENANT_ID_PATTERN
@@ -369,6 +369,8 @@ class _Handlers:
         s = self.s
         app = self._app(request, "authorize")
         if isinstance(app, web.Response):
+            # NGINX passes on a 401 but not its body: the reason travels in a header too.
+            app.headers[REASON_HEADER] = orjson.loads(app.body)["error"]["reason"]  # type: ignore[arg-type]
             return app
         answer, replayed = s.authorizer.decide(app, request)
         s.metrics.authorization(app, answer.reason).inc()

@@ -38,6 +38,8 @@ PEER_FIXTURES = frozenset(
         "amtool",
         # the slim edge distribution installed from the package index into a clean venv
         "slim_edge_venv",
+        "nginx",
+        "caddy",
     }
 )
 
