@@ -94,7 +94,7 @@ class Authorizer:
             return self._answer(ask), False
         if not valid_key(key):
             return identify_refusal_400("bad_idempotency_key"), False
-        asked = (ask.tenant, ask.customer, ask.cost)
+        asked = (ask.tenant, ask.customer, ask.cost, ask.feature)
         try:
             first = self.idempotency.lookup(_SCOPE + app, key, asked)
         except KeyReused:

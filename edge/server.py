@@ -59,7 +59,7 @@ from edge.idempotency import IdempotencyCache, KeyReused, valid_key
 from edge.identify import Identifier, identifier_from_settings
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
-from edge.verdict import REASON_HEADER, Gate
+from edge.verdict import REASON_HEADER
 from quotaflow.settings import Settings
 from tables.quota import QuotaUpdate
 from tables.tenant import TENANT_ID_PATTERN
@@ -496,11 +496,6 @@ async def serve(
         else QuotaCache(regions=(region,), rate_share=settings.edge_rate_share)
     )
     identifier = identifier_from_settings(settings)
-    if identifier.features and not Gate(cache).features:
-        log.warning(
-            "QUOTAFLOW_EDGE_ROUTES name features this cache cannot gate on: not enforced",
-            extra={"features": sorted(identifier.features)},
-        )
     app = build_app(
         cache,
         verifier,

@@ -25,7 +25,6 @@ auth subrequest's body, renders the same JSON.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -61,26 +60,17 @@ class Verdict:
 
 
 class Gate:
-    """`consume`/`check` of an `Ask` against a cache, passing the feature on only if the
-    cache's `consume` takes one (it does once per-feature entitlements are in): until
-    then a route's feature is not enforced, and `features` says so."""
+    """`consume`/`check` of an `Ask` against a cache, the route's feature included (a
+    customer whose record lacks it is denied `no_entitlement`)."""
 
     def __init__(self, cache: QuotaCache) -> None:
         self.cache = cache
-        self.features = "feature" in inspect.signature(cache.consume).parameters
-        # Typed loosely so the call below type-checks with and without the parameter.
-        self._consume: Callable[..., Decision] = cache.consume
-        self._check: Callable[..., Decision] = cache.check
 
     def consume(self, ask: Ask) -> Decision:
-        if ask.feature is not None and self.features:
-            return self._consume(ask.tenant, ask.customer, ask.cost, feature=ask.feature)
-        return self.cache.consume(ask.tenant, ask.customer, ask.cost)
+        return self.cache.consume(ask.tenant, ask.customer, ask.cost, ask.feature)
 
     def check(self, ask: Ask) -> Decision:
-        if ask.feature is not None and self.features:
-            return self._check(ask.tenant, ask.customer, ask.cost, feature=ask.feature)
-        return self.cache.check(ask.tenant, ask.customer, ask.cost)
+        return self.cache.check(ask.tenant, ask.customer, ask.cost, ask.feature)
 
 
 def _seconds(value: float) -> str:
@@ -112,8 +102,8 @@ def verdict(
         left = str(remaining)
         return Verdict(200, ((REMAINING_HEADER, left), ("RateLimit-Remaining", left)), b"", reason)
     if reason == "rate_limited":
-        hint = getattr(decision, "retry_after", None)
-        retry = _seconds(hint) if isinstance(hint, int | float) else None
+        hint = decision.retry_after
+        retry = None if hint is None else _seconds(hint)
         return _denial(429, reason, [], retry)
     if reason in _QUOTA:
         # The deny path only: the record's limit and period end cost a lookup here.

@@ -34,6 +34,7 @@ def cache_with(limit: int) -> QuotaCache:
             version=1,
             reason=Reason(kind="policy", id="v1"),
             updated_at=time.time(),
+            features=("export",),
         )
     )
     return cache

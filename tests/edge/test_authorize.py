@@ -25,7 +25,14 @@ ROUTES = [{"prefix": "/v1/export", "method": "POST", "feature": "export", "cost"
 PERIOD_END = int(time.time()) + 3600
 
 
-def record(customer: str, *, limit: int | None = 10, status: str = "active") -> QuotaUpdate:
+def record(
+    customer: str,
+    *,
+    limit: int | None = 10,
+    status: str = "active",
+    features: tuple[str, ...] = ("export",),
+    rate: float | None = None,
+) -> QuotaUpdate:
     return QuotaUpdate(
         tenant_id="t1",
         customer_id=customer,
@@ -37,6 +44,8 @@ def record(customer: str, *, limit: int | None = 10, status: str = "active") -> 
         reason=Reason(kind="policy", id="v1"),
         updated_at=time.time(),
         period_end=PERIOD_END,
+        features=features,
+        rate_per_second=rate,
     )
 
 
@@ -47,7 +56,13 @@ def who(customer: str) -> dict[str, str]:
 @pytest.fixture
 def cache() -> QuotaCache:
     cache = QuotaCache(regions=("eu",))
-    for update in (record("c1"), record("big", limit=None), record("gone", status="blocked")):
+    for update in (
+        record("c1"),
+        record("big", limit=None),
+        record("gone", status="blocked"),
+        record("basic", features=()),
+        record("fast", rate=0.5),
+    ):
         cache.apply(update, "eu")
     return cache
 
@@ -178,3 +193,24 @@ async def test_an_idempotency_key_makes_a_retry_count_once(
     doc = cache.get("t1", "c1")
     assert doc is not None
     assert doc["used"] == 1
+
+
+async def test_a_route_feature_is_an_entitlement_and_rate_limits_say_when_to_retry(
+    client: Client, cache: QuotaCache
+) -> None:
+    export = {"X-Forwarded-Method": "POST", "X-Forwarded-Uri": "/v1/export"}
+    resp = await client.get("/v1/authorize", headers={**BEARER, **who("basic"), **export})
+    assert resp.status == 403
+    assert orjson.loads(await resp.read()) == {"error": {"reason": "no_entitlement"}}
+    first = await client.get("/v1/authorize", headers={**BEARER, **who("fast")})
+    assert first.status == 200
+    limited = await client.get("/v1/authorize", headers={**BEARER, **who("fast")})
+    assert (limited.status, limited.headers["X-Quota-Reason"]) == (429, "rate_limited")
+    assert limited.headers["Retry-After"] == "2"  # a token every 2 s, rounded up
+    assert orjson.loads(await limited.read()) == {
+        "error": {"reason": "rate_limited", "retry_after": 2}
+    }
+    for customer, used in (("basic", 0), ("fast", 1)):
+        doc = cache.get("t1", customer)
+        assert doc is not None
+        assert doc["used"] == used

@@ -108,7 +108,13 @@ class Stack:
         return used
 
 
-def _record(customer: str, status: str = "active") -> dict[str, object]:
+def _record(
+    customer: str,
+    status: str = "active",
+    *,
+    features: tuple[str, ...] = ("export",),
+    rate: float | None = None,
+) -> dict[str, object]:
     return QuotaUpdate(
         tenant_id="t1",
         customer_id=customer,
@@ -120,12 +126,16 @@ def _record(customer: str, status: str = "active") -> dict[str, object]:
         reason=Reason(kind="policy", id="v1"),
         updated_at=time.time(),
         period_end=PERIOD_END,
+        features=features,
+        rate_per_second=rate,
     ).model_dump(mode="json")
 
 
 def _push(port: int) -> None:
     updates = [_record(f"{g}-{i}") for g in GATEWAYS for i in range(3)]
     updates += [_record(f"{g}-blocked", "blocked") for g in GATEWAYS]
+    updates += [_record(f"{g}-basic", features=()) for g in GATEWAYS]
+    updates += [_record(f"{g}-slow", rate=0.2) for g in GATEWAYS]
     body = orjson.dumps(
         {
             "region": "eu",
@@ -226,6 +236,23 @@ def test_blocked_unknown_and_anonymous_callers_are_refused_before_the_upstream(
         resp = _call(stack, gateway, "GET", "/search", customer)
         assert (resp.status, _reason(resp)) == (status, reason), customer
         assert stack.upstream.served[customer or "?"] == 0
+
+
+@pytest.mark.parametrize("gateway", GATEWAYS)
+def test_entitlements_and_rate_limits_are_enforced_through_the_gateway(
+    stack: Stack, gateway: str
+) -> None:
+    basic = f"{gateway}-basic"  # no `export` feature
+    assert _call(stack, gateway, "GET", "/search", basic).status == 200
+    export = _call(stack, gateway, "POST", "/export/csv", basic)
+    assert (export.status, _reason(export)) == (403, "no_entitlement")
+    slow = f"{gateway}-slow"  # 0.2 calls/s: one call, then wait 5 s
+    assert _call(stack, gateway, "GET", "/search", slow).status == 200
+    limited = _call(stack, gateway, "GET", "/search", slow)
+    assert (limited.status, _reason(limited)) == (429, "rate_limited")
+    assert 4 <= int(limited.headers["Retry-After"]) <= 5
+    for customer in (basic, slow):
+        assert stack.upstream.served[customer] == stack.used(customer) == 1
 
 
 @pytest.mark.parametrize("gateway", GATEWAYS)
