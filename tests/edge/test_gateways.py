@@ -29,7 +29,6 @@ from edge.auth import generate_app_token, token_digest
 from quotaflow.localkafka import free_port
 from quotaflow.testing.gateways import CADDYFILE, NGINX_TEMPLATE, caddy_gateway, nginx_gateway
 from tables.quota import QuotaUpdate, Reason
-from tests.deploy.support import tool
 from tests.processes import Component, components, start
 from wire import SIGNATURE_HEADER, Kind, Signer, generate_keypair
 
@@ -43,16 +42,6 @@ EXPORT_COST = 5
 PERIOD_END = int(time.time()) + 7200
 ROUTES = [{"prefix": "/export", "method": "POST", "feature": "export", "cost": EXPORT_COST}]
 GATEWAYS = ("nginx", "caddy")
-
-
-@pytest.fixture(scope="session")
-def nginx() -> Path:
-    return tool("QUOTAFLOW_NGINX", "nginx")
-
-
-@pytest.fixture(scope="session")
-def caddy() -> Path:
-    return tool("QUOTAFLOW_CADDY", "caddy")
 
 
 @dataclass
