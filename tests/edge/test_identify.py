@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import orjson
 import pytest
 
 from edge.identify import (
@@ -12,9 +14,11 @@ from edge.identify import (
     IdentifyError,
     Route,
     api_key_digest,
+    identifier_from_settings,
     normalise_path,
     parse_routes,
 )
+from quotaflow.settings import InvalidSetting, Settings
 
 ROUTES = [
     {"prefix": "/v1/export", "method": "POST", "feature": "export", "cost": 10},
@@ -106,3 +110,38 @@ def test_routes_sort_longest_prefix_first_and_method_before_any() -> None:
     assert ident.routes[0] == Route("/v1/export", "POST", "export", 10)
     assert ident.features == frozenset({"export"})
     assert normalise_path("/a/b/../c?q=/d") == "/a/c"
+
+
+def test_settings_build_the_identifier_from_env_and_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key, other = "ck_" + "e" * 40, "ck_" + "f" * 40
+    table = tmp_path / "keys.json"
+    table.write_bytes(orjson.dumps({api_key_digest(other): "t2/cus_2"}))
+    monkeypatch.setenv("QUOTAFLOW_EDGE_IDENTIFY", "api_key")
+    monkeypatch.setenv(
+        "QUOTAFLOW_EDGE_API_KEYS", orjson.dumps({api_key_digest(key): "t1/c1"}).decode()
+    )
+    monkeypatch.setenv("QUOTAFLOW_EDGE_API_KEYS_FILE", str(table))
+    monkeypatch.setenv("QUOTAFLOW_EDGE_ROUTES", orjson.dumps(ROUTES).decode())
+    ident = identifier_from_settings(Settings())
+    assert ident.identify("POST", "/v1/export", getter({"x-api-key": key})) == Ask(
+        "t1", "c1", "export", 10
+    )
+    assert ident.who(getter({"x-api-key": other})) == ("t2", "cus_2")
+
+
+def test_settings_refuse_a_pasted_key_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "ck_live_pasted_instead_of_its_digest"
+    monkeypatch.setenv("QUOTAFLOW_EDGE_API_KEYS", orjson.dumps({key: "t1/c1"}).decode())
+    with pytest.raises(InvalidSetting) as err:
+        Settings()
+    assert key not in str(err.value)
+    monkeypatch.delenv("QUOTAFLOW_EDGE_API_KEYS")
+    monkeypatch.setenv("QUOTAFLOW_EDGE_API_KEY_HEADER", "authorization")
+    with pytest.raises(ValueError, match="Authorization"):
+        Settings()
+    monkeypatch.delenv("QUOTAFLOW_EDGE_API_KEY_HEADER")
+    monkeypatch.setenv("QUOTAFLOW_EDGE_ROUTES", '[{"prefix": "no-slash"}]')
+    with pytest.raises(ValueError, match="route prefix"):
+        Settings()
