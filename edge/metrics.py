@@ -74,8 +74,8 @@ class EdgeMetrics:
         )
         self.auth_refusals = Counter(
             "edge_auth_refusals",
-            "Requests refused 401 for their credential, by route (consume, check, quotas) "
-            "and reason (missing_credential, bad_credential).",
+            "Requests refused 401 for their credential, by route (consume, check, quotas, "
+            "authorize) and reason (missing_credential, bad_credential).",
             ["route", "reason"],
             registry=self.registry,
         )

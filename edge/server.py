@@ -367,11 +367,17 @@ class _Handlers:
     async def authorize(self, request: web.Request) -> web.Response:
         """Forward auth: may the gateway let the original request through? Counts it if so."""
         s = self.s
-        app = self._app(request, "authorize")
-        if isinstance(app, web.Response):
-            # NGINX passes on a 401 but not its body: the reason travels in a header too.
-            app.headers[REASON_HEADER] = orjson.loads(app.body)["error"]["reason"]  # type: ignore[arg-type]
-            return app
+        authorization = request.headers.get("Authorization")
+        try:
+            app = s.auth.authenticate(
+                authorization, request.remote if authorization is None else None
+            )
+        except AuthError as exc:
+            s.metrics.auth_refusals.labels(route="authorize", reason=exc.reason).inc()
+            refused = _unauthorized(exc.reason)
+            # NGINX passes a 401 on without its body: the reason travels in a header too.
+            refused.headers[REASON_HEADER] = exc.reason
+            return refused
         answer, replayed = s.authorizer.decide(app, request)
         s.metrics.authorization(app, answer.reason).inc()
         return respond(answer, replayed=replayed)
