@@ -121,3 +121,11 @@ async def test_api_keys_identify_callers_in_the_middleware_too() -> None:
             {"error": {"reason": "unknown_api_key"}},
         )
     assert reached == ["/search"]
+
+
+def test_the_middleware_and_its_rules_are_part_of_the_edge_api() -> None:
+    import edge
+
+    assert {"QuotaMiddleware", "Identifier", "IdentifyError"} <= set(edge.__all__)
+    assert edge.QuotaMiddleware is QuotaMiddleware
+    assert all(hasattr(edge, name) for name in edge.__all__)
