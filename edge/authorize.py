@@ -22,7 +22,6 @@ first verdict again, with `Idempotent-Replayed: true`.
 from __future__ import annotations
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from edge.cache import QuotaCache
 from edge.idempotency import IdempotencyCache, KeyReused, valid_key
@@ -83,7 +82,7 @@ class Authorizer:
 
         Synchronous from lookup to store: two concurrent retries under one key cannot
         both count."""
-        headers: CIMultiDictProxy[str] = request.headers
+        headers = request.headers
         method, target = original_request(request)
         try:
             ask = self.identifier.identify(method, target, headers.get)
