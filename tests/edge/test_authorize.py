@@ -112,7 +112,8 @@ async def test_allowed_requests_are_counted_and_say_what_is_left(
     assert resp.status == 429
     doc = orjson.loads(await resp.read())
     assert doc == {"error": {"reason": "insufficient", "retry_after": doc["error"]["retry_after"]}}
-    assert 3590 <= int(resp.headers["Retry-After"]) <= 3600
+    # Until the period ends (PERIOD_END is fixed at import: the suite may start long before).
+    assert abs(int(resp.headers["Retry-After"]) - (PERIOD_END - time.time())) <= 10
     assert resp.headers["X-Quota-Reason"] == "insufficient"
     assert resp.headers["RateLimit-Limit"] == "10"
     doc_c1 = cache.get("t1", "c1")

@@ -204,7 +204,8 @@ def test_allowed_calls_reach_the_upstream_and_denied_ones_do_not(
     # 1 left: another export (5) is refused, searches go on until the quota is spent.
     refused = _call(stack, gateway, "POST", "/export/csv", customer)
     assert (refused.status, _reason(refused)) == (429, "insufficient")
-    assert 7000 <= int(refused.headers["Retry-After"]) <= 7200
+    # Until the period ends (PERIOD_END is fixed at import: the suite may start long before).
+    assert abs(int(refused.headers["Retry-After"]) - (PERIOD_END - time.time())) <= 60
     assert _call(stack, gateway, "GET", "/search", customer).status == 200
     exhausted = _call(stack, gateway, "GET", "/search", customer)
     assert (exhausted.status, _reason(exhausted)) == (429, "exhausted")
