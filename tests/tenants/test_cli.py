@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from edge.auth import AppAuth, AuthError
 from quotaflow.tenants.cli import keys, parse_duration, tenants
+from tests.conftest import TENANT_SIGNING_KEY
 from wire import Kind, Signer, Verifier, public_key_id, public_key_of
 
 
@@ -27,6 +28,7 @@ def env(kafka_bootstrap: str) -> dict[str, str]:
         "QUOTAFLOW_KEYRING": orjson.dumps(
             {"k1": base64.b64encode(os.urandom(32)).decode()}
         ).decode(),
+        "QUOTAFLOW_TENANT_SIGNING_KEYS": orjson.dumps([TENANT_SIGNING_KEY]).decode(),
     }
 
 
