@@ -390,6 +390,7 @@ def generate_signing(kind: str, region: str) -> None:
     """
     private, public = generate_keypair()
     signer_env: dict[str, object]
+    verifier_env: dict[str, object]
     if kind == "push":
         signer_env = {"QUOTAFLOW_PUSH_SIGNING_KEYS": {region: [private]}}
         verifier_env = {"QUOTAFLOW_PUSH_VERIFY_KEYS": {region: [public]}}
