@@ -183,6 +183,7 @@ class TenantWriter:
         tenant's customers (`tenant_removed`) and drops them within 2 s."""
         async with self._lock:
             current = self._current(tenant_id)
+            self._check_readable(tenant_id)
             version = self._registry.version(tenant_id) + 1
             await self._write(
                 tenant_id,
@@ -301,6 +302,7 @@ class TenantWriter:
         details: Mapping[str, Any],
     ) -> Tenant:
         current = self._current(tenant_id)
+        self._check_readable(tenant_id)
         tenant = apply_patch(current, patch, self._regions)
         if not audit_changes(current, tenant):
             return current
