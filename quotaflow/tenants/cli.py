@@ -330,7 +330,13 @@ def roll_webhook_secret(tenant_id: str, new_secret: str, overlap: str) -> None:
 
 
 @tenants.command("reseal")
-def reseal() -> None:
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Also re-sign every readable tenant (after a tenants signing key rotation).",
+)
+def reseal(every: bool) -> None:
     """Rewrite, signed and versioned, every tenant whose latest record is not accepted.
 
     The migration to signed records (format 1 records are refused by every component,
@@ -341,7 +347,7 @@ def reseal() -> None:
     actor = cli_actor()
 
     async def work(writer: TenantWriter) -> dict[str, int]:
-        return await writer.reseal(actor)
+        return await writer.reseal(actor, every=every)
 
     done = _run(work)
     click.echo(" ".join(f"{what}={count}" for what, count in done.items()))

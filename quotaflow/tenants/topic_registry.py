@@ -156,6 +156,11 @@ class TopicTenantRegistry:
         held = self._held.get(tenant_id)
         return None if held is None else held[1]
 
+    def held_record(self, tenant_id: str) -> SealedRecord | None:
+        """The accepted record (live or deleted) whose version is held."""
+        held = self._held.get(tenant_id)
+        return None if held is None else held[0]
+
     def held_ids(self) -> list[str]:
         """Every tenant id a record was accepted for (deleted ones too)."""
         return list(self._held)

@@ -53,7 +53,6 @@ from quotaflow.tenants.sealing import (
     sign_record,
     unwrap_data_key,
     unwrap_wrapped,
-    verify_record,
     with_data_key,
 )
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
@@ -183,7 +182,8 @@ class TenantWriter:
         tenant's customers (`tenant_removed`) and drops them within 2 s."""
         async with self._lock:
             current = self._current(tenant_id)
-            self._check_readable(tenant_id)
+            # No readability check: the signed deletion supersedes whatever follows the
+            # held version, and needs no secret.
             version = self._registry.version(tenant_id) + 1
             await self._write(
                 tenant_id,
@@ -379,10 +379,9 @@ class TenantWriter:
         """Another writer's record of the same version came first: re-sign the record
         readers hold one version up, so that the last record of the key (what compaction
         keeps) is the one every reader holds; then report the conflict."""
-        held = self._registry.held_value(tenant_id)
+        held = self._registry.held_record(tenant_id)
         if held is not None:
-            record = verify_record(tenant_id, held, self._registry.verifier)
-            repaired = record.model_copy(update={"version": self._registry.version(tenant_id) + 1})
+            repaired = held.model_copy(update={"version": self._registry.version(tenant_id) + 1})
             audit = audit_record(
                 "conflict-repair",
                 tenant_id,
@@ -398,12 +397,18 @@ class TenantWriter:
         )
 
     async def reseal(
-        self, actor: str, on_progress: Callable[[int], None] | None = None
+        self,
+        actor: str,
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        every: bool = False,
     ) -> dict[str, int]:
         """Rewrites, signed and versioned, every tenant whose latest record on the topic is
         not accepted here: format 1 records (the migration), and records refused as
         tampered or replayed (re-signing the version held, if any). A bare tombstone with
-        no signed deletion becomes a signed deletion. Returns counts by what was done."""
+        no signed deletion becomes a signed deletion. `every`: also re-sign every accepted
+        record one version up (with the current signing key: a signing key rotation).
+        Returns counts by what was done."""
         done = {"resealed": 0, "re-signed": 0, "deleted": 0, "unrecoverable": 0}
         latest: dict[str, bytes | None] = {}
         async for _, m in scan_topic(self._settings.kafka_bootstrap, self._settings.topics.tenants):
@@ -414,16 +419,15 @@ class TenantWriter:
             for tenant_id, value in sorted(latest.items()):
                 if on_progress is not None:
                     on_progress(1)
-                if tenant_id not in self._registry.unreadable():
+                if not every and tenant_id not in self._registry.unreadable():
                     continue
                 version = self._registry.version(tenant_id) + 1
-                held = self._registry.held_value(tenant_id)
+                held = self._registry.held_record(tenant_id)
                 legacy = parse_legacy(value) if value is not None else None
                 if held is not None:
                     # A refused record after an accepted one: the held one is the truth.
-                    record = verify_record(tenant_id, held, self._registry.verifier)
                     new_value = sign_record(
-                        record.model_copy(update={"version": version}), self._signer
+                        held.model_copy(update={"version": version}), self._signer
                     )
                     what = "re-signed"
                 elif legacy is not None:

@@ -8,6 +8,7 @@ that was accepted; `quotaflow tenants reseal` (the writer's `reseal`) makes it r
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,9 +21,17 @@ from prometheus_client import REGISTRY
 from quotaflow.localkafka import free_port
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
+from quotaflow.tenants.documents import parse_tenant
 from quotaflow.tenants.exceptions import TenantStateError
 from quotaflow.tenants.keyring import LocalKeyring
-from quotaflow.tenants.sealing import SealedRecord, sign_record
+from quotaflow.tenants.sealing import (
+    LegacyRecord,
+    SealedDataKey,
+    SealedRecord,
+    new_data_key,
+    sealed_document,
+    sign_record,
+)
 from quotaflow.tenants.writer import TenantWriter, tenant_signer
 from tests.ingress.test_unreadable_tenant import _ingress
 from tests.kafkautil import read_all
@@ -262,3 +271,44 @@ async def test_concurrent_writers_converge_on_one_version(
         assert reader.unreadable() == {}
     finally:
         await other.stop()
+
+
+async def test_reseal_migrates_unsigned_records_and_old_tombstones(
+    settings: Settings,
+    keyring: LocalKeyring,
+    writer: TenantWriter,
+    attacker: Attacker,
+    open_topic_registry: RegistryFactory,
+) -> None:
+    # Records as the previous version wrote them: format 1 (unsigned), a bare tombstone.
+    doc = tenant_doc("oldie")
+    tenant = parse_tenant(doc)
+    key = await new_data_key("oldie", keyring)
+    legacy = LegacyRecord(
+        data_key=SealedDataKey(
+            kek_id=key.wrapped.kek_id, wrapped=base64.b64encode(key.wrapped.blob).decode()
+        ),
+        tenant=sealed_document(tenant, key),
+    )
+    await attacker.produce("oldie", orjson.dumps(legacy.model_dump(mode="json")))
+    await attacker.produce("gone", b"{}")
+    offset = await attacker.produce("gone", None)
+    reader = await open_topic_registry()
+    await writer.registry.wait_for(offset)
+    assert reader.get("oldie") is None
+    assert reader.unreadable() == {"oldie": "unsigned_format", "gone": "unsigned_tombstone"}
+
+    done = await writer.reseal("test")
+    assert done == {"resealed": 1, "re-signed": 0, "deleted": 1, "unrecoverable": 0}
+    await reader.wait_for(await _end(writer))
+    assert reader.unreadable() == {}
+    oldie = reader.get("oldie")
+    assert oldie is not None
+    assert oldie.plans == tenant.plans
+    assert oldie.stripe_api_key is not None
+    assert oldie.stripe_api_key.get_secret_value() == doc["stripe_api_key"]
+    assert reader.version("oldie") == 1
+    assert reader.version("gone") == 1
+    assert await _audited_versions(settings, "oldie") == [1]
+    # Idempotent: nothing left to do.
+    assert (await writer.reseal("test"))["resealed"] == 0
