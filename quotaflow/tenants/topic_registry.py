@@ -12,7 +12,7 @@ the tenant and a version) with the public tenants keys (`QUOTAFLOW_TENANT_VERIFY
 A record is refused when it is not authentic (tampered, signed by an unknown key, format
 1, for another tenant), when its version is not above the one held (a replay), and a bare
 tombstone is refused unless the tenant's signed deletion came first (the writer never
-writes bare tombstones). A refusal is counted (`refused`, and the Prometheus counter
+writes bare tombstones). A refusal is counted (`refused()`, exported by every component as
 `quotaflow_tenant_records_refused_total{reason}`), logged by tenant id and reason, and
 the tenant's previously held version keeps being served.
 
@@ -34,7 +34,6 @@ import logging
 from collections.abc import Iterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import Counter
 
 from quotaflow.exceptions import ConfigurationError
 from quotaflow.registry import ChangeListener, StaticTenantRegistry
@@ -54,12 +53,6 @@ from wire.signing import Kind, Verifier, public_key_of
 __all__ = ["ChangeListener", "TopicTenantRegistry", "tenant_verifier"]
 
 log = logging.getLogger("quotaflow.tenants.registry")
-
-REFUSED = Counter(
-    "quotaflow_tenant_records_refused",
-    "Tenant records refused as not authentic, replayed or forged deletions, by reason",
-    ["reason"],
-)
 
 
 def tenant_verifier(settings: Settings) -> Verifier:
@@ -99,8 +92,7 @@ class TopicTenantRegistry:
         self._sealed: dict[str, SealedRecord] = {}
         self._held: dict[str, tuple[SealedRecord, bytes]] = {}
         """Tenant id -> the accepted record (live or deleted) and its value, by version."""
-        self.refused: dict[str, int] = {}
-        """Reason -> records refused since start."""
+        self._refused: dict[str, int] = {}
         self._position = 0
         self._progress = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
@@ -129,6 +121,9 @@ class TopicTenantRegistry:
 
     def unreadable(self) -> Mapping[str, str]:
         return self.undecryptable
+
+    def refused(self) -> Mapping[str, int]:
+        return dict(self._refused)
 
     def __len__(self) -> int:
         return len(self._view)
@@ -260,8 +255,7 @@ class TopicTenantRegistry:
 
     def _refuse(self, tenant_id: str, reason: str) -> None:
         self.undecryptable[tenant_id] = reason
-        self.refused[reason] = self.refused.get(reason, 0) + 1
-        REFUSED.labels(reason).inc()
+        self._refused[reason] = self._refused.get(reason, 0) + 1
         log.error(
             "tenant record refused; keeping the previous version",
             extra={"tenant_id": tenant_id, "reason": reason, "held": self.version(tenant_id)},
