@@ -36,6 +36,7 @@ class Bench:
 BENCHES = (
     Bench("ingress", "bench.ingress_bench", True, ("--duration", "2", "--skip-baseline")),
     Bench("edge", "bench.edge_bench", False, ("--quick",)),
+    Bench("gateway", "bench.gateway_bench", False, ("--quick",)),
     Bench("onboarding", "bench.onboarding_bench", True, ("--count", "5")),
     Bench("usage", "bench.usage_bench", True, ("--quick",)),
     Bench("worker", "bench.worker_bench", True, ("--quick",)),

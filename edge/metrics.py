@@ -57,6 +57,15 @@ class EdgeMetrics:
             registry=self.registry,
         )
         self._check_children: dict[tuple[str, str], CounterChild] = {}
+        self.authorizations = Counter(
+            "edge_authorize_decisions",
+            "Forward-auth (/v1/authorize) answers, by calling application (the gateway) and "
+            "reason (ok, a deny reason, or missing_identity, missing_api_key, "
+            "unknown_api_key, bad_idempotency_key, idempotency_key_reused).",
+            ["app", "reason"],
+            registry=self.registry,
+        )
+        self._authorize_children: dict[tuple[str, str], CounterChild] = {}
         self.quota_reads = Counter(
             "edge_quota_reads",
             "GET /v1/quotas answers, by calling application and outcome (found, unknown).",
@@ -65,8 +74,8 @@ class EdgeMetrics:
         )
         self.auth_refusals = Counter(
             "edge_auth_refusals",
-            "Requests refused 401 for their credential, by route (consume, check, quotas) "
-            "and reason (missing_credential, bad_credential).",
+            "Requests refused 401 for their credential, by route (consume, check, quotas, "
+            "authorize) and reason (missing_credential, bad_credential).",
             ["route", "reason"],
             registry=self.registry,
         )
@@ -123,6 +132,14 @@ class EdgeMetrics:
         child = self._check_children.get((app, reason))
         if child is None:
             child = self._check_children[(app, reason)] = self.checks.labels(app=app, reason=reason)
+        return child
+
+    def authorization(self, app: str, reason: str) -> CounterChild:
+        """The forward-auth counter child for (app, reason), bound once."""
+        child = self._authorize_children.get((app, reason))
+        if child is None:
+            child = self.authorizations.labels(app=app, reason=reason)
+            self._authorize_children[(app, reason)] = child
         return child
 
     def render(self) -> bytes:

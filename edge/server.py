@@ -25,6 +25,9 @@ Routes:
   `rate_limited` answer is not kept (its retry is meant to be decided afresh).
 - `POST /v1/check` (an application's credential): the same body and answer as consume,
   counting nothing and spending no rate token.
+- `/v1/authorize` and `/v1/authorize/{path}`, any method (an application's credential: the
+  gateway's): forward auth for NGINX, Caddy, Traefik and Envoy (`edge/authorize.py`):
+  identifies, prices and consumes the original request, answers 200 or 401/403/429/503.
 - `GET /healthz` (with the boot id), `GET /readyz` (ready once a final snapshot batch
   arrived), `GET /metrics`: open, they say nothing about any customer.
 
@@ -48,11 +51,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from edge.announcer import NodeAnnouncer
 from edge.auth import BAD_CREDENTIAL, AppAuth, AuthError
+from edge.authorize import PREFIX as AUTHORIZE_PREFIX
+from edge.authorize import Authorizer, respond
 from edge.body import BodyLimits, BodyRefused, read_body
 from edge.cache import RATE_LIMITED, Decision, QuotaCache
 from edge.idempotency import IdempotencyCache, KeyReused, valid_key
+from edge.identify import Identifier, identifier_from_settings
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
+from edge.verdict import REASON_HEADER
 from quotaflow.settings import Settings
 from tables.quota import QuotaUpdate
 from tables.tenant import TENANT_ID_PATTERN
@@ -107,8 +114,10 @@ class EdgeState:
         auth: AppAuth,
         limits: BodyLimits,
         idempotency: IdempotencyCache,
+        authorizer: Authorizer,
     ) -> None:
         self.cache = cache
+        self.authorizer = authorizer
         self.verifier = verifier
         self.region = region
         self.auth = auth
@@ -355,6 +364,24 @@ class _Handlers:
         s.metrics.check(app, decision.reason).inc()
         return _json(_answer(decision))
 
+    async def authorize(self, request: web.Request) -> web.Response:
+        """Forward auth: may the gateway let the original request through? Counts it if so."""
+        s = self.s
+        authorization = request.headers.get("Authorization")
+        try:
+            app = s.auth.authenticate(
+                authorization, request.remote if authorization is None else None
+            )
+        except AuthError as exc:
+            s.metrics.auth_refusals.labels(route="authorize", reason=exc.reason).inc()
+            refused = _unauthorized(exc.reason)
+            # NGINX passes a 401 on without its body: the reason travels in a header too.
+            refused.headers[REASON_HEADER] = exc.reason
+            return refused
+        answer, replayed = s.authorizer.decide(app, request)
+        s.metrics.authorization(app, answer.reason).inc()
+        return respond(answer, replayed=replayed)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok", "boot_id": self.s.boot_id})
 
@@ -404,6 +431,8 @@ def build_app(
     auth: AppAuth | None = None,
     limits: BodyLimits | None = None,
     idempotency: IdempotencyCache | None = None,
+    identifier: Identifier | None = None,
+    retry_after: float = 1.0,
 ) -> web.Application:
     """The sidecar's application; `app[STATE_KEY]` exposes readiness and metrics.
 
@@ -411,13 +440,16 @@ def build_app(
     secure default: an embedder opts in by passing tokens or allowing loopback).
     """
     limits = limits if limits is not None else BodyLimits()
+    idempotency = idempotency if idempotency is not None else IdempotencyCache()
+    identifier = identifier if identifier is not None else Identifier()
     state = EdgeState(
         cache,
         verifier,
         region,
         auth=auth if auth is not None else AppAuth(),
         limits=limits,
-        idempotency=idempotency if idempotency is not None else IdempotencyCache(),
+        idempotency=idempotency,
+        authorizer=Authorizer(cache, identifier, idempotency, retry_after=retry_after),
     )
     handlers = _Handlers(state)
     # Handlers read bodies themselves, within each route's limit; this is only a backstop.
@@ -428,6 +460,8 @@ def build_app(
     app.router.add_get("/v1/quotas/{tenant_id}/{customer_id}", handlers.quota)
     app.router.add_post("/v1/consume", handlers.consume)
     app.router.add_post("/v1/check", handlers.check)
+    app.router.add_route("*", AUTHORIZE_PREFIX, handlers.authorize)
+    app.router.add_route("*", AUTHORIZE_PREFIX + "/{tail:.*}", handlers.authorize)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
@@ -467,6 +501,7 @@ async def serve(
         if cache is not None
         else QuotaCache(regions=(region,), rate_share=settings.edge_rate_share)
     )
+    identifier = identifier_from_settings(settings)
     app = build_app(
         cache,
         verifier,
@@ -480,6 +515,8 @@ async def serve(
         idempotency=IdempotencyCache(
             max_keys=settings.edge_idempotency_max_keys, ttl=settings.edge_idempotency_ttl
         ),
+        identifier=identifier,
+        retry_after=settings.edge_authorize_retry_after,
     )
     reporter: UsageReporter | None = None
     if settings.edge_signing_keys:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.auth import normalise_digests
+from edge.identify import normalise_api_keys, parse_routes
 from tables.tenant import WebhookSecret
 from wire.signing import public_key_id
 
@@ -243,6 +244,48 @@ class Settings(BaseSettings):
     edge_idempotency_max_keys: int = Field(
         50_000, ge=1, description="Idempotency keys an edge node holds per application."
     )
+    edge_identify: Literal["headers", "api_key"] = Field(
+        "headers",
+        description="Edge forward-auth and ASGI middleware: how a request names its customer: "
+        "`headers` (tenant and customer headers set by the gateway) or `api_key` (the "
+        "caller's API key, looked up by digest in QUOTAFLOW_EDGE_API_KEYS / _FILE).",
+    )
+    edge_tenant_header: str = Field(
+        "X-Quotaflow-Tenant", min_length=1, description="Header naming the tenant (headers mode)."
+    )
+    edge_customer_header: str = Field(
+        "X-Quotaflow-Customer",
+        min_length=1,
+        description="Header naming the customer (headers mode).",
+    )
+    edge_api_key_header: str = Field(
+        "X-Api-Key",
+        min_length=1,
+        description="Header carrying the caller's API key (api_key mode); not Authorization.",
+    )
+    edge_api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description='API key table, JSON: {"<sha256 hex of the key>": "tenant_id/customer_id"}. '
+        "Digests only, never keys.",
+    )
+    edge_api_keys_file: Path | None = Field(
+        None,
+        description="A JSON file holding more of the API key table (same format), read at start.",
+    )
+    edge_routes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='Feature and cost per route, JSON: [{"prefix": "/v1/export", "method": '
+        '"POST", "feature": "export", "cost": 10}]; the longest matching prefix wins.',
+    )
+    edge_default_cost: int = Field(
+        1, ge=0, le=1_000_000_000, description="Cost of a request no route matches."
+    )
+    edge_authorize_retry_after: float = Field(
+        1.0,
+        gt=0,
+        description="Retry-After (seconds) of a 503 from forward-auth or the middleware "
+        "(no_snapshot, stale_state).",
+    )
     edge_url: str | None = Field(
         None,
         description="Base URL this edge node announces for pushes (default: "
@@ -337,7 +380,7 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Log level for the JSON logs.")
 
-    @field_validator("tenants_file", mode="before")
+    @field_validator("tenants_file", "edge_api_keys_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -351,6 +394,28 @@ class Settings(BaseSettings):
             return normalise_digests(value)
         except ValueError as exc:
             raise InvalidSetting(f"QUOTAFLOW_EDGE_APP_TOKENS: {exc}") from None
+
+    @field_validator("edge_api_keys", mode="before")
+    @classmethod
+    def _api_key_digests(cls, value: object) -> object:
+        # As for app tokens: a key pasted instead of its digest must not be echoed.
+        try:
+            return {d: "/".join(owner) for d, owner in normalise_api_keys(value).items()}
+        except ValueError as exc:
+            raise InvalidSetting(f"QUOTAFLOW_EDGE_API_KEYS: {exc}") from None
+
+    @field_validator("edge_routes", mode="after")
+    @classmethod
+    def _routes(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        parse_routes(value)  # ValueError names the bad route (routes hold no secret)
+        return value
+
+    @field_validator("edge_api_key_header", mode="after")
+    @classmethod
+    def _api_key_header(cls, value: str) -> str:
+        if value.strip().lower() == "authorization":
+            raise ValueError("the API key header cannot be Authorization (the gateway's)")
+        return value
 
     @field_validator("push_verify_keys", "edge_verify_keys", mode="after")
     @classmethod

@@ -3,13 +3,16 @@
 #   helm      from the Go module proxy (go install, pinned)         -> charts/ lint + template
 #   promtool  from Debian's `prometheus` package (.deb, extracted)  -> alert rule unit tests
 #   amtool    from Debian's `prometheus-alertmanager` package       -> Alertmanager routing tests
+#   nginx     from Debian's `nginx` package (.deb, extracted)       -> forward-auth end to end
+#   caddy     from Debian's `caddy` package (.deb, extracted)       -> forward-auth end to end
 #   compose-spec.json, the Compose file JSON Schema, from the compose-go Go module (the
 #             library Docker Compose validates with)                 -> docker-compose.yml check
 # into $QUOTAFLOW_TOOLS_BIN (default ~/.cache/quotaflow/bin). A tool already there at the
 # right version is left alone, so a second run does nothing and needs no network.
 #
 # The Debian packages are downloaded and unpacked, not installed: no daemon, no systemd
-# unit, no dependencies; only the static-ish Go binaries are kept. `apt-get update` runs
+# unit, no dependencies; only the binaries are kept (the Go ones are static; nginx links
+# only libraries of Debian's base system, checked with ldd after extraction). `apt-get update` runs
 # only when apt does not know the package yet (it needs root).
 set -euo pipefail
 
@@ -38,9 +41,10 @@ install_helm() {
     "$v/cmd/helm@$HELM_VERSION"
 }
 
-# debian_binary PACKAGE BINARY: extracts /usr/bin/BINARY from the candidate .deb of PACKAGE.
+# debian_binary PACKAGE BINARY [DIR]: extracts /DIR/BINARY (default usr/bin) from the
+# candidate .deb of PACKAGE.
 debian_binary() {
-  local package="$1" binary="$2" tmp
+  local package="$1" binary="$2" dir="${3:-usr/bin}" tmp
   command -v apt-get >/dev/null || { log "apt-get is needed for $binary (Debian's $package)"; exit 1; }
   if [[ -z "$(apt-cache policy "$package" 2>/dev/null | awk '/Candidate:/ {print $2}' | grep -v '(none)')" ]]; then
     log "apt does not know $package yet: apt-get update"
@@ -53,8 +57,8 @@ debian_binary() {
   local deb
   deb="$(ls "$tmp"/"$package"_*.deb 2>/dev/null | head -n1)"
   [[ -n "$deb" ]] || { log "apt-get download $package failed"; exit 1; }
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" "./usr/bin/$binary"
-  install -m 0755 "$tmp/usr/bin/$binary" "$BIN/$binary"
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" "./$dir/$binary"
+  install -m 0755 "$tmp/$dir/$binary" "$BIN/$binary"
   rm -rf "$tmp"
 }
 
@@ -66,6 +70,32 @@ install_promtool() {
 install_amtool() {
   "$BIN/amtool" --version >/dev/null 2>&1 && return
   debian_binary prometheus-alertmanager amtool
+}
+
+install_nginx() {
+  "$BIN/nginx" -v >/dev/null 2>&1 && return
+  debian_binary nginx nginx usr/sbin
+  # Its shared libraries (libssl3, libpcre2-8-0, libcrypt1, zlib1g) come with Debian's base
+  # system; if one is missing, say which rather than leave a binary that cannot start.
+  local missing
+  missing="$(ldd "$BIN/nginx" | awk '/not found/ {print $1}')"
+  if [[ -n "$missing" ]]; then
+    if [[ "$(id -u)" == 0 ]]; then
+      log "nginx needs $missing: installing Debian's nginx dependencies"
+      apt-get install -y -qq libssl3 libpcre2-8-0 libcrypt1 zlib1g >/dev/null
+    else
+      log "nginx needs $missing: apt-get install libssl3 libpcre2-8-0 libcrypt1 zlib1g"
+      rm -f "$BIN/nginx"
+      exit 1
+    fi
+  fi
+  "$BIN/nginx" -V 2>&1 | grep -q -- --with-http_auth_request_module \
+    || { log "this nginx lacks auth_request"; rm -f "$BIN/nginx"; exit 1; }
+}
+
+install_caddy() {
+  "$BIN/caddy" version >/dev/null 2>&1 && return
+  debian_binary caddy caddy
 }
 
 install_compose_schema() {
@@ -81,9 +111,13 @@ install_compose_schema() {
 
 install_promtool
 install_amtool
+install_nginx
+install_caddy
 install_compose_schema
 install_helm
 "$BIN/helm" version --template 'helm {{.Version}}{{"\n"}}'
 "$BIN/promtool" --version 2>&1 | head -n1
 "$BIN/amtool" --version 2>&1 | head -n1
+"$BIN/nginx" -v 2>&1
+"$BIN/caddy" version | head -n1
 echo "compose schema $BIN/compose-spec-$COMPOSE_GO_VERSION.json"

@@ -39,6 +39,8 @@ PEER_FIXTURES = frozenset(
         "amtool",
         # the slim edge distribution installed from the package index into a clean venv
         "slim_edge_venv",
+        "nginx",
+        "caddy",
     }
 )
 
@@ -166,3 +168,19 @@ def stripe_fetch(request: pytest.FixtureRequest, stripe_standin_url: str) -> Sta
     control = StandinControl(stripe_standin_url)
     control.reset()
     return control
+
+
+@pytest.fixture(scope="session")
+def nginx() -> Path:
+    """Debian's nginx from `make tools` (QUOTAFLOW_NGINX elsewhere); missing fails."""
+    from tests.deploy.support import tool
+
+    return tool("QUOTAFLOW_NGINX", "nginx")
+
+
+@pytest.fixture(scope="session")
+def caddy() -> Path:
+    """Debian's caddy from `make tools` (QUOTAFLOW_CADDY elsewhere); missing fails."""
+    from tests.deploy.support import tool
+
+    return tool("QUOTAFLOW_CADDY", "caddy")

@@ -111,6 +111,33 @@ def test_quick_edge_bench_measures_http_consume_with_and_without_authentication(
     assert all(v is not None and v > 0 for v in cost.values())
 
 
+def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
+    nginx: Path, caddy: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gateway_bench", "--quick"],
+        cwd=REPO,
+        env={**os.environ, "QUOTAFLOW_NGINX": str(nginx), "QUOTAFLOW_CADDY": str(caddy)},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["quick"] is True
+    for gateway in ("nginx", "caddy"):
+        figures = result["gateways"][gateway]
+        # Every request of every mode was answered 200 (the client checks each answer), so
+        # the authorized site really went through the sidecar and was allowed.
+        for mode in ("static", "proxy", "authorized"):
+            assert figures[mode]["requests"] == 450, (gateway, mode)
+            assert figures[mode]["p99_ms"] > 0
+        added = figures["added_p99_ms"]
+        assert added["authorized_over_static_ratio"] > 0
+        assert set(added) >= {"authorized_minus_static", "authorized_minus_proxy"}
+
+
 def test_quick_enforcement_bench_cuts_every_customer_off_at_every_node(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

@@ -259,3 +259,57 @@ def test_the_slim_sidecar_takes_a_signed_push_and_answers_a_consume(slim_edge: s
     assert orjson.loads(quota.data)["used"] == 3
     metrics = HTTP.request("GET", slim_edge + "/metrics").data.decode()
     assert 'edge_consume_decisions_total{app="tests",reason="ok"} 1.0' in metrics
+
+
+# Drives `edge.asgi.QuotaMiddleware` by hand in the clean venv (no Starlette or httpx there:
+# the middleware is pure ASGI): two allowed calls reach the app, the third is denied 429.
+_MIDDLEWARE_PROBE = """
+import asyncio, json, time
+from edge import Identifier, QuotaCache, QuotaMiddleware
+from tables.quota import QuotaUpdate, Reason
+
+cache = QuotaCache()
+cache.apply(QuotaUpdate(tenant_id="t1", customer_id="c1", limit=2, used=0, remaining=2,
+    status="active", version=1, reason=Reason(kind="policy", id="v1"), updated_at=time.time()))
+reached = []
+
+async def app(scope, receive, send):
+    reached.append(scope["path"])
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+async def call(mw):
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": b""}
+    async def send(message):
+        sent.append(message)
+    scope = {"type": "http", "method": "GET", "path": "/search", "raw_path": b"/search",
+             "headers": [(b"x-quotaflow-tenant", b"t1"), (b"x-quotaflow-customer", b"c1")]}
+    await mw(scope, receive, send)
+    head, body = sent[0], sent[1]["body"].decode()
+    return head["status"], dict(head["headers"]).get(b"x-quota-remaining", b"").decode(), body
+
+async def main():
+    mw = QuotaMiddleware(app, cache=cache, identifier=Identifier())
+    answers = [await call(mw) for _ in range(3)]
+    used = cache.get("t1", "c1")["used"]
+    print(json.dumps({"answers": answers, "reached": reached, "used": used}))
+
+asyncio.run(main())
+"""
+
+
+def test_the_asgi_middleware_works_in_the_slim_venv(
+    slim_edge_venv: SlimVenv, tmp_path: Path
+) -> None:
+    done = slim_edge_venv.run(slim_edge_venv.python, "-c", _MIDDLEWARE_PROBE, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = orjson.loads(done.stdout)
+    assert result["answers"] == [
+        [200, "1", "ok"],
+        [200, "0", "ok"],
+        [429, "0", '{"error":{"reason":"exhausted"}}'],
+    ]
+    assert result["reached"] == ["/search", "/search"]
+    assert result["used"] == 2

@@ -1,0 +1,322 @@
+"""Gateway benchmark: what forward auth through the edge sidecar adds to a real gateway.
+
+Run: `.venv/bin/python -m bench.gateway_bench [--quick] [--gateways nginx,caddy]` (prints
+JSON). `--quick` runs tiny sizes (a smoke test: the figures mean nothing).
+
+For each gateway (Debian's nginx and caddy from `make tools`, configured with the
+snippets in `deploy/gateways/` exactly as the tests run them), one gateway process serves
+three sites, driven open-loop at the same rate from this process over keep-alive
+connections, alternately round by round in the same run:
+- `static`: the gateway answers 200 itself (the issue's baseline);
+- `proxy`: the gateway proxies to the upstream (a tiny aiohttp app), no quota;
+- `authorized`: the shipped snippet: an auth subrequest to the sidecar (consume, cost 1,
+  10,000 customers in `headers` mode), then the upstream.
+Latency is from each request's scheduled send time (no coordinated omission). The result
+gives p50/p99 per mode and, per gateway, `authorized - static` and `authorized - proxy`
+at p99 (the issue's target: <= 1 ms over `static` at 2,000 req/s) and their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from bench.common import machine, percentile
+from edge.auth import AppAuth, generate_app_token, token_digest
+from edge.cache import QuotaCache
+from edge.server import build_app
+from quotaflow.localkafka import free_port, port_open
+from quotaflow.testing.gateways import (
+    CADDYFILE,
+    NGINX_TEMPLATE,
+    Gateway,
+    caddy_gateway,
+    nginx_gateway,
+)
+from tables.quota import QuotaUpdate, Reason
+
+CUSTOMERS = 10_000
+CONNECTIONS = 16
+TOKEN = generate_app_token()
+MODES = ("static", "proxy", "authorized")
+TOOLS_BIN = Path(
+    os.environ.get("QUOTAFLOW_TOOLS_BIN", Path.home() / ".cache" / "quotaflow" / "bin")
+)
+
+
+def _serve_edge(port: int, ready: Connection, digest: str) -> None:
+    async def main() -> None:
+        cache = QuotaCache(regions=("bench",))
+        for i in range(CUSTOMERS):
+            cache.apply(
+                QuotaUpdate(
+                    tenant_id=f"t{i % 100}",
+                    customer_id=f"c{i}",
+                    limit=10**12,
+                    used=0,
+                    remaining=10**12,
+                    status="active",
+                    version=1,
+                    reason=Reason(kind="policy", id="bench"),
+                    updated_at=time.time(),
+                ),
+                "bench",
+            )
+        app = build_app(
+            cache,
+            _verifier(),
+            region="bench",
+            auth=AppAuth({"gateway": digest}),
+        )
+        cache.mark_complete()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.send(os.getpid())
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _verifier() -> Any:
+    from wire import Kind, Verifier, generate_keypair
+
+    return Verifier(Kind.PUSH, [generate_keypair()[1]])
+
+
+def _serve_upstream(port: int, ready: Connection) -> None:
+    async def main() -> None:
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", ok)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.send(os.getpid())
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+@contextmanager
+def _child(target: Any, *args: Any) -> Iterator[None]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(*args[:1], child, *args[1:]), daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError(f"{target.__name__} did not start")
+        parent.recv()
+        yield
+    finally:
+        proc.terminate()
+        proc.join(10)
+
+
+async def _connection(
+    port: int, jobs: asyncio.Queue[tuple[float, bytes] | None], out: list[float]
+) -> None:
+    """One keep-alive HTTP/1.1 connection; minimal, so the client is not the bottleneck."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while (job := await jobs.get()) is not None:
+            scheduled, request = job
+            writer.write(request)
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"unexpected answer: {head[:60]!r}")
+            out.append(time.perf_counter() - scheduled)
+            jobs.task_done()
+    finally:
+        writer.close()
+
+
+async def _drive(port: int, rate: float, seconds: float, warmup: int) -> list[float]:
+    requests = [
+        b"GET /search?q=%d HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"X-Quotaflow-Tenant: t%d\r\nX-Quotaflow-Customer: c%d\r\n\r\n" % (i, i % 100, i)
+        for i in range(CUSTOMERS)
+    ]
+    jobs: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+    out: list[float] = []
+    workers = [asyncio.create_task(_connection(port, jobs, out)) for _ in range(CONNECTIONS)]
+    for i in range(warmup):
+        jobs.put_nowait((time.perf_counter(), requests[i % CUSTOMERS]))
+    async with asyncio.timeout(60):
+        await jobs.join()
+    out.clear()
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        jobs.put_nowait((scheduled, requests[i % CUSTOMERS]))
+    for _ in workers:
+        jobs.put_nowait(None)
+    async with asyncio.timeout(120):
+        await asyncio.gather(*workers)
+    return out
+
+
+def _figures(samples: list[float], rate: float) -> dict[str, Any]:
+    ordered = sorted(samples)
+    return {
+        "target_rps": rate,
+        "requests": len(ordered),
+        "p50_ms": round(percentile(ordered, 0.50) * 1e3, 3),
+        "p99_ms": round(percentile(ordered, 0.99) * 1e3, 3),
+        "max_ms": round(ordered[-1] * 1e3, 3) if ordered else None,
+    }
+
+
+def _nginx_sites(tmp: Path, ports: dict[str, int], upstream: str) -> Path:
+    """The shipped snippet plus a static and a proxy-only server in the same nginx."""
+    extra = f"""
+server {{
+    listen 127.0.0.1:{ports["static"]};
+    location / {{ return 200 "ok\\n"; }}
+}}
+server {{
+    listen 127.0.0.1:{ports["proxy"]};
+    location / {{
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://bench_upstream;
+    }}
+}}
+upstream bench_upstream {{
+    server {upstream};
+    keepalive 32;
+}}
+"""
+    path = tmp / "nginx.conf.template"
+    path.write_text(NGINX_TEMPLATE.read_text() + extra)
+    return path
+
+
+def _caddy_sites(tmp: Path, ports: dict[str, int], upstream: str) -> Path:
+    """The shipped Caddyfile plus a static and a proxy-only site in the same caddy."""
+    extra = f"""
+http://127.0.0.1:{ports["static"]} {{
+	respond "ok" 200
+}}
+
+http://127.0.0.1:{ports["proxy"]} {{
+	reverse_proxy {upstream}
+}}
+"""
+    path = tmp / "Caddyfile"
+    path.write_text(CADDYFILE.read_text() + extra)
+    return path
+
+
+@contextmanager
+def _gateway(
+    name: str, tmp: Path, ports: dict[str, int], upstream: str, edge: str
+) -> Iterator[Gateway]:
+    binary = Path(os.environ.get(f"QUOTAFLOW_{name.upper()}", TOOLS_BIN / name))
+    if not os.access(binary, os.X_OK):
+        raise SystemExit(f"{binary} missing: run `make tools` (scripts/install-deploy-tools.sh)")
+    common: dict[str, Any] = {
+        "port": ports["authorized"],
+        "upstream": upstream,
+        "edge": edge,
+        "token": TOKEN,
+        "log": tmp / f"{name}.log",
+    }
+    if name == "nginx":
+        cm = nginx_gateway(binary, template=_nginx_sites(tmp, ports, upstream), **common)
+    else:
+        cm = caddy_gateway(binary, caddyfile=_caddy_sites(tmp, ports, upstream), **common)
+    with cm as gateway:
+        deadline = time.monotonic() + 20
+        while not all(port_open(p) for p in ports.values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} sites did not listen: {gateway.tail()}")
+            time.sleep(0.05)
+        yield gateway
+
+
+def bench_gateways(
+    gateways: list[str], rate: float, seconds: float, rounds: int, warmup: int
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    edge_port, upstream_port = free_port(), free_port()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
+        stack.enter_context(_child(_serve_edge, edge_port, token_digest(TOKEN)))
+        stack.enter_context(_child(_serve_upstream, upstream_port))
+        for name in gateways:
+            ports = {mode: free_port() for mode in MODES}
+            with _gateway(name, tmp, ports, f"127.0.0.1:{upstream_port}", f"127.0.0.1:{edge_port}"):
+                samples: dict[str, list[float]] = {mode: [] for mode in MODES}
+                round_p99: dict[str, list[float]] = {mode: [] for mode in MODES}
+                for _ in range(rounds):
+                    for mode in MODES:
+                        got = asyncio.run(_drive(ports[mode], rate, seconds, warmup))
+                        samples[mode] += got
+                        round_p99[mode].append(round(percentile(sorted(got), 0.99) * 1e3, 3))
+                figures = {mode: _figures(samples[mode], rate) for mode in MODES}
+                for mode in MODES:
+                    figures[mode]["round_p99_ms"] = round_p99[mode]
+                auth = figures["authorized"]["p99_ms"]
+                static, proxy = figures["static"]["p99_ms"], figures["proxy"]["p99_ms"]
+                figures["added_p99_ms"] = {
+                    "authorized_minus_static": round(auth - static, 3),
+                    "authorized_minus_proxy": round(auth - proxy, 3),
+                    "authorized_over_static_ratio": round(auth / static, 3) if static else None,
+                    "authorized_over_proxy_ratio": round(auth / proxy, 3) if proxy else None,
+                }
+                result[name] = figures
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--gateways", default="nginx,caddy")
+    parser.add_argument("--rate", type=float, default=2000.0, help="requests/s per mode")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    rate, seconds, rounds, warmup = args.rate, args.seconds, args.rounds, 500
+    if args.quick:
+        rate, seconds, rounds, warmup = 300.0, 1.5, 1, 100
+    names = [g.strip() for g in args.gateways.split(",") if g.strip()]
+    doc = {
+        "machine": machine(),
+        "quick": args.quick,
+        "rate": rate,
+        "seconds_per_round": seconds,
+        "rounds": rounds,
+        "connections": CONNECTIONS,
+        "gateways": bench_gateways(names, rate, seconds, rounds, warmup),
+    }
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()
