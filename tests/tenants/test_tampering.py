@@ -195,6 +195,15 @@ async def test_forged_tombstone_is_refused_and_a_genuine_delete_cannot_be_undone
     assert reader.unreadable() == {"acme": "stale_version"}
     assert await _audited_versions(settings, "acme") == [1, 2, 3]
 
+    # Added again: its versions continue above the deletion's (reseal first: it is refused).
+    await writer.reseal("test")
+    await writer.add(tenant_doc("acme"), actor="test")
+    await reader.wait_for(await _end(writer))
+    assert reader.get("acme") is not None
+    assert reader.version("acme") == 5
+    assert reader.unreadable() == {}
+    assert await _audited_versions(settings, "acme") == [1, 2, 3, 4, 5]
+
 
 async def test_record_signed_with_an_unknown_key_is_refused_and_the_ingress_is_not_ready(
     settings: Settings,
