@@ -33,7 +33,7 @@ import contextlib
 import logging
 from collections.abc import Iterator, Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from quotaflow.exceptions import ConfigurationError
 from quotaflow.registry import ChangeListener, StaticTenantRegistry
@@ -245,8 +245,13 @@ class TopicTenantRegistry:
 
     async def _poll(self, consumer: AIOKafkaConsumer, timeout: float) -> None:
         batches = await consumer.getmany(self._tp, timeout_ms=int(timeout * 1000))
-        for message in batches.get(self._tp, []):
-            await self._apply(message.key, message.value)
+        messages = batches.get(self._tp, [])
+        if messages:
+            # Signature checks (~0.1 ms each) off the loop, a fetched batch at a time; the
+            # state they are applied to is only touched here, on the loop, in order.
+            checked = await asyncio.to_thread(self._verify_all, messages)
+            for message, result in zip(messages, checked, strict=True):
+                await self._apply(message.key, message.value, result)
         position = await consumer.position(self._tp)
         if position != self._position:
             async with self._progress:
@@ -261,7 +266,27 @@ class TopicTenantRegistry:
             extra={"tenant_id": tenant_id, "reason": reason, "held": self.version(tenant_id)},
         )
 
-    async def _apply(self, key: bytes | None, value: bytes | None) -> None:
+    def _verify_all(self, messages: list[ConsumerRecord]) -> list[SealedRecord | str | None]:
+        """Per message: its authentic record, the reason it is refused, or None (no key or
+        no value). Pure: safe in a worker thread."""
+        out: list[SealedRecord | str | None] = []
+        for message in messages:
+            if message.key is None or message.value is None:
+                out.append(None)
+                continue
+            try:
+                out.append(
+                    verify_record(
+                        message.key.decode(errors="replace"), message.value, self._verifier
+                    )
+                )
+            except RecordRefused as exc:
+                out.append(exc.reason)
+        return out
+
+    async def _apply(
+        self, key: bytes | None, value: bytes | None, checked: SealedRecord | str | None
+    ) -> None:
         if key is None:
             return
         tenant_id = key.decode(errors="replace")
@@ -271,11 +296,10 @@ class TopicTenantRegistry:
                 return  # after the signed deletion: nothing left to remove
             self._refuse(tenant_id, "unsigned_tombstone")
             return
-        try:
-            record = verify_record(tenant_id, value, self._verifier)
-        except RecordRefused as exc:
-            self._refuse(tenant_id, exc.reason)
+        if isinstance(checked, str) or checked is None:
+            self._refuse(tenant_id, checked or "unsigned_format")
             return
+        record = checked
         if held is not None and record.version <= held[0].version:
             if value == held[1]:
                 return  # the same record again (a producer retry): nothing to do
