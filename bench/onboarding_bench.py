@@ -34,6 +34,7 @@ from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
 from quotaflow.tenants.writer import TenantWriter
 from quotaflow.topics import ensure_topics
+from wire.signing import generate_keypair
 
 
 def _doc(tenant_id: str) -> dict[str, object]:
@@ -88,6 +89,7 @@ async def run(count: int, background_rate: float) -> dict[str, object]:
         partitions=2,
         ingress_port=port,
         tenants_file=None,
+        tenant_signing_keys=[generate_keypair()[0]],  # the bench is its own admin tool
     )
     await ensure_topics(settings)
     await ensure_audit_topic(settings)

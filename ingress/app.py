@@ -73,6 +73,7 @@ def build_app(
     `admission_limits` to `AdmissionLimits.from_settings(settings)`; `platform_secrets`
     (the Connect endpoint's) to `platform_secrets_from(settings)`."""
     metrics = IngressMetrics()
+    metrics.refused_records.registry = registry
     admission = Admission(
         admission_limits or AdmissionLimits.from_settings(settings),
         shared=SharedTrust.from_environment(),

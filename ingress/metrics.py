@@ -8,14 +8,15 @@ fixed set of reasons). The one per-tenant series, signature failures, is limited
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ingress.signature import REASONS as SIGNATURE_REASONS
+from quotaflow.registry import TenantRegistry, refused_family
 
 __all__ = ["IngressMetrics"]
 
@@ -60,11 +61,23 @@ class TopTenantFailures(Collector):
         yield family
 
 
+class RefusedRecords(Collector):
+    """`quotaflow_tenant_records_refused_total{reason}` of this process's tenant registry."""
+
+    def __init__(self) -> None:
+        self.registry: TenantRegistry | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        yield refused_family([self.registry] if self.registry is not None else [])
+
+
 class IngressMetrics:
     def __init__(self, top_tenants: int = 20) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.tenant_signature_failures = TopTenantFailures(top_tenants)
         self.registry.register(self.tenant_signature_failures)
+        self.refused_records = RefusedRecords()
+        self.registry.register(self.refused_records)
         self.requests = Counter(
             "quotaflow_ingress_webhooks_total",
             "Webhook requests by route, outcome and reason.",
@@ -112,6 +125,7 @@ class IngressMetrics:
         MultiProcessCollector(shared)  # type: ignore[no-untyped-call]
         own = CollectorRegistry(auto_describe=True)
         own.register(self.tenant_signature_failures)
+        own.register(self.refused_records)
         return generate_latest(shared) + generate_latest(own)
 
     def count(

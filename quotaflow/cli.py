@@ -35,12 +35,15 @@ async def _with_registry(
     settings: Settings,
     stop: asyncio.Event,
     main: Callable[[Settings, TenantRegistry, asyncio.Event], Awaitable[None]],
+    *,
+    routing: bool = False,
 ) -> None:
-    """Runs `main` with the tenant registry (file or topic), stopping it afterwards."""
+    """Runs `main` with the tenant registry (file or topic), stopping it afterwards;
+    `routing`: without the keyring (tenants without their secrets)."""
     from quotaflow.tenants.running import open_registry
 
     await ensure_topics(settings)
-    registry = await open_registry(settings)
+    registry = await open_registry(settings, routing=routing)
     try:
         await main(settings, registry, stop)
     finally:
@@ -168,7 +171,8 @@ def push(region: str | None) -> None:
 
     settings = _settings(region=region)
     setup_logging(settings.log_level)
-    run_until_signalled(lambda stop: _with_registry(settings, stop, run_pusher))
+    # The pusher routes by id, status, mode and regions: it never holds the keyring.
+    run_until_signalled(lambda stop: _with_registry(settings, stop, run_pusher, routing=True))
 
 
 @main.command()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import orjson
+from prometheus_client.core import CounterMetricFamily
 from pydantic import TypeAdapter
 
 from tables.tenant import Tenant
@@ -41,6 +42,12 @@ class TenantRegistry(Protocol):
         Such a tenant is not unknown: its record exists and may become readable (a keyring
         completed, a record re-written), so work for it is held back, never refused.
         """
+        ...
+
+    def refused(self) -> Mapping[str, int]:
+        """Reason -> tenant records refused as not authentic since start (see
+        `quotaflow.tenants.topic_registry`); exported as
+        `quotaflow_tenant_records_refused_total{reason}`."""
         ...
 
     def add_listener(self, listener: ChangeListener) -> None:
@@ -87,6 +94,9 @@ class StaticTenantRegistry:
             listener(tenant_id, tenant)
 
     def unreadable(self) -> Mapping[str, str]:
+        return {}
+
+    def refused(self) -> Mapping[str, int]:
         return {}
 
     def _drop_account(self, old: Tenant | None) -> None:
@@ -142,3 +152,19 @@ def dump_tenants(tenants: Iterable[Tenant]) -> bytes:
             doc["stripe_api_key"] = tenant.stripe_api_key.get_secret_value()
         docs.append(doc)
     return orjson.dumps(docs, option=orjson.OPT_INDENT_2)
+
+
+def refused_family(registries: Iterable[TenantRegistry]) -> CounterMetricFamily:
+    """`quotaflow_tenant_records_refused_total{reason}`, summed over `registries`."""
+    family = CounterMetricFamily(
+        "quotaflow_tenant_records_refused",
+        "Tenant records refused as not authentic, replayed or forged deletions, by reason",
+        labels=["reason"],
+    )
+    totals: dict[str, int] = {}
+    for registry in registries:
+        for reason, count in registry.refused().items():
+            totals[reason] = totals.get(reason, 0) + count
+    for reason, count in sorted(totals.items()):
+        family.add_metric([reason], count)
+    return family

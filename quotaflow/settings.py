@@ -355,6 +355,16 @@ class Settings(BaseSettings):
         description="Key-encryption keys by id, newest first, base64 of 32 bytes, JSON: "
         '{"k2": "…", "k1": "…"}. The first one wraps; all unwrap.',
     )
+    tenant_signing_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Admin tools only (CLI, admin API): Ed25519 private tenants signing keys, "
+        "newest first (the first signs every tenant record), JSON list.",
+    )
+    tenant_verify_keys: list[str] = Field(
+        default_factory=list,
+        description="Every component reading the tenants topic: Ed25519 public tenants keys "
+        '(all verify), base64 of 32 bytes, JSON: ["new", "old"].',
+    )
     admin_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='Admin API bearer tokens by name (the audit actor), JSON: {"ops": "…"}.',
@@ -415,6 +425,13 @@ class Settings(BaseSettings):
         for keys in value.values():
             for key in keys:
                 public_key_id(key)
+        return value
+
+    @field_validator("tenant_verify_keys", mode="after")
+    @classmethod
+    def _tenant_public_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            public_key_id(key)
         return value
 
     @cached_property

@@ -51,11 +51,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from quotaflow.health import ops_server
-from quotaflow.registry import TenantRegistry
+from quotaflow.registry import TenantRegistry, refused_family
 from quotaflow.settings import Settings
 from streams.node_directory import NodeDirectory
 from streams.push_node import NodeSender, PushConfig, node_label
@@ -84,7 +84,7 @@ _LIVE: weakref.WeakSet[Pusher] = weakref.WeakSet()
 class _LagCollector(Collector):
     """`quotaflow_consumer_lag` of every running pusher in this process (one registration)."""
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
             "quotaflow_consumer_lag",
             "Records behind: high-water mark minus committed offset",
@@ -99,13 +99,14 @@ class _LagCollector(Collector):
 class _UnreadableCollector(Collector):
     """`quotaflow_tenant_records_unreadable`: records the running pushers cannot read."""
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
             "quotaflow_tenant_records_unreadable",
             "Tenant records this process cannot read (its keyring lacks their key)",
         )
         family.add_metric([], max((len(p.registry.unreadable()) for p in list(_LIVE)), default=0))
         yield family
+        yield refused_family({id(p.registry): p.registry for p in list(_LIVE)}.values())
 
 
 REGISTRY.register(_LagCollector())

@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from quotaflow.registry import TenantRegistry
+from quotaflow.registry import TenantRegistry, refused_family
 from streams.meter_reporter import MAX_LISTED, MeterReporter
 
 __all__ = ["TenantsCollector", "held_back", "meter_of", "registry_of", "unreadable_count"]
@@ -62,7 +62,7 @@ class TenantsCollector(Collector):
     def __init__(self, app: faust.App) -> None:
         self._app = app
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         unreadable = GaugeMetricFamily(
             "quotaflow_tenant_records_unreadable",
             "Tenant records this process cannot read (its keyring lacks their key)",
@@ -84,4 +84,6 @@ class TenantsCollector(Collector):
                 tenants.add_metric([reason], count)
             jobs.add_metric([], reporter.parking.held_jobs)
             oldest.add_metric([], reporter.parking.oldest_age())
-        yield from (unreadable, tenants, jobs, oldest)
+        registry = registry_of(self._app)
+        refused = refused_family([registry] if registry is not None else [])
+        yield from (unreadable, refused, tenants, jobs, oldest)

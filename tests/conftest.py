@@ -19,6 +19,7 @@ import pytest
 from quotaflow.localkafka import LocalKafka, free_port
 from quotaflow.settings import Settings
 from quotaflow.testing.stripe_standin import StandinControl, run_standin
+from wire.signing import generate_keypair
 
 # Fixtures that start or need a real peer (broker, Stripe servers, deploy tools, the package
 # index): a test using any of them is marked `peers`, and `make unit` runs everything else.
@@ -92,6 +93,14 @@ def unique() -> Callable[[str], str]:
     return lambda stem: f"{stem}-{uuid.uuid4().hex[:10]}"
 
 
+TENANT_SIGNING_KEY, TENANT_VERIFY_KEY = generate_keypair()
+
+
+def tenant_verify_env() -> dict[str, str]:
+    """What a component process started by a test needs to verify the tests' tenants."""
+    return {"QUOTAFLOW_TENANT_VERIFY_KEYS": f'["{TENANT_VERIFY_KEY}"]'}
+
+
 @pytest.fixture
 def settings_factory(
     kafka_bootstrap: str, tmp_path: Path, unique: Callable[[str], str]
@@ -107,6 +116,9 @@ def settings_factory(
             "app_id": prefix.rstrip(".") + "-app",
             "data_dir": tmp_path / "data",
             "store": "memory://",
+            # The tests' tenants signing key: every tenant record goes through the writer.
+            "tenant_signing_keys": [TENANT_SIGNING_KEY],
+            "tenant_verify_keys": [TENANT_VERIFY_KEY],
         }
         base.update(overrides)
         return Settings(**base)  # type: ignore[arg-type]

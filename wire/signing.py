@@ -5,7 +5,8 @@ The signature is Ed25519 over
 
     b"quotaflow/<kind>/v1\\n" + b"<t>\\n" + body
 
-where `<kind>` names what the message is (`Kind`: `push`, `usage`, `node-announcement`).
+where `<kind>` names what the message is (`Kind`: `push`, `usage`, `node-announcement`,
+`tenant-record`).
 The context comes first and is part of what is signed, so a signature of one kind never
 verifies as another, whoever holds which key.
 
@@ -74,6 +75,7 @@ class Kind(enum.Enum):
     PUSH = "push"
     USAGE = "usage"
     ANNOUNCEMENT = "node-announcement"
+    TENANT = "tenant-record"
 
     @property
     def context(self) -> bytes:

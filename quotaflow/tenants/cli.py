@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from quotaflow.exceptions import ConfigurationError
 from quotaflow.settings import Settings
 from quotaflow.tenants.audit import cli_actor
 from quotaflow.tenants.documents import load_document, masked
@@ -49,7 +50,7 @@ def parse_duration(text: str) -> float:
 def _errors() -> Iterator[None]:
     try:
         yield
-    except TenantsError as exc:
+    except (TenantsError, ConfigurationError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -328,6 +329,36 @@ def roll_webhook_secret(tenant_id: str, new_secret: str, overlap: str) -> None:
     click.echo(f"rolled {tenant_id}: old secret verifies for {overlap}")
 
 
+@tenants.command("reseal")
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Also re-sign every readable tenant (after a tenants signing key rotation).",
+)
+def reseal(every: bool) -> None:
+    """Rewrite, signed and versioned, every tenant whose latest record is not accepted.
+
+    The migration to signed records (format 1 records are refused by every component,
+    reason `unsigned_format`), and the repair after a refused record (tampered, replayed,
+    unknown key, bare tombstone): the version held is re-signed one version up, so every
+    reader is ready again. Needs QUOTAFLOW_KEYRING and QUOTAFLOW_TENANT_SIGNING_KEYS.
+    """
+    actor = cli_actor()
+
+    async def work(writer: TenantWriter) -> dict[str, int]:
+        return await writer.reseal(actor, every=every)
+
+    done = _run(work)
+    click.echo(" ".join(f"{what}={count}" for what, count in done.items()))
+    if done["unrecoverable"]:
+        raise click.ClickException(
+            f"{done['unrecoverable']} tenant records could not be rewritten (no readable "
+            "version: a format 1 record under a key missing from QUOTAFLOW_KEYRING, or a "
+            "refused record with no genuine one before it): re-add those tenants"
+        )
+
+
 @click.group()
 def keys() -> None:
     """Key-encryption keys (QUOTAFLOW_KEYRING), Ed25519 push/edge signing keys and the
@@ -344,10 +375,11 @@ def generate(key_id: str) -> None:
 @keys.command("generate-signing")
 @click.option(
     "--kind",
-    type=click.Choice(["push", "edge"]),
+    type=click.Choice(["push", "edge", "tenants"]),
     required=True,
     help="push: a pusher's key (signs quota pushes); edge: an edge node's key (signs its "
-    "usage reports and announcements, never pushes).",
+    "usage reports and announcements, never pushes); tenants: the admin tools' key (signs "
+    "every tenant record; --region is ignored).",
 )
 @click.option("--region", default="local", show_default=True, help="Region the key serves.")
 def generate_signing(kind: str, region: str) -> None:
@@ -357,13 +389,20 @@ def generate_signing(kind: str, region: str) -> None:
     pushers; edge: QUOTAFLOW_EDGE_SIGNING_KEYS of the region's edge nodes), first in their
     list; the public key goes to verifiers (push: QUOTAFLOW_PUSH_VERIFY_KEYS of the edge
     nodes; edge: QUOTAFLOW_EDGE_VERIFY_KEYS of the ingress and pushers), next to the old
-    one until every signer moved. The output holds a secret: keep it out of logs.
+    one until every signer moved. tenants: the private key goes to the admin tools only
+    (QUOTAFLOW_TENANT_SIGNING_KEYS of the CLI and the admin API), the public key to every
+    component that reads tenants (QUOTAFLOW_TENANT_VERIFY_KEYS). The output holds a secret:
+    keep it out of logs.
     """
     private, public = generate_keypair()
     signer_env: dict[str, object]
+    verifier_env: dict[str, object]
     if kind == "push":
         signer_env = {"QUOTAFLOW_PUSH_SIGNING_KEYS": {region: [private]}}
         verifier_env = {"QUOTAFLOW_PUSH_VERIFY_KEYS": {region: [public]}}
+    elif kind == "tenants":
+        signer_env = {"QUOTAFLOW_TENANT_SIGNING_KEYS": [private]}
+        verifier_env = {"QUOTAFLOW_TENANT_VERIFY_KEYS": [public]}
     else:
         signer_env = {"QUOTAFLOW_EDGE_SIGNING_KEYS": [private]}
         verifier_env = {"QUOTAFLOW_EDGE_VERIFY_KEYS": {region: [public]}}
@@ -414,7 +453,9 @@ def status() -> None:
     async def work(writer: TenantWriter) -> tuple[dict[str, int], list[str]]:
         counts: dict[str, int] = {}
         for record in writer.registry.sealed_records().values():
-            counts[record.data_key.kek_id] = counts.get(record.data_key.kek_id, 0) + 1
+            if record.data_key is not None:
+                kek_id = record.data_key.kek_id
+                counts[kek_id] = counts.get(kek_id, 0) + 1
         return counts, sorted(writer.registry.unreadable())
 
     with _errors():

@@ -1,8 +1,10 @@
 """`open_registry`: the one call every component makes to get its tenants.
 
 With `QUOTAFLOW_TENANTS_FILE` set, the tenants come from that JSON file (local dev, tests);
-otherwise from the `tenants` topic, decrypted with the keyring from `QUOTAFLOW_KEYRING`
-and followed in the background.
+otherwise from the `tenants` topic, every record verified with `QUOTAFLOW_TENANT_VERIFY_KEYS`,
+secrets decrypted with the keyring from `QUOTAFLOW_KEYRING`, followed in the background.
+`routing=True` (the pushers) reads the routing view without any keyring: every field but
+the secrets, still verified.
 """
 
 from __future__ import annotations
@@ -49,14 +51,16 @@ def keyring_from_settings(settings: Settings) -> LocalKeyring:
 
 
 async def open_registry(
-    settings: Settings, *, keyring: KeyEncryptionKeys | None = None
+    settings: Settings, *, keyring: KeyEncryptionKeys | None = None, routing: bool = False
 ) -> RunningRegistry:
     """The file registry if `settings.tenants_file` is set, else the topic registry, started
-    (its initial load complete). Call `stop()` on it when the component stops."""
+    (its initial load complete). Call `stop()` on it when the component stops. With
+    `routing`, no keyring is read: tenants come without their secrets."""
     if settings.tenants_file is not None:
         # Off the loop: a file of 100,000 tenants takes seconds to validate.
         return FileTenantRegistry(await asyncio.to_thread(load_tenants_file, settings.tenants_file))
-    registry = TopicTenantRegistry(settings, keyring or keyring_from_settings(settings))
+    ring = None if routing else (keyring or keyring_from_settings(settings))
+    registry = TopicTenantRegistry(settings, ring)
     await registry.start()
     return registry
 

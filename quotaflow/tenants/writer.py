@@ -6,29 +6,36 @@ read-modify-write under one lock: read the current tenant from the writer's own
 and its audit record in one Kafka transaction (acks=all, idempotent). The call returns
 once the writer's own registry has applied the record, so the next call sees it.
 
-Two writers in different processes are not serialised against each other: the last
-write wins, and both are in the audit trail.
+Every record is signed with the tenants signing key (`QUOTAFLOW_TENANT_SIGNING_KEYS`, the
+first one signs) over its body, which carries the tenant id and a version one above the
+one held; a deletion is a signed deleted record, never a bare tombstone.
+
+Two writers in different processes are not serialised against each other: if both write
+the same version, readers keep the first and refuse the second; the losing writer sees its
+record was not taken, re-signs the winner's record one version up (so every reader, and
+compaction, converge on it; audited as `conflict-repair`) and raises `TenantStateError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets as token_source
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
+from quotaflow.exceptions import ConfigurationError
 from quotaflow.settings import Settings
 from quotaflow.tenants.audit import audit_record
 from quotaflow.tenants.config import audit_topic
 from quotaflow.tenants.documents import apply_patch, audit_changes, parse_tenant, plain_document
 from quotaflow.tenants.exceptions import (
     AccountInUse,
+    DecryptionError,
+    KeyringError,
     TenantExists,
     TenantNotFound,
     TenantStateError,
@@ -36,18 +43,40 @@ from quotaflow.tenants.exceptions import (
 from quotaflow.tenants.keyring import KeyEncryptionKeys
 from quotaflow.tenants.sealing import (
     DataKey,
-    SealedDataKey,
     SealedRecord,
     new_data_key,
+    open_document,
+    parse_legacy,
     rewrap_data_key,
+    seal_deleted,
     seal_tenant,
+    sign_record,
     unwrap_data_key,
+    unwrap_wrapped,
+    with_data_key,
 )
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
 from quotaflow.tenants.topicscan import scan_topic
 from tables.tenant import Tenant
+from wire.signing import Kind, Signer
 
-__all__ = ["TenantWriter"]
+__all__ = ["TenantWriter", "tenant_signer"]
+
+
+def tenant_signer(settings: Settings) -> Signer:
+    """The tenants signer (`QUOTAFLOW_TENANT_SIGNING_KEYS`, first signs); admin tools only."""
+    if not settings.tenant_signing_keys:
+        raise ConfigurationError(
+            "QUOTAFLOW_TENANT_SIGNING_KEYS is empty: tenant records cannot be signed "
+            "(the private key from `quotaflow keys generate-signing --kind tenants`)"
+        )
+    try:
+        return Signer(Kind.TENANT, settings.tenant_signing_keys)
+    except ValueError:
+        raise ConfigurationError(
+            "QUOTAFLOW_TENANT_SIGNING_KEYS: a key is not base64 of 32 bytes"
+        ) from None
+
 
 DEFAULT_OVERLAP = 24 * 3600.0
 
@@ -62,10 +91,12 @@ class TenantWriter:
         registry: TopicTenantRegistry,
         *,
         known_regions: frozenset[str] | None = None,
+        signer: Signer | None = None,
         timeout: float = 10.0,
     ) -> None:
         self._settings = settings
         self._keyring = keyring
+        self._signer = signer or tenant_signer(settings)
         self._registry = registry
         self._regions = known_regions
         self._timeout = timeout
@@ -107,12 +138,23 @@ class TenantWriter:
         async with self._lock:
             if self._registry.sealed(tenant.id) is not None or self._registry.get(tenant.id):
                 raise TenantExists(tenant.id)
+            self._check_readable(tenant.id)
             self._check_account(tenant)
             key = await new_data_key(tenant.id, self._keyring)
+            version = self._registry.version(tenant.id) + 1
             await self._write(
                 tenant.id,
-                seal_tenant(tenant, key),
-                audit_record("add", tenant.id, actor, None, tenant, kek_id=key.wrapped.kek_id),
+                seal_tenant(tenant, key, version=version, signer=self._signer),
+                audit_record(
+                    "add",
+                    tenant.id,
+                    actor,
+                    None,
+                    tenant,
+                    kek_id=key.wrapped.kek_id,
+                    version=version,
+                ),
+                version=version,
             )
         return tenant
 
@@ -140,8 +182,14 @@ class TenantWriter:
         tenant's customers (`tenant_removed`) and drops them within 2 s."""
         async with self._lock:
             current = self._current(tenant_id)
+            # No readability check: the signed deletion supersedes whatever follows the
+            # held version, and needs no secret.
+            version = self._registry.version(tenant_id) + 1
             await self._write(
-                tenant_id, None, audit_record("delete", tenant_id, actor, current, None)
+                tenant_id,
+                seal_deleted(tenant_id, version=version, signer=self._signer),
+                audit_record("delete", tenant_id, actor, current, None, version=version),
+                version=version,
             )
 
     async def roll_webhook_secret(
@@ -186,16 +234,24 @@ class TenantWriter:
         async with self._lock:
             last: int | None = None
             for tenant_id, record in sorted(self._registry.sealed_records().items()):
-                if record.data_key.kek_id != active:
+                if record.data_key is not None and record.data_key.kek_id != active:
                     old = record.data_key.kek_id
                     key = await rewrap_data_key(
                         tenant_id,
                         await unwrap_data_key(tenant_id, record, self._keyring),
                         self._keyring,
                     )
-                    value = _with_key(record, key)
+                    version = record.version + 1
+                    value = sign_record(with_data_key(record, key, version=version), self._signer)
                     audit = audit_record(
-                        "rotate-key", tenant_id, actor, None, None, kek_from=old, kek_to=active
+                        "rotate-key",
+                        tenant_id,
+                        actor,
+                        None,
+                        None,
+                        kek_from=old,
+                        kek_to=active,
+                        version=version,
                     )
                     last = await self._write(tenant_id, value, audit, wait=False)
                     count += 1
@@ -246,6 +302,7 @@ class TenantWriter:
         details: Mapping[str, Any],
     ) -> Tenant:
         current = self._current(tenant_id)
+        self._check_readable(tenant_id)
         tenant = apply_patch(current, patch, self._regions)
         if not audit_changes(current, tenant):
             return current
@@ -254,12 +311,23 @@ class TenantWriter:
         if record is None:  # pragma: no cover - get() and sealed() are updated together
             raise TenantNotFound(tenant_id)
         key = await self._data_key(tenant_id, record)
+        version = record.version + 1
         await self._write(
             tenant_id,
-            seal_tenant(tenant, key),
-            audit_record(action, tenant_id, actor, current, tenant, **details),
+            seal_tenant(tenant, key, version=version, signer=self._signer),
+            audit_record(action, tenant_id, actor, current, tenant, version=version, **details),
+            version=version,
         )
         return tenant
+
+    def _check_readable(self, tenant_id: str) -> None:
+        reason = self._registry.unreadable().get(tenant_id)
+        if reason is not None:
+            raise TenantStateError(
+                tenant_id,
+                f"its latest record is not readable here ({reason}): "
+                "see `quotaflow tenants reseal`",
+            )
 
     def _check_account(self, tenant: Tenant) -> None:
         """`AccountInUse` if another tenant holds `tenant`'s Connect account."""
@@ -282,9 +350,16 @@ class TenantWriter:
         return self._producer
 
     async def _write(
-        self, tenant_id: str, value: bytes | None, audit: bytes, *, wait: bool = True
+        self,
+        tenant_id: str,
+        value: bytes,
+        audit: bytes,
+        *,
+        wait: bool = True,
+        version: int | None = None,
     ) -> int:
-        """Tenant record and audit record in one transaction; returns the record's offset."""
+        """Tenant record and audit record in one transaction; returns the record's offset.
+        With `wait` and `version`, checks that readers took it (see the module doc)."""
         producer = self._started()
         key = tenant_id.encode()
         async with asyncio.timeout(self._timeout):
@@ -296,7 +371,94 @@ class TenantWriter:
             offset: int = (await sent).offset
         if wait:
             await self._registry.wait_for(offset, self._timeout)
+            if version is not None and self._registry.held_value(tenant_id) != value:
+                await self._repair(tenant_id, version)
         return offset
+
+    async def _repair(self, tenant_id: str, version: int) -> None:
+        """Another writer's record of the same version came first: re-sign the record
+        readers hold one version up, so that the last record of the key (what compaction
+        keeps) is the one every reader holds; then report the conflict."""
+        held = self._registry.held_record(tenant_id)
+        if held is not None:
+            repaired = held.model_copy(update={"version": self._registry.version(tenant_id) + 1})
+            audit = audit_record(
+                "conflict-repair",
+                tenant_id,
+                "quotaflow",
+                None,
+                None,
+                lost_version=version,
+                version=repaired.version,
+            )
+            await self._write(tenant_id, sign_record(repaired, self._signer), audit)
+        raise TenantStateError(
+            tenant_id, "changed concurrently by another writer: nothing applied, retry"
+        )
+
+    async def reseal(
+        self,
+        actor: str,
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        every: bool = False,
+    ) -> dict[str, int]:
+        """Rewrites, signed and versioned, every tenant whose latest record on the topic is
+        not accepted here: format 1 records (the migration), and records refused as
+        tampered or replayed (re-signing the version held, if any). A bare tombstone with
+        no signed deletion becomes a signed deletion. `every`: also re-sign every accepted
+        record one version up (with the current signing key: a signing key rotation).
+        Returns counts by what was done."""
+        done = {"resealed": 0, "re-signed": 0, "deleted": 0, "unrecoverable": 0}
+        latest: dict[str, bytes | None] = {}
+        async for _, m in scan_topic(self._settings.kafka_bootstrap, self._settings.topics.tenants):
+            if m.key is not None:
+                latest[m.key.decode(errors="replace")] = m.value
+        async with self._lock:
+            last: int | None = None
+            for tenant_id, value in sorted(latest.items()):
+                if on_progress is not None:
+                    on_progress(1)
+                if not every and tenant_id not in self._registry.unreadable():
+                    continue
+                version = self._registry.version(tenant_id) + 1
+                held = self._registry.held_record(tenant_id)
+                legacy = parse_legacy(value) if value is not None else None
+                if held is not None:
+                    # A refused record after an accepted one: the held one is the truth.
+                    new_value = sign_record(
+                        held.model_copy(update={"version": version}), self._signer
+                    )
+                    what = "re-signed"
+                elif legacy is not None:
+                    try:
+                        tenant = await open_document(
+                            tenant_id, legacy.tenant, legacy.wrapped_key, self._keyring
+                        )
+                        key = await rewrap_data_key(
+                            tenant_id,
+                            await unwrap_wrapped(tenant_id, legacy.wrapped_key, self._keyring),
+                            self._keyring,
+                        )
+                    except (DecryptionError, KeyringError):
+                        done["unrecoverable"] += 1
+                        continue
+                    new_value = seal_tenant(tenant, key, version=version, signer=self._signer)
+                    what = "resealed"
+                elif value is None:
+                    new_value = seal_deleted(tenant_id, version=version, signer=self._signer)
+                    what = "deleted"
+                else:
+                    done["unrecoverable"] += 1
+                    continue
+                audit = audit_record(
+                    "reseal", tenant_id, actor, None, None, version=version, how=what
+                )
+                last = await self._write(tenant_id, new_value, audit, wait=False)
+                done[what] += 1
+            if last is not None:
+                await self._registry.wait_for(last, self._timeout)
+        return done
 
     async def _live_keys(self, topic: str, key_prefix: str) -> list[tuple[int, bytes]]:
         """(partition, key) of every key with `key_prefix` whose latest value is not a tombstone."""
@@ -306,14 +468,3 @@ class TenantWriter:
             if m.key is not None and m.key.startswith(prefix):
                 live[(partition, m.key)] = m.value is not None
         return sorted(k for k, alive in live.items() if alive)
-
-
-def _with_key(record: SealedRecord, key: DataKey) -> bytes:
-    rewrapped = record.model_copy(
-        update={
-            "data_key": SealedDataKey(
-                kek_id=key.wrapped.kek_id, wrapped=base64.b64encode(key.wrapped.blob).decode()
-            )
-        }
-    )
-    return orjson.dumps(rewrapped.model_dump(mode="json"))

@@ -31,14 +31,16 @@ APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 KEY = base64.b64encode(bytes(range(32))).decode()
 PUSH = {r: generate_keypair() for r in ("eu", "us")}  # (private, public)
 EDGE_PUBLIC = {r: [generate_keypair()[1]] for r in ("eu", "us")}
+TENANTS = generate_keypair()
 FULL_VALUES: dict[str, Any] = {
     "secrets": {
         "keyring": {"k2": KEY, "k1": KEY},
         "pushSigningKeys": {r: [private] for r, (private, _) in PUSH.items()},
         "connectWebhookSecrets": [{"id": "p1", "secret": "whsec_platform_aaaaaaaa"}],
         "adminTokens": {"ops": "admin-token-aaaaaaaaaaaa"},
+        "tenantSigningKeys": [TENANTS[0]],
     },
-    "publicKeys": {"edge": EDGE_PUBLIC},
+    "publicKeys": {"edge": EDGE_PUBLIC, "tenants": [TENANTS[1]]},
     "pusher": {
         "regions": {
             "eu": {"replicas": 2, "edgeNodes": ["http://10.0.0.5:9101", "http://10.0.0.6:9101"]},
@@ -192,7 +194,15 @@ def test_every_components_environment_is_valid_settings(
         if name.endswith(f"-{component}"):
             settings = _settings_of(full_docs, container, monkeypatch)
             assert settings.regions == ["eu", "us"]
-            assert settings.keyring["k2"].get_secret_value() == KEY
+            if component.startswith("pusher"):
+                assert settings.keyring == {}  # routes without any tenant secret
+            else:
+                assert settings.keyring["k2"].get_secret_value() == KEY
+            assert settings.tenant_verify_keys == [TENANTS[1]]
+            if component == "admin":
+                assert public_key_of(settings.tenant_signing_keys[0]) == TENANTS[1]
+            else:
+                assert not settings.tenant_signing_keys
             assert settings.tenants_file is None  # tenants come from the topic
             if component.startswith("pusher"):
                 region = component.removeprefix("pusher-")
@@ -222,12 +232,15 @@ def test_each_secret_reaches_only_the_components_that_need_it(full_docs: list[Do
     needs = {
         "ingress": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_CONNECT_WEBHOOK_SECRETS"},
         "worker": {"QUOTAFLOW_KEYRING"},
-        "pusher": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_PUSH_SIGNING_KEYS"},
-        "admin": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_ADMIN_TOKENS"},
+        # A pusher routes: the public tenants keys, no keyring, no tenants signing key.
+        "pusher": {"QUOTAFLOW_PUSH_SIGNING_KEYS"},
+        "admin": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_ADMIN_TOKENS", "QUOTAFLOW_TENANT_SIGNING_KEYS"},
     }
     for name, container in containers(full_docs):
         component = next(c for c in needs if f"-{c}" in name)
         assert _secret_keys(container) == needs[component], name
+        verify = env_of(container)["QUOTAFLOW_TENANT_VERIFY_KEYS"]["value"]
+        assert json.loads(verify) == [TENANTS[1]], name
     assert not [
         c
         for _, c in containers(full_docs)
@@ -244,8 +257,11 @@ def test_a_tenants_file_replaces_the_topic_registry(helm: Path, tmp_path: Path) 
         path = Path(env["QUOTAFLOW_TENANTS_FILE"]["value"])
         mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
         assert str(path.parent) == mounts["tenants"], name
-        # the keyring is optional then: a file registry needs none
-        assert env["QUOTAFLOW_KEYRING"]["valueFrom"]["secretKeyRef"]["optional"] is True, name
+        # the keyring is optional then: a file registry needs none (pushers never get it)
+        if "-pusher-" in name:
+            assert "QUOTAFLOW_KEYRING" not in env, name
+        else:
+            assert env["QUOTAFLOW_KEYRING"]["valueFrom"]["secretKeyRef"]["optional"] is True, name
 
 
 def test_existing_secrets_replace_the_charts_own(helm: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from quotaflow.localkafka import LocalKafka, free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.topics import ensure_topics
+from tests.conftest import TENANT_SIGNING_KEY, tenant_verify_env
 from tests.processes import EDGE_TOKEN
 from tests.reliability.conftest import StackFactory
 from tests.reliability.fuzz import PushFuzzer, WebhookFuzzer, send_raw
@@ -40,7 +41,8 @@ def _onboard(stack: Stack, env: dict[str, str]) -> None:
         path.write_bytes(orjson.dumps(doc))
         done = subprocess.run(
             [sys.executable, "-m", "quotaflow.cli", "tenants", "add", "--file", str(path)],
-            env={**os.environ, **env},
+            # The admin tools alone hold the tenants signing key; the components only verify.
+            env={**os.environ, **env, "QUOTAFLOW_TENANT_SIGNING_KEYS": f'["{TENANT_SIGNING_KEY}"]'},
             capture_output=True,
             timeout=60,
             check=False,
@@ -92,6 +94,7 @@ async def test_no_secret_in_any_topic_log_or_metric(
             "QUOTAFLOW_TENANTS_FILE": "",
             "QUOTAFLOW_KEYRING": orjson.dumps(keyring).decode(),
             "QUOTAFLOW_INGRESS_BODY_READ_TIMEOUT": "1",
+            **tenant_verify_env(),
         },
     )
     await ensure_topics(stack.settings)
@@ -110,7 +113,7 @@ async def test_no_secret_in_any_topic_log_or_metric(
     await asyncio.to_thread(stack.start_pusher, "eu")
     await stack.converge()
 
-    secrets: dict[str, bytes] = {}
+    secrets: dict[str, bytes] = {"tenants signing key": TENANT_SIGNING_KEY.encode()}
     for tenant in workload.tenants:
         for s in tenant.webhook_secrets:
             value = s.secret.get_secret_value()

@@ -31,6 +31,7 @@ from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.running import open_writer
 from quotaflow.tenants.writer import TenantWriter
 from quotaflow.topics import ensure_topics
+from tests.conftest import tenant_verify_env
 from tests.kafkautil import read_all
 from tests.pipeline import stripe_record
 from tests.processes import EDGE_AUTH, Component, components, edge_auth_env, start
@@ -187,6 +188,7 @@ async def stack(
         "QUOTAFLOW_DATA_DIR": str(tmp_path / "data"),
         "QUOTAFLOW_USAGE_THRESHOLDS": "[0.5, 1.0]",
         **edge_auth_env(),  # the tests' calling application (consume and quota reads)
+        **tenant_verify_env(),  # every component verifies tenant records
     }
     async with open_writer(settings, keyring=LocalKeyring({"k1": kek})) as writer:
         await writer.add(doc("acme", "eu", "us"), actor="test")
@@ -195,8 +197,10 @@ async def stack(
             ingress = start(started, ["ingress", "--workers", "1"], base, tmp_path)
             worker = start(started, ["worker", "--web-port", str(worker_port)], base, tmp_path)
             for region in ("eu", "us"):
+                # A pusher routes without the keyring: it never sees a tenant's secrets.
+                without_keyring = {k: v for k, v in base.items() if k != "QUOTAFLOW_KEYRING"}
                 env = {
-                    **base,
+                    **without_keyring,
                     "QUOTAFLOW_PUSH_SIGNING_KEYS": orjson.dumps(
                         {region: [push_keys[region]]}
                     ).decode(),

@@ -13,7 +13,9 @@ from click.testing import CliRunner, Result
 
 from edge.auth import AppAuth, AuthError
 from quotaflow.tenants.cli import keys, parse_duration, tenants
+from tests.conftest import TENANT_SIGNING_KEY
 from wire import Kind, Signer, Verifier, public_key_id, public_key_of
+from wire.exceptions import SignatureError
 
 
 @pytest.fixture
@@ -27,6 +29,7 @@ def env(kafka_bootstrap: str) -> dict[str, str]:
         "QUOTAFLOW_KEYRING": orjson.dumps(
             {"k1": base64.b64encode(os.urandom(32)).decode()}
         ).decode(),
+        "QUOTAFLOW_TENANT_SIGNING_KEYS": orjson.dumps([TENANT_SIGNING_KEY]).decode(),
     }
 
 
@@ -185,3 +188,31 @@ def test_generate_app_token_refuses_names_the_edge_would_refuse(name: str) -> No
 def test_generate_signing_needs_a_known_kind() -> None:
     result = CliRunner().invoke(keys, ["generate-signing", "--kind", "webhook"])
     assert result.exit_code != 0
+
+
+def test_generate_signing_tenants_key_signs_tenant_records_only() -> None:
+    doc = orjson.loads(_ok(CliRunner().invoke(keys, ["generate-signing", "--kind", "tenants"])))
+    private, public = doc["private"], doc["public"]
+    assert doc["signers"] == {"QUOTAFLOW_TENANT_SIGNING_KEYS": [private]}
+    assert doc["verifiers"] == {"QUOTAFLOW_TENANT_VERIFY_KEYS": [public]}
+    header = Signer(Kind.TENANT, [private]).header(b"body")
+    assert Verifier(Kind.TENANT, [public]).verify_record(header, b"body") == doc["key_id"]
+    with pytest.raises(SignatureError):  # not a push, whoever holds the key
+        Verifier(Kind.PUSH, [public]).verify_record(header, b"body")
+
+
+def test_reseal_and_a_missing_signing_key_from_the_cli(env: dict[str, str]) -> None:
+    runner = CliRunner(env=env)
+    _ok(runner.invoke(tenants, ["add", "--id", "acme", "--region", "eu", "--plan", "pro=10"]))
+    assert _ok(runner.invoke(tenants, ["reseal"])).strip() == (
+        "resealed=0 re-signed=0 deleted=0 unrecoverable=0"
+    )
+    assert "re-signed=1" in _ok(runner.invoke(tenants, ["reseal", "--all"]))
+    # A process that can verify but not sign (a component's settings) cannot write.
+    public = orjson.dumps([public_key_of(TENANT_SIGNING_KEY)]).decode()
+    unsigned = CliRunner(
+        env={**env, "QUOTAFLOW_TENANT_SIGNING_KEYS": "[]", "QUOTAFLOW_TENANT_VERIFY_KEYS": public}
+    )
+    result = unsigned.invoke(tenants, ["suspend", "acme"])
+    assert result.exit_code == 1
+    assert "QUOTAFLOW_TENANT_SIGNING_KEYS is empty" in result.output

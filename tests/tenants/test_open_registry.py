@@ -37,3 +37,26 @@ async def test_topic_registry_started_with_tenants_loaded(
         assert registry.get("acme") is not None
     finally:
         await registry.stop()
+
+
+async def test_routing_registry_needs_no_keyring_and_holds_no_secret(
+    settings: Settings, writer: TenantWriter
+) -> None:
+    doc = tenant_doc("acme", regions=["eu", "us"])
+    await writer.add(doc, actor="test")
+    await writer.suspend("acme", actor="test")
+    # What a pusher is given: the public tenants keys, no QUOTAFLOW_KEYRING, no signing key.
+    routing_settings = settings.model_copy(update={"keyring": {}, "tenant_signing_keys": []})
+    registry = await open_registry(routing_settings, routing=True)
+    try:
+        assert isinstance(registry, TopicTenantRegistry)
+        assert registry.routing_only
+        acme = registry.get("acme")
+        assert acme is not None
+        assert (acme.regions, acme.status, acme.mode) == (("eu", "us"), "suspended", "test")
+        assert registry.by_account(doc["stripe_account"]) == acme
+        assert acme.webhook_secrets == ()
+        assert acme.stripe_api_key is None
+        assert registry.unreadable() == {}
+    finally:
+        await registry.stop()

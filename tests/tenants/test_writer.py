@@ -101,7 +101,7 @@ async def test_key_rotation_while_running_then_old_key_dropped(
     fresh = await open_topic_registry(only_new)
     assert sorted(t.id for t in fresh) == ["acme", "beta"]
     assert fresh.undecryptable == {}
-    assert {r.data_key.kek_id for r in fresh.sealed_records().values()} == {"k2"}
+    assert {r.data_key.kek_id for r in fresh.sealed_records().values() if r.data_key} == {"k2"}
     # The running component that only has k1 keeps its last good view rather than failing.
     await follower.wait_for(rotator.registry.position - 1, 10)
     assert sorted(t.id for t in follower) == ["acme", "beta"]

@@ -64,14 +64,21 @@ app.kubernetes.io/component: {{ .component }}
       optional: {{ .optional }}
 {{- end -}}
 
-{{/* Environment every component that reads tenants gets: the keyring (the tenants topic
-     is encrypted with it) or the tenants file, then extraEnv. */}}
+{{/* The keyring, for the components that use tenants' secrets (ingress: webhook secrets;
+     worker: Stripe API keys; admin): optional with a tenants file. Pushers never get it. */}}
+{{- define "quotaflow.keyringEnv" -}}
+{{ include "quotaflow.secretEnv" (dict "root" . "key" "QUOTAFLOW_KEYRING" "optional" (not (empty (include "quotaflow.tenantsFromFile" .)))) }}
+{{- end -}}
+
+{{/* Environment every component that reads tenants gets: the public tenants keys (every
+     tenant record is signed) or the tenants file, then extraEnv. */}}
 {{- define "quotaflow.commonEnv" -}}
 {{- if include "quotaflow.tenantsFromFile" . }}
 - name: QUOTAFLOW_TENANTS_FILE
   value: /etc/quotaflow/tenants/tenants.json
 {{- end }}
-{{ include "quotaflow.secretEnv" (dict "root" . "key" "QUOTAFLOW_KEYRING" "optional" (not (empty (include "quotaflow.tenantsFromFile" .)))) }}
+- name: QUOTAFLOW_TENANT_VERIFY_KEYS
+  value: {{ .Values.publicKeys.tenants | default list | toJson | quote }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
