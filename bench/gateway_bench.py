@@ -131,23 +131,33 @@ def _child(target: Any, *args: Any) -> Iterator[None]:
 async def _connection(
     port: int, jobs: asyncio.Queue[tuple[float, bytes] | None], out: list[float]
 ) -> None:
-    """One keep-alive HTTP/1.1 connection; minimal, so the client is not the bottleneck."""
+    """One keep-alive HTTP/1.1 connection; minimal, so the client is not the bottleneck.
+
+    Reopened when the server says `Connection: close` (NGINX does after
+    `keepalive_requests`, 1,000 by default), as a real client would."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while (job := await jobs.get()) is not None:
             scheduled, request = job
             writer.write(request)
+            closing = False
             async with asyncio.timeout(10):
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = 0
                 for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
+                    lowered = line.lower()
+                    if lowered.startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
+                    elif lowered.startswith(b"connection:") and b"close" in lowered:
+                        closing = True
                 await reader.readexactly(length)
             if not head.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"unexpected answer: {head[:60]!r}")
             out.append(time.perf_counter() - scheduled)
             jobs.task_done()
+            if closing:
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
     finally:
         writer.close()
 
