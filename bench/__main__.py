@@ -165,6 +165,7 @@ def rows(name: str, result: Any) -> list[tuple[str, Any]]:
         return [
             ("max webhooks/s", _get(result, "ingress_max", "webhooks_per_s")),
             ("2 workers", _get(result, "ingress_2_workers_max", "webhooks_per_s")),
+            ("usage batches/s", _get(result, "ingress_usage_max", "usage_batches_per_s")),
             ("speedup vs baseline", _get(result, "speedup_max_throughput")),
         ]
     if name == "edge":

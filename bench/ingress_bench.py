@@ -18,6 +18,11 @@ Processes, so that no side steals CPU from the server it measures:
 
 Both servers see the same 1,200 tenants and the same 2-8 KiB bodies of realistic
 `customer.subscription.updated` / `invoice.paid` events, signed with each tenant's secret.
+
+The usage route (`POST /v1/usage`, what every edge node reports through) gets its own
+closed-loop phase per worker count: distinct usage batches of `USAGE_ITEMS` customers over
+a few tenants each, signed with an edge key (Ed25519), each published per tenant with
+acks=all before its 200; `usage_batches_per_s` counts batches answered 200.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ import orjson
 
 N_TENANTS = 1200
 BODY_POOL = 3000
+USAGE_ITEMS = 20  # customers per usage batch (a node's second of traffic)
+USAGE_POOL = 40_000  # distinct batches: a re-sent signature would be refused as a replay
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -147,6 +154,39 @@ def build_requests(n_tenants: int, count: int, seed: int) -> list[bytes]:
             "User-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)\r\n"
             "Content-Type: application/json; charset=utf-8\r\n"
             f"Stripe-Signature: t={now},v1={sig}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        out.append(head.encode() + body)
+    return out
+
+
+def build_usage_requests(n_tenants: int, count: int, seed: int, private_key: str) -> list[bytes]:
+    """`count` distinct signed usage reports of one edge node (region eu), raw HTTP/1.1."""
+    from wire import Kind, Signer
+
+    signer = Signer(Kind.USAGE, [private_key])
+    rng = random.Random(seed)
+    incarnation = f"{rng.getrandbits(64):016x}"
+    out = []
+    for seq in range(1, count + 1):
+        tenants = [tenant_id(rng.randrange(n_tenants)) for _ in range(4)]
+        items = [
+            {"tenant_id": tenants[i % 4], "customer_id": f"cus_{rng.randrange(10**6)}", "units": 1}
+            for i in range(USAGE_ITEMS)
+        ]
+        body = orjson.dumps(
+            {
+                "batch_id": f"bench-node:{incarnation}:{seq}",
+                "node_id": "bench-node",
+                "region": "eu",
+                "sent_at": time.time(),
+                "items": items,
+            }
+        )
+        head = (
+            "POST /v1/usage HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\nX-Quotaflow-Region: eu\r\n"
+            f"X-Quotaflow-Signature: {signer.header(body)}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         )
         out.append(head.encode() + body)
@@ -294,9 +334,19 @@ async def _closed_loop(
 
 
 def _client_main(
-    port: int, mode: str, n_tenants: int, param: float, duration: float, out: Connection
+    port: int,
+    mode: str,
+    n_tenants: int,
+    param: float,
+    duration: float,
+    out: Connection,
+    usage_key: str | None = None,
 ) -> None:
-    reqs = build_requests(n_tenants, BODY_POOL, seed=int(param) + len(mode))
+    if mode == "usage":
+        assert usage_key is not None
+        reqs = build_usage_requests(n_tenants, USAGE_POOL, seed=int(param), private_key=usage_key)
+    else:
+        reqs = build_requests(n_tenants, BODY_POOL, seed=int(param) + len(mode))
     sizes = [len(r) for r in reqs]
     if mode == "rate":
         result = asyncio.run(_fixed_rate(port, reqs, param, duration))
@@ -460,15 +510,19 @@ def _phase(
     param: float,
     duration: float,
     before: Callable[[], None] | None = None,
+    usage_key: str | None = None,
 ) -> dict[str, Any]:
     """Runs one load phase in a client process; adds the server's CPU and RSS over it
     (summed over its processes when `pid` is a list: the workers of one port)."""
     pids = pid if isinstance(pid, list) else [pid]
     recv, send = ctx.Pipe(duplex=False)
-    client = ctx.Process(target=_client_main, args=(port, mode, n, param, duration, send))
+    client = ctx.Process(
+        target=_client_main, args=(port, mode, n, param, duration, send, usage_key)
+    )
     client.start()
-    # Requests are built (and signed) before load starts: leave the client that time.
-    time.sleep(1.0 + BODY_POOL / 4000)
+    # Requests are built (and signed) before load starts: leave the client that time
+    # (Ed25519 signs ~20,000 usage batches a second).
+    time.sleep(1.0 + (USAGE_POOL / 15_000 if mode == "usage" else BODY_POOL / 4000))
     if before is not None:
         before()
     cpu0 = sum(_proc_usage(p)[0] for p in pids)
@@ -506,13 +560,17 @@ def _measure_ingress(
     key: str,
 ) -> dict[str, Any]:
     """Fixed-rate and max phases against `workers` ingress processes sharing one port."""
+    from wire import generate_keypair
+
     port = _free_port()
+    usage_private, usage_public = generate_keypair()
     settings_kwargs = {
         "kafka_bootstrap": bootstrap,
         "topic_prefix": prefix,
         "ingress_host": "127.0.0.1",
         "ingress_port": port,
         "ingress_access_log_sample": args.log_sample,
+        "edge_verify_keys": {"eu": [usage_public]},
     }
     profile = args.profile if workers == 1 else None
     servers = [
@@ -533,6 +591,12 @@ def _measure_ingress(
         report[f"{key}_max"] = _phase(
             ctx, pids, port, "closed", n, args.concurrency, dur, before=start_profile
         )
+        usage = _phase(
+            ctx, pids, port, "usage", n, args.usage_concurrency, dur, usage_key=usage_private
+        )
+        usage["usage_batches_per_s"] = usage.pop("webhooks_per_s")
+        usage["items_per_batch"] = USAGE_ITEMS
+        report[f"{key}_usage_max"] = usage
     finally:
         for server in servers:
             if server.pid is not None:
@@ -548,6 +612,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--usage-concurrency",
+        type=int,
+        default=16,
+        help="concurrent usage reports (edge nodes each send one batch at a time)",
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the ingress in the max phase")
     parser.add_argument(
@@ -568,7 +638,7 @@ def main() -> None:
     bootstrap = os.environ.get("QUOTAFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     ours_topic, base_topic = f"{prefix}stripe.events", f"{prefix}baseline.events"
-    asyncio.run(_create_topics(bootstrap, [ours_topic, base_topic], 8))
+    asyncio.run(_create_topics(bootstrap, [ours_topic, base_topic, f"{prefix}usage.events"], 8))
     ctx = mp.get_context("spawn")
     n, dur = args.tenants, args.duration
     report: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""The bench runner and the worker, enforcement, scale and fetch benches still run end to
+"""The bench runner and the worker, ingress, edge, gateway, enforcement, scale and fetch benches
 end, so the bench code cannot rot silently. Sizes are tiny (`--quick`): the figures are not
 looked at, only their shape."""
 
@@ -87,6 +87,35 @@ def test_quick_scale_bench_rebuilds_states_written_into_the_changelog(
         assert result[phase]["peak_rss_mib"] > 0
     assert result["peak_rss_mib"] >= result["rebuild"]["peak_rss_mib"]
     assert result["data_dir_mib"] > 0
+
+
+def test_short_ingress_bench_measures_webhooks_and_signed_usage_batches(
+    kafka_bootstrap: str,
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.ingress_bench",
+            *("--duration", "1", "--workers", "1", "--skip-baseline", "--rate", "200"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "QUOTAFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    for phase in ("ingress_fixed_rate", "ingress_max", "ingress_usage_max"):
+        # Every request answered 200: webhooks verified and published, usage batches
+        # verified against the edge key and published, none refused as a replay.
+        assert set(result[phase]["statuses"]) == {"200"}, (phase, result[phase]["statuses"])
+        assert result[phase]["ok"] > 0, phase
+    usage = result["ingress_usage_max"]
+    assert usage["usage_batches_per_s"] > 0
+    assert usage["items_per_batch"] == 20
 
 
 def test_quick_edge_bench_measures_http_consume_with_and_without_authentication() -> None:
