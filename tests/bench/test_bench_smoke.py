@@ -1,6 +1,6 @@
-"""The bench runner and the worker, ingress, edge, gateway, enforcement, scale and fetch benches
-end, so the bench code cannot rot silently. Sizes are tiny (`--quick`): the figures are not
-looked at, only their shape."""
+"""The bench runner and the worker, ingress, edge, gateway, enforcement, scale and fetch
+benches still run end to end, so the bench code cannot rot silently. Sizes are tiny
+(`--quick`): the figures are not looked at, only their shape."""
 
 from __future__ import annotations
 
