@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from edge.cache import QuotaCache
 from edge.spool import UsageKey, UsageSpool
 from quotaflow.settings import Settings
-from wire import Kind, Signer
+from wire import REGION_HTTP_HEADER, Kind, Signer
 from wire.signing import KeyMaterial
 
 __all__ = ["REGION_HTTP_HEADER", "UsageReporter", "default_node_id"]
@@ -52,7 +52,6 @@ __all__ = ["REGION_HTTP_HEADER", "UsageReporter", "default_node_id"]
 T = TypeVar("T")
 log = logging.getLogger("quotaflow.edge.usage")
 
-REGION_HTTP_HEADER = "X-Quotaflow-Region"
 REQUEST_TIMEOUT = 5.0
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0

@@ -31,13 +31,12 @@ from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected
 from ingress.publisher import Publisher
 from quotaflow.settings import Settings
 from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
-from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
+from wire import REGION_HTTP_HEADER, SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
 __all__ = ["NodesEndpoint"]
 
 log = logging.getLogger("quotaflow.ingress.nodes")
 
-REGION_HTTP_HEADER = "X-Quotaflow-Region"
 MAX_BODY = 4096
 _REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -71,13 +71,12 @@ from tables.usage import (
     REGION_HEADER,
     USAGE_SCHEMA,
 )
-from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
+from wire import REGION_HTTP_HEADER, SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
 __all__ = ["REGION_HTTP_HEADER", "UsageEndpoint"]
 
 log = logging.getLogger("quotaflow.ingress.usage")
 
-REGION_HTTP_HEADER = "X-Quotaflow-Region"
 _REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JSON = "application/json"
 

@@ -8,6 +8,7 @@ pushers all speak it without importing each other.
 
 from wire.exceptions import SignatureError, WireError
 from wire.signing import (
+    REGION_HTTP_HEADER,
     SIGNATURE_HEADER,
     Kind,
     Signer,
@@ -20,6 +21,7 @@ from wire.signing import (
 )
 
 __all__ = [
+    "REGION_HTTP_HEADER",
     "SIGNATURE_HEADER",
     "Kind",
     "SignatureError",

@@ -42,6 +42,7 @@ from wire.exceptions import SignatureError
 
 __all__ = [
     "MAX_HEADER_LENGTH",
+    "REGION_HTTP_HEADER",
     "SIGNATURE_HEADER",
     "Kind",
     "ReplayCache",
@@ -56,6 +57,9 @@ __all__ = [
 ]
 
 SIGNATURE_HEADER = "X-Quotaflow-Signature"
+# The region a signed edge message (usage report, node announcement) speaks for: it picks
+# the verify keys, so it travels beside the signature, outside the signed body's parse.
+REGION_HTTP_HEADER = "X-Quotaflow-Region"
 MAX_HEADER_LENGTH = 512
 _SIGNATURE_B64_LENGTH = 86  # 64 bytes, base64url without padding
 
