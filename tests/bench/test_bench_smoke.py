@@ -18,6 +18,22 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 REPO = Path(__file__).resolve().parents[2]
 
 
+def run_bench(module: str, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`python -m MODULE ARGS`: the JSON document it printed, after checking it exited 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 def quick(name: str, kafka_bootstrap: str, out: Path) -> dict[str, Any]:
     """`python -m bench --quick --only NAME`: its result, after checking the run went well."""
     done = subprocess.run(
@@ -61,18 +77,11 @@ def test_quick_worker_bench_writes_the_expected_figures(
 def test_quick_scale_bench_rebuilds_states_written_into_the_changelog(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.scale_bench", "--quick", "--keep", str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, "QUOTAFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap},
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    result = run_bench(
+        "bench.scale_bench",
+        *("--quick", "--keep", str(tmp_path)),
+        env={"QUOTAFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap},
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-
-    result = json.loads(done.stdout)
     assert result["bench"] == "scale"
     assert (result["keys"], result["tenants"], result["customers_per_tenant"]) == (2000, 200, 10)
     assert result["fill"]["mode"] == "changelog"
@@ -92,22 +101,11 @@ def test_quick_scale_bench_rebuilds_states_written_into_the_changelog(
 def test_short_ingress_bench_measures_webhooks_and_signed_usage_batches(
     kafka_bootstrap: str,
 ) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.ingress_bench",
-            *("--duration", "1", "--workers", "1", "--skip-baseline", "--rate", "200"),
-        ],
-        cwd=REPO,
-        env={**os.environ, "QUOTAFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap},
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    result = run_bench(
+        "bench.ingress_bench",
+        *("--duration", "1", "--workers", "1", "--skip-baseline", "--rate", "200"),
+        env={"QUOTAFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap},
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads(done.stdout)
     for phase in ("ingress_fixed_rate", "ingress_max", "ingress_usage_max"):
         # Every request answered 200: webhooks verified and published, usage batches
         # verified against the edge key and published, none refused as a replay.
@@ -119,16 +117,7 @@ def test_short_ingress_bench_measures_webhooks_and_signed_usage_batches(
 
 
 def test_quick_edge_bench_measures_http_consume_with_and_without_authentication() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.edge_bench", "--quick"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result = run_bench("bench.edge_bench", "--quick")
     assert result["quick"] is True
     # Every request of every mode was answered 200 allowed (the client checks each answer),
     # so the authenticated modes really sent a token the edge accepted.
@@ -143,17 +132,11 @@ def test_quick_edge_bench_measures_http_consume_with_and_without_authentication(
 def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
     nginx: Path, caddy: Path
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.gateway_bench", "--quick"],
-        cwd=REPO,
-        env={**os.environ, "QUOTAFLOW_NGINX": str(nginx), "QUOTAFLOW_CADDY": str(caddy)},
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    result = run_bench(
+        "bench.gateway_bench",
+        "--quick",
+        env={"QUOTAFLOW_NGINX": str(nginx), "QUOTAFLOW_CADDY": str(caddy)},
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads(done.stdout)
     assert result["quick"] is True
     for gateway in ("nginx", "caddy"):
         figures = result["gateways"][gateway]
