@@ -14,7 +14,8 @@ from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.identify import Identifier, api_key_digest
 from edge.server import build_app
-from tables.quota import QuotaUpdate, Reason
+from tables.quota import QuotaStatus, QuotaUpdate
+from tests.edge.factories import quota_update
 from wire import Kind, Verifier, generate_keypair
 
 Client = TestClient[Any, Any]
@@ -29,23 +30,18 @@ def record(
     customer: str,
     *,
     limit: int | None = 10,
-    status: str = "active",
+    status: QuotaStatus = "active",
     features: tuple[str, ...] = ("export",),
     rate: float | None = None,
 ) -> QuotaUpdate:
-    return QuotaUpdate(
-        tenant_id="t1",
-        customer_id=customer,
+    return quota_update(
+        customer=customer,
         limit=limit,
-        used=0,
-        remaining=limit,
         status=status,
-        version=1,
-        reason=Reason(kind="policy", id="v1"),
-        updated_at=time.time(),
-        period_end=PERIOD_END,
         features=features,
-        rate_per_second=rate,
+        rate=rate,
+        period_end=PERIOD_END,
+        updated_at=time.time(),
     )
 
 

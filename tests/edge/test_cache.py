@@ -15,6 +15,7 @@ from edge.cache import (
     QuotaCache,
 )
 from tables.quota import QuotaStatus, QuotaUpdate, Reason
+from tests.edge.factories import quota_update
 
 
 def quota(
@@ -26,16 +27,8 @@ def quota(
     tenant: str = "t1",
     customer: str = "c1",
 ) -> QuotaUpdate:
-    return QuotaUpdate(
-        tenant_id=tenant,
-        customer_id=customer,
-        limit=limit,
-        used=used,
-        remaining=None if limit is None else max(limit - used, 0),
-        status=status,
-        version=version,
-        reason=Reason(kind="policy", id=f"v{version}"),
-        updated_at=0.0,
+    return quota_update(
+        version, tenant=tenant, customer=customer, limit=limit, used=used, status=status
     )
 
 
@@ -156,7 +149,7 @@ def test_stale_state_fails_closed_or_open_per_tenant() -> None:
 
 def test_a_customer_in_grace_is_denied_once_the_published_deadline_passes() -> None:
     from edge.cache import QuotaCache
-    from tables.quota import QuotaUpdate, Reason
+    from tables.quota import QuotaUpdate
 
     now = [1_000.0]
     cache = QuotaCache(wall_clock=lambda: now[0])

@@ -28,7 +28,8 @@ from aiohttp import web
 from edge.auth import generate_app_token, token_digest
 from quotaflow.localkafka import free_port
 from quotaflow.testing.gateways import CADDYFILE, NGINX_TEMPLATE, caddy_gateway, nginx_gateway
-from tables.quota import QuotaUpdate, Reason
+from tables.quota import QuotaStatus
+from tests.edge.factories import quota_update
 from tests.processes import Component, components, start
 from wire import SIGNATURE_HEADER, Kind, Signer, generate_keypair
 
@@ -99,24 +100,19 @@ class Stack:
 
 def _record(
     customer: str,
-    status: str = "active",
+    status: QuotaStatus = "active",
     *,
     features: tuple[str, ...] = ("export",),
     rate: float | None = None,
 ) -> dict[str, object]:
-    return QuotaUpdate(
-        tenant_id="t1",
-        customer_id=customer,
+    return quota_update(
+        customer=customer,
         limit=LIMIT,
-        used=0,
-        remaining=LIMIT,
         status=status,
-        version=1,
-        reason=Reason(kind="policy", id="v1"),
-        updated_at=time.time(),
-        period_end=PERIOD_END,
         features=features,
-        rate_per_second=rate,
+        rate=rate,
+        period_end=PERIOD_END,
+        updated_at=time.time(),
     ).model_dump(mode="json")
 
 

@@ -14,7 +14,8 @@ from edge.cache import (
     QuotaCache,
     RateLimited,
 )
-from tables.quota import QuotaStatus, QuotaUpdate, Reason
+from tables.quota import QuotaStatus, QuotaUpdate
+from tests.edge.factories import quota_update
 
 
 class Clock:
@@ -38,17 +39,13 @@ def quota(
     grace_until: float | None = None,
     customer: str = "c1",
 ) -> QuotaUpdate:
-    return QuotaUpdate(
-        tenant_id="t1",
-        customer_id=customer,
+    return quota_update(
+        version,
+        customer=customer,
         limit=limit,
         used=used,
-        remaining=None if limit is None else max(limit - used, 0),
         status=status,
-        version=version,
-        reason=Reason(kind="policy", id=f"v{version}"),
-        updated_at=0.0,
-        rate_per_second=rate,
+        rate=rate,
         features=features,
         grace_until=grace_until,
     )

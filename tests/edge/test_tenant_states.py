@@ -21,7 +21,8 @@ from edge.cache import (
     QuotaCache,
 )
 from edge.server import CACHE_KEY, build_app
-from tables.quota import QuotaStatus, QuotaUpdate, Reason
+from tables.quota import QuotaStatus, QuotaUpdate
+from tests.edge.factories import quota_update
 from wire import SIGNATURE_HEADER, Kind, Signer, Verifier, generate_keypair
 
 Client = TestClient[Any, Any]
@@ -37,17 +38,7 @@ def quota(
     limit: int | None = 10,
     status: QuotaStatus = "active",
 ) -> QuotaUpdate:
-    return QuotaUpdate(
-        tenant_id=tenant,
-        customer_id=customer,
-        limit=limit,
-        used=0,
-        remaining=limit,
-        status=status,
-        version=version,
-        reason=Reason(kind="policy", id=f"v{version}"),
-        updated_at=0.0,
-    )
+    return quota_update(version, tenant=tenant, customer=customer, limit=limit, status=status)
 
 
 def filled() -> QuotaCache:

@@ -1,0 +1,37 @@
+"""One `QuotaUpdate` builder for the edge tests; each test file keeps its own defaults."""
+
+from __future__ import annotations
+
+from tables.quota import QuotaStatus, QuotaUpdate, Reason
+
+
+def quota_update(
+    version: int = 1,
+    *,
+    tenant: str = "t1",
+    customer: str = "c1",
+    limit: int | None = 10,
+    used: int = 0,
+    status: QuotaStatus = "active",
+    rate: float | None = None,
+    features: tuple[str, ...] = (),
+    grace_until: float | None = None,
+    period_end: int | None = None,
+    updated_at: float = 0.0,
+) -> QuotaUpdate:
+    """A record as the core publishes it: `remaining` = `limit - used` (None: unlimited)."""
+    return QuotaUpdate(
+        tenant_id=tenant,
+        customer_id=customer,
+        limit=limit,
+        used=used,
+        remaining=None if limit is None else max(limit - used, 0),
+        status=status,
+        version=version,
+        reason=Reason(kind="policy", id=f"v{version}"),
+        updated_at=updated_at,
+        rate_per_second=rate,
+        features=features,
+        grace_until=grace_until,
+        period_end=period_end,
+    )
