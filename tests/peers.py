@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from quotaflow.localkafka import CACHE_DIR, free_port, port_open
+from quotaflow.testing.processes import stop_process
 
 LOCALSTRIPE_LAUNCHER = (
     "import sys, aiohttp.web as web; from localstripe.server import app; "
@@ -33,15 +34,6 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def stripe_mock_binary() -> str:
@@ -81,7 +73,7 @@ def run_stripe_mock() -> Iterator[str]:
         _wait_port(port, proc, "stripe-mock")
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @contextmanager
@@ -98,4 +90,4 @@ def run_localstripe(workdir: Path) -> Iterator[str]:
         _wait_port(port, proc, "localstripe")
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quotaflow.localkafka import port_open
+from quotaflow.testing.processes import stop_process
 
 __all__ = [
     "CADDYFILE",
@@ -115,16 +116,6 @@ def _wait(gateway: Gateway, timeout: float) -> None:
     raise RuntimeError(f"{gateway.name} did not listen on {gateway.port}: {gateway.tail()}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @contextmanager
 def _run(
     name: str, args: list[str], port: int, log: Path, env: Mapping[str, str], timeout: float
@@ -145,7 +136,7 @@ def _run(
         _wait(gateway, timeout)
         yield gateway
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @contextmanager
