@@ -56,6 +56,15 @@ TOOLS_BIN = Path(
 )
 
 
+async def _serve_forever(app: web.Application, port: int, ready: Connection) -> None:
+    """Serves `app` on 127.0.0.1:`port`, says so on `ready`, and runs until killed."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    ready.send(os.getpid())
+    await asyncio.Event().wait()
+
+
 def _serve_edge(port: int, ready: Connection, digest: str) -> None:
     async def main() -> None:
         cache = QuotaCache(regions=("bench",))
@@ -81,11 +90,7 @@ def _serve_edge(port: int, ready: Connection, digest: str) -> None:
             auth=AppAuth({"gateway": digest}),
         )
         cache.mark_complete()
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.send(os.getpid())
-        await asyncio.Event().wait()
+        await _serve_forever(app, port, ready)
 
     asyncio.run(main())
 
@@ -103,11 +108,7 @@ def _serve_upstream(port: int, ready: Connection) -> None:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", ok)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.send(os.getpid())
-        await asyncio.Event().wait()
+        await _serve_forever(app, port, ready)
 
     asyncio.run(main())
 
