@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edge.cache import QuotaCache
 from tables.quota import QuotaStatus, QuotaUpdate, Reason
 
 
@@ -35,3 +36,11 @@ def quota_update(
         grace_until=grace_until,
         period_end=period_end,
     )
+
+
+def unlimited_cache(*keys: tuple[str, str], region: str = "eu") -> QuotaCache:
+    """A cache of region `region` serving each (tenant, customer) unlimited."""
+    cache = QuotaCache(regions=(region,))
+    for tenant, customer in keys:
+        cache.apply(quota_update(tenant=tenant, customer=customer, limit=None), region)
+    return cache

@@ -4,7 +4,6 @@ restarts and outages, the backlog stays bounded, refused tenants do not wedge th
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,9 +21,9 @@ from quotaflow.localkafka import free_port
 from quotaflow.registry import StaticTenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
-from tables.quota import QuotaUpdate, Reason
 from tables.tenant import Tenant, WebhookSecret
 from tables.usage import UsageRecord
+from tests.edge.factories import unlimited_cache
 from tests.kafkautil import read_all
 from wire import generate_keypair
 
@@ -36,26 +35,6 @@ KEY, PUBLIC = generate_keypair()  # the edge node's credential
 def _tenant(tenant_id: str) -> Tenant:
     secret = WebhookSecret(id="s1", secret=f"whsec_{tenant_id}")
     return Tenant(id=tenant_id, webhook_secrets=(secret,), regions=("eu",))
-
-
-def _cache(*keys: tuple[str, str]) -> QuotaCache:
-    cache = QuotaCache(regions=("eu",))
-    for tenant, customer in keys:
-        cache.apply(
-            QuotaUpdate(
-                tenant_id=tenant,
-                customer_id=customer,
-                limit=None,
-                used=0,
-                remaining=None,
-                status="active",
-                version=1,
-                reason=Reason(kind="snapshot", id="s"),
-                updated_at=time.time(),
-            ),
-            "eu",
-        )
-    return cache
 
 
 def _reporter(cache: QuotaCache, spool: Path, port: int, **kw: object) -> UsageReporter:
@@ -109,7 +88,7 @@ async def test_usage_counted_while_the_ingress_is_down_survives_a_sidecar_restar
 ) -> None:
     await ensure_topics(usage_settings)
     port = free_port()
-    cache = _cache(("acme", "cus_1"), ("acme", "cus_2"))
+    cache = unlimited_cache(("acme", "cus_1"), ("acme", "cus_2"))
     first = _reporter(cache, tmp_path / "spool", port)
     await first.start()
     for _ in range(3):
@@ -122,7 +101,7 @@ async def test_usage_counted_while_the_ingress_is_down_survives_a_sidecar_restar
     assert len(first.spool) == 4
     assert b"edge_usage_backlog_batches 4.0" in generate_latest(first.registry)
 
-    second = _reporter(_cache(("acme", "cus_1")), tmp_path / "spool", port)
+    second = _reporter(unlimited_cache(("acme", "cus_1")), tmp_path / "spool", port)
     await second.start()
     try:
         assert (len(second.spool), second.spool.units) == (4, 25)
@@ -148,7 +127,7 @@ async def test_backlog_is_bounded_and_merges_only_unsent_batches(
 ) -> None:
     await ensure_topics(usage_settings)
     port = free_port()
-    cache = _cache(("acme", "cus_1"))
+    cache = unlimited_cache(("acme", "cus_1"))
     reporter = _reporter(cache, tmp_path / "spool", port, max_batches=2)
     await reporter.start()
     try:
@@ -173,7 +152,7 @@ async def test_a_refused_tenant_is_dropped_and_the_others_still_arrive(
 ) -> None:
     await ensure_topics(usage_settings)
     port = free_port()
-    cache = _cache(("acme", "cus_1"), ("gone", "cus_x"))
+    cache = unlimited_cache(("acme", "cus_1"), ("gone", "cus_x"))
     reporter = _reporter(cache, tmp_path / "spool", port)
     await reporter.start()
     try:
@@ -203,7 +182,7 @@ async def test_a_spool_from_before_incarnations_is_drained_across_the_upgrade(
     (spool / "next_seq").write_text("8")  # what the previous version left
     old = {"seq": 7, "items": [["acme", "cus_1", 5]]}
     (spool / f"batch-{7:020d}.json").write_bytes(orjson.dumps(old))
-    cache = _cache(("acme", "cus_1"))
+    cache = unlimited_cache(("acme", "cus_1"))
     reporter = _reporter(cache, spool, port)
     await reporter.start()
     try:

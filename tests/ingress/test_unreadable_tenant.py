@@ -4,7 +4,6 @@ batch arrives once the ingress restarts with the full keyring."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +14,6 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from edge.cache import QuotaCache
 from edge.reporter import UsageReporter
 from ingress.app import build_app
 from ingress.publisher import Publisher
@@ -26,8 +24,8 @@ from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.running import open_writer
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
 from quotaflow.topics import ensure_topics
-from tables.quota import QuotaUpdate, Reason
 from tables.usage import UsageRecord
+from tests.edge.factories import unlimited_cache
 from tests.ingress.conftest import event_body, signed
 from tests.kafkautil import read_all
 from tests.tenants.conftest import kek, tenant_doc
@@ -55,26 +53,6 @@ async def _ingress(settings: Settings, port: int, ring: LocalKeyring) -> AsyncIt
         await registry.stop()
 
 
-def _cache() -> QuotaCache:
-    cache = QuotaCache(regions=("eu",))
-    for tenant, customer in (("acme", "cus_1"), ("beta", "cus_2")):
-        cache.apply(
-            QuotaUpdate(
-                tenant_id=tenant,
-                customer_id=customer,
-                limit=None,
-                used=0,
-                remaining=None,
-                status="active",
-                version=1,
-                reason=Reason(kind="snapshot", id="s"),
-                updated_at=time.time(),
-            ),
-            "eu",
-        )
-    return cache
-
-
 @pytest.fixture
 async def settings(settings_factory: Callable[..., Settings]) -> Settings:
     s = settings_factory(edge_verify_keys={"eu": [EDGE_PUBLIC]}, regions=["eu"])
@@ -95,7 +73,7 @@ async def test_usage_of_an_unreadable_tenant_waits_at_the_edge_until_the_keyring
         await writer.add(acme, actor="test")
 
     port = free_port()
-    cache = _cache()
+    cache = unlimited_cache(("acme", "cus_1"), ("beta", "cus_2"))
     reporter = UsageReporter(
         cache,
         ingress_url=f"http://127.0.0.1:{port}",
