@@ -40,7 +40,7 @@ class Entry:
         (it is shared: figures are comparable only within a run)."""
         load = ""
         if self.load_start is not None and self.load_end is not None:
-            load = f", load avg {self.load_start:g} → {self.load_end:g}"
+            load = f", load avg (1 min) {self.load_start:g} → {self.load_end:g}"
         cpus = self.machine.get("cpus")
         where = f", {cpus} CPUs" if cpus else ""
         quick = " QUICK run (smoke sizes, not figures)." if self.quick else ""

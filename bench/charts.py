@@ -217,8 +217,10 @@ def _draw_ratios(pyplot: Any, spec: RatioBars, entry: Entry) -> tuple[MplFigure,
                    label=f"target {'≥' if spec.higher_is_better else '≤'} "
                    f"{spec.target_ratio:g} {TIMES}")  # fmt: skip
     for y, r, (_, value, base, unit) in zip(ys, ratios, bars, strict=True):
-        text = f"  {r:.3g} {TIMES}  ({_fmt(value)} vs {_fmt(base)} {unit})"
-        ax.text(r, y, text, va="center", fontsize=8)
+        text = f"{r:.3g} {TIMES} ({_fmt(value)} vs {_fmt(base)} {unit})"
+        # An offset, not leading spaces: SVG viewers collapse those.
+        ax.annotate(text, (r, y), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize=8)  # fmt: skip
     widest = max([*ratios, spec.target_ratio or 1.0])
     ax.set_xlim(right=widest * (6 if spread > 20 else 1.8))
     if spread <= 20:
@@ -321,7 +323,8 @@ def draw(found: Iterable[Entry], out: Path, fmt: str = "svg") -> list[Drawn]:
             path = out / f"{spec.slug}.{fmt}"
             fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
             pyplot.close(fig)
-            drawn.append(Drawn(bench, spec.slug, path, " ".join([*notes, *provenance])))
+            caption = " ".join(n if n.endswith(".") else f"{n}." for n in [*notes, *provenance])
+            drawn.append(Drawn(bench, spec.slug, path, caption))
     _index(out, drawn, missing)
     return drawn
 

@@ -116,7 +116,7 @@ def test_a_latency_cdf_shows_each_scenario_with_its_sample_count_and_axis(
     assert "target p99 ≤ 5 µs" in text
     assert "[quick run]" in text
     edge = report["benches"]["edge"]
-    load = f"load avg {edge['load_start'][0]:g} → {edge['load_end'][0]:g}"
+    load = f"load avg (1 min) {edge['load_start'][0]:g} → {edge['load_end'][0]:g}"
     assert f"bench edge: run.json, started {report['started_at']}, {load}" in text
 
 
@@ -143,7 +143,7 @@ def test_ratio_bars_state_each_figure_against_its_baseline_from_the_same_run(
     ours = check["quotaflow_consume"]["calls_per_second"]
     base = check["baseline_pydantic_dict_consume"]["calls_per_second"]
     text = svg_text(quick_run.with_suffix("") / "edge-throughput.svg")
-    assert f"{ours / base:.3g} {TIMES}  ({ours:,.0f} vs {base:,.0f} calls/s)" in text
+    assert f"{ours / base:.3g} {TIMES} ({ours:,.0f} vs {base:,.0f} calls/s)" in text
     assert f"baseline, same run = 1 {TIMES}" in text
     assert f"{TIMES} the baseline (calls/s; higher is better)" in text
 

@@ -3,6 +3,9 @@ the percentiles older results kept (bench/common.py, bench/chartdata.py)."""
 
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 from bench.chartdata import distribution, entries, plotting_positions, runs_by_bench
@@ -55,7 +58,7 @@ def test_each_bench_is_drawn_from_its_newest_full_run_that_succeeded() -> None:
     ]
     runs = runs_by_bench(found)["edge"]
     assert [r.source for r in runs] == ["b.json", "a.json"]
-    assert "load avg 1 → 2, 2 CPUs" in runs[0].provenance()
+    assert "load avg (1 min) 1 → 2, 2 CPUs" in runs[0].provenance()
     # Quick runs are drawn only when a bench has nothing else.
     only_quick = runs_by_bench(entries("c.json", _report("t", True, 0, 4.0)))["edge"]
     assert only_quick[0].quick
@@ -73,3 +76,18 @@ def test_percentiles_alone_are_points_and_a_max_needs_a_sample_count() -> None:
     assert without_n.unit == "us"
     assert [p for p, _ in plotting_positions(without_n)] == [0.5, 0.99]
     assert distribution({"p99_ms": 3.0}) is None  # one point is no distribution
+
+
+def test_benchmarks_md_embeds_charts_that_were_drawn() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    links = re.findall(
+        r"!\[[^\]]*\]\((docs/bench/[^)]+\.svg)\)", (repo / "BENCHMARKS.md").read_text()
+    )
+    assert links
+    for link in links:
+        root = ET.parse(repo / link).getroot()  # noqa: S314 - a file of this repository
+        text = " ".join(
+            "".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")
+        )
+        # Drawn by bench/charts.py from a results file, which the footer names.
+        assert re.search(r"bench \w+: \d{8}-\d{6}(-quick)?\.json, started ", text), link
