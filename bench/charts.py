@@ -195,36 +195,51 @@ def _draw_ratios(pyplot: Any, spec: RatioBars, entry: Entry) -> tuple[MplFigure,
             base = number(resolve(entry.result, ratio.baseline, m.keys))
             if value is not None and base:
                 name = label(ratio.label, m.names, entry.result)
-                bars.append((name, value, base, ratio.unit or spec.unit))
+                target = ratio.target if ratio.target is not None else spec.target_ratio
+                bars.append((name, value, base, ratio.unit or spec.unit, target))
     if not bars:
         raise NothingToDraw(f"no value with its baseline at any of {spec.slug}'s paths")
     fig, ax = _new(pyplot, spec.title, entry, height=2.4 + 0.5 * len(bars))
-    ratios = [v / b for _, v, b, _ in bars]
+    ratios = [bar[1] / bar[2] for bar in bars]
     ys = list(range(len(bars)))[::-1]
-    good = [(r >= 1) == spec.higher_is_better for r in ratios]
-    ax.barh(ys, ratios, height=0.55, color=["tab:green" if g else "tab:orange" for g in good])
-    ax.set_yticks(ys, [name for name, _, _, _ in bars])
-    spread = max([*ratios, 1.0]) / min([*ratios, 1.0])
-    if spread > 20:
+    # Green or orange only against a target: a fraction of a raw ceiling is no failure.
+    colours = []
+    for r, (*_, target) in zip(ratios, bars, strict=True):
+        met = target is None or (r >= target if spec.higher_is_better else r <= target)
+        colours.append("tab:blue" if target is None else "tab:green" if met else "tab:orange")
+    ax.barh(ys, ratios, height=0.55, color=colours)
+    own = [bar[4] if bar[4] is not None and bar[4] != spec.target_ratio else None for bar in bars]
+    sign = "≥" if spec.higher_is_better else "≤"
+    names = [
+        f"{bar[0]}\ntarget {sign} {t:g} {TIMES}" if t else bar[0]
+        for bar, t in zip(bars, own, strict=True)
+    ]
+    ax.set_yticks(ys, names)
+    targets = [bar[4] for bar in bars if bar[4] is not None]
+    widest = max([*ratios, *targets, 1.0])
+    narrowest = min([*ratios, *targets, 1.0])
+    log = widest / narrowest > 20
+    if log:
         from matplotlib.ticker import FuncFormatter
 
         ax.set_xscale("log")
-        ax.set_xlim(left=min(ratios) / 3)
+        left = narrowest / 3
+        # Room right of the widest bar for its annotation, about 40 % of the axis.
+        ax.set_xlim(left, widest * (widest / left) ** 0.8)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.set_xlim(0, widest * 1.8)
     ax.axvline(1.0, color="black", linewidth=1.4, label=f"baseline, same run = 1 {TIMES}")
     if spec.target_ratio is not None:
         ax.axvline(spec.target_ratio, color="crimson", linestyle="--", linewidth=1.2,
-                   label=f"target {'≥' if spec.higher_is_better else '≤'} "
-                   f"{spec.target_ratio:g} {TIMES}")  # fmt: skip
-    for y, r, (_, value, base, unit) in zip(ys, ratios, bars, strict=True):
+                   label=f"target {sign} {spec.target_ratio:g} {TIMES}")  # fmt: skip
+    for y, r, (_, value, base, unit, _), target in zip(ys, ratios, bars, own, strict=True):
         text = f"{r:.3g} {TIMES} ({_fmt(value)} vs {_fmt(base)} {unit})"
+        if target is not None:
+            ax.plot([target], [y], marker="|", markersize=22, color="crimson", linestyle="none")
         # An offset, not leading spaces: SVG viewers collapse those.
         ax.annotate(text, (r, y), xytext=(4, 0), textcoords="offset points", va="center",
                     fontsize=8)  # fmt: skip
-    widest = max([*ratios, spec.target_ratio or 1.0])
-    ax.set_xlim(right=widest * (6 if spread > 20 else 1.8))
-    if spread <= 20:
-        ax.set_xlim(left=0)
     ax.set_ylim(-0.6, len(bars) - 0.4)
     better = "higher" if spec.higher_is_better else "lower"
     ax.set_xlabel(f"{TIMES} the baseline ({spec.unit}; {better} is better)")
