@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-from bench.figures import Path
+from bench.figure_kinds import Path
 
 # One unit of each dimension a distribution can be kept in, as a multiple of the first.
 _TO_MS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -128,7 +128,7 @@ def _step(node: Any, key: str) -> Any:
 
 
 def expand(root: Any, path: Path, name_field: str | None = None) -> list[Match]:
-    """Every node `path` reaches from `root` (see bench/figures.py for the syntax)."""
+    """Every node `path` reaches from `root` (see bench/figure_kinds.py for the syntax)."""
     matches = [Match((), (), root)]
     for key in path:
         nxt: list[Match] = []

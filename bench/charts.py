@@ -31,7 +31,8 @@ from bench.chartdata import (
     resolve,
     runs_by_bench,
 )
-from bench.figures import FIGURES, AgainstKeys, Figure, LatencyCDF, RatioBars
+from bench.figure_kinds import AgainstKeys, Figure, LatencyCDF, RatioBars
+from bench.figures import FIGURES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
