@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from quotaflow.console import customer, deadletters, login, tenants
+from quotaflow.console import customer, deadletters, login, pipeline, tenants
 from quotaflow.console.context import CONTEXT, ConsoleContext
 from quotaflow.console.guard import guard
 from quotaflow.console.ingress_watch import IngressWatch
@@ -51,7 +51,7 @@ def build_console_app(
             context.http = None
 
     app.cleanup_ctx.append(lifecycle)
-    for module in (login, tenants, customer, deadletters):
+    for module in (login, tenants, customer, deadletters, pipeline):
         app.router.add_routes(module.routes)
     app.router.add_static("/static/", STATIC, append_version=True)
     return app
