@@ -41,7 +41,9 @@ SECURITY_HEADERS = {
     "form-action 'self'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer browsers send `Origin: null` with a
+    # form POST, and the origin check would refuse the console's own forms.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 

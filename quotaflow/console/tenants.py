@@ -159,7 +159,12 @@ def _known_regions(console: ConsoleContext) -> list[str]:
 async def new_form(request: web.Request) -> web.StreamResponse:
     """The onboarding form."""
     console = request.app[CONTEXT]
-    return page(request, "tenant_new.html", regions=_known_regions(console), form={}, error=None)
+    blank: dict[str, Any] = dict.fromkeys(_KEPT, "") | {"regions": []}
+    return page(request, "tenant_new.html", regions=_known_regions(console), form=blank, error=None)
+
+
+# What a refused form keeps for the operator to correct; secrets are typed again.
+_KEPT = ("id", "name", "mode", "stripe_account", "plans", "webhook_url")
 
 
 def _field(form: Any, name: str) -> str | None:
@@ -192,10 +197,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         )
     except TenantsError as exc:
         # Secrets are not put back into the form: the operator types them again.
-        kept: dict[str, Any] = {
-            k: _field(form, k) or ""
-            for k in ("id", "name", "mode", "stripe_account", "plans", "webhook_url")
-        }
+        kept: dict[str, Any] = {k: _field(form, k) or "" for k in _KEPT}
         kept["regions"] = [r for r in form.getall("regions", []) if isinstance(r, str)]
         return page(
             request,

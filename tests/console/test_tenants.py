@@ -54,6 +54,10 @@ async def test_onboard_roll_suspend_resume_audited_with_no_secret_shown(
     client: Client, writer: TenantWriter, settings: Settings
 ) -> None:
     csrf = await sign_in(client, "alice")
+    blank = await (await client.get("/console/tenants-new")).text()
+    assert 'id="onboard-form"' in blank
+    assert 'value="eu"' in blank
+    assert 'value="us"' in blank
     secret, api_key = "whsec_console_" + "s" * 24, "rk_test_console_" + "k" * 24
     form = {
         "csrf": csrf,
