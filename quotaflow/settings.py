@@ -401,7 +401,7 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Log level for the JSON logs.")
 
-    @field_validator("tenants_file", "edge_api_keys_file", mode="before")
+    @field_validator("tenants_file", "edge_api_keys_file", "console_edge_token", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
