@@ -4,7 +4,6 @@ tenant's regions holds, the `quota explain` timeline and the usage over the peri
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +17,6 @@ from quotaflow.ops.explain import COMPARED, explain
 
 __all__ = ["routes"]
 
-log = logging.getLogger("quotaflow.console")
 routes = web.RouteTableDef()
 EXPLAIN_TIMEOUT = 60.0
 

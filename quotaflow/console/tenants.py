@@ -49,14 +49,23 @@ class Row:
     signature_failures: int | None
 
 
+UNKNOWN = -1  # failures exist outside the ingresses' top tenants: this one's are not known
+
+
+def _failures(tenant_id: str, failures: dict[str, int] | None) -> int | None:
+    """The tenant's signature failures in the window; the ingress names only its `top`
+    tenants and sums the rest as "other", so a tenant it does not name had none only when
+    "other" had none."""
+    if failures is None:
+        return None
+    if tenant_id in failures:
+        return failures[tenant_id]
+    return 0 if not failures.get("other") else UNKNOWN
+
+
 def _row(tenant: Tenant, failures: dict[str, int] | None) -> Row:
     active = sum(1 for s in tenant.webhook_secrets if s.expires_at is None)
-    return Row(
-        tenant,
-        active,
-        len(tenant.webhook_secrets) - active,
-        None if failures is None else failures.get(tenant.id, 0),
-    )
+    return Row(tenant, active, len(tenant.webhook_secrets) - active, _failures(tenant.id, failures))
 
 
 @routes.get("/tenants")

@@ -152,3 +152,21 @@ async def test_sign_out_ends_the_session(client: Client) -> None:
         allow_redirects=False,
     )
     assert replay.status == 303
+
+
+async def test_secure_cookies_when_configured_and_no_console_when_disabled(
+    settings: Settings, writer: TenantWriter
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from quotaflow.console.server import build_admin_server
+
+    forced = settings.model_copy(update={"console_secure_cookie": True})
+    async with TestClient(TestServer(build_admin_server(forced, writer))) as client:
+        form = await client.get("/console/login")
+        assert "Secure" in form.headers["Set-Cookie"]
+    off = settings.model_copy(update={"console_enabled": False})
+    async with TestClient(TestServer(build_admin_server(off, writer))) as client:
+        assert (await client.get("/console/login")).status == 404
+        # The admin API is still there.
+        assert (await client.get("/v1/openapi.json")).status == 200

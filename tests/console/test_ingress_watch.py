@@ -60,3 +60,13 @@ async def test_without_urls_the_window_says_not_configured() -> None:
     window = await watch.window()
     assert not window.configured
     assert watch.signature_failures() is None
+
+
+def test_a_tenant_the_ingress_does_not_name_is_unknown_only_when_others_failed() -> None:
+    from quotaflow.console.tenants import UNKNOWN, _failures
+
+    assert _failures("acme", None) is None
+    assert _failures("acme", {"acme": 3, "other": 9}) == 3
+    assert _failures("globex", {"acme": 3}) == 0
+    assert _failures("globex", {"acme": 3, "other": 0}) == 0
+    assert _failures("globex", {"acme": 3, "other": 2}) == UNKNOWN
