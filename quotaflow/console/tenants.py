@@ -15,7 +15,8 @@ from aiohttp import web
 from quotaflow.console.context import CONTEXT, SESSION, ConsoleContext
 from quotaflow.console.render import page
 from quotaflow.envelope import EVENT_ID, EVENT_TYPE, RECEIVED_AT
-from quotaflow.ops.exceptions import BadSpec
+from quotaflow.ops.exceptions import BadSpec, OpsError
+from quotaflow.ops.reconcile import disabled_endpoints
 from quotaflow.ops.timespec import Position, parse_duration
 from quotaflow.ops.topicread import TopicReader, header, tenant_partition
 from quotaflow.tenants.config import known_regions
@@ -31,6 +32,7 @@ PAGE_SIZE = 50
 # How far back the tenant page looks for the tenant's last accepted event.
 TAIL_RECORDS = 5000
 TAIL_TIMEOUT = 5.0
+STRIPE_TIMEOUT = 10.0
 
 
 def _matches(tenant: Tenant, query: str) -> bool:
@@ -134,6 +136,19 @@ async def last_accepted(console: ConsoleContext, tenant_id: str) -> dict[str, An
     }
 
 
+async def _ask_stripe(console: ConsoleContext, tenant: Tenant) -> dict[str, Any]:
+    """Which of the tenant's webhook endpoints Stripe disabled (the listing `quotaflow
+    reconcile` does), asked only when the operator asks: it spends the tenant's Stripe
+    rate."""
+    try:
+        found = await disabled_endpoints(console.settings, tenant, timeout=STRIPE_TIMEOUT)
+    except (OpsError, TimeoutError) as exc:
+        return {"problem": str(exc) or type(exc).__name__, "disabled": None}
+    if found is None:
+        return {"problem": "Stripe would not list them with this key", "disabled": None}
+    return {"problem": None, "disabled": found}
+
+
 @routes.get("/tenants/{tenant_id}")
 async def tenant_page(request: web.Request) -> web.StreamResponse:
     """One tenant: settings (masked), plans, webhook health, and its change forms."""
@@ -146,6 +161,7 @@ async def tenant_page(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # noqa: BLE001 - a page still renders; the reason is shown
         last, last_problem = None, type(exc).__name__
     failures = console.watch.signature_failures()
+    stripe_check = await _ask_stripe(console, tenant) if request.query.get("stripe") else None
     return page(
         request,
         "tenant.html",
@@ -153,6 +169,7 @@ async def tenant_page(request: web.Request) -> web.StreamResponse:
         row=_row(tenant, failures),
         last=last,
         last_problem=last_problem,
+        stripe_check=stripe_check,
         tail_records=TAIL_RECORDS,
         failures_known=failures is not None,
         done=request.query.get("done"),
@@ -251,6 +268,7 @@ async def _change(request: web.Request, action: str) -> web.StreamResponse:
             row=_row(tenant, failures),
             last=None,
             last_problem="not read",
+            stripe_check=None,
             tail_records=TAIL_RECORDS,
             failures_known=failures is not None,
             done=None,

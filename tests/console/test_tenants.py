@@ -4,17 +4,19 @@ same writer calls as the CLI, audited under the operator's token name, no secret
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from quotaflow.console.app import build_console_app
+from quotaflow.console.server import build_admin_server
 from quotaflow.registry import StaticTenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
 from quotaflow.tenants.documents import parse_tenant
 from quotaflow.tenants.writer import TenantWriter
-from tests.console.conftest import Client, post, sign_in
+from tests.console.conftest import TOKENS, Client, post, sign_in
 from tests.tenants.conftest import tenant_doc
 from tests.tenants.topicdump import audit_records
 
@@ -134,3 +136,23 @@ async def test_an_unknown_tenant_is_404(client: Client) -> None:
     csrf = await sign_in(client)
     assert (await client.get("/console/tenants/nobody")).status == 404
     assert (await post(client, "/console/tenants/nobody/suspend", {"csrf": csrf})).status == 404
+
+
+async def test_the_tenant_page_asks_stripe_for_disabled_endpoints_only_when_asked(
+    settings_factory: Callable[..., Settings], writer: TenantWriter, stripe_mock: str
+) -> None:
+    await writer.add(tenant_doc("acme", stripe_api_key="sk_test_123"), "test")
+    asking = settings_factory(
+        admin_tokens=TOKENS, regions=["eu", "us"], stripe_api_base=stripe_mock
+    )
+
+    def check(html: str) -> str:
+        return html[html.index('id="stripe-check"') :].split("</dd>")[0]
+
+    async with TestClient(TestServer(build_admin_server(asking, writer))) as client:
+        await sign_in(client)
+        plain = await (await client.get("/console/tenants/acme")).text()
+        assert 'id="ask-stripe"' in check(plain)
+        asked = await (await client.get("/console/tenants/acme?stripe=1")).text()
+        # stripe-mock's fixture endpoint is enabled: listed with the tenant's key, none off.
+        assert check(asked).endswith(">none disabled")
