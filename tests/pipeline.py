@@ -21,6 +21,7 @@ import orjson
 from quotaflow.envelope import Envelope
 from quotaflow.ops.lag import Lag, consumer_lag
 from quotaflow.settings import Settings
+from quotaflow.testing.harness import pipeline_env
 from quotaflow.testing.stripe_standin import StandinControl
 from tables.tenant import Tenant
 
@@ -112,20 +113,17 @@ def worker_env(
     `stripe`: the Stripe API the worker fetches from (the stand-in, or its URL), with the
     fetch on as in production; None: snapshot mode (fetch off).
     """
-    if stripe is None:
-        fetch = {"QUOTAFLOW_STRIPE_FETCH": "false"}
-    else:
-        url = stripe.url if isinstance(stripe, StandinControl) else stripe
-        fetch = {"QUOTAFLOW_STRIPE_FETCH": "true", "QUOTAFLOW_STRIPE_API_BASE": url}
+    url = stripe.url if isinstance(stripe, StandinControl) else stripe
     return {
-        "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
-        "QUOTAFLOW_PARTITIONS": str(settings.partitions),
-        "QUOTAFLOW_APP_ID": settings.app_id,
-        "QUOTAFLOW_DATA_DIR": str(data),
-        "QUOTAFLOW_STORE": "memory://",
-        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
-        **fetch,
+        **pipeline_env(
+            bootstrap=settings.kafka_bootstrap,
+            tenants_file=tenants_file,
+            data_dir=data,
+            stripe_api=url,
+            topic_prefix=settings.topic_prefix,
+            partitions=settings.partitions,
+            app_id=settings.app_id,
+        ),
         **{f"QUOTAFLOW_{k.upper()}": v for k, v in extra.items()},
     }
 
