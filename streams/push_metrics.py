@@ -1,11 +1,11 @@
 """The pusher's Prometheus metrics, in a registry of its own.
 
-Every quotaflow process builds its metrics one way: a class owns a
-`CollectorRegistry(auto_describe=True)` and its metrics as attributes, and the process's
-`/metrics` serves that registry (`ingress/metrics.py`, `edge/metrics.py`,
-`streams/worker_web.py`, this). Nothing goes on prometheus_client's global default
-registry, so two pushers (or a pusher beside a test) in one process never share series,
-and what a route serves is what its component registered.
+Every quotaflow process builds its metrics one way: a class owns a `CollectorRegistry`
+and its metrics as attributes, and the process's `/metrics` serves that registry
+(`ingress/metrics.py`, `edge/metrics.py`, `streams/worker_web.py`, this). Nothing goes
+on prometheus_client's global default registry, so two pushers (or a pusher beside a
+test) in one process never share series, and what a route serves is what its component
+registered.
 
 Every label set is bounded: regions come from configuration, node labels are node ids
 or configured URLs (a departed node's series are removed), outcomes and reasons are
