@@ -1,7 +1,8 @@
 """Configuration: one validated, frozen object read from `QUOTAFLOW_*` environment variables.
 
 Every field is documented in the README's configuration table; `tests/quotaflow/test_settings.py`
-checks that the table and this class name the same variables.
+(`test_readme_documents_every_setting_and_nothing_else`) checks that the table and this
+class name the same variables, and `tests/test_references.py` that the test cited exists.
 """
 
 from __future__ import annotations
