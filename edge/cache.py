@@ -445,8 +445,9 @@ class QuotaCache:
         deny = entry.deny
         if feature is not None:
             metered = entry.metered
-            if metered is not None and feature in metered:
-                meter = metered[feature]
+            named = metered.get(feature) if metered is not None else None
+            if named is not None:
+                meter = named
                 deny = entry.meter_deny
             elif feature not in entry.features:
                 meter = None
@@ -489,8 +490,9 @@ class QuotaCache:
         deny = entry.deny
         if feature is not None:
             metered = entry.metered
-            if metered is not None and feature in metered:
-                meter = metered[feature]
+            named = metered.get(feature) if metered is not None else None
+            if named is not None:
+                meter = named
                 deny = entry.meter_deny
             elif feature not in entry.features:
                 meter = None
