@@ -30,12 +30,16 @@ them and the ingress decides (today it refuses them for a tenant it no longer se
 there, and the reporter counts them as dropped). Resuming restores each entry's own
 status-based deny.
 
-Features and rate limits (the record's `features` and `rate_per_second`):
-- A call may name a feature (`check`/`consume(..., feature=...)`): if the customer's record
-  does not list it, the call is denied with `no_entitlement`. A call naming none is not
-  gated by features. `has()` answers a boolean feature on its own.
+Features and rate limits (the record's `features`, `rate_per_second` and `metered`):
+- A call may name a feature (`check`/`consume(..., feature=...)`). A named metered feature
+  of the record (`metered`, record version 2) has its own meter: remaining units, local
+  counters and token bucket, reported per feature. A boolean feature (`features`) or no
+  feature spends the default meter (the record's top-level quota and rate). A feature in
+  neither is denied with `no_entitlement`. The record's `exhausted` status is the default
+  quota's and denies only calls spending it. `has()` answers a feature on its own.
 - `rate_per_second` is calls per second (the plan catalog grants it per unit of quantity,
-  and a customer's items add up), enforced by a token bucket per customer on this node:
+  and a customer's items add up), enforced by a token bucket per customer and meter on
+  this node:
   it refills at `rate_per_second x rate_share` tokens a second and holds at most one
   second's worth (at least 1 token). Every allowed `consume` with `cost >= 1` spends one
   token, whatever the cost (cost is quota units; the rate counts calls); `check` and a

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.cache import EXHAUSTED, NO_ENTITLEMENT, QuotaCache, RateLimited
+from edge.identify import Ask
 from edge.spool import UsageSpool
+from edge.verdict import verdict
 from tables.quota import QuotaUpdate
 from tests.edge.factories import feature_quota, quota_update
 
@@ -139,3 +141,13 @@ def test_the_spool_keeps_feature_items_and_reads_an_old_spool(tmp_path: Path) ->
     tail = again.tail()
     assert tail is not None
     assert tail.items == {("t1", "c2"): 5}
+
+
+def test_an_exhausted_feature_answers_with_its_own_limit_over_http() -> None:
+    cache = cache_of(record(limit=100))
+    ask = Ask("t1", "c1", "exports", 7)
+    decision = cache.consume(ask.tenant, ask.customer, ask.cost, ask.feature)
+    answer = verdict(decision, ask, cache)
+    assert (answer.status, answer.reason) == (429, "insufficient")
+    headers = dict(answer.headers)
+    assert (headers["RateLimit-Limit"], headers["X-Quota-Remaining"]) == ("10", "6")
