@@ -353,6 +353,14 @@ class QuotaCache:
         )
         if held is None:
             self._by_tenant.setdefault(tenant, set()).add(update.customer_id)
+        elif held.metered is not None:
+            # A feature the new record no longer grants: its undrained units were consumed
+            # while it was granted, so they stay drainable (reported, billed) all the same.
+            kept = update.metered
+            for name, meter in held.metered.items():
+                if meter.pending and name not in kept:
+                    orphan = (tenant, update.customer_id, name)
+                    self._orphaned[orphan] = self._orphaned.get(orphan, 0) + meter.pending
         return True
 
     # -- writes: tenant states (signed pushes only) ---------------------------------

@@ -151,3 +151,12 @@ def test_an_exhausted_feature_answers_with_its_own_limit_over_http() -> None:
     assert (answer.status, answer.reason) == (429, "insufficient")
     headers = dict(answer.headers)
     assert (headers["RateLimit-Limit"], headers["X-Quota-Remaining"]) == ("10", "6")
+
+
+def test_units_of_a_feature_a_new_record_drops_are_still_reported() -> None:
+    cache = cache_of(record())
+    cache.consume("t1", "c1", 3, "exports")
+    cache.consume("t1", "c1", 1, "seats")
+    assert cache.apply(record(2, metered={"seats": feature_quota(None)}))
+    assert cache.consume("t1", "c1", 1, "exports") == NO_ENTITLEMENT
+    assert cache.drain_usage() == {("t1", "c1", "exports"): 3, ("t1", "c1", "seats"): 1}
