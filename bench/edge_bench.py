@@ -10,7 +10,8 @@ Run: `.venv/bin/python -m bench.edge_bench [--quick] [--rounds N]` (prints JSON)
    a dict. Then the same with features and rate limits on (`*_rate_feature`): every
    customer has a `rate_per_second` (high enough that no call is denied, so each call
    takes the whole bucket path: clock read, refill, spend) and two features, and each
-   call names one.
+   call names one. And with per-feature quotas (`*_metered_feature`): the same plus two
+   named metered features, each with its own quota and bucket, every call naming one.
 2. `POST /v1/consume` on a sidecar in a child process, driven open-loop at 2,000 req/s
    from this process over keep-alive connections; p50/p99/max client-side latency. The
    same load runs in the same run, alternately (`--rounds` times each, on a fresh server
@@ -42,7 +43,7 @@ from bench.common import cdf
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.server import build_app
-from tables.quota import QuotaUpdate, Reason, quota_key
+from tables.quota import FeatureQuota, QuotaUpdate, Reason, quota_key
 from wire import Kind, Verifier, generate_keypair
 
 CUSTOMERS = 10_000
@@ -60,7 +61,10 @@ MODES = {
 
 
 def _updates(
-    limit: int, rate: float | None = None, features: tuple[str, ...] = ()
+    limit: int,
+    rate: float | None = None,
+    features: tuple[str, ...] = (),
+    metered: tuple[str, ...] = (),
 ) -> list[QuotaUpdate]:
     return [
         QuotaUpdate(
@@ -75,6 +79,10 @@ def _updates(
             updated_at=0.0,
             rate_per_second=rate,
             features=features,
+            metered={
+                name: FeatureQuota(limit=limit, used=0, remaining=limit, rate_per_second=rate)
+                for name in metered
+            },
         )
         for i in range(CUSTOMERS)
     ]
@@ -195,6 +203,13 @@ def bench_check(calls: int = CALLS, samples: int = SAMPLES) -> dict[str, Any]:
     limited = QuotaCache(regions=("bench",))
     for u in _updates(limit=10**12, rate=1e9, features=("bulk", "export")):
         limited.apply(u, "bench")
+    # Per-feature quotas on: two named metered features (own quota and bucket each) beside
+    # the boolean ones, and every call names a metered one (its own meter and bucket).
+    metered = QuotaCache(regions=("bench",))
+    for u in _updates(
+        limit=10**12, rate=1e9, features=("bulk", "export"), metered=("calls", "exports")
+    ):
+        metered.apply(u, "bench")
     return {
         "timer_overhead_p50_us": _timer_overhead_us(),
         "quotaflow_check": _measure(cache.check, keys, calls, samples),
@@ -202,6 +217,10 @@ def bench_check(calls: int = CALLS, samples: int = SAMPLES) -> dict[str, Any]:
         "baseline_pydantic_dict_check": _measure(baseline.check, keys, calls, samples),
         "quotaflow_consume": _measure(cache.consume, keys, calls, samples),
         "quotaflow_consume_rate_feature": _measure(limited.consume, keys, calls, samples, "bulk"),
+        "quotaflow_check_metered_feature": _measure(metered.check, keys, calls, samples, "exports"),
+        "quotaflow_consume_metered_feature": _measure(
+            metered.consume, keys, calls, samples, "exports"
+        ),
         "baseline_pydantic_dict_consume": _measure(baseline.consume, keys, calls, samples),
     }
 

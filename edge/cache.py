@@ -30,12 +30,16 @@ them and the ingress decides (today it refuses them for a tenant it no longer se
 there, and the reporter counts them as dropped). Resuming restores each entry's own
 status-based deny.
 
-Features and rate limits (the record's `features` and `rate_per_second`):
-- A call may name a feature (`check`/`consume(..., feature=...)`): if the customer's record
-  does not list it, the call is denied with `no_entitlement`. A call naming none is not
-  gated by features. `has()` answers a boolean feature on its own.
+Features and rate limits (the record's `features`, `rate_per_second` and `metered`):
+- A call may name a feature (`check`/`consume(..., feature=...)`). A named metered feature
+  of the record (`metered`, record version 2) has its own meter: remaining units, local
+  counters and token bucket, reported per feature. A boolean feature (`features`) or no
+  feature spends the default meter (the record's top-level quota and rate). A feature in
+  neither is denied with `no_entitlement`. The record's `exhausted` status is the default
+  quota's and denies only calls spending it. `has()` answers a feature on its own.
 - `rate_per_second` is calls per second (the plan catalog grants it per unit of quantity,
-  and a customer's items add up), enforced by a token bucket per customer on this node:
+  and a customer's items add up), enforced by a token bucket per customer and meter on
+  this node:
   it refills at `rate_per_second x rate_share` tokens a second and holds at most one
   second's worth (at least 1 token). Every allowed `consume` with `cost >= 1` spends one
   token, whatever the cost (cost is quota units; the rate counts calls); `check` and a
@@ -64,7 +68,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
-from tables.quota import QuotaUpdate
+from tables.quota import FeatureQuota, QuotaUpdate
+
+# A drained usage count: (tenant, customer) for the default feature, (tenant, customer,
+# feature) for a named metered feature.
+UsageKey = tuple[str, str] | tuple[str, str, str]
 
 
 class Decision(NamedTuple):
@@ -131,6 +139,10 @@ _TENANT_DENY: dict[str, Decision | None] = {
 _new_decision: Callable[[type[Decision], tuple[bool, int | None, str]], Decision] = tuple.__new__
 
 
+def _usage_key(tenant: str, customer: str, feature: str | None) -> UsageKey:
+    return (tenant, customer) if feature is None else (tenant, customer, feature)
+
+
 def _denied(remaining: int) -> Decision:
     return EXHAUSTED if remaining <= 0 else Decision(False, remaining, "insufficient")
 
@@ -143,20 +155,71 @@ def _status_deny(update: QuotaUpdate) -> Decision | None:
     return None
 
 
-class _Entry:
+class _Meter:
+    """One metered quota of a customer on this node: the units left after the last push
+    minus local consumption, the counters the reporter drains, and its token bucket.
+    `_Entry` is the default feature's meter; named metered features have one each."""
+
+    __slots__ = ("burst", "local", "pending", "rate", "remaining", "stamp", "tokens")
+
+    def _init_meter(
+        self,
+        remaining: int | None,
+        rate_per_second: float | None,
+        pending: int,
+        rate_share: float,
+        now: float,
+        held: _Meter | None,
+    ) -> None:
+        # Token bucket (None: no rate limit). `tokens` is the level at `stamp` (the cache's
+        # monotonic clock); the level now is computed on use, so nothing ticks.
+        self.rate: float | None = None
+        self.burst = self.tokens = self.stamp = 0.0
+        if rate_per_second is not None:
+            rate = max(rate_per_second * rate_share, 0.0)
+            self.rate = rate
+            self.burst = max(rate, 1.0) if rate > 0 else 0.0
+            self.stamp = now
+            # A new record of a customer already limited keeps the bucket's level: pushes
+            # come often (usage thresholds, renewals) and must not hand out a fresh burst.
+            self.tokens = (
+                min(held.level(now), self.burst)
+                if held is not None and held.rate is not None
+                else self.burst
+            )
+        self.pending = pending
+        self.local = pending
+        self.remaining: int | None = None if remaining is None else remaining - pending
+
+    def level(self, now: float) -> float:
+        """Tokens in the bucket at `now` (only for a meter with a rate)."""
+        tokens = self.tokens + (now - self.stamp) * (self.rate or 0.0)
+        return tokens if tokens < self.burst else self.burst
+
+
+class _FeatureMeter(_Meter):
+    __slots__ = ()
+
+    def __init__(
+        self,
+        quota: FeatureQuota,
+        pending: int,
+        rate_share: float,
+        now: float,
+        held: _Meter | None,
+    ) -> None:
+        self._init_meter(quota.remaining, quota.rate_per_second, pending, rate_share, now, held)
+
+
+class _Entry(_Meter):
     __slots__ = (
-        "burst",
         "deny",
         "features",
         "grace_until",
-        "local",
+        "meter_deny",
+        "metered",
         "own_deny",
-        "pending",
-        "rate",
         "region",
-        "remaining",
-        "stamp",
-        "tokens",
         "update",
     )
 
@@ -173,40 +236,52 @@ class _Entry:
     ) -> None:
         self.update = update
         self.features = frozenset(update.features)
-        # Token bucket (None: no rate limit). `tokens` is the level at `stamp` (the cache's
-        # monotonic clock); the level now is computed on use, so nothing ticks.
-        self.rate: float | None = None
-        self.burst = self.tokens = self.stamp = 0.0
-        if update.rate_per_second is not None:
-            rate = max(update.rate_per_second * rate_share, 0.0)
-            self.rate = rate
-            self.burst = max(rate, 1.0) if rate > 0 else 0.0
-            self.stamp = now
-            # A new record of a customer already limited keeps the bucket's level: pushes
-            # come often (usage thresholds, renewals) and must not hand out a fresh burst.
-            self.tokens = (
-                min(held.level(now), self.burst)
-                if held is not None and held.rate is not None
-                else self.burst
-            )
+        self._init_meter(update.remaining, update.rate_per_second, pending, rate_share, now, held)
+        # Named metered features (record version 2), each its own meter; None when the
+        # record has none, so a call naming a feature pays one test for them.
+        self.metered: dict[str, _Meter] | None = None
+        if update.metered:
+            old = held.metered if held is not None else None
+            self.metered = {
+                name: _FeatureMeter(
+                    quota,
+                    old[name].pending if old is not None and name in old else 0,
+                    rate_share,
+                    now,
+                    old.get(name) if old is not None else None,
+                )
+                for name, quota in update.metered.items()
+            }
         self.region = region
-        self.pending = pending
-        self.local = pending
-        self.remaining: int | None = (
-            None if update.remaining is None else update.remaining - pending
-        )
         # What the quota's own status says; `deny` is what the hot path reads: a tenant
         # deny (suspended) wins over it, and resuming puts `own_deny` back.
         self.own_deny = _status_deny(update)
-        self.deny: Decision | None = tenant_deny or self.own_deny
+        self.deny: Decision | None = None
+        self.meter_deny: Decision | None = None
+        self.set_tenant_deny(tenant_deny)
         # The core publishes the deadline with the grace status: past it the customer is
         # blocked here at once, before the core's next record says so.
         self.grace_until = update.grace_until if update.status == "grace" else None
 
-    def level(self, now: float) -> float:
-        """Tokens in the bucket at `now` (only for an entry with a rate)."""
-        tokens = self.tokens + (now - self.stamp) * (self.rate or 0.0)
-        return tokens if tokens < self.burst else self.burst
+    def set_tenant_deny(self, tenant_deny: Decision | None) -> None:
+        """`deny` answers the default feature; `meter_deny` a named metered feature, which
+        the record's `exhausted` status (the default quota's) does not concern."""
+        own = self.own_deny
+        self.deny = tenant_deny or own
+        self.meter_deny = tenant_deny or (None if own is EXHAUSTED else own)
+
+    def drain(self) -> list[tuple[str | None, int]]:
+        """Pending units per meter (None: the default feature); resets them."""
+        out: list[tuple[str | None, int]] = []
+        if self.pending:
+            out.append((None, self.pending))
+            self.pending = 0
+        if self.metered is not None:
+            for name, meter in self.metered.items():
+                if meter.pending:
+                    out.append((name, meter.pending))
+                    meter.pending = 0
+        return out
 
 
 class QuotaCache:
@@ -238,7 +313,7 @@ class QuotaCache:
         # Tenants denied as a whole (suspended or removed), by their deny.
         self._tenant_deny: dict[str, Decision] = {}
         # Undrained units of entries dropped with a removed tenant, for `drain_usage`.
-        self._orphaned: dict[tuple[str, str], int] = {}
+        self._orphaned: dict[UsageKey, int] = {}
         self._unknown = UNKNOWN if complete else NO_SNAPSHOT
         self._clock = clock
         self._wall = wall_clock
@@ -273,11 +348,19 @@ class QuotaCache:
             held.pending if held is not None else 0,
             deny,
             rate_share=self._rate_share,
-            now=self._clock() if update.rate_per_second is not None else 0.0,
+            now=self._clock() if update.rate_per_second is not None or update.metered else 0.0,
             held=held,
         )
         if held is None:
             self._by_tenant.setdefault(tenant, set()).add(update.customer_id)
+        elif held.metered is not None:
+            # A feature the new record no longer grants: its undrained units were consumed
+            # while it was granted, so they stay drainable (reported, billed) all the same.
+            kept = update.metered
+            for name, meter in held.metered.items():
+                if meter.pending and name not in kept:
+                    orphan = (tenant, update.customer_id, name)
+                    self._orphaned[orphan] = self._orphaned.get(orphan, 0) + meter.pending
         return True
 
     # -- writes: tenant states (signed pushes only) ---------------------------------
@@ -291,15 +374,14 @@ class QuotaCache:
         if deny is REMOVED:
             for customer in customers:
                 entry = self._entries.pop((tenant_id, customer))
-                if entry.pending:
-                    key = (tenant_id, customer)
-                    self._orphaned[key] = self._orphaned.get(key, 0) + entry.pending
+                for feature, units in entry.drain():
+                    key = _usage_key(tenant_id, customer, feature)
+                    self._orphaned[key] = self._orphaned.get(key, 0) + units
             self._by_tenant.pop(tenant_id, None)
             self._tenant_deny[tenant_id] = REMOVED
             return True
         for customer in customers:
-            entry = self._entries[(tenant_id, customer)]
-            entry.deny = deny or entry.own_deny
+            self._entries[(tenant_id, customer)].set_tenant_deny(deny)
         if deny is None:
             self._tenant_deny.pop(tenant_id, None)
         else:
@@ -370,22 +452,33 @@ class QuotaCache:
             return self._tenant_deny.get(tenant_id) or self._unknown
         if self._guard and self._clock() >= self._stale_deadline and self._is_stale(entry):
             return STALE
-        if entry.deny is not None:
-            return entry.deny
+        # Which meter the call spends: the default one, unless it names a metered feature.
+        meter: _Meter | None = entry
+        deny = entry.deny
+        if feature is not None:
+            metered = entry.metered
+            named = metered.get(feature) if metered is not None else None
+            if named is not None:
+                meter = named
+                deny = entry.meter_deny
+            elif feature not in entry.features:
+                meter = None
+        if deny is not None:
+            return deny
         if entry.grace_until is not None and self._wall() >= entry.grace_until:
             return GRACE_ENDED
-        if feature is not None and feature not in entry.features:
+        if meter is None:
             return NO_ENTITLEMENT
-        remaining = entry.remaining
+        remaining = meter.remaining
         if remaining is not None and cost > remaining:
             return _denied(remaining)
-        # Customers without a rate limit pay one attribute test for it.
-        rate = entry.rate
+        # Meters without a rate limit pay one attribute test for it.
+        rate = meter.rate
         if rate is not None:
             # The bucket's level now, inlined (the hot path of a limited customer). Capping
             # at the burst cannot change a `< 1` test (a positive rate's burst is at least
             # 1), and a rate of 0 stays at its 0 tokens.
-            tokens = entry.tokens + (self._clock() - entry.stamp) * rate
+            tokens = meter.tokens + (self._clock() - meter.stamp) * rate
             if tokens < 1.0:
                 return _limited(remaining, rate, tokens)
         if remaining is None:
@@ -405,55 +498,70 @@ class QuotaCache:
             return self._tenant_deny.get(tenant_id) or self._unknown
         if self._guard and self._clock() >= self._stale_deadline and self._is_stale(entry):
             return STALE
-        if entry.deny is not None:
-            return entry.deny
+        meter: _Meter | None = entry
+        deny = entry.deny
+        if feature is not None:
+            metered = entry.metered
+            named = metered.get(feature) if metered is not None else None
+            if named is not None:
+                meter = named
+                deny = entry.meter_deny
+            elif feature not in entry.features:
+                meter = None
+        if deny is not None:
+            return deny
         if entry.grace_until is not None and self._wall() >= entry.grace_until:
             return GRACE_ENDED
-        if feature is not None and feature not in entry.features:
+        if meter is None:
             return NO_ENTITLEMENT
-        # Customers without a rate limit pay one attribute test for it (`entry.rate`).
-        remaining = entry.remaining
+        # Meters without a rate limit pay one attribute test for it (`meter.rate`).
+        remaining = meter.remaining
         if remaining is None:
-            if entry.rate is not None and (limited := self._take(entry, None, cost)) is not None:
+            if meter.rate is not None and (limited := self._take(meter, None, cost)) is not None:
                 return limited
-            entry.local += cost
-            entry.pending += cost
+            meter.local += cost
+            meter.pending += cost
             return UNLIMITED
         if cost <= remaining:
-            if entry.rate is not None and (limited := self._take(entry, remaining, cost)):
+            if meter.rate is not None and (limited := self._take(meter, remaining, cost)):
                 return limited
             remaining -= cost
-            entry.remaining = remaining
-            entry.local += cost
-            entry.pending += cost
+            meter.remaining = remaining
+            meter.local += cost
+            meter.pending += cost
             return _new_decision(Decision, (True, remaining, OK))
         return _denied(remaining)
 
     def has(self, tenant_id: str, customer_id: str, feature: str) -> bool:
-        """Whether the customer holds boolean `feature` now: its record lists it and the
-        customer is served (not stale-closed, suspended, removed, blocked or past grace).
-        Quota exhaustion and the rate limit do not take a feature away."""
+        """Whether the customer holds `feature` now: its record lists it as a boolean
+        feature or grants it as a metered one, and the customer is served (not
+        stale-closed, suspended, removed, blocked or past grace). Running out of units and
+        the rate limit do not take a feature away."""
         entry = self._entries.get((tenant_id, customer_id))
-        if entry is None or feature not in entry.features:
+        if entry is None:
+            return False
+        if feature not in entry.features and (
+            entry.metered is None or feature not in entry.metered
+        ):
             return False
         if self._guard and self._clock() >= self._stale_deadline and self._is_stale(entry):
             return False
-        if entry.deny is not None and entry.deny is not EXHAUSTED:
+        if entry.meter_deny is not None:
             return False
         return entry.grace_until is None or self._wall() < entry.grace_until
 
-    def _take(self, entry: _Entry, remaining: int | None, cost: int) -> Decision | None:
-        """For customers with a rate limit: takes a token (none for a cost-0 probe, which
+    def _take(self, meter: _Meter, remaining: int | None, cost: int) -> Decision | None:
+        """For meters with a rate limit: takes a token (none for a cost-0 probe, which
         counts nothing) and answers None, or answers the `rate_limited` denial."""
-        rate = entry.rate or 0.0
+        rate = meter.rate or 0.0
         now = self._clock()
-        tokens = entry.tokens + (now - entry.stamp) * rate
+        tokens = meter.tokens + (now - meter.stamp) * rate
         if tokens < 1.0:
             return _limited(remaining, rate, tokens)
         if cost:
-            burst = entry.burst
-            entry.tokens = (burst if tokens > burst else tokens) - 1.0
-            entry.stamp = now
+            burst = meter.burst
+            meter.tokens = (burst if tokens > burst else tokens) - 1.0
+            meter.stamp = now
         return None
 
     def _is_stale(self, entry: _Entry) -> bool:
@@ -476,15 +584,24 @@ class QuotaCache:
             doc["status"] = "exhausted"
         doc["pending_usage"] = entry.pending
         doc["region"] = entry.region
+        if entry.metered is not None:
+            for name, meter in entry.metered.items():
+                quota = doc["metered"][name]
+                quota["used"] += meter.local
+                left = meter.remaining
+                quota["remaining"] = None if left is None else max(left, 0)
+                quota["pending_usage"] = meter.pending
         return doc
 
-    def drain_usage(self) -> dict[tuple[str, str], int]:
-        """Units consumed since the last drain, per (tenant, customer); resets them."""
+    def drain_usage(self) -> dict[UsageKey, int]:
+        """Units consumed since the last drain, per (tenant, customer) for the default
+        feature and per (tenant, customer, feature) for a named metered one; resets them."""
         drained, self._orphaned = self._orphaned, {}
-        for key, entry in self._entries.items():
-            if entry.pending:
-                drained[key] = drained.get(key, 0) + entry.pending
-                entry.pending = 0
+        for (tenant, customer), entry in self._entries.items():
+            if entry.pending or entry.metered is not None:
+                for feature, units in entry.drain():
+                    key = _usage_key(tenant, customer, feature)
+                    drained[key] = drained.get(key, 0) + units
         return drained
 
     def state_age_seconds(self) -> dict[str, float]:

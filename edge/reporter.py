@@ -1,8 +1,9 @@
 """The edge's usage reporter: drains the cache's counts into batches and reports them.
 
-Every `interval` seconds: drain `QuotaCache.drain_usage()` into a sealed batch on the
-disk spool (`edge/spool.py`), then send spooled batches to the ingress `POST /v1/usage`
-oldest first, one at a time, each signed with the node's edge key
+Every `interval` seconds: drain `QuotaCache.drain_usage()` (units per customer and
+metered feature; an item names its `feature` unless it is the default one) into a sealed
+batch on the disk spool (`edge/spool.py`), then send spooled batches to the ingress
+`POST /v1/usage` oldest first, one at a time, each signed with the node's edge key
 (`QUOTAFLOW_EDGE_SIGNING_KEYS`, kind `usage` of `wire/signing.py`). A batch id is
 `<node_id>:<spool incarnation>:<seq>` (edge/spool.py); re-sending a batch re-uses its id,
 so the core counts it once however often it travels, and a spool that starts over empty
@@ -41,8 +42,8 @@ import aiohttp
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from edge.cache import QuotaCache
-from edge.spool import UsageKey, UsageSpool
+from edge.cache import QuotaCache, UsageKey
+from edge.spool import UsageSpool
 from quotaflow.settings import Settings
 from wire import REGION_HTTP_HEADER, Kind, Signer
 from wire.signing import KeyMaterial
@@ -250,10 +251,7 @@ class UsageReporter:
                 "node_id": self.node_id,
                 "region": self._region,
                 "sent_at": self._clock(),
-                "items": [
-                    {"tenant_id": t, "customer_id": c, "units": u}
-                    for (t, c), u in batch.items.items()
-                ],
+                "items": [_item(key, units) for key, units in batch.items.items()],
             }
         )
         headers = {
@@ -305,6 +303,15 @@ class UsageReporter:
     def _update_gauges(self) -> None:
         self.backlog_batches.set(len(self.spool))
         self.backlog_units.set(self.spool.units)
+
+
+def _item(key: UsageKey, units: int) -> dict[str, object]:
+    """A report item; `feature` only for a named metered feature (the default feature's
+    items are what an ingress from before features accepts)."""
+    item: dict[str, object] = {"tenant_id": key[0], "customer_id": key[1], "units": units}
+    if len(key) == 3:
+        item["feature"] = key[2]
+    return item
 
 
 def _error_of(answer: bytes) -> dict[str, object]:

@@ -18,7 +18,9 @@ Layout of the spool directory:
   agent tracks applied sequence numbers per node, gaps included) but never reuse a
   number (which would make the core drop a batch as a duplicate).
 - `batch-<seq, 20 digits>.json`: one sealed batch, `{"seq", "items": [[tenant, customer,
-  units], ...]}`. Deleted once the ingress answered 200.
+  units], ...]}`, an item of a named metered feature `[tenant, customer, units, feature]`
+  (a spool written before features only has the first form). Deleted once the ingress
+  answered 200.
 - `rejected/`: batches the ingress refused as malformed (never expected; kept for an
   operator rather than silently dropped).
 
@@ -42,7 +44,7 @@ from tables.dedupe import INCARNATION_HEX, format_batch_id
 
 __all__ = ["SpooledBatch", "UsageSpool", "new_incarnation"]
 
-UsageKey = tuple[str, str]
+from edge.cache import UsageKey
 
 
 @dataclass(slots=True)
@@ -56,6 +58,11 @@ class SpooledBatch:
 
     def __post_init__(self) -> None:
         self.units = sum(self.items.values())
+
+
+def _key(row: list[object]) -> UsageKey:
+    tenant, customer = str(row[0]), str(row[1])
+    return (tenant, customer) if len(row) < 4 else (tenant, customer, str(row[3]))
 
 
 def new_incarnation() -> str:
@@ -86,7 +93,7 @@ class UsageSpool:
         next_seq = int(stored.read_text().strip() or "1") if stored.exists() else 1
         for path in sorted(self._dir.glob("batch-*.json")):
             doc = orjson.loads(path.read_bytes())
-            items = {(t, c): int(u) for t, c, u in doc["items"]}
+            items = {_key(row): int(row[2]) for row in doc["items"]}
             batch = SpooledBatch(int(doc["seq"]), items, attempted=True)
             self._batches[batch.seq] = batch
             next_seq = max(next_seq, batch.seq + 1)
@@ -208,7 +215,7 @@ class UsageSpool:
         return self._dir / f"batch-{seq:020d}.json"
 
     def _store(self, batch: SpooledBatch) -> None:
-        items = [[t, c, u] for (t, c), u in batch.items.items()]
+        items = [[k[0], k[1], u, *k[2:]] for k, u in batch.items.items()]
         self._write(self._path(batch.seq), orjson.dumps({"seq": batch.seq, "items": items}))
 
     def _write(self, path: Path, data: bytes) -> None:

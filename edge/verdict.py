@@ -111,8 +111,11 @@ def verdict(
         doc = cache.get(ask.tenant, ask.customer)
         retry = None
         if doc is not None:
-            if doc.get("limit") is not None:
-                headers.append(("RateLimit-Limit", str(doc["limit"])))
+            # The quota the call spent: a named metered feature's own, else the default.
+            metered = doc.get("metered") or {}
+            quota = metered.get(ask.feature, doc) if ask.feature is not None else doc
+            if quota.get("limit") is not None:
+                headers.append(("RateLimit-Limit", str(quota["limit"])))
             headers.append(("RateLimit-Remaining", str(max(remaining or 0, 0))))
             end = doc.get("period_end")
             if isinstance(end, int | float):

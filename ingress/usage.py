@@ -6,7 +6,11 @@ Request (sent by the edge sidecar's reporter, `edge/reporter.py`):
     X-Quotaflow-Signature: t=<unix s>,k=<key id>,ed25519=<base64url>   (wire/signing.py)
     {"batch_id": "node-1:9f86d081884c7d65:42", "node_id": "node-1", "region": "eu",
      "sent_at": 1767225600.5,
-     "items": [{"tenant_id": "acme", "customer_id": "cus_1", "units": 30}, ...]}
+     "items": [{"tenant_id": "acme", "customer_id": "cus_1", "units": 30},
+               {"tenant_id": "acme", "customer_id": "cus_1", "units": 2, "feature": "exports"}]}
+
+An item without `feature` is the default feature's usage; with one, a named metered
+feature's (`[A-Za-z0-9][A-Za-z0-9._:-]{0,63}`).
 
 A batch id is `<node_id>:<spool incarnation, 16 hex>:<seq>`, its node part the body's
 `node_id`. The legacy `<node_id>:<seq>` is accepted while `usage_legacy_batch_ids` is on
@@ -19,12 +23,13 @@ marks per key, so a node id is only ever as good as the key that signed it.
 The region header picks the keys before the body is trusted (the region's public edge
 keys, `QUOTAFLOW_EDGE_VERIFY_KEYS`, kind `usage`: a push or announcement signature never
 verifies here; several during a rotation; a signature is accepted once within the
-window). Then: every item names a known tenant (active or suspended) served in that region, with
-1 <= units <= 10^9, at most one item per (tenant, customer), at most `usage_max_items`.
-The batch is split per tenant into one record each (key = tenant id, so a tenant's usage
-shares the partition of its customers' table), published with acks=all; 200 only once
-every record is acknowledged, 503 + Retry-After otherwise (the edge re-sends the same
-batch id; a record that landed anyway is a duplicate the usage agent ignores).
+window). Then: every item names a known tenant (active or suspended) served in that
+region, with 1 <= units <= 10^9, at most one item per (tenant, customer, feature), at most
+`usage_max_items`. The batch is split per tenant into one record each (key = tenant id,
+so a tenant's usage shares the partition of its customers' table), published with
+acks=all; 200 only once every record is acknowledged, 503 + Retry-After otherwise (the
+edge re-sends the same batch id; a record that landed anyway is a duplicate the usage agent
+ignores).
 
 Refusals answer `{"error": {"reason", "message"[, "tenant_id"]}}` and publish nothing:
 401 signature reasons (`missing_signature`, `bad_signature`, `stale`, `replayed`,
@@ -61,7 +66,7 @@ from quotaflow.envelope import RECEIVED_AT, SCHEMA, TENANT
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from tables.dedupe import parse_batch_id
-from tables.tenant import TENANT_ID_PATTERN
+from tables.tenant import FEATURE_PATTERN, TENANT_ID_PATTERN
 from tables.usage import (
     BATCH_ID_HEADER,
     BATCH_ID_PATTERN,
@@ -87,6 +92,7 @@ class _Item(BaseModel):
     tenant_id: str = Field(..., pattern=TENANT_ID_PATTERN)
     customer_id: str = Field(..., min_length=1, max_length=255)
     units: int = Field(..., ge=1, le=MAX_UNITS, strict=True)
+    feature: str | None = Field(None, pattern=FEATURE_PATTERN)
 
 
 class _Report(BaseModel):
@@ -226,14 +232,16 @@ class UsageEndpoint:
         if len(report.items) > self._max_items:
             raise RequestRejected("too_many_items", f"at most {self._max_items} items")
         by_tenant: dict[str, list[dict[str, object]]] = {}
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, str | None]] = set()
         for item in report.items:
-            if (item.tenant_id, item.customer_id) in seen:
-                raise RequestRejected("duplicate_item", "one item per (tenant, customer)")
-            seen.add((item.tenant_id, item.customer_id))
-            by_tenant.setdefault(item.tenant_id, []).append(
-                {"customer_id": item.customer_id, "units": item.units}
-            )
+            if (item.tenant_id, item.customer_id, item.feature) in seen:
+                raise RequestRejected("duplicate_item", "one item per (tenant, customer, feature)")
+            seen.add((item.tenant_id, item.customer_id, item.feature))
+            entry: dict[str, object] = {"customer_id": item.customer_id, "units": item.units}
+            if item.feature is not None:
+                # Only when named: a default-feature record stays byte-for-byte as before.
+                entry["feature"] = item.feature
+            by_tenant.setdefault(item.tenant_id, []).append(entry)
         for tenant_id in by_tenant:
             self._check_tenant(tenant_id, region)
         now = self._clock()

@@ -51,8 +51,9 @@ comes after it. Rules that keep a state from regressing, whichever inputs arrive
   replayed invoice of an earlier period adds nothing.
 
 Version: `QuotaUpdate.version` increases by one each time the published quota changes
-(limit, used, status, period, features, rate or published customer id); nothing is
-published otherwise.
+(limit, used, status, period, features, rate, metered features or published customer
+id); nothing is published otherwise. A new period resets `used` and every metered
+feature's usage (`feature_used`).
 """
 
 from __future__ import annotations
@@ -378,6 +379,7 @@ def _apply_subscription(
             period_start=start,
             period_end=end,
             used=0,
+            feature_used={},
             topups={k: v for k, v in topups.items() if v[0] >= start},
         )
     elif start is not None and start == current_start:
@@ -420,6 +422,7 @@ def _subscription_state(
         quota=grant.quota,
         rate_per_second=grant.rate_per_second,
         features=grant.features,
+        metered=grant.metered,
     )
     return sub, grant.unknown_prices
 

@@ -25,6 +25,7 @@ from tables.quota import QuotaUpdate
 __all__ = [
     "TERMINAL_STATUSES",
     "CustomerState",
+    "FeatureGrant",
     "ItemState",
     "SubscriptionState",
     "UsageMark",
@@ -47,6 +48,15 @@ class ItemState:
 
 
 @dataclass(frozen=True, slots=True)
+class FeatureGrant:
+    """What a subscription grants of one named metered feature (quantities applied)."""
+
+    name: str
+    quota: int | None = 0
+    rate_per_second: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SubscriptionState:
     """One subscription as last applied, with the key that orders its snapshots."""
 
@@ -61,6 +71,7 @@ class SubscriptionState:
     quota: int | None = 0
     rate_per_second: float | None = None
     features: tuple[str, ...] = ()
+    metered: tuple[FeatureGrant, ...] = ()
 
     def order_key(self) -> tuple[bool, int, float]:
         """Snapshots apply in this order: terminal last, then newer period, then newer time."""
@@ -98,6 +109,8 @@ class CustomerState(BaseModel):
     period_start: int | None = None
     period_end: int | None = None
     used: int = 0
+    # Units of each named metered feature used in the current period (reset with `used`).
+    feature_used: dict[str, int] = Field(default_factory=dict)
     # Paid top-up invoices: id -> (paid at, units). They count while paid at >= period
     # start, so a top-up delivered before the period it was bought in is not lost.
     topups: dict[str, tuple[int, int]] = Field(default_factory=dict)

@@ -95,6 +95,7 @@ def publish_if_changed(
         features=view.features,
         rate_per_second=view.rate_per_second,
         grace_until=view.grace_until,
+        metered=dict(view.metered),
     )
 
 
@@ -120,12 +121,13 @@ def retirement(state: CustomerState, update: QuotaUpdate | None) -> QuotaUpdate 
             "features": (),
             "rate_per_second": None,
             "grace_until": None,
+            "metered": {},
         }
     )
 
 
 def same_quota(view: QuotaView, last: QuotaUpdate, *, except_used: bool = False) -> bool:
-    """Whether `view` publishes as `last` did (`except_used`: ignoring `used`)."""
+    """Whether `view` publishes as `last` did (`except_used`: ignoring every `used`)."""
     return (
         view.limit == last.limit
         and (except_used or view.used == last.used)
@@ -136,6 +138,19 @@ def same_quota(view: QuotaView, last: QuotaUpdate, *, except_used: bool = False)
         and view.features == last.features
         and view.rate_per_second == last.rate_per_second
         and view.grace_until == last.grace_until
+        and _same_metered(view, last, except_used)
+    )
+
+
+def _same_metered(view: QuotaView, last: QuotaUpdate, except_used: bool) -> bool:
+    if not except_used:
+        return dict(view.metered) == last.metered
+    if view.metered.keys() != last.metered.keys():
+        return False
+    return all(
+        (q.limit, q.rate_per_second)
+        == (last.metered[name].limit, last.metered[name].rate_per_second)
+        for name, q in view.metered.items()
     )
 
 

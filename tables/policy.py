@@ -13,6 +13,12 @@
   subscription is active, else `grace` if any is, else `blocked` (no subscription at
   all: `blocked` with limit 0). An `active` or `grace` customer whose `used` reached
   the limit is `exhausted`. A deleted customer is `blocked`.
+- Named metered features (`PlanEntry.metered`) add up the same way, each on its own:
+  a feature's limit is the sum of its grants over the counting subscriptions (`null`
+  wins), its `used` is `CustomerState.feature_used[name]`; a feature no counting
+  subscription grants is absent (the edge answers `no_entitlement`). Top-ups and the
+  top-level status concern the default feature only: a customer whose default quota is
+  exhausted keeps the metered features it has units of.
 - The period is the latest item period (`current_period_start/end`) of the counting
   subscriptions (or of all, when none counts), falling back to the subscription-level
   period of older API versions.
@@ -24,11 +30,11 @@ snapshot is applied (`entitlement_of`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-from tables.billing_state import CustomerState, ItemState, SubscriptionState
-from tables.quota import QuotaStatus
+from tables.billing_state import CustomerState, FeatureGrant, ItemState, SubscriptionState
+from tables.quota import FeatureQuota, QuotaStatus
 from tables.tenant import Tenant
 
 __all__ = [
@@ -62,13 +68,41 @@ class Entitlement:
     rate_per_second: float | None
     features: tuple[str, ...]
     unknown_prices: tuple[str, ...]
+    metered: tuple[FeatureGrant, ...] = ()
+
+
+def _add_quota(total: int | None, more: int | None) -> int | None:
+    """Quotas add up; unlimited (None) wins."""
+    return None if total is None or more is None else total + more
+
+
+def _add_rate(total: float | None, more: float | None) -> float | None:
+    """Rates of the grants that have one add up; a grant without a rate adds nothing."""
+    return total if more is None else (total or 0.0) + more
+
+
+def _merge(grants: dict[str, FeatureGrant], grant: FeatureGrant) -> None:
+    held = grants.get(grant.name)
+    if held is None:
+        grants[grant.name] = grant
+        return
+    grants[grant.name] = FeatureGrant(
+        grant.name,
+        _add_quota(held.quota, grant.quota),
+        _add_rate(held.rate_per_second, grant.rate_per_second),
+    )
 
 
 def entitlement_of(items: Iterable[ItemState], tenant: Tenant) -> Entitlement:
-    """Resolves items through the catalog: lookup_key, then price id, then product id."""
+    """Resolves items through the catalog: lookup_key, then price id, then product id.
+
+    Per unit of quantity: the default quota and rate, each named metered feature's quota
+    and rate, and the boolean features; items add up (unlimited wins), features unite.
+    """
     quota: int | None = 0
     rate: float | None = None
     features: list[str] = []
+    metered: dict[str, FeatureGrant] = {}
     unknown: list[str] = []
     for item in items:
         plan = tenant.plan_for(item.lookup_key, item.price, item.product)
@@ -77,14 +111,23 @@ def entitlement_of(items: Iterable[ItemState], tenant: Tenant) -> Entitlement:
             continue
         if plan.topup:
             continue
-        if plan.quota is None or quota is None:
-            quota = None
-        else:
-            quota += plan.quota * item.quantity
+        n = item.quantity
+        quota = _add_quota(quota, None if plan.quota is None else plan.quota * n)
         if plan.rate_per_second is not None:
-            rate = (rate or 0.0) + plan.rate_per_second * item.quantity
+            rate = _add_rate(rate, plan.rate_per_second * n)
         features.extend(f for f in plan.features if f not in features)
-    return Entitlement(quota, rate, tuple(features), tuple(unknown))
+        for name, grant in plan.metered.items():
+            _merge(
+                metered,
+                FeatureGrant(
+                    name,
+                    None if grant.quota is None else grant.quota * n,
+                    None if grant.rate_per_second is None else grant.rate_per_second * n,
+                ),
+            )
+    return Entitlement(
+        quota, rate, tuple(features), tuple(unknown), tuple(metered[k] for k in sorted(metered))
+    )
 
 
 def subscription_status(sub: SubscriptionState, now: float, policy: QuotaPolicy) -> QuotaStatus:
@@ -144,6 +187,8 @@ class QuotaView:
     features: tuple[str, ...]
     rate_per_second: float | None
     grace_until: float | None = None
+    # Named metered features granted by the counting subscriptions, by name.
+    metered: Mapping[str, FeatureQuota] = field(default_factory=dict)
 
     @property
     def remaining(self) -> int | None:
@@ -155,6 +200,7 @@ def quota_of(state: CustomerState, now: float, policy: QuotaPolicy) -> QuotaView
     limit: int | None = 0
     rate: float | None = None
     features: list[str] = []
+    grants: dict[str, FeatureGrant] = {}
     any_active = any_grace = False
     if not state.deleted:
         for sub in state.subscriptions.values():
@@ -170,6 +216,8 @@ def quota_of(state: CustomerState, now: float, policy: QuotaPolicy) -> QuotaView
             if sub.rate_per_second is not None:
                 rate = (rate or 0.0) + sub.rate_per_second
             features.extend(f for f in sub.features if f not in features)
+            for grant in sub.metered:
+                _merge(grants, grant)
     features.extend(f for f in state.entitlements if f not in features)
     if limit is not None:
         limit += state.topup_units
@@ -186,4 +234,18 @@ def quota_of(state: CustomerState, now: float, policy: QuotaPolicy) -> QuotaView
         features=tuple(sorted(features)),
         rate_per_second=rate,
         grace_until=grace_deadline(state, policy) if status == "grace" else None,
+        metered={
+            name: _feature_quota(grants[name], state.feature_used.get(name, 0))
+            for name in sorted(grants)
+        },
+    )
+
+
+def _feature_quota(grant: FeatureGrant, used: int) -> FeatureQuota:
+    limit = grant.quota
+    return FeatureQuota.model_construct(
+        limit=limit,
+        used=used,
+        remaining=None if limit is None else max(limit - used, 0),
+        rate_per_second=grant.rate_per_second,
     )

@@ -1,9 +1,9 @@
 """The quota: what a customer may use now, and the record that carries it to the edge.
 
 `QuotaUpdate` is the value of every `quota.updates` record, a public contract
-(`quotaflow/schemas/quota_update.v1.json`). Within major version 1 it only ever gains
-optional fields. `version` is monotonic per key: an edge applies an update only if it is
-newer than what it holds, which makes pushes idempotent and order-safe.
+(`quotaflow/schemas/quota_update.v2.json`; v1 is its subset). Within major version 1 it
+only ever gains optional fields. `version` is monotonic per key: an edge applies an update
+only if it is newer than what it holds, which makes pushes idempotent and order-safe.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1"
+# The record's revision within major version 1: 2 added `metered` (additive, so the
+# header keeps naming major version 1 and a version-1 reader needs no change).
+RECORD_REVISION = 2
 # Value of the `qf-schema` header (`wire.SCHEMA_HEADER`) on every quota.updates record;
 # consumers check the major version. (tables imports no wire: the header name is not here.)
 QUOTA_UPDATE_SCHEMA = b"quota-update/1"
@@ -30,8 +33,25 @@ class Reason(BaseModel):
     type: str | None = None
 
 
+class FeatureQuota(BaseModel):
+    """One named metered feature of a customer (record version 2): counted apart from the
+    default quota, with its own limit, usage and rate limit in the current period."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    limit: int | None = Field(..., description="Units per period; null means unlimited.")
+    used: int = Field(..., ge=0)
+    remaining: int | None = Field(..., description="limit - used, floored at 0; null if unlimited.")
+    rate_per_second: float | None = Field(None, description="Calls per second; null: no limit.")
+
+
 class QuotaUpdate(BaseModel):
-    """One customer's quota as published on `quota.updates` and pushed to the edge."""
+    """One customer's quota as published on `quota.updates` and pushed to the edge.
+
+    Version 2 of the record (`quota_update.v2.json`) adds `metered`; every version-1
+    field keeps its meaning, the top-level `limit`/`used`/`remaining`/`rate_per_second`
+    being the default feature's, so a version-1 reader keeps working unchanged.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -52,6 +72,11 @@ class QuotaUpdate(BaseModel):
         None,
         description="With status grace: when the grace ends (Unix seconds). Past it, treat "
         "the customer as blocked even before the next record says so.",
+    )
+    metered: dict[str, FeatureQuota] = Field(
+        default_factory=dict,
+        description="Version 2: the customer's named metered features (name -> quota). The "
+        "top-level limit, used, remaining and rate_per_second are the default feature's.",
     )
 
     @property

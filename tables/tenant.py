@@ -1,29 +1,75 @@
 """The tenant document: who a tenant is, how its webhooks are verified, what its plans grant.
 
-The plan catalog maps a Stripe price `lookup_key`, price id or product id to entitlements.
+The plan catalog maps a Stripe price `lookup_key`, price id or product id to entitlements:
+the default metered quota, named metered features and boolean features (`PlanEntry`).
 Secrets are `SecretStr`, so `repr`, `str` and logs show them masked.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
+FEATURE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+# A feature name in a plan, a quota record, a usage report and a route rule.
+FEATURE_MAX_CHARS = 64
+
+
+class MeteredFeature(BaseModel):
+    """One metered feature a catalog entry grants per unit of quantity: its own period
+    quota, optional rate limit (calls per second) and optional Stripe meter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quota: int | None = Field(..., ge=0, description="Units per billing period; null = unlimited.")
+    rate_per_second: float | None = Field(None, gt=0)
+    meter_event_name: str | None = Field(
+        None, min_length=1, max_length=100, description="Stripe Billing meter for its usage."
+    )
+
+
 class PlanEntry(BaseModel):
-    """What one catalog entry grants per unit of quantity."""
+    """What one catalog entry grants per unit of quantity.
+
+    The top-level `quota`, `rate_per_second` and `meter_event_name` are the *default*
+    metered feature (what a call naming no feature, or a boolean feature, spends): a
+    single-quota plan of before is exactly that. `metered` adds named metered features,
+    each counted apart; `features` are boolean features.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     quota: int | None = Field(..., ge=0, description="Units per billing period; null = unlimited.")
     rate_per_second: float | None = Field(None, gt=0)
     features: tuple[str, ...] = ()
+    metered: dict[str, MeteredFeature] = Field(
+        default_factory=dict, description="Named metered features, each with its own quota."
+    )
     topup: bool = Field(False, description="A one-off price whose units add to the period.")
     meter_event_name: str | None = Field(None, description="Stripe Billing meter for usage.")
+
+    @field_validator("metered")
+    @classmethod
+    def _metered_names(cls, value: dict[str, MeteredFeature]) -> dict[str, MeteredFeature]:
+        for name in value:
+            if not re.match(FEATURE_PATTERN, name):
+                raise ValueError(f"metered feature name {name!r} must match {FEATURE_PATTERN}")
+        return value
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> PlanEntry:
+        both = set(self.features) & set(self.metered)
+        if both:
+            raise ValueError(f"{sorted(both)} cannot be both boolean and metered")
+        if self.topup and self.metered:
+            raise ValueError("a top-up grants default units only, not metered features")
+        return self
 
 
 class WebhookSecret(BaseModel):

@@ -14,7 +14,7 @@ usage-driven updates per period, however hot. Without `thresholds` every change 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +31,7 @@ from tables.dedupe import (
     spool_reset,
 )
 from tables.outcome import (
+    DeadLetter,
     Outcome,
     Source,
     new_state,
@@ -40,11 +41,12 @@ from tables.outcome import (
 )
 from tables.policy import QuotaPolicy, quota_of
 from tables.quota import QuotaUpdate, Reason
-from tables.tenant import Tenant
+from tables.tenant import FEATURE_PATTERN, Tenant
 
 __all__ = [
     "BATCH_ID_PATTERN",
     "DEFAULT_THRESHOLDS",
+    "MAX_FEATURES",
     "MAX_IDLE_CHECK",
     "MAX_UNITS",
     "USAGE_SCHEMA",
@@ -58,6 +60,8 @@ __all__ = [
 # Past this many edge nodes in a customer's usage marks, idle ones are dropped.
 MAX_IDLE_CHECK = 16
 DEFAULT_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Distinct named metered features one customer's state counts per period.
+MAX_FEATURES = 256
 # Sanity bound on one customer's units in one batch (a second of one node's traffic).
 MAX_UNITS = 1_000_000_000
 NODE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -78,6 +82,7 @@ def apply_usage(
     policy: QuotaPolicy,
     thresholds: Sequence[float] | None = None,
     key_id: str | None = None,
+    features: Mapping[str, int] | None = None,
 ) -> Outcome:
     """Adds a usage batch to the current period, exactly once per batch id.
 
@@ -90,6 +95,13 @@ def apply_usage(
     Rating API alias to it. A usage.events offset at or below the recorded one
     (`usage_offsets`, a separate offset space from stripe.events) is a reprocessed
     record: nothing changes and the current quota is handed back for re-emission.
+
+    `units` are the default feature's; `features` the named metered features' units of the
+    same batch (name -> units), applied under the same batch-id guard, so every item of a
+    customer in one batch must come in one call. A customer's state counts at most
+    `MAX_FEATURES` names per period: past it a new name is not counted (`Outcome.
+    deadletters` says so). The edge only reports names its records carry, which come from
+    the tenant's catalog, so only a sender outside it reaches that bound.
     """
     if state is None:
         state = new_state(tenant_id, customer_id)
@@ -124,6 +136,17 @@ def apply_usage(
             return Outcome(None, None, True)
         changes["usage_ids"] = remember(state.usage_ids, batch_id, now)
     changes["used"] = state.used + max(units, 0)
+    overflow: list[DeadLetter] = []
+    if features:
+        used = dict(state.feature_used)
+        for name, more in features.items():
+            if name not in used and len(used) >= MAX_FEATURES:
+                overflow.append(
+                    DeadLetter("too_many_features", f"{customer_id}: {name} not counted")
+                )
+                continue
+            used[name] = used.get(name, 0) + max(more, 0)
+        changes["feature_used"] = used
     new = state.model_copy(update=changes)
     reason = Reason(kind="usage", id=batch_id)
     if thresholds is None or new.last is None:
@@ -132,7 +155,9 @@ def apply_usage(
         update = _coalesced(new, new.last, now, policy, reason, thresholds)
     if update is not None:
         new.last = update
-    return Outcome(new, update, False, (), retirement(state, update), spool_reset=reset)
+    return Outcome(
+        new, update, False, tuple(overflow), retirement(state, update), spool_reset=reset
+    )
 
 
 def _coalesced(
@@ -144,9 +169,16 @@ def _coalesced(
     thresholds: Sequence[float],
 ) -> QuotaUpdate | None:
     view = quota_of(state, now, policy)
-    if same_quota(view, last, except_used=True) and threshold_of(
-        view.used, view.limit, thresholds
-    ) == threshold_of(last.used, last.limit, thresholds):
+    if (
+        same_quota(view, last, except_used=True)
+        and threshold_of(view.used, view.limit, thresholds)
+        == threshold_of(last.used, last.limit, thresholds)
+        and all(
+            threshold_of(q.used, q.limit, thresholds)
+            == threshold_of(last.metered[name].used, last.metered[name].limit, thresholds)
+            for name, q in view.metered.items()
+        )
+    ):
         return None
     return publish_if_changed(state, now, policy, reason)
 
@@ -160,18 +192,27 @@ def threshold_of(used: int, limit: int | None, thresholds: Sequence[float]) -> i
     return sum(1 for t in thresholds if used >= t * limit)
 
 
-def meters_of(state: CustomerState, tenant: Tenant) -> tuple[str, ...]:
-    """The Stripe meter event names usage of this customer is billed on.
+def meters_of(state: CustomerState, tenant: Tenant, feature: str | None = None) -> tuple[str, ...]:
+    """The Stripe meter event names usage of this customer (of `feature`) is billed on.
 
     Every subscription item (whatever its status: usage counted in the last days of a
-    cancelled subscription is still owed) whose catalog entry names a `meter_event_name`.
+    cancelled subscription is still owed) whose catalog entry names a meter: the entry's
+    `meter_event_name` for the default feature, `metered[feature].meter_event_name` for a
+    named one.
     """
     names: list[str] = []
     for sub in state.subscriptions.values():
         for item in sub.items:
             plan = tenant.plan_for(item.lookup_key, item.price, item.product)
-            if plan is not None and plan.meter_event_name and plan.meter_event_name not in names:
-                names.append(plan.meter_event_name)
+            if plan is None:
+                continue
+            if feature is None:
+                name = plan.meter_event_name
+            else:
+                grant = plan.metered.get(feature)
+                name = None if grant is None else grant.meter_event_name
+            if name and name not in names:
+                names.append(name)
     return tuple(names)
 
 
@@ -190,6 +231,8 @@ class UsageItem(BaseModel):
 
     customer_id: str = Field(..., min_length=1, max_length=255)
     units: int = Field(..., ge=1, le=MAX_UNITS, strict=True)
+    # The named metered feature the units were spent on; absent: the default feature.
+    feature: str | None = Field(None, pattern=FEATURE_PATTERN)
 
 
 class UsageRecord(BaseModel):

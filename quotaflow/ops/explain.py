@@ -41,6 +41,7 @@ COMPARED = (
     "period_end",
     "features",
     "rate_per_second",
+    "metered",
 )
 
 
@@ -216,21 +217,33 @@ class Replayer:
         except ValueError as exc:
             return [("", Step(source, "usage", "?", None, item.at, "error", error=str(exc)))]
         steps = []
+        # As the worker does: one apply per customer with the default units and each named
+        # feature's units of the record (they share the batch-id and offset guards).
+        grouped: dict[str, tuple[list[int], dict[str, int]]] = {}
         for usage in record.items:
-            customer = self._stripe_id(usage.customer_id)
-            step = Step(source, "usage", record.batch_id, f"units={usage.units}", item.at, "")
+            default, features = grouped.setdefault(self._stripe_id(usage.customer_id), ([0], {}))
+            if usage.feature is None:
+                default[0] += usage.units
+            else:
+                features[usage.feature] = features.get(usage.feature, 0) + usage.units
+        for customer, (default, features) in grouped.items():
+            what = " ".join(
+                [f"units={default[0]}", *(f"{f}={n}" for f, n in sorted(features.items()))]
+            )
+            step = Step(source, "usage", record.batch_id, what, item.at, "")
             before = self.states.get(customer)
             outcome = apply_usage(
                 before,
                 tenant_id=self.tenant.id,
                 customer_id=customer,
                 batch_id=record.batch_id,
-                units=usage.units,
+                units=default[0],
                 source=Source(item.partition, item.offset),
                 now=item.at,
                 policy=self.policy,
                 thresholds=self.thresholds,
                 key_id=record.key_id,  # the worker's marks are per signing key too
+                features=features,
             )
             self._record(customer, before, outcome, step)
             steps.append((customer, step))
@@ -248,10 +261,19 @@ class Replayer:
             step.outcome = "changed"
             step.changes = quota_diff(None if before is None else before.last, outcome.update)
             step.version = outcome.update.version
-        elif outcome.state is not None and before is not None and outcome.state.used != before.used:
+        elif (
+            outcome.state is not None
+            and before is not None
+            and (
+                outcome.state.used != before.used
+                or outcome.state.feature_used != before.feature_used
+            )
+        ):
             # Usage below the next publishing threshold: counted, not yet published.
             step.outcome = "counted"
             step.changes = {"used": [before.used, outcome.state.used]}
+            if outcome.state.feature_used != before.feature_used:
+                step.changes["feature_used"] = [before.feature_used, outcome.state.feature_used]
         else:
             step.outcome = "unchanged"
 

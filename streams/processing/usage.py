@@ -1,10 +1,12 @@
 """`usage.events` records → `used` in the customers' states, quota records, meter jobs.
 
-Per item of a record (one tenant's part of an edge batch): the customer id the edge knows
-(Stripe id or the tenant's alias, mapped back through the `aliases` table), `apply_usage`
-once per batch id, a quota record when it matters (thresholds), and one meter job per
-meter of the customer with an identifier derived from the batch, so the same batch can
-only ever make the same Stripe meter event. A reprocessed offset re-sends its jobs (the
+Per customer of a record (one tenant's part of an edge batch; the edge knows a customer by
+its Stripe id or the tenant's alias, mapped back through the `aliases` table): its items
+(the default feature's units and each named metered feature's) in one `apply_usage`, once
+per batch id, a quota record when it matters (thresholds), and one meter job per meter
+the customer's features are billed on (each feature's units go to its own meter) with an
+identifier derived from the batch, so the same batch can only ever make the same Stripe
+meter event. A reprocessed offset re-sends its jobs (the
 crash may have come between the table write and the send); the identifier makes that
 harmless.
 
@@ -80,9 +82,10 @@ class UsageProcessor:
         source = Source(partition, offset)
         now = self._clock()
         published = False
-        for item in usage.items:
-            mapped = aliases.get(f"{tenant.id}/{item.customer_id}".encode())
-            stripe_id = mapped.decode() if mapped is not None else item.customer_id
+        # One apply per customer: its items of one batch (the default feature's and each
+        # named feature's units) share the batch-id and offset guards, so they must land
+        # together or not at all.
+        for stripe_id, units, features in _by_customer(tenant.id, usage, aliases):
             key = f"{tenant.id}/{stripe_id}".encode()
             state = cache.get(key)
             reprocessed = state is not None and offset <= state.usage_offsets.get(partition, -1)
@@ -91,27 +94,39 @@ class UsageProcessor:
                 tenant_id=tenant.id,
                 customer_id=stripe_id,
                 batch_id=usage.batch_id,
-                units=item.units,
+                units=units,
                 source=source,
                 now=now,
                 policy=self._policy,
                 thresholds=self._thresholds,
                 key_id=usage.key_id,
+                features=features,
             )
             if outcome.spool_reset:
                 out.spool_resets.append((usage.region, usage.node_id))
             if outcome.state is not None:
                 cache.put(key, partition, outcome.state)
+            for letter in outcome.deadletters:
+                out.dead(record, letter.reason, letter.detail)
+                out.count("dead_lettered")
             published = out.publish(partition, outcome) or published
             current = outcome.state or state
             if current is None or (outcome.duplicate and not reprocessed):
                 continue
-            for meter in meters_of(current, tenant):
+            # One job per meter: units of features billed on the same meter add up, so
+            # the identifier (one per batch, customer and meter) is never used twice.
+            per_meter: dict[str, int] = {}
+            for feature, n in ((None, units), *features.items()):
+                if n <= 0:
+                    continue
+                for meter in meters_of(current, tenant, feature):
+                    per_meter[meter] = per_meter.get(meter, 0) + n
+            for meter, value in per_meter.items():
                 job = {
                     "tenant_id": tenant.id,
                     "stripe_customer_id": stripe_id,
                     "event_name": meter,
-                    "value": item.units,
+                    "value": value,
                     "identifier": meter_identifier(tenant.id, stripe_id, meter, usage.batch_id),
                     "timestamp": int(usage.received_at),
                     "batch_id": usage.batch_id,
@@ -122,3 +137,19 @@ class UsageProcessor:
                     )
                 )
         out.count("quota_updated" if published else "unchanged")
+
+
+def _by_customer(
+    tenant_id: str, usage: UsageRecord, aliases: Store
+) -> list[tuple[str, int, dict[str, int]]]:
+    """The record's items per Stripe customer: (id, default units, units per feature)."""
+    grouped: dict[str, tuple[list[int], dict[str, int]]] = {}
+    for item in usage.items:
+        mapped = aliases.get(f"{tenant_id}/{item.customer_id}".encode())
+        stripe_id = mapped.decode() if mapped is not None else item.customer_id
+        default, features = grouped.setdefault(stripe_id, ([0], {}))
+        if item.feature is None:
+            default[0] += item.units
+        else:
+            features[item.feature] = features.get(item.feature, 0) + item.units
+    return [(cid, d[0], f) for cid, (d, f) in grouped.items()]

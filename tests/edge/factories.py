@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edge.cache import QuotaCache
-from tables.quota import QuotaStatus, QuotaUpdate, Reason
+from tables.quota import FeatureQuota, QuotaStatus, QuotaUpdate, Reason
 
 
 def quota_update(
@@ -19,6 +19,7 @@ def quota_update(
     grace_until: float | None = None,
     period_end: int | None = None,
     updated_at: float = 0.0,
+    metered: dict[str, FeatureQuota] | None = None,
 ) -> QuotaUpdate:
     """A record as the core publishes it: `remaining` = `limit - used` (None: unlimited)."""
     return QuotaUpdate(
@@ -35,7 +36,14 @@ def quota_update(
         features=features,
         grace_until=grace_until,
         period_end=period_end,
+        metered=metered or {},
     )
+
+
+def feature_quota(limit: int | None, used: int = 0, rate: float | None = None) -> FeatureQuota:
+    """A named metered feature as the core publishes it."""
+    remaining = None if limit is None else max(limit - used, 0)
+    return FeatureQuota(limit=limit, used=used, remaining=remaining, rate_per_second=rate)
 
 
 def unlimited_cache(*keys: tuple[str, str], region: str = "eu") -> QuotaCache:

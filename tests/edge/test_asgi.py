@@ -16,7 +16,7 @@ from starlette.routing import Route
 from edge.asgi import QuotaMiddleware
 from edge.cache import QuotaCache
 from edge.identify import Identifier, api_key_digest
-from tables.quota import QuotaUpdate, Reason
+from tables.quota import FeatureQuota, QuotaUpdate, Reason
 
 ROUTES = [{"prefix": "/export", "method": "POST", "feature": "export", "cost": 4}]
 
@@ -129,3 +129,33 @@ def test_the_middleware_and_its_rules_are_part_of_the_edge_api() -> None:
     assert {"QuotaMiddleware", "Identifier", "IdentifyError"} <= set(edge.__all__)
     assert edge.QuotaMiddleware is QuotaMiddleware
     assert all(hasattr(edge, name) for name in edge.__all__)
+
+
+async def test_a_route_naming_a_metered_feature_spends_its_own_quota_and_bucket() -> None:
+    cache = QuotaCache()
+    cache.apply(
+        QuotaUpdate(
+            tenant_id="t1",
+            customer_id="c1",
+            limit=100,
+            used=0,
+            remaining=100,
+            status="active",
+            version=1,
+            reason=Reason(kind="policy", id="v1"),
+            updated_at=time.time(),
+            metered={"export": FeatureQuota(limit=8, used=0, remaining=8, rate_per_second=1.0)},
+        )
+    )
+    app, reached = starlette_app(cache, Identifier(routes=ROUTES))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        export = await client.post("/export", headers=WHO)
+        assert (export.status_code, export.headers["X-Quota-Remaining"]) == (200, "4")
+        limited = await client.post("/export", headers=WHO)  # 1 call/s: the bucket is empty
+        assert (limited.status_code, limited.json()["error"]["reason"]) == (429, "rate_limited")
+        assert int(limited.headers["Retry-After"]) == 1
+        search = await client.get("/search", headers=WHO)  # the default quota and bucket
+        assert (search.status_code, search.headers["X-Quota-Remaining"]) == (200, "99")
+    assert reached == ["/export", "/search"]
+    assert cache.drain_usage() == {("t1", "c1"): 1, ("t1", "c1", "export"): 4}

@@ -28,8 +28,8 @@ from aiohttp import web
 from edge.auth import generate_app_token, token_digest
 from quotaflow.localkafka import free_port
 from quotaflow.testing.gateways import CADDYFILE, NGINX_TEMPLATE, caddy_gateway, nginx_gateway
-from tables.quota import QuotaStatus
-from tests.edge.factories import quota_update
+from tables.quota import FeatureQuota, QuotaStatus
+from tests.edge.factories import feature_quota, quota_update
 from tests.processes import Component, components, start
 from wire import SIGNATURE_HEADER, Kind, Signer, generate_keypair
 
@@ -104,6 +104,7 @@ def _record(
     *,
     features: tuple[str, ...] = ("export",),
     rate: float | None = None,
+    metered: dict[str, FeatureQuota] | None = None,
 ) -> dict[str, object]:
     return quota_update(
         customer=customer,
@@ -113,6 +114,7 @@ def _record(
         rate=rate,
         period_end=PERIOD_END,
         updated_at=time.time(),
+        metered=metered,
     ).model_dump(mode="json")
 
 
@@ -121,6 +123,11 @@ def _push(port: int) -> None:
     updates += [_record(f"{g}-blocked", "blocked") for g in GATEWAYS]
     updates += [_record(f"{g}-basic", features=()) for g in GATEWAYS]
     updates += [_record(f"{g}-slow", rate=0.2) for g in GATEWAYS]
+    # `export` as a metered feature with its own quota: one export (cost 5) fits.
+    updates += [
+        _record(f"{g}-metered", features=(), metered={"export": feature_quota(EXPORT_COST)})
+        for g in GATEWAYS
+    ]
     body = orjson.dumps(
         {
             "region": "eu",
@@ -239,6 +246,21 @@ def test_entitlements_and_rate_limits_are_enforced_through_the_gateway(
     assert 4 <= int(limited.headers["Retry-After"]) <= 5
     for customer in (basic, slow):
         assert stack.upstream.served[customer] == stack.used(customer) == 1
+
+
+@pytest.mark.parametrize("gateway", GATEWAYS)
+def test_a_route_naming_a_metered_feature_spends_that_features_own_quota(
+    stack: Stack, gateway: str
+) -> None:
+    customer = f"{gateway}-metered"
+    assert _call(stack, gateway, "POST", "/export/csv", customer).status == 200
+    spent = _call(stack, gateway, "POST", "/export/csv", customer)
+    assert (spent.status, _reason(spent)) == (429, "exhausted")
+    assert spent.headers["X-Quota-Reason"] == "exhausted"
+    # The default quota (what /search spends) is untouched by the exports.
+    assert _call(stack, gateway, "GET", "/search", customer).status == 200
+    assert stack.upstream.served[customer] == 2
+    assert stack.used(customer) == 1
 
 
 @pytest.mark.parametrize("gateway", GATEWAYS)

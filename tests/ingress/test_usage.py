@@ -110,6 +110,28 @@ async def test_signed_batch_is_published_per_tenant_after_the_ack(
     assert _pair(KEY)[0].encode() not in record_headers
 
 
+async def test_a_features_usage_travels_as_its_own_item(ingress_factory: IngressFactory) -> None:
+    """One customer, the default feature and a named one: two items, both published, the
+    default one byte-for-byte as before (no `feature` key)."""
+    ingress = await _ingress(ingress_factory)
+    items = [
+        {"tenant_id": "acme", "customer_id": "cus_1", "units": 30},
+        {"tenant_id": "acme", "customer_id": "cus_1", "units": 4, "feature": "exports"},
+    ]
+    status, doc = await _post(ingress, _report(items))
+    assert (status, doc["records"]) == (200, 1)
+    (record,) = await read_topic(
+        ingress.settings.kafka_bootstrap, ingress.settings.topics.usage_events
+    )
+    raw = orjson.loads(record.value)["items"]
+    assert raw == [
+        {"customer_id": "cus_1", "units": 30},
+        {"customer_id": "cus_1", "units": 4, "feature": "exports"},
+    ]
+    parsed = UsageRecord.model_validate_json(record.value)
+    assert [(i.units, i.feature) for i in parsed.items] == [(30, None), (4, "exports")]
+
+
 async def test_a_suspended_tenants_usage_is_kept(ingress_factory: IngressFactory) -> None:
     """Usage counted at the edge before the suspension reached it is real consumption:
     published like any other (the worker counts it in `used`), not refused and dropped."""
@@ -169,6 +191,8 @@ async def test_a_legacy_batch_id_is_still_accepted_during_the_upgrade(
         ("legacy_batch_id_off", 400, "bad_batch_id"),
         ("empty", 400, "empty_batch"),
         ("duplicate", 400, "duplicate_item"),
+        ("duplicate_feature", 400, "duplicate_item"),
+        ("bad_feature", 400, "bad_body"),
         ("too_many", 400, "too_many_items"),
         ("unknown_tenant", 422, "unknown_tenant"),
         ("other_region", 422, "tenant_not_in_region"),
@@ -230,6 +254,10 @@ async def test_bad_reports_are_refused_with_a_stable_reason_and_nothing_publishe
             body = _report([])
         elif case == "duplicate":
             body = _report([good, good])
+        elif case == "duplicate_feature":
+            body = _report([{**good, "feature": "exports"}, {**good, "feature": "exports"}])
+        elif case == "bad_feature":
+            body = _report([{**good, "feature": "no spaces"}])
         elif case == "too_many":
             body = _report([{**good, "customer_id": f"c{i}"} for i in range(4)])
         elif case == "unknown_tenant":

@@ -75,6 +75,8 @@ class UsageBatch:
     tenant_id: str
     batch_id: str
     items: tuple[tuple[str, int], ...]  # (customer id, units)
+    # Named metered features' units of the batch: (customer id, feature, units).
+    features: tuple[tuple[str, str, int], ...] = ()
 
     def value(self) -> bytes:
         node = self.batch_id.rpartition(":")[0]
@@ -86,7 +88,8 @@ class UsageBatch:
                 "tenant_id": self.tenant_id,
                 "sent_at": float(PERIOD[0]),
                 "received_at": float(PERIOD[0]),
-                "items": [{"customer_id": c, "units": u} for c, u in self.items],
+                "items": [{"customer_id": c, "units": u} for c, u in self.items]
+                + [{"customer_id": c, "units": u, "feature": f} for c, f, u in self.features],
             }
         )
 
@@ -98,6 +101,8 @@ class Workload:
     events: list[Delivery] = field(default_factory=list)
     usage: list[UsageBatch] = field(default_factory=list)
     expected: dict[tuple[str, str], Expected] = field(default_factory=dict)
+    # Units of each named metered feature per customer over the distinct usage batches.
+    feature_used: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     # The last Stripe subscription object and paid top-ups per customer: the oracle's input.
     finals: dict[tuple[str, str], tuple[dict[str, Any], int]] = field(default_factory=dict)
 
@@ -218,11 +223,14 @@ def add_usage(
     batches_per_node: int = 8,
     resend: float = 0.2,
     max_units: int = 400,
+    features: Sequence[str] = (),
 ) -> list[UsageBatch]:
     """Usage batches of every tenant from `nodes` (some re-sent), and the oracle's `used`.
 
     Returns the records in the order an ingress would have written them; `workload.usage`
-    and `workload.expected` take the distinct batches into account.
+    and `workload.expected` take the distinct batches into account. With `features`, each
+    chosen customer also spends units of one of them in the batch (`workload.feature_used`
+    is their oracle); without, the draws are those of before features.
     """
     used: dict[tuple[str, str], int] = {}
     out: list[UsageBatch] = []
@@ -232,8 +240,16 @@ def add_usage(
             for seq in range(1, batches_per_node + 1):
                 chosen = rng.sample(customers, rng.randint(1, min(4, len(customers))))
                 items = tuple((c, rng.randint(1, max_units)) for c in chosen)
-                batch = UsageBatch(tenant.id, f"{node}:{seq}", items)
+                spent = (
+                    tuple((c, rng.choice(features), rng.randint(1, max_units)) for c in chosen)
+                    if features
+                    else ()
+                )
+                batch = UsageBatch(tenant.id, f"{node}:{seq}", items, spent)
                 workload.usage.append(batch)
+                for customer, feature, units in spent:
+                    per = workload.feature_used.setdefault((tenant.id, customer), {})
+                    per[feature] = per.get(feature, 0) + units
                 for customer, units in items:
                     used[(tenant.id, customer)] = used.get((tenant.id, customer), 0) + units
                 out.append(batch)

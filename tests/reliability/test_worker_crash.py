@@ -1,5 +1,6 @@
 """Exactly once in effect: SIGKILL the worker ten times during a mixed stream of billing
-events and usage batches; the end state does not change.
+events and usage batches (default units and two named metered features' units); the end
+state does not change, for the default quota and for each feature.
 
 Faust writes the changelog before it commits offsets (every 5 s here), so each killed
 worker leaves processed-but-uncommitted records of both topics behind, which its
@@ -94,8 +95,11 @@ async def _produce(settings: Settings, feed: StripeFeed, items: Sequence[Item]) 
             await produce(settings.kafka_bootstrap, topic, records)
 
 
-def _final(updates: list[Any], states: list[Any]) -> tuple[dict[Key, Expected], int]:
-    """The end state per customer, and how many quota updates repeated a version."""
+def _final(
+    updates: list[Any], states: list[Any]
+) -> tuple[dict[Key, Expected], int, dict[Key, dict[str, int]]]:
+    """The end state per customer, how many quota updates repeated a version, and each
+    customer's units per named metered feature as stored."""
     last: dict[Key, QuotaUpdate] = {}
     seen: Counter[tuple[str, int]] = Counter()
     for record in updates:
@@ -105,9 +109,15 @@ def _final(updates: list[Any], states: list[Any]) -> tuple[dict[Key, Expected], 
         last[(update.tenant_id, update.customer_id)] = update
         seen[(update.key, update.version)] += 1
     used: dict[Key, int] = {}
+    feature_used: dict[Key, dict[str, int]] = {}
     for record in states:  # the changelog: the last value per key is the stored state
         tenant, _, customer = record.key.decode().partition("/")
-        used[(tenant, customer)] = int(orjson.loads(record.value)["used"])
+        stored = orjson.loads(record.value)
+        used[(tenant, customer)] = int(stored["used"])
+        if stored.get("feature_used"):
+            feature_used[(tenant, customer)] = dict(stored["feature_used"])
+        else:
+            feature_used.pop((tenant, customer), None)
     final: dict[Key, Expected] = {}
     for key, u in last.items():
         assert u.limit is not None
@@ -117,7 +127,7 @@ def _final(updates: list[Any], states: list[Any]) -> tuple[dict[Key, Expected], 
         final[key] = Expected(
             u.limit, n, max(u.limit - n, 0), u.status, u.period_start, u.period_end
         )
-    return final, sum(n - 1 for n in seen.values())
+    return final, sum(n - 1 for n in seen.values()), feature_used
 
 
 async def _run(
@@ -127,7 +137,7 @@ async def _run(
     stream: list[Item],
     kills: int,
     stripe: StandinControl | None,
-) -> tuple[dict[Key, Expected], int]:
+) -> tuple[dict[Key, Expected], int, dict[Key, dict[str, int]]]:
     rng = random.Random(7)
     if stripe is not None:
         stripe.reset()  # each run plays Stripe from the start
@@ -190,14 +200,24 @@ async def test_ten_sigkills_in_a_mixed_stream_end_in_the_reference_state(
     stripe_fetch: StandinControl | None,
 ) -> None:
     workload = build(["acme", "globex"], 15, seed=11)
-    usage = add_usage(workload, random.Random(5), batches_per_node=10, max_units=3000)
+    # Usage of the default quota and of two named metered features, in the same batches:
+    # each feature's count must be as exact as the default one's.
+    usage = add_usage(
+        workload,
+        random.Random(5),
+        batches_per_node=10,
+        max_units=3000,
+        features=("exports", "seats"),
+    )
     stream = _stream(workload, usage, random.Random(3))
     calm_dir, crash_dir = tmp_path / "calm", tmp_path / "crash"
     calm_dir.mkdir()
     crash_dir.mkdir()
-    calm, calm_repeats = await _run(settings_factory(), calm_dir, workload, stream, 0, stripe_fetch)
+    calm, calm_repeats, calm_features = await _run(
+        settings_factory(), calm_dir, workload, stream, 0, stripe_fetch
+    )
     crashed_settings = settings_factory(topic_prefix=unique("k") + ".", app_id=unique("crash-app"))
-    crashed, repeats = await _run(
+    crashed, repeats, crashed_features = await _run(
         crashed_settings, crash_dir, workload, stream, KILLS, stripe_fetch
     )
     figures.update(
@@ -213,5 +233,6 @@ async def test_ten_sigkills_in_a_mixed_stream_end_in_the_reference_state(
     assert calm_repeats == 0
     assert repeats > 0
     assert crashed == workload.expected
+    assert calm_features == crashed_features == workload.feature_used
     assert any(e.status == "exhausted" for e in workload.expected.values())
     assert len({b.batch_id for b in usage}) < len(usage), "no batch was re-sent"

@@ -145,6 +145,8 @@ class Feed:
         now: float,
         source: Source | None = None,
         key_id: str | None = None,
+        features: Mapping[str, int] | None = None,
+        thresholds: Sequence[float] | None = None,
     ) -> Outcome:
         customer_id = self.state.stripe_customer_id if self.state else "cus_usage"
         out = apply_usage(
@@ -157,6 +159,8 @@ class Feed:
             now=now,
             policy=self.policy,
             key_id=key_id,
+            features=features,
+            thresholds=thresholds,
         )
         self._record(out)
         return out
