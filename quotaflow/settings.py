@@ -454,6 +454,7 @@ class Topics:
         self.meter_jobs = f"{prefix}meter.jobs"
         self.edge_nodes = f"{prefix}edge.nodes"
         self.quota_ticks = f"{prefix}quota.ticks"
+        self.notifications = f"{prefix}notifications"
 
     def __repr__(self) -> str:
         return f"Topics(prefix={self.prefix!r})"
