@@ -71,6 +71,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Tenant notifications (tables/notification.py), keyed by tenant; kept well past the
         # notifier's retry window, which commits only what is delivered or dead-lettered.
         TopicSpec(t.notifications, n, keep),
+        # Endpoints the notifier disabled (streams/notifier/state.py): one small total order.
+        TopicSpec(t.notification_endpoints, 1, compact),
     ]
     return [TopicSpec(s.name, s.partitions, {**s.config, **isr}) for s in specs]
 
