@@ -6,6 +6,7 @@ Secrets are `SecretStr`, so `repr`, `str` and logs show them masked.
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Literal, get_args
 
@@ -91,8 +92,15 @@ class NotificationEndpoint(BaseModel):
     @field_validator("secret")
     @classmethod
     def _whsec_shape(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith("whsec_"):
+        text = value.get_secret_value()
+        if not text.startswith("whsec_"):
             raise ValueError("an endpoint signing secret starts with whsec_")
+        try:
+            key = base64.b64decode(text[len("whsec_") :], validate=True)
+        except ValueError:
+            raise ValueError("an endpoint signing secret is whsec_ + base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("an endpoint signing key has 24 to 64 bytes")
         return value
 
     @field_validator("thresholds")

@@ -6,6 +6,7 @@ import orjson
 from pydantic import SecretStr
 
 from quotaflow.registry import StaticTenantRegistry
+from quotaflow.tenants.endpoints import new_endpoint_secret
 from streams.processing.billing import BillingEvent, BillingProcessor, parse
 from streams.processing.effects import Effects, Record
 from streams.processing.usage import UsageProcessor
@@ -17,7 +18,7 @@ from tests.tables.factories import BASIC, event, make_tenant, subscription
 
 def tenant_with_endpoint() -> Tenant:
     endpoint = NotificationEndpoint(
-        id="ep_1", url="https://hooks.example/q", thresholds=(0.5,), secret=SecretStr("whsec_x")
+        id="ep_1", url="https://hooks.example/q", thresholds=(0.5,), secret=SecretStr(new_endpoint_secret())
     )
     return make_tenant().model_copy(update={"notification_endpoints": (endpoint,)})
 
