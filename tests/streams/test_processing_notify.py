@@ -18,7 +18,10 @@ from tests.tables.factories import BASIC, event, make_tenant, subscription
 
 def tenant_with_endpoint() -> Tenant:
     endpoint = NotificationEndpoint(
-        id="ep_1", url="https://hooks.example/q", thresholds=(0.5,), secret=SecretStr(new_endpoint_secret())
+        id="ep_1",
+        url="https://hooks.example/q",
+        thresholds=(0.5,),
+        secret=SecretStr(new_endpoint_secret()),
     )
     return make_tenant().model_copy(update={"notification_endpoints": (endpoint,)})
 
