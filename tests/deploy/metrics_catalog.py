@@ -57,7 +57,7 @@ def _sample_names(registry: CollectorRegistry) -> set[str]:
 
 def exposed() -> frozenset[str]:
     """Sample names the code registers today (ingress, edge, pusher, worker, process)."""
-    import streams.notifier.metrics  # noqa: F401  (the notifier's, on REGISTRY)
+    import streams.notifier.metrics
     import streams.push_node  # noqa: F401  (registers the pusher's metrics on REGISTRY)
     from edge.cache import QuotaCache
     from edge.metrics import EdgeMetrics
