@@ -22,13 +22,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from quotaflow.exceptions import ConfigurationError
 from quotaflow.ops.topicread import tenant_partition
+from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.audit import cli_actor
 from quotaflow.tenants.documents import masked
 from quotaflow.tenants.endpoints import EndpointAdmin
 from quotaflow.tenants.exceptions import TenantNotFound, TenantsError
-from quotaflow.tenants.running import open_writer
+from quotaflow.tenants.running import open_registry, open_writer
 from quotaflow.tenants.writer import TenantWriter
+from quotaflow.topics import ensure_topics
 from tables.notification import (
     SCHEMA_HEADER,
     TEST_TYPE,
@@ -36,7 +38,7 @@ from tables.notification import (
     NotificationData,
     iso_timestamp,
 )
-from tables.tenant import NOTIFICATION_TYPES, Tenant
+from tables.tenant import NOTIFICATION_TYPES, NotificationEndpoint, Tenant
 
 __all__ = ["notifications"]
 
@@ -48,6 +50,24 @@ RESEND_HEADER = "qf-resend"
 
 def _echo_json(doc: Any) -> None:
     click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+
+
+def _with_registry(work: Callable[[TenantRegistry, Settings], Awaitable[T]]) -> T:
+    """Runs `work` with the tenant registry (file or topic): reading needs no signing key."""
+
+    async def main() -> T:
+        settings = Settings()
+        await ensure_topics(settings)
+        registry = await open_registry(settings)
+        try:
+            return await work(registry, settings)
+        finally:
+            await registry.stop()
+
+    try:
+        return asyncio.run(main())
+    except (TenantsError, ConfigurationError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _with_writer(work: Callable[[TenantWriter, Settings], Awaitable[T]]) -> T:
@@ -141,9 +161,8 @@ def enable_endpoint(tenant_id: str, endpoint_id: str) -> None:
     """Deliver to an endpoint again, also after the notifier disabled it."""
     from streams.notifier.state import write_state
 
-    async def work(writer: TenantWriter, settings: Settings) -> None:
-        admin = EndpointAdmin(writer, allow_private=settings.notify_allow_private)
-        await admin.set_enabled(tenant_id, endpoint_id, True, cli_actor())
+    async def clear(registry: TenantRegistry, settings: Settings) -> bool:
+        endpoint = _endpoint(_tenant(registry, tenant_id), endpoint_id)
         async with _producer(settings) as producer:
             await write_state(
                 producer,
@@ -154,8 +173,16 @@ def enable_endpoint(tenant_id: str, endpoint_id: str) -> None:
                 reason="enabled by an operator",
                 actor=cli_actor(),
             )
+        return not endpoint.enabled
 
-    _with_writer(work)
+    async def work(writer: TenantWriter, settings: Settings) -> None:
+        admin = EndpointAdmin(writer, allow_private=settings.notify_allow_private)
+        await admin.set_enabled(tenant_id, endpoint_id, True, cli_actor())
+
+    # The notifier's disable is cleared first; the document is changed (which needs the
+    # tenants signing key) only if an operator had disabled the endpoint there.
+    if _with_registry(clear):
+        _with_writer(work)
     click.echo(f"enabled {endpoint_id}")
 
 
@@ -166,8 +193,8 @@ def list_cmd(tenant_id: str, last: int) -> None:
     """The tenant's endpoints (secrets masked, with the notifier's disables) and its most
     recent notifications."""
 
-    async def work(writer: TenantWriter, settings: Settings) -> dict[str, Any]:
-        tenant = _tenant(writer, tenant_id)
+    async def work(registry: TenantRegistry, settings: Settings) -> dict[str, Any]:
+        tenant = _tenant(registry, tenant_id)
         disabled = await _notifier_disables(settings)
         endpoints = [
             {**doc, "notifier_disabled": disabled.get((tenant_id, doc["id"]))}
@@ -186,7 +213,7 @@ def list_cmd(tenant_id: str, last: int) -> None:
         ]
         return {"endpoints": endpoints, "recent": recent}
 
-    _echo_json(_with_writer(work))
+    _echo_json(_with_registry(work))
 
 
 @notifications.command("show")
@@ -195,8 +222,8 @@ def list_cmd(tenant_id: str, last: int) -> None:
 def show_cmd(tenant_id: str, notification_id: str) -> None:
     """One notification as delivered, and every dead letter it became."""
 
-    async def work(writer: TenantWriter, settings: Settings) -> dict[str, Any]:
-        _tenant(writer, tenant_id)
+    async def work(registry: TenantRegistry, settings: Settings) -> dict[str, Any]:
+        _tenant(registry, tenant_id)
         found = [
             n
             for n, _ in await _tenant_notifications(settings, tenant_id)
@@ -211,7 +238,7 @@ def show_cmd(tenant_id: str, notification_id: str) -> None:
             "dead_letters": letters,
         }
 
-    _echo_json(_with_writer(work))
+    _echo_json(_with_registry(work))
 
 
 @notifications.command("resend")
@@ -221,8 +248,8 @@ def show_cmd(tenant_id: str, notification_id: str) -> None:
 def resend_cmd(tenant_id: str, notification_id: str, endpoint_id: str | None) -> None:
     """Deliver a notification again (same id, so receivers can tell), even if delivered."""
 
-    async def work(writer: TenantWriter, settings: Settings) -> str:
-        _tenant(writer, tenant_id)
+    async def work(registry: TenantRegistry, settings: Settings) -> str:
+        _tenant(registry, tenant_id)
         found = [
             raw
             for n, raw in await _tenant_notifications(settings, tenant_id)
@@ -236,7 +263,7 @@ def resend_cmd(tenant_id: str, notification_id: str, endpoint_id: str | None) ->
         await _produce(settings, tenant_id, found[0], headers)
         return notification_id
 
-    click.echo(f"resent {_with_writer(work)}")
+    click.echo(f"resent {_with_registry(work)}")
 
 
 @notifications.command("test")
@@ -245,8 +272,8 @@ def resend_cmd(tenant_id: str, notification_id: str, endpoint_id: str | None) ->
 def test_cmd(tenant_id: str, endpoint_id: str | None) -> None:
     """Send a `notification.test` event through the notifier; prints its id."""
 
-    async def work(writer: TenantWriter, settings: Settings) -> str:
-        tenant = _tenant(writer, tenant_id)
+    async def work(registry: TenantRegistry, settings: Settings) -> str:
+        tenant = _tenant(registry, tenant_id)
         if not tenant.notification_endpoints:
             raise click.ClickException(f"{tenant_id} has no notification endpoints")
         notification = Notification(
@@ -263,17 +290,24 @@ def test_cmd(tenant_id: str, endpoint_id: str | None) -> None:
         await _produce(settings, tenant_id, notification.to_json(), headers)
         return notification.id
 
-    click.echo(_with_writer(work))
+    click.echo(_with_registry(work))
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _tenant(writer: TenantWriter, tenant_id: str) -> Tenant:
-    tenant = writer.registry.get(tenant_id)
+def _tenant(registry: TenantRegistry, tenant_id: str) -> Tenant:
+    tenant = registry.get(tenant_id)
     if tenant is None:
         raise TenantNotFound(tenant_id)
     return tenant
+
+
+def _endpoint(tenant: Tenant, endpoint_id: str) -> NotificationEndpoint:
+    for endpoint in tenant.notification_endpoints:
+        if endpoint.id == endpoint_id:
+            return endpoint
+    raise click.ClickException(f"{tenant.id} has no notification endpoint {endpoint_id}")
 
 
 class _producer:
