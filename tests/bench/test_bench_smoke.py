@@ -213,3 +213,15 @@ def test_quick_fetch_bench_runs_every_scenario_against_the_stripe_standin(
     assert isolation["with_slow"]["slow_webhooks"] > 0
     assert isolation["p99_ratio"] > 0
     assert isolation["drained"] is True
+
+
+def test_quick_notify_bench_reports_lag_and_throughput(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    result = quick("notify", kafka_bootstrap, tmp_path / "results.json")
+    lag = result["lag"]
+    assert lag["notifications"] == 2 * 3 * 3  # two thresholds per customer, once each
+    assert 0 < lag["transition_to_received_ms"]["p50"] <= lag["transition_to_received_ms"]["p99"]
+    assert result["throughput"]["notifications"] == 60
+    assert result["throughput"]["deliveries_per_s"] > 0
+    assert (result["refused_by_receiver"], result["duplicate_ids"]) == (0, 0)
