@@ -178,6 +178,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
     for i, region in enumerate(regions):
         commands.append(["edge", "--region", region, "--port", str(FIRST_EDGE_PORT + i)])
         commands.append(["push", "--region", region])
+    # Tenant notifications; dev receivers are local, so private addresses are allowed here.
+    commands.append(["notifier"])
     logs = DEV_DIR / "logs"
     logs.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -194,6 +196,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
             name = "-".join(command[:3:2]) if command[0] in ("edge", "push") else command[0]
             out = (logs / f"{name}.log").open("ab")
             own = {**env, **keys.signer_environment(command)}
+            if command[0] == "notifier":
+                own["QUOTAFLOW_NOTIFY_ALLOW_PRIVATE"] = "true"
             procs.append(subprocess.Popen([*cli, *command], env=own, stdout=out, stderr=out))
         _wait_ready([8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))])
         edges = ", ".join(
