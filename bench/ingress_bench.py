@@ -50,6 +50,8 @@ from typing import Any
 
 import orjson
 
+from bench.common import cdf
+
 N_TENANTS = 1200
 BODY_POOL = 3000
 USAGE_ITEMS = 20  # customers per usage batch (a node's second of traffic)
@@ -259,6 +261,7 @@ def _summary(latencies: list[float], statuses: dict[int, int], elapsed: float) -
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
+        "cdf": cdf(latencies, "ms", 1000.0),
     }
 
 
