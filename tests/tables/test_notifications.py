@@ -167,3 +167,24 @@ def test_the_payload_carries_the_published_customer_and_the_quota() -> None:
     assert (exhausted.data.limit, exhausted.data.used, exhausted.data.remaining) == (100, 100, 0)
     assert exhausted.timestamp.endswith("Z")
     assert Notification.from_json(exhausted.to_json()) == exhausted
+
+
+def test_an_endpoint_wants_its_types_thresholds_and_feature_and_every_test_event() -> None:
+    from pydantic import SecretStr
+
+    from quotaflow.tenants.endpoints import new_endpoint_secret
+    from tables.tenant import NotificationEndpoint
+
+    endpoint = NotificationEndpoint(
+        id="ep_1",
+        url="https://hooks.example/q",
+        event_types=("quota.threshold_crossed", "quota.exhausted"),
+        thresholds=(0.8,),
+        feature="bulk",
+        secret=SecretStr(new_endpoint_secret()),
+    )
+    assert endpoint.wants("quota.threshold_crossed", 0.8, "bulk")
+    assert not endpoint.wants("quota.threshold_crossed", 0.5, "bulk")
+    assert not endpoint.wants("quota.exhausted", None, None)  # another feature's (or none)
+    assert not endpoint.wants("quota.restored", None, "bulk")
+    assert endpoint.wants("notification.test", None, None)
