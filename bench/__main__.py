@@ -49,6 +49,7 @@ BENCHES = (
     Bench("fetch", "bench.fetch_bench", True, ("--quick",)),
     Bench("scale", "bench.scale_bench", True, ("--quick",), timeout=3600.0),
     Bench("console", "bench.console_bench", True, ("--quick",)),
+    Bench("notify", "bench.notify_bench", True, ("--quick",)),
 )
 
 

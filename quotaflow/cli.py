@@ -19,6 +19,7 @@ from edge import cli as edge_cli
 from quotaflow.exceptions import ConfigurationError
 from quotaflow.logs import logging_config, setup_logging
 from quotaflow.ops import cli as ops_cli
+from quotaflow.ops import notifications as notifications_cli
 from quotaflow.registry import TenantRegistry
 from quotaflow.runner import run_until_signalled
 from quotaflow.settings import Settings
@@ -176,6 +177,17 @@ def push(region: str | None) -> None:
 
 
 @main.command()
+def notifier() -> None:
+    """Run the notifier: tenant notifications to their endpoints (Standard Webhooks)."""
+    from streams.notifier.service import run_notifier
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    # It signs with the endpoints' secrets: it opens the registry with the keyring.
+    run_until_signalled(lambda stop: _with_registry(settings, stop, run_notifier))
+
+
+@main.command()
 def admin() -> None:
     """Run the tenant admin HTTP API (bearer tokens from QUOTAFLOW_ADMIN_TOKENS) and the
     operator console under /console (sign in with one of those tokens)."""
@@ -192,6 +204,7 @@ def admin() -> None:
 main.add_command(edge_cli.edge)
 main.add_command(tenants_cli.tenants)
 main.add_command(tenants_cli.keys)
+main.add_command(notifications_cli.notifications)
 for _command in ops_cli.COMMANDS:  # replay, deadletter, quota, reconcile, lag
     main.add_command(_command)
 

@@ -174,6 +174,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
     for i, region in enumerate(regions):
         commands.append(["edge", "--region", region, "--port", str(FIRST_EDGE_PORT + i)])
         commands.append(["push", "--region", region])
+    # Tenant notifications; dev receivers are local, so private addresses are allowed here.
+    commands.append(["notifier"])
     logs = DEV_DIR / "logs"
     logs.mkdir(exist_ok=True)
     procs: list[Process] = []
@@ -189,6 +191,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
         for command in commands:
             name = "-".join(command[:3:2]) if command[0] in ("edge", "push") else command[0]
             own = {**env, **keys.signer_environment(command)}
+            if command[0] == "notifier":
+                own["QUOTAFLOW_NOTIFY_ALLOW_PRIVATE"] = "true"
             procs.append(Process([*QUOTAFLOW, *command], own, logs / f"{name}.log"))
         ports = [8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))]
         # The banner is printed even if a port is not up within the minute: the watchdog

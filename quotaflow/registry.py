@@ -150,6 +150,10 @@ def dump_tenants(tenants: Iterable[Tenant]) -> bytes:
         ]
         if tenant.stripe_api_key is not None:
             doc["stripe_api_key"] = tenant.stripe_api_key.get_secret_value()
+        doc["notification_endpoints"] = [
+            {**e.model_dump(mode="json"), "secret": e.secret.get_secret_value()}
+            for e in tenant.notification_endpoints
+        ]
         docs.append(doc)
     return orjson.dumps(docs, option=orjson.OPT_INDENT_2)
 

@@ -400,6 +400,47 @@ class Settings(BaseSettings):
         "QUOTAFLOW_REGION.",
     )
 
+    notify_allow_private: bool = Field(
+        False,
+        description="Allow notification endpoints that resolve to loopback, link-local, "
+        "private or unspecified addresses (SSRF guard; checked when configured and at each "
+        "delivery). Off in production; tests and single-host setups only.",
+    )
+    notifier_host: str = Field("127.0.0.1", description="Notifier /healthz, /metrics address.")
+    notifier_port: int = Field(
+        9104, ge=0, le=65535, description="Notifier /healthz, /readyz, /metrics listen port."
+    )
+    notifier_timeout: float = Field(
+        10.0, gt=0, description="Notifier: seconds for one delivery (connect to answer)."
+    )
+    notifier_retry_base: float = Field(
+        5.0, gt=0, description="Notifier: first retry delay, seconds (doubles, full jitter)."
+    )
+    notifier_retry_max_delay: float = Field(
+        3600.0, gt=0, description="Notifier: longest delay between two attempts, seconds."
+    )
+    notifier_give_up_after: float = Field(
+        86_400.0,
+        gt=0,
+        description="Notifier: an endpoint failing this long (seconds) is disabled (audited, "
+        "alerted) and its notifications go to the dead letters.",
+    )
+    notifier_tenant_rate: float = Field(
+        20.0, gt=0, description="Notifier: delivery attempts per second per tenant."
+    )
+    notifier_endpoint_queue: int = Field(
+        1000,
+        gt=0,
+        description="Notifier: notifications held per endpoint; past it the endpoint's "
+        "partition waits (memory stays bounded).",
+    )
+    notifier_max_pending: int = Field(
+        20_000, gt=0, description="Notifier: notifications held in memory in all."
+    )
+    notifier_group: str = Field(
+        "quotaflow-notifier", description="Notifier consumer group (one per deployment)."
+    )
+
     log_level: str = Field("INFO", description="Log level for the JSON logs.")
 
     @field_validator("tenants_file", "edge_api_keys_file", "console_edge_token", mode="before")
@@ -476,6 +517,8 @@ class Topics:
         self.meter_jobs = f"{prefix}meter.jobs"
         self.edge_nodes = f"{prefix}edge.nodes"
         self.quota_ticks = f"{prefix}quota.ticks"
+        self.notifications = f"{prefix}notifications"
+        self.notification_endpoints = f"{prefix}notifications.endpoints"
 
     def __repr__(self) -> str:
         return f"Topics(prefix={self.prefix!r})"

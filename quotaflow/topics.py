@@ -68,6 +68,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Internal: "re-evaluate this customer now" (streams/grace.py); a tick is only
         # useful for minutes, a day is margin for a worker that was down.
         TopicSpec(t.quota_ticks, n, {"cleanup.policy": "delete", "retention.ms": str(ONE_DAY_MS)}),
+        # Tenant notifications (tables/notification.py), keyed by tenant; kept well past the
+        # notifier's retry window, which commits only what is delivered or dead-lettered.
+        TopicSpec(t.notifications, n, keep),
+        # Endpoints the notifier disabled (streams/notifier/state.py): one small total order.
+        TopicSpec(t.notification_endpoints, 1, compact),
     ]
     return [TopicSpec(s.name, s.partitions, {**s.config, **isr}) for s in specs]
 

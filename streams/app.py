@@ -143,6 +143,7 @@ def create_app(
     quota_updates = raw_topic(app, settings, topics.quota_updates)
     deadletter = raw_topic(app, settings, topics.deadletter)
     meter_jobs = raw_topic(app, settings, topics.meter_jobs)
+    notifications = raw_topic(app, settings, topics.notifications)
     customers = raw_table(app, settings, "customers")  # CustomerState JSON
     aliases = raw_table(app, settings, "aliases")  # tenant/alias -> Stripe customer id
     sink = Sink(
@@ -151,6 +152,7 @@ def create_app(
         quota_updates=quota_updates,
         deadletter=deadletter,
         meter_jobs=meter_jobs,
+        notifications=notifications,
         observe=observe,
     )
 
@@ -165,7 +167,14 @@ def create_app(
         ready=resources.ready.wait,
         policy=policy,
     )
-    add_grace_timer(app, settings, sink=sink, customers=customers, policy=policy)
+    add_grace_timer(
+        app,
+        settings,
+        sink=sink,
+        customers=customers,
+        policy=policy,
+        registry=lambda: resources.registry,
+    )
 
     lanes = Lanes(
         reader_fetch(reader) if reader is not None else None,

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
 
+from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from streams.faust_tuning import event_context
 from streams.processing.grace import GraceProcessor, due_for_blocking
@@ -51,10 +53,12 @@ def add_grace_timer(
     sink: Sink,
     customers: Any,
     policy: QuotaPolicy,
+    registry: Callable[[], TenantRegistry | None] | None = None,
 ) -> None:
-    """The timer that finds ended grace periods and the agent that applies them."""
+    """The timer that finds ended grace periods and the agent that applies them
+    (`registry`: the tenants, for the notifications a block makes)."""
     ticks = raw_topic(app, settings, settings.topics.quota_ticks)
-    processor = GraceProcessor(policy, time.time)
+    processor = GraceProcessor(policy, time.time, registry)
 
     @app.timer(interval=settings.grace_check_interval, name="grace-scan")  # type: ignore[untyped-decorator]
     async def scan() -> None:

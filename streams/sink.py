@@ -10,7 +10,11 @@ A quota record is sent only once the state that produced it is in the changelog 
 changelog sends of the turn are awaited first): otherwise a worker killed between the two would
 recover an older state than it had published, and its next record for that customer
 could carry a version already used (seen in `tests/reliability/test_worker_crash.py`).
-Meter jobs and dead letters need no barrier: a reprocessed event makes the same ones.
+Tenant notifications (`notifications`, keyed by tenant) wait for the same barrier: the
+marks that say a notification was made are in the changelog before it reaches Kafka, and
+the input that made it, if reprocessed, re-sends it with the same id
+(`tables.notifications.reemit`). Meter jobs and dead letters need no barrier: a
+reprocessed event makes the same ones.
 
 The three agents (billing, usage, grace) write the same customers, so each holds `turn`
 from its state reads to its last send: versions are computed, written and sent in one
@@ -38,6 +42,7 @@ import faust
 from streams.deadletter import deadletter_headers
 from streams.faust_tuning import event_context
 from streams.processing.effects import Effects
+from tables.notification import NOTIFICATION_SCHEMA
 from tables.quota import QUOTA_UPDATE_SCHEMA
 from wire import SCHEMA_HEADER
 
@@ -67,6 +72,7 @@ class Sink:
         quota_updates: faust.TopicT,
         deadletter: faust.TopicT,
         meter_jobs: faust.TopicT | None = None,
+        notifications: faust.TopicT | None = None,
         observe: Callable[[Effects], None] | None = None,
     ) -> None:
         self._customers = customers
@@ -74,6 +80,7 @@ class Sink:
         self._quota_updates = quota_updates
         self._deadletter = deadletter
         self._meter_jobs = meter_jobs
+        self._notifications = notifications
         self._observe = observe
         self._changelog: list[Any] = []  # changelog sends of the current turn
         # Held from an agent's state reads to its last send (created in the worker's loop).
@@ -101,10 +108,12 @@ class Sink:
         """Hands every record of `effects` to the producer, in order; returns their
         delivery futures. Each send returns once the record is in the producer's batch
         (aiokafka keeps it through a broker outage and retries), not once delivered."""
-        if not (effects.updates or effects.meter_jobs or effects.deadletters):
+        if not (
+            effects.updates or effects.meter_jobs or effects.deadletters or effects.notifications
+        ):
             return []
         try:
-            if effects.updates and self._changelog:
+            if (effects.updates or effects.notifications) and self._changelog:
                 await asyncio.gather(*self._changelog)
             return await self._send_all(effects)
         except asyncio.CancelledError:
@@ -140,6 +149,18 @@ class Sink:
                     headers=[(SCHEMA_HEADER, QUOTA_UPDATE_SCHEMA)],
                 )
             )
+        if self._notifications is not None:
+            # After the quota records of the turn, and like them only once the changelog
+            # holds the marks that say they were made (`send` awaits it first).
+            for partition, notification in effects.notifications:
+                futures.append(
+                    await self._notifications.send(
+                        key=notification.tenant_id.encode(),
+                        value=notification.to_json(),
+                        partition=partition,
+                        headers=[(SCHEMA_HEADER, NOTIFICATION_SCHEMA)],
+                    )
+                )
         if self._meter_jobs is not None:
             for job in effects.meter_jobs:
                 sent = await self._meter_jobs.send(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tables.notification import Notification
 from tables.quota import QuotaUpdate
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "CustomerState",
     "FeatureGrant",
     "ItemState",
+    "NotifyMarks",
+    "StoredNotice",
     "SubscriptionState",
     "UsageMark",
 ]
@@ -93,6 +96,30 @@ class UsageMark:
     at: float = 0.0  # last batch applied; marks idle for the id window are dropped
 
 
+@dataclass(frozen=True, slots=True)
+class NotifyMarks:
+    """What was already told about a customer (tables/notifications.py).
+
+    `fired`: threshold fractions notified in the period starting `period_start`;
+    `exhausted`/`blocked`: an exhausted or blocked was told and not yet resolved, so the
+    resolution (`quota.restored`, `customer.unblocked`) is told exactly once.
+    """
+
+    period_start: int | None = None
+    fired: tuple[float, ...] = ()
+    exhausted: bool = False
+    blocked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNotice:
+    """A notification kept with the input that caused it (`source`: topic:partition:offset),
+    so the input reprocessed after a crash re-sends it (same id) instead of losing it."""
+
+    source: str
+    notification: Notification
+
+
 class CustomerState(BaseModel):
     """Everything quotaflow knows and has applied for one customer."""
 
@@ -124,6 +151,10 @@ class CustomerState(BaseModel):
     usage_ids: dict[str, float] = Field(default_factory=dict)
     # The last quota published for this customer; its version is the per-key counter.
     last: QuotaUpdate | None = None
+    # Tenant notifications (issue 17): what was told, and the latest notices with their
+    # inputs (bounded), in the same value so one changelog record holds both.
+    notify: NotifyMarks = Field(default_factory=NotifyMarks)
+    notices: tuple[StoredNotice, ...] = ()
 
     @property
     def key(self) -> str:

@@ -7,9 +7,10 @@ Secrets are `SecretStr`, so `repr`, `str` and logs show them masked.
 
 from __future__ import annotations
 
+import base64
 import re
 import time
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -94,6 +95,79 @@ class WebhookSecret(BaseModel):
         return self.expires_at is None or now < self.expires_at
 
 
+# The events a tenant can be notified of (tables/notifications.py derives them).
+NotificationType = Literal[
+    "quota.threshold_crossed",
+    "quota.exhausted",
+    "quota.restored",
+    "customer.grace_started",
+    "customer.blocked",
+    "customer.unblocked",
+]
+NOTIFICATION_TYPES: tuple[NotificationType, ...] = get_args(NotificationType)
+ENDPOINT_ID_PATTERN = r"^ep_[A-Za-z0-9]{1,40}$"
+
+
+class NotificationEndpoint(BaseModel):
+    """Where a tenant wants its customers' quota events, signed with the endpoint's own
+    Standard Webhooks secret (`whsec_` + base64 of 24-64 random bytes), sealed at rest.
+
+    `thresholds` are fractions of the limit for `quota.threshold_crossed`; `feature`, when
+    set, limits the endpoint to notifications about that feature (today's notifications
+    concern the customer's whole quota and carry no feature). `disabled_at`/`disabled_reason`
+    are set by the notifier when deliveries failed for the configured window.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(..., pattern=ENDPOINT_ID_PATTERN)
+    url: str = Field(..., min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$")
+    event_types: tuple[NotificationType, ...] = Field(
+        NOTIFICATION_TYPES, min_length=1, description="Which events this endpoint receives."
+    )
+    thresholds: tuple[float, ...] = Field(
+        (0.8,), max_length=10, description="Fractions of the limit, each in (0, 1]."
+    )
+    feature: str | None = Field(None, min_length=1, max_length=200)
+    secret: SecretStr
+    enabled: bool = True
+    disabled_at: float | None = None
+    disabled_reason: str | None = Field(None, max_length=500)
+    created_at: float = Field(default_factory=time.time)
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec_shape(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if not text.startswith("whsec_"):
+            raise ValueError("an endpoint signing secret starts with whsec_")
+        try:
+            key = base64.b64decode(text[len("whsec_") :], validate=True)
+        except ValueError:
+            raise ValueError("an endpoint signing secret is whsec_ + base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("an endpoint signing key has 24 to 64 bytes")
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < f <= 1 for f in value):
+            raise ValueError("each threshold is a fraction in (0, 1]")
+        return tuple(sorted(set(value)))
+
+    def wants(self, event_type: str, threshold: float | None, feature: str | None) -> bool:
+        """Whether a notification of `event_type` (at `threshold`, for `feature`) is for
+        this endpoint (enabled or not: a disabled endpoint's share goes to dead letters)."""
+        if event_type == "notification.test":
+            return True  # an operator's test reaches every endpoint it is sent to
+        if event_type not in self.event_types:
+            return False
+        if self.feature is not None and feature != self.feature:
+            return False
+        return threshold is None or threshold in self.thresholds
+
+
 class Tenant(BaseModel):
     """A platform account: its Stripe account, secrets, regions and plan catalog."""
 
@@ -130,6 +204,9 @@ class Tenant(BaseModel):
     )
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+    notification_endpoints: tuple[NotificationEndpoint, ...] = Field(
+        (), max_length=20, description="Webhook endpoints for quota events (issue 17)."
+    )
 
     @field_validator("stripe_api_key")
     @classmethod
@@ -144,6 +221,26 @@ class Tenant(BaseModel):
         if len({s.id for s in value}) != len(value):
             raise ValueError("webhook secret ids must be unique")
         return value
+
+    @field_validator("notification_endpoints")
+    @classmethod
+    def _unique_endpoint_ids(
+        cls, value: tuple[NotificationEndpoint, ...]
+    ) -> tuple[NotificationEndpoint, ...]:
+        if len({e.id for e in value}) != len(value):
+            raise ValueError("notification endpoint ids must be unique")
+        return value
+
+    @property
+    def notification_thresholds(self) -> tuple[float, ...]:
+        """Every threshold an enabled endpoint asks for, ascending."""
+        fractions = {f for e in self.notification_endpoints if e.enabled for f in e.thresholds}
+        return tuple(sorted(fractions))
+
+    @property
+    def notifies(self) -> bool:
+        """Whether any endpoint is enabled (else nothing is derived for this tenant)."""
+        return any(e.enabled for e in self.notification_endpoints)
 
     @property
     def livemode(self) -> bool:

@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from quotaflow.tenants.documents import masked
+from quotaflow.tenants.endpoints import EndpointAdmin
 from quotaflow.tenants.exceptions import (
     AccountInUse,
     InvalidTenant,
@@ -149,6 +150,54 @@ async def _delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _endpoints(request: web.Request) -> EndpointAdmin:
+    writer = request.app[_WRITER]
+    return EndpointAdmin(writer, allow_private=writer.settings.notify_allow_private)
+
+
+async def _add_endpoint(request: web.Request) -> web.Response:
+    """POST /v1/tenants/{tenant_id}/notification-endpoints: 201 with the endpoint and its
+    signing secret, which no later answer shows."""
+    doc = await _body(request)
+    url = doc.get("url")
+    if not isinstance(url, str):
+        raise InvalidTenant("url", "a URL string is required")
+    for name in ("event_types", "thresholds"):
+        if name in doc and not isinstance(doc[name], list):
+            raise InvalidTenant(name, "must be a list")
+    feature = doc.get("feature")
+    if feature is not None and not isinstance(feature, str):
+        raise InvalidTenant("feature", "must be a string")
+    endpoint, secret = await _endpoints(request).add(
+        request.match_info["tenant_id"],
+        url,
+        request[_ACTOR],
+        event_types=doc.get("event_types"),
+        thresholds=doc.get("thresholds"),
+        feature=feature,
+    )
+    return _json({**endpoint.model_dump(mode="json"), "secret": secret}, 201)
+
+
+async def _remove_endpoint(request: web.Request) -> web.Response:
+    """DELETE /v1/tenants/{tenant_id}/notification-endpoints/{endpoint_id}."""
+    await _endpoints(request).remove(
+        request.match_info["tenant_id"], request.match_info["endpoint_id"], request[_ACTOR]
+    )
+    return web.Response(status=204)
+
+
+async def _switch_endpoint(request: web.Request) -> web.Response:
+    """POST …/notification-endpoints/{endpoint_id}/enable or /disable."""
+    tenant = await _endpoints(request).set_enabled(
+        request.match_info["tenant_id"],
+        request.match_info["endpoint_id"],
+        request.match_info["action"] == "enable",
+        request[_ACTOR],
+    )
+    return _json(masked(tenant))
+
+
 async def _openapi(request: web.Request) -> web.Response:
     return web.Response(body=stored_openapi(), content_type="application/json")
 
@@ -165,4 +214,8 @@ def build_admin_app(writer: TenantWriter, tokens: Mapping[str, SecretStr]) -> we
     app.router.add_get("/v1/tenants/{tenant_id}", _show)
     app.router.add_patch("/v1/tenants/{tenant_id}", _update)
     app.router.add_delete("/v1/tenants/{tenant_id}", _delete)
+    endpoints = "/v1/tenants/{tenant_id}/notification-endpoints"
+    app.router.add_post(endpoints, _add_endpoint)
+    app.router.add_delete(endpoints + "/{endpoint_id}", _remove_endpoint)
+    app.router.add_post(endpoints + "/{endpoint_id}/{action:enable|disable}", _switch_endpoint)
     return app

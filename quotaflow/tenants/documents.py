@@ -93,6 +93,10 @@ def plain_document(tenant: Tenant) -> dict[str, Any]:
     ]
     if tenant.stripe_api_key is not None:
         doc["stripe_api_key"] = tenant.stripe_api_key.get_secret_value()
+    doc["notification_endpoints"] = [
+        {**e.model_dump(mode="json"), "secret": e.secret.get_secret_value()}
+        for e in tenant.notification_endpoints
+    ]
     return doc
 
 
@@ -139,6 +143,7 @@ def _flatten(tenant: Tenant) -> dict[str, tuple[Any, bool]]:
     doc = tenant.model_dump(mode="json")
     doc.pop("updated_at", None)
     doc.pop("webhook_secrets", None)
+    endpoints = doc.pop("notification_endpoints", None) or []
     out: dict[str, tuple[Any, bool]] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -149,6 +154,12 @@ def _flatten(tenant: Tenant) -> dict[str, tuple[Any, bool]]:
             out[prefix] = (value, False)
 
     walk("", doc)
+    for item in endpoints:
+        for name, value in item.items():
+            if name != "secret":
+                out[f"notification_endpoints.{item['id']}.{name}"] = (value, False)
+    for e in tenant.notification_endpoints:
+        out[f"notification_endpoints.{e.id}.secret"] = (e.secret.get_secret_value(), True)
     for s in tenant.webhook_secrets:
         out[f"webhook_secrets.{s.id}.expires_at"] = (s.expires_at, False)
         out[f"webhook_secrets.{s.id}.secret"] = (s.secret.get_secret_value(), True)

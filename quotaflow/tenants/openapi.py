@@ -142,10 +142,96 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"204": {"description": "Deleted."}, **errors},
                 },
             },
+            **_endpoint_paths(tenant_id, errors, masked),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {**defs, "Tenant": schema, "Error": _ERROR},
+        },
+    }
+
+
+def _endpoint_paths(
+    tenant_id: dict[str, Any], errors: dict[str, Any], masked: str
+) -> dict[str, Any]:
+    endpoint_id = {
+        "name": "endpoint_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": r"^ep_[A-Za-z0-9]{1,40}$"},
+    }
+    new = {
+        "type": "object",
+        "required": ["url"],
+        "properties": {
+            "url": {"type": "string", "description": "http(s); private addresses refused."},
+            "event_types": {"type": "array", "items": {"type": "string"}},
+            "thresholds": {"type": "array", "items": {"type": "number"}},
+            "feature": {"type": ["string", "null"]},
+        },
+    }
+    created = {
+        "description": "Added. The only answer that shows the endpoint's signing secret.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/NotificationEndpoint"},
+                        {"properties": {"secret": {"type": "string", "pattern": "^whsec_"}}},
+                    ]
+                }
+            }
+        },
+    }
+    return {
+        "/v1/tenants/{tenant_id}/notification-endpoints": {
+            "parameters": [tenant_id],
+            "post": {
+                "summary": "Add a notification endpoint (Standard Webhooks)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": new}},
+                },
+                "responses": {
+                    "201": created,
+                    "400": _response("Not a JSON object.", "Error"),
+                    **errors,
+                    "422": _response(
+                        "Invalid endpoint, or its host resolves to a private address.", "Error"
+                    ),
+                },
+            },
+        },
+        "/v1/tenants/{tenant_id}/notification-endpoints/{endpoint_id}": {
+            "parameters": [tenant_id, endpoint_id],
+            "delete": {
+                "summary": "Remove a notification endpoint",
+                "responses": {
+                    "204": {"description": "Removed."},
+                    **errors,
+                    "409": _response("No such endpoint (`conflict`).", "Error"),
+                },
+            },
+        },
+        "/v1/tenants/{tenant_id}/notification-endpoints/{endpoint_id}/{action}": {
+            "parameters": [
+                tenant_id,
+                endpoint_id,
+                {
+                    "name": "action",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": ["enable", "disable"]},
+                },
+            ],
+            "post": {
+                "summary": "Enable or disable a notification endpoint",
+                "responses": {
+                    "200": _response(f"The tenant. {masked}", "Tenant"),
+                    **errors,
+                    "409": _response("No such endpoint (`conflict`).", "Error"),
+                },
+            },
         },
     }
 

@@ -24,7 +24,9 @@ under the tenant's data key (AES-256-GCM, associated data = tenant id + field), 
 key wrapped by a KEK of the keyring (see `keyring`): only the components that use a
 secret (ingress, worker, admin tools) hold the keyring.
 
-Secret fields: `stripe_api_key` and `webhook_secrets.<secret id>.secret`.
+Secret fields: `stripe_api_key`, `webhook_secrets.<secret id>.secret` and
+`notification_endpoints.<endpoint id>.secret` (each endpoint's Standard Webhooks signing
+secret; the routing view drops it, and a document without endpoints is sealed as before).
 
 Format 1 (before this scheme: unsigned, unversioned) is refused by readers with reason
 `unsigned_format`; `quotaflow tenants reseal` rewrites such records in format 2.
@@ -191,9 +193,25 @@ def _webhook_field(secret_id: str) -> str:
     return f"webhook_secrets.{secret_id}.secret"
 
 
+def _endpoint_field(endpoint_id: str) -> str:
+    return f"notification_endpoints.{endpoint_id}.secret"
+
+
 def sealed_document(tenant: Tenant, key: DataKey) -> dict[str, Any]:
     """The tenant document with every secret encrypted under `key`."""
     doc = tenant.model_dump(mode="json")
+    if tenant.notification_endpoints:
+        doc["notification_endpoints"] = [
+            {
+                **e.model_dump(mode="json"),
+                "secret": encrypt_field(
+                    key.key, tenant.id, _endpoint_field(e.id), e.secret.get_secret_value()
+                ),
+            }
+            for e in tenant.notification_endpoints
+        ]
+    else:
+        doc.pop("notification_endpoints", None)  # records stay as they were without any
     doc["webhook_secrets"] = [
         {
             **s.model_dump(mode="json"),
@@ -282,6 +300,7 @@ def _without_secrets(doc: dict[str, Any]) -> dict[str, Any]:
     out = dict(doc)
     out["webhook_secrets"] = []
     out["stripe_api_key"] = None
+    out.pop("notification_endpoints", None)
     return out
 
 
@@ -320,6 +339,21 @@ async def open_document(
             }
         )
     doc["webhook_secrets"] = secrets
+    endpoints = []
+    for item in doc.get("notification_endpoints") or []:
+        if not isinstance(item, dict):
+            raise DecryptionError(tenant_id, "notification_endpoints")
+        endpoint_id = str(item.get("id"))
+        endpoints.append(
+            {
+                **item,
+                "secret": decrypt_field(
+                    key.key, tenant_id, _endpoint_field(endpoint_id), item.get("secret")
+                ),
+            }
+        )
+    if endpoints:
+        doc["notification_endpoints"] = endpoints
     if doc.get("stripe_api_key") is not None:
         doc["stripe_api_key"] = decrypt_field(
             key.key, tenant_id, "stripe_api_key", doc["stripe_api_key"]

@@ -23,6 +23,7 @@ from quotaflow.envelope import Envelope
 from quotaflow.registry import TenantRegistry
 from streams.deadletter import REDRIVE
 from streams.processing.effects import Effects, Record, StateCache, Store
+from streams.processing.notify import notify_transition, resend_reprocessed
 from tables.billing import FetchTarget, QuotaPolicy, Source, apply_event, customer_of, fetch_target
 from tables.billing_state import CustomerState
 from tables.tenant import Tenant
@@ -154,6 +155,8 @@ class BillingProcessor:
             out.count("dead_lettered")
             return
         state = cache.get(event.key)
+        if state is not None and record.offset <= state.offsets.get(record.partition, -1):
+            resend_reprocessed(out, state, record)
         try:
             outcome = apply_event(
                 state,
@@ -172,8 +175,9 @@ class BillingProcessor:
             out.count("dead_lettered")
             return
         if outcome.state is not None:
-            cache.put(event.key, record.partition, outcome.state)
-            _remember_alias(aliases, outcome.state, record.partition, out)
+            told = notify_transition(out, state, outcome.state, event.tenant, record, now)
+            cache.put(event.key, record.partition, told)
+            _remember_alias(aliases, told, record.partition, out)
         published = out.publish(record.partition, outcome)
         for letter in outcome.deadletters:
             out.dead(record, letter.reason, letter.detail)

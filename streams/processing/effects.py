@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tables.billing_state import CustomerState
+from tables.notification import Notification
 from tables.outcome import Outcome
 from tables.quota import QuotaUpdate
 
@@ -88,6 +89,9 @@ class Effects:
     deadletters: list[DeadLetterOut] = field(default_factory=list)
     meter_jobs: list[MeterJob] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
+    # Tenant notifications (issue 17), in derivation order, with the partition they go to;
+    # a re-emitted one may repeat an id (the notifier deduplicates).
+    notifications: list[tuple[int, Notification]] = field(default_factory=list)
     # (region, node id) of usage batches that opened a new spool incarnation of a node
     # another incarnation had reported for (a reset spool), once per customer state.
     spool_resets: list[tuple[str, str]] = field(default_factory=list)

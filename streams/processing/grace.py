@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from quotaflow.registry import TenantRegistry
 from streams.processing.effects import Effects, Record, StateCache, Store
+from streams.processing.notify import notify_transition, resend_reprocessed
 from tables.billing import CustomerState, grace_deadline, reevaluate
 from tables.policy import QuotaPolicy
 
@@ -28,9 +30,15 @@ def due_for_blocking(state: CustomerState, now: float, policy: QuotaPolicy) -> b
 class GraceProcessor:
     """`handle(store, ticks) -> Effects`: each tick's value is a customers table key."""
 
-    def __init__(self, policy: QuotaPolicy, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        policy: QuotaPolicy,
+        clock: Callable[[], float],
+        registry: Callable[[], TenantRegistry | None] | None = None,
+    ) -> None:
         self._policy = policy
         self._clock = clock
+        self._registry = registry
 
     def handle(self, store: Store, records: Sequence[Record]) -> Effects:
         out = Effects()
@@ -40,9 +48,14 @@ class GraceProcessor:
             if state is None:
                 out.count("unchanged")  # a customer gone since the scan
                 continue
-            outcome = reevaluate(state, now=self._clock(), policy=self._policy)
+            resend_reprocessed(out, state, record)
+            now = self._clock()
+            outcome = reevaluate(state, now=now, policy=self._policy)
             if outcome.update is not None and outcome.state is not None:
-                cache.put(record.value, record.partition, outcome.state)
+                reg = self._registry() if self._registry is not None else None
+                tenant = reg.get(state.tenant_id) if reg is not None else None
+                told = notify_transition(out, state, outcome.state, tenant, record, now)
+                cache.put(record.value, record.partition, told)
                 out.publish(record.partition, outcome)
                 out.count("quota_updated")
             else:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from quotaflow.registry import TenantRegistry
 from streams.processing.effects import Effects, MeterJob, Record, StateCache, Store
+from streams.processing.notify import notify_transition, resend_reprocessed
 from tables.outcome import Source
 from tables.policy import QuotaPolicy
 from tables.usage import UsageRecord, apply_usage, meters_of
@@ -89,6 +90,8 @@ class UsageProcessor:
             key = f"{tenant.id}/{stripe_id}".encode()
             state = cache.get(key)
             reprocessed = state is not None and offset <= state.usage_offsets.get(partition, -1)
+            if reprocessed:
+                resend_reprocessed(out, state, record)
             outcome = apply_usage(
                 state,
                 tenant_id=tenant.id,
@@ -105,7 +108,8 @@ class UsageProcessor:
             if outcome.spool_reset:
                 out.spool_resets.append((usage.region, usage.node_id))
             if outcome.state is not None:
-                cache.put(key, partition, outcome.state)
+                told = notify_transition(out, state, outcome.state, tenant, record, now)
+                cache.put(key, partition, told)
             for letter in outcome.deadletters:
                 out.dead(record, letter.reason, letter.detail)
                 out.count("dead_lettered")

@@ -231,3 +231,15 @@ def test_quick_console_bench_times_the_tenants_pages_and_the_baseline(
     for figures in latency.values():
         assert figures["n"] == 20
         assert 0 < figures["p50"] <= figures["p99"] <= figures["max"]
+
+
+def test_quick_notify_bench_reports_lag_and_throughput(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    result = quick("notify", kafka_bootstrap, tmp_path / "results.json")
+    lag = result["lag"]
+    assert lag["notifications"] == 2 * 3 * 3  # two thresholds per customer, once each
+    assert 0 < lag["transition_to_received_ms"]["p50"] <= lag["transition_to_received_ms"]["p99"]
+    assert result["throughput"]["notifications"] == 60
+    assert result["throughput"]["deliveries_per_s"] > 0
+    assert (result["refused_by_receiver"], result["duplicate_ids"]) == (0, 0)

@@ -60,6 +60,7 @@ def exposed() -> frozenset[str]:
     from edge.cache import QuotaCache
     from edge.metrics import EdgeMetrics
     from ingress.metrics import IngressMetrics
+    from streams.notifier.metrics import NotifierMetrics
     from streams.push_metrics import PushMetrics
     from streams.worker_web import WorkerMetrics
 
@@ -67,6 +68,7 @@ def exposed() -> frozenset[str]:
     names |= _sample_names(IngressMetrics().registry)
     names |= _sample_names(EdgeMetrics(QuotaCache()).registry)
     names |= _sample_names(WorkerMetrics().registry)
+    names |= _sample_names(NotifierMetrics().registry)
     return frozenset(names)
 
 

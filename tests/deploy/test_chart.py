@@ -103,7 +103,8 @@ def test_lint_passes_strict(helm: Path, tmp_path: Path) -> None:
 
 def test_renders_every_kind_the_issue_asks_for(default_docs: list[Doc]) -> None:
     kinds = Counter(doc["kind"] for doc in default_docs)
-    assert kinds["Deployment"] == 4  # ingress, admin, a pusher per default region (eu, us)
+    # ingress, admin, notifier, a pusher per default region (eu, us)
+    assert kinds["Deployment"] == 5
     assert kinds["StatefulSet"] == 1
     assert kinds["PodDisruptionBudget"] == 4  # ingress, worker, pusher-eu, pusher-us
     for kind in ("Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"):
@@ -186,7 +187,9 @@ def _settings_of(docs: list[Doc], container: Doc, monkeypatch: pytest.MonkeyPatc
     return Settings()
 
 
-@pytest.mark.parametrize("component", ["ingress", "worker", "pusher-eu", "pusher-us", "admin"])
+@pytest.mark.parametrize(
+    "component", ["ingress", "worker", "pusher-eu", "pusher-us", "admin", "notifier"]
+)
 def test_every_components_environment_is_valid_settings(
     full_docs: list[Doc], monkeypatch: pytest.MonkeyPatch, component: str
 ) -> None:
@@ -240,6 +243,8 @@ def test_each_secret_reaches_only_the_components_that_need_it(full_docs: list[Do
             "QUOTAFLOW_TENANT_SIGNING_KEYS",
             "QUOTAFLOW_CONSOLE_EDGE_TOKEN",  # optional: the console's edge reads
         },
+        # It signs deliveries with the endpoints' secrets; it never signs a tenant record.
+        "notifier": {"QUOTAFLOW_KEYRING"},
     }
     for name, container in containers(full_docs):
         component = next(c for c in needs if f"-{c}" in name)
@@ -326,7 +331,7 @@ def test_service_monitor_scrapes_every_component_on_a_metrics_port(
         if d["kind"] == "Service" and selector.items() <= d["metadata"]["labels"].items()
     ]
     components = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in scraped}
-    assert components == {"ingress", "worker", "pusher"}
+    assert components == {"ingress", "worker", "pusher", "notifier"}
     for service in scraped:
         assert endpoint_port in {p["name"] for p in service["spec"]["ports"]}
         job = service["metadata"]["labels"][monitor["spec"]["jobLabel"]]

@@ -57,6 +57,8 @@ def _listen_port(name: str, service: dict[str, Any]) -> int:
         return int(_option(command, "--port"))
     if verb == "push":
         return int(env["QUOTAFLOW_PUSHER_PORT"])
+    if verb == "notifier":
+        return int(env["QUOTAFLOW_NOTIFIER_PORT"])
     raise AssertionError(f"{name} serves no HTTP")
 
 
@@ -220,7 +222,7 @@ def test_prometheus_scrapes_every_quotaflow_service_on_its_port() -> None:
     expected = {
         f"{name}:{_listen_port(name, s)}"
         for name, s in _quotaflow_services().items()
-        if s["command"][0] in {"ingress", "worker", "push", "edge"}
+        if s["command"][0] in {"ingress", "worker", "push", "edge", "notifier"}
     }
     assert targets == expected
 

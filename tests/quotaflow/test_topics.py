@@ -38,6 +38,8 @@ async def test_ensure_topics_creates_each_topic_once_with_its_policy(
             t.meter_jobs,
             t.edge_nodes,
             t.quota_ticks,
+            t.notifications,
+            t.notification_endpoints,
         ]
     )
     assert await ensure_topics(settings) == []

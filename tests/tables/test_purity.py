@@ -17,6 +17,8 @@ PUBLIC_MODULES = [
     "billing",
     "billing_state",
     "dedupe",
+    "notification",
+    "notifications",
     "outcome",
     "policy",
     "stripe_objects",

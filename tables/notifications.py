@@ -1,0 +1,146 @@
+"""Which notifications a change of a customer's state makes: a pure function of the state
+before, the state after and the tenant's thresholds.
+
+Derived from transitions, never from a record's appearance:
+- `quota.threshold_crossed`: `used` reached a configured fraction of the limit for the
+  first time in the period (`NotifyMarks.fired`, reset when the period changes);
+- `quota.exhausted`: the published status became `exhausted`;
+- `quota.restored`: a told exhaustion is over (the status is `active` or `grace` again:
+  a top-up, a bigger plan, a new period);
+- `customer.grace_started`: the published status became `grace`;
+- `customer.blocked`: the published status became `blocked` from a served one (a
+  customer's first record being blocked, before any subscription, is not news);
+- `customer.unblocked`: a told block is over.
+
+The marks live in the customer's state, written in the same changelog record as the
+change itself: a replay, a duplicate or a re-drive finds them set and makes nothing new.
+The notices made by an input are kept beside it (bounded, `MAX_NOTICES`), so the same
+input reprocessed after a crash (the changelog written, the notices perhaps not sent)
+re-sends them with the same ids (`reemit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tables.billing_state import CustomerState, NotifyMarks, StoredNotice
+from tables.notification import Notification, NotificationData, iso_timestamp, notification_id
+from tables.quota import QuotaUpdate
+
+__all__ = ["MAX_NOTICES", "derive", "reemit", "source_of"]
+
+# Notices kept per customer for re-emission: an input makes at most one per threshold and
+# a few status ones, and only inputs since the last commit can be reprocessed.
+MAX_NOTICES = 16
+_SERVED = frozenset({"active", "grace", "exhausted"})
+
+
+def source_of(topic: str, partition: int, offset: int) -> str:
+    """The name of an input in `StoredNotice.source`."""
+    return f"{topic}:{partition}:{offset}"
+
+
+def derive(
+    before: CustomerState | None,
+    after: CustomerState,
+    thresholds: Sequence[float],
+    *,
+    source: str,
+    now: float,
+    enabled: bool = True,
+) -> tuple[CustomerState, tuple[Notification, ...]]:
+    """`after` with its marks brought up to date, and the notifications the change makes.
+
+    `thresholds` are the tenant's fractions (ascending). With `enabled` false (the tenant has
+    no enabled endpoint) the marks still follow the statuses, so an endpoint added while a
+    customer is exhausted still hears of its restoration, but nothing is emitted.
+    """
+    last = after.last
+    if last is None:
+        return after, ()
+    prev = before.last if before is not None else None
+    marks = after.notify
+    if marks.period_start != after.period_start:
+        marks = NotifyMarks(after.period_start, (), marks.exhausted, marks.blocked)
+    made: list[Notification] = []
+    fired = list(marks.fired)
+    limit = last.limit
+    if limit is not None and limit > 0:
+        for fraction in thresholds:
+            if fraction not in fired and after.used >= fraction * limit:
+                fired.append(fraction)
+                made.append(_make(after, last, "quota.threshold_crossed", now, threshold=fraction))
+    exhausted, blocked = marks.exhausted, marks.blocked
+    if prev is None or prev.version != last.version:
+        was = prev.status if prev is not None else None
+        status = last.status
+        if status == "grace" and was != "grace":
+            made.append(_make(after, last, "customer.grace_started", now, version=last.version))
+        if status == "exhausted" and was != "exhausted":
+            made.append(_make(after, last, "quota.exhausted", now, version=last.version))
+            exhausted = True
+        if status == "blocked" and was in _SERVED:
+            made.append(_make(after, last, "customer.blocked", now, version=last.version))
+            blocked = True
+        if status != "blocked" and blocked:
+            made.append(_make(after, last, "customer.unblocked", now, version=last.version))
+            blocked = False
+        if status in ("active", "grace") and exhausted:
+            made.append(_make(after, last, "quota.restored", now, version=last.version))
+            exhausted = False
+    new_marks = NotifyMarks(marks.period_start, tuple(sorted(fired)), exhausted, blocked)
+    emitted = tuple(made) if enabled else ()
+    changes: dict[str, object] = {}
+    if new_marks != after.notify:
+        changes["notify"] = new_marks
+    if emitted:
+        kept = after.notices + tuple(StoredNotice(source, n) for n in emitted)
+        changes["notices"] = kept[-MAX_NOTICES:]
+    if not changes:
+        return after, emitted
+    return after.model_copy(update=changes), emitted
+
+
+def reemit(state: CustomerState | None, source: str) -> tuple[Notification, ...]:
+    """The notifications `source` made the first time it was processed (none if it made
+    none or was never processed): a reprocessed input sends them again, same ids."""
+    if state is None or not state.notices:
+        return ()
+    return tuple(n.notification for n in state.notices if n.source == source)
+
+
+def _make(
+    state: CustomerState,
+    last: QuotaUpdate,
+    event_type: str,
+    now: float,
+    *,
+    threshold: float | None = None,
+    version: int | None = None,
+) -> Notification:
+    return Notification(
+        id=notification_id(
+            state.tenant_id,
+            state.stripe_customer_id,
+            event_type,
+            state.period_start,
+            threshold=threshold,
+            version=version,
+        ),
+        type=event_type,
+        timestamp=iso_timestamp(now),
+        data=NotificationData(
+            tenant_id=state.tenant_id,
+            customer_id=last.customer_id,
+            stripe_customer_id=state.stripe_customer_id,
+            limit=last.limit,
+            used=state.used,
+            remaining=None if last.limit is None else max(last.limit - state.used, 0),
+            status=last.status,
+            period_start=state.period_start,
+            period_end=state.period_end,
+            version=last.version,
+            threshold=threshold,
+            grace_until=last.grace_until,
+        ),
+    )
