@@ -75,7 +75,7 @@ async def _produce(bootstrap: str, topic: str, records: Records, rate: float | N
 
 def _subscriptions(tenants: list[Any], customers: int) -> list[tuple[bytes, bytes, list[Any]]]:
     from bench.worker_bench import headers
-    from tests.tables import factories as f
+    from quotaflow.testing import stripe_objects as f
 
     period = (int(time.time()) - 86_400, int(time.time()) + 29 * 86_400)
     out = []
