@@ -129,10 +129,13 @@ class TopicTenantRegistry:
         cache_size: int | None = None,
         check_in_background: bool = True,
         check_before_ready: bool = False,
+        defer_checks: bool = False,
     ) -> None:
         """`keyring=None`: routing mode, tenants without their secrets.
         `check_in_background=False` leaves pending records to their first use (tests);
-        `check_before_ready`: `start` returns once every record read is checked."""
+        `check_before_ready`: `start` returns once every record read is checked;
+        `defer_checks`: the check pass starts at `begin_checks()`, not at the end of
+        `start()` (the worker: once Faust has recovered its tables and serves)."""
         self._settings = settings
         self._keyring = keyring
         self._verifier = verifier or tenant_verifier(settings)
@@ -143,6 +146,8 @@ class TopicTenantRegistry:
         self._cache = TenantCache(size)
         self._background = check_in_background
         self._check_first = check_before_ready
+        self._deferred = defer_checks and not check_before_ready
+        self._checking = False
         self._entries: dict[str, Entry] = {}
         self._accounts = AccountIndex()
         self._packer: RecordPacker | None = None
@@ -322,13 +327,19 @@ class TopicTenantRegistry:
                 await self._load(consumer)
         self._ready = True
         log.info("tenants loaded", extra={"tenants": len(self._entries), "offset": end})
-        if self._background or self._check_first:
-            self._spawn(self._check_pass(), "tenants-check")
-        else:
+        if not self._background and not self._check_first:
             self._maybe_all_checked()
+        elif not self._deferred:
+            self.begin_checks()
         if self._check_first:
             await self.wait_checked(max(self._start_timeout, 600.0))
         self._spawn(self._follow(consumer), "tenants-registry")
+
+    def begin_checks(self) -> None:
+        """Starts the check pass (once; after `start`)."""
+        if self._ready and self._background and not self._checking:
+            self._checking = True
+            self._spawn(self._check_pass(), "tenants-check")
 
     async def stop(self) -> None:
         """Stops following and checking; safe to call twice."""
