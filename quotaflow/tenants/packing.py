@@ -53,7 +53,9 @@ class RecordPacker:
         return RecordPacker([self._samples]) if self._samples else RecordPacker()
 
     def pack(self, value: bytes) -> bytes:
-        return self._compress.compress(value)
+        # Copied: zstandard returns its output in a buffer of the worst-case size (~1.1 x
+        # the input), which would stay allocated behind each packed record.
+        return bytes(memoryview(self._compress.compress(value)))
 
     def unpack(self, packed: bytes) -> bytes:
         return self._decompress.decompress(packed, max_output_size=_MAX_RECORD)

@@ -85,7 +85,7 @@ log = logging.getLogger("quotaflow.tenants.registry")
 
 CHECK_CHUNK = 128
 """Records checked per hop to the worker thread (~15-20 ms of CPU)."""
-DEFAULT_CACHE_SIZE = 4096
+
 
 # Where a record's body claims a Connect account: the body is a JSON string inside the
 # envelope, so its quotes are escaped. Only a hint for the account index (see above).
@@ -150,6 +150,8 @@ class TopicTenantRegistry:
         self._checking = False
         self._entries: dict[str, Entry] = {}
         self._accounts = AccountIndex()
+        self._shared: dict[str, str] = {}
+        self._regions: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._packer: RecordPacker | None = None
         self._thread_packers: dict[str, RecordPacker] = {}
         self._unchecked = 0
@@ -594,7 +596,7 @@ class TopicTenantRegistry:
             )
             return
         entry.held, entry.version = packed, record.version
-        entry.summary = TenantSummary.of(tenant)
+        entry.summary = self._summarize(tenant_id, tenant)
         if tenant.stripe_account is not None:
             self._accounts.add(tenant.stripe_account, tenant_id)
         self.undecryptable.pop(tenant_id, None)
@@ -613,6 +615,19 @@ class TopicTenantRegistry:
             self.undecryptable[tenant_id] = field
             log.error("accepted tenant record no longer opens", extra={"tenant_id": tenant_id})
             return None
+
+    def _summarize(self, tenant_id: str, tenant: Tenant) -> TenantSummary:
+        """The tenant's summary, sharing what tenants have in common (status, mode, the
+        regions tuple; the id is the entry's key): ~80 bytes a tenant instead of ~300."""
+        shared = self._shared
+        return TenantSummary(
+            tenant_id,
+            shared.setdefault(tenant.status, tenant.status),
+            shared.setdefault(tenant.mode, tenant.mode),
+            self._regions.setdefault(tenant.regions, tenant.regions),
+            tenant.stripe_account,
+            tenant.resumed_at,
+        )
 
     def _summary_of(self, tenant_id: str) -> TenantSummary | None:
         entry = self._entries.get(tenant_id)
