@@ -181,3 +181,22 @@ def test_packed_records_round_trip_and_compare_equal_exactly_when_the_records_do
     assert packer.pack(records[3]) == packed[3]
     assert len(set(packed)) == len(records)
     assert sum(map(len, packed)) < sum(map(len, records))
+
+
+async def test_a_pusher_sends_no_tenant_list_and_is_not_ready_until_every_record_is_checked(
+    settings: Settings, writer: TenantWriter, open_topic_registry: RegistryFactory
+) -> None:
+    from streams.pusher import Pusher
+
+    for tenant_id in ("acme", "beta"):
+        await writer.add(tenant_doc(tenant_id), actor="test")
+    registry = await open_topic_registry(None, background=False)
+    pusher = Pusher(settings.model_copy(update={"region": "eu"}), registry)
+
+    # A list without beta would make every node remove it: none until beta is checked.
+    assert pusher.serves("acme")
+    assert pusher.tenant_list() is None
+    assert pusher.readiness() == {"reason": "tenant_records_unchecked"}
+    assert registry.summary("beta") is not None
+    assert pusher.tenant_list() == {"acme": "active", "beta": "active"}
+    assert pusher.readiness() == {}
