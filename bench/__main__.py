@@ -1,6 +1,9 @@
-"""`python -m bench [--quick] [--only NAME[,NAME]]`: runs every benchmark, each in its own
-process (no shared loop, CPU or memory state), collects the JSON each prints, writes them
-to `bench/results/<timestamp>.json` (gitignored) and prints a compact table.
+"""`python -m bench [--quick] [--only NAME[,NAME]] [--no-charts]`: runs every benchmark,
+each in its own process (no shared loop, CPU or memory state), collects the JSON each
+prints, writes them to `bench/results/<timestamp>.json` (gitignored), prints a compact
+table and draws the charts bench/figures.py declares into `bench/results/<timestamp>/`
+(`--no-charts` skips them; `python -m bench.charts RESULTS.json` redraws them from any
+results file without running a bench).
 
 Benches that need Kafka get a private broker each (started here when
 QUOTAFLOW_KAFKA_BOOTSTRAP is unset, so runs are comparable), passed to them in
@@ -10,6 +13,7 @@ QUOTAFLOW_KAFKA_BOOTSTRAP. `--quick` runs small sizes: a smoke test, not figures
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -44,6 +48,7 @@ BENCHES = (
     Bench("enforcement", "bench.enforcement_bench", True, ("--quick",)),
     Bench("fetch", "bench.fetch_bench", True, ("--quick",)),
     Bench("scale", "bench.scale_bench", True, ("--quick",), timeout=3600.0),
+    Bench("console", "bench.console_bench", True, ("--quick",)),
 )
 
 
@@ -201,6 +206,20 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_charts(results: Path) -> bool:
+    """The charts of `results` in a directory of the same name beside it. The JSON is
+    written first, so a chart that fails loses no figure: `python -m bench.charts` redraws."""
+    if importlib.util.find_spec("matplotlib") is None:  # a bench/dev extra, not runtime
+        print("charts: not drawn, matplotlib missing: pip install -e '.[bench]'", file=sys.stderr)
+        return False
+    from bench.chartdata import read
+    from bench.charts import chart_dir, draw
+
+    drawn = draw(read([results]), chart_dir(results))
+    print(f"charts: {len(drawn)} in {chart_dir(results)}/ (index.md lists them)")
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
@@ -208,6 +227,9 @@ def main() -> None:
         "--only", help="comma-separated bench names: " + ", ".join(b.name for b in BENCHES)
     )
     parser.add_argument("--out", help="write the results here instead of bench/results/")
+    parser.add_argument(
+        "--no-charts", action="store_true", help="skip the charts (bench/charts.py) after the run"
+    )
     args = parser.parse_args()
     chosen = set(args.only.split(",")) if args.only else None
     unknown = (chosen or set()) - {b.name for b in BENCHES}
@@ -234,10 +256,11 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2))
     print(table(report))
     print(f"results: {out}")
+    charts_ok = args.no_charts or write_charts(out)
     failed = [
         n for n, e in report["benches"].items() if "skipped" not in e and e.get("returncode") != 0
     ]
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed or not charts_ok else 0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What every benchmark shares: percentiles, per-process CPU and RSS from /proc, a private
-broker, the machine's description (load average included: the machine is shared), child
-processes with log files, tenants files and topic creation.
+broker, the machine's description (load average included: the machine is shared). Child
+processes, readiness waits and topic creation are the harness's
+(`quotaflow.testing.harness`, shared with the tests and `quotaflow dev`), re-exported here.
 
 A bench prints exactly one JSON document on stdout (`emit`); `python -m bench` collects
 them. Figures are only comparable within one run: report ratios against a baseline
@@ -14,19 +15,20 @@ import contextlib
 import math
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from quotaflow.testing.harness import Process as Process
+from quotaflow.testing.harness import create_topics as create_topics
+from quotaflow.testing.harness import processes as processes
+from quotaflow.testing.harness import wait_http as wait_http
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -44,8 +46,44 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank]
 
 
-def summary(values: Iterable[float], digits: int = 2) -> dict[str, Any]:
-    """n, mean, p50, p90, p99, max of `values` (milliseconds by convention)."""
+# Where a distribution is kept for its CDF (`cdf`): every 5 % through the body, then each
+# step of the tail a log-scale chart shows (99, 99.9, 99.99 %). About 40 points draw the
+# curve as finely as a chart can show it, in under 1 KiB of JSON, and they are computed
+# from the samples after the measured loop, so recording them costs the loop nothing.
+CDF_PROBABILITIES: tuple[float, ...] = (
+    0.0001, 0.001, 0.005, 0.01, 0.02, 0.05,
+    0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80,
+    0.85, 0.90, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999,
+    0.99999,
+)  # fmt: skip
+
+
+def _significant(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def cdf(sorted_values: Sequence[float], unit: str = "ms", scale: float = 1.0) -> dict[str, Any]:
+    """The empirical distribution of already sorted samples, for a CDF chart (bench/charts.py):
+    `{"unit", "n", "points": [[p, value], ...]}` with the minimum at p 0, the maximum at p 1
+    and, between them, the nearest-rank value at each of CDF_PROBABILITIES the sample can
+    resolve (1/n <= p <= 1 - 1/n: 50 samples say nothing about a p99.9). Values are
+    multiplied by `scale` (into `unit`) and kept to 4 significant digits."""
+    n = len(sorted_values)
+    if not n:
+        return {"unit": unit, "n": 0, "points": []}
+    points = [[0.0, _significant(sorted_values[0] * scale)]]
+    points += [
+        [p, _significant(percentile(sorted_values, p) * scale)]
+        for p in CDF_PROBABILITIES
+        if p * n >= 1 and (1 - p) * n >= 1
+    ]
+    points.append([1.0, _significant(sorted_values[-1] * scale)])
+    return {"unit": unit, "n": n, "points": points}
+
+
+def summary(values: Iterable[float], digits: int = 2, unit: str = "ms") -> dict[str, Any]:
+    """n, mean, p50, p90, p99, max of `values` (milliseconds by convention, else `unit`) and
+    their `cdf`."""
     data = sorted(values)
     if not data:
         return {"n": 0}
@@ -56,6 +94,7 @@ def summary(values: Iterable[float], digits: int = 2) -> dict[str, Any]:
         "p90": round(percentile(data, 0.90), digits),
         "p99": round(percentile(data, 0.99), digits),
         "max": round(data[-1], digits),
+        "cdf": cdf(data, unit),
     }
 
 
@@ -122,88 +161,14 @@ class ProcSampler:
         }
 
 
-class Proc:
-    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+class Proc(Process):
+    """A bench's child process (the harness's `Process`), run from the repository root so
+    `python -m bench.<module>` resolves; given longer to stop, as a loaded worker may need."""
+
+    STOP_TIMEOUT = 30.0
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], log: Path) -> None:
-        self.args = list(args)
-        self.log = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._out = log.open("ab")
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.args,
-            env={**os.environ, **env},
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-    @classmethod
-    def quotaflow(cls, verb: Sequence[str], env: Mapping[str, str], logdir: Path) -> Proc:
-        """`quotaflow <verb>` exactly as an operator runs it."""
-        return cls(
-            [sys.executable, "-m", "quotaflow.cli", *verb], env, logdir / f"{'-'.join(verb)}.log"
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def check(self) -> None:
-        if not self.alive():
-            raise RuntimeError(f"{self.args} exited {self.proc.returncode}:\n{self.tail()}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._out.close()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._out.close()
-
-
-@contextlib.contextmanager
-def processes() -> Iterator[list[Proc]]:
-    """A list to start children into; all are stopped, newest first, on exit."""
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for proc in reversed(started):
-            with contextlib.suppress(Exception):
-                proc.stop()
-
-
-def wait_http(url: str, timeout: float = 60.0, proc: Proc | None = None) -> None:
-    """Waits until `url` answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None:
-            proc.check()
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - localhost
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+        super().__init__(args, env, log, cwd=REPO)
 
 
 # --- the machine -----------------------------------------------------------------------
@@ -274,23 +239,6 @@ def unique(prefix: str) -> str:
 
 
 # --- topics and tenants ----------------------------------------------------------------
-
-
-async def create_topics(
-    bootstrap: str, specs: Sequence[tuple[str, int, Mapping[str, str]]], timeout: float = 30.0
-) -> None:
-    """Creates (name, partitions, config) topics, replication 1."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
-    async with asyncio.timeout(timeout):
-        await admin.start()
-        try:
-            await admin.create_topics(
-                [NewTopic(n, p, 1, topic_configs=dict(c)) for n, p, c in specs]
-            )
-        finally:
-            await admin.close()
 
 
 async def end_offsets_total(bootstrap: str, topic: str, timeout: float = 10.0) -> int:

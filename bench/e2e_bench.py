@@ -106,7 +106,7 @@ class Webhooks:
     """Signed `customer.subscription.created` webhooks for new customers."""
 
     def __init__(self, period: tuple[int, int] = (BASE_TIME, BASE_TIME + 30 * 86_400)) -> None:
-        from tests.tables import factories as f
+        from quotaflow.testing import stripe_objects as f
 
         self.f = f
         self.n = 0

@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from bench.common import cdf
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.server import build_app
@@ -166,6 +167,7 @@ def _measure(
         "p99_us": round(_percentile(samples, 0.99) / 1000, 3),
         "p999_us": round(_percentile(samples, 0.999) / 1000, 3),
         "max_us": round(samples[-1] / 1000, 3),
+        "cdf": cdf(samples, "us", 1e-3),
     }
 
 
@@ -324,6 +326,8 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "max_ms": round(scheduled_ns[-1] / 1e6, 3),
         "from_write_p50_ms": round(_percentile(sent_ns, 0.50) / 1e6, 3),
         "from_write_p99_ms": round(_percentile(sent_ns, 0.99) / 1e6, 3),
+        "cdf": cdf(scheduled_ns, "ms", 1e-6),
+        "from_write_cdf": cdf(sent_ns, "ms", 1e-6),
     }
 
 

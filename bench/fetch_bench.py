@@ -73,6 +73,7 @@ import orjson
 
 from bench.common import (
     Proc,
+    Process,
     ProcSampler,
     Report,
     bench_workspace,
@@ -386,7 +387,7 @@ class Standin:
 
 
 @contextlib.contextmanager
-def standin_process(work: Path, started: list[Proc]) -> Iterator[tuple[Proc, str]]:
+def standin_process(work: Path, started: list[Process]) -> Iterator[tuple[Proc, str]]:
     """`python -m quotaflow.testing.stripe_standin` on a free port, until its health answers."""
     from quotaflow.localkafka import free_port
 

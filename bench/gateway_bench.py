@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from bench.common import machine, percentile
+from bench.common import cdf, machine, percentile
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.server import build_app
@@ -200,6 +200,7 @@ def _figures(samples: list[float], rate: float) -> dict[str, Any]:
         "p50_ms": round(percentile(ordered, 0.50) * 1e3, 3),
         "p99_ms": round(percentile(ordered, 0.99) * 1e3, 3),
         "max_ms": round(ordered[-1] * 1e3, 3) if ordered else None,
+        "cdf": cdf(ordered, "ms", 1e3),
     }
 
 

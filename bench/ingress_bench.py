@@ -37,11 +37,9 @@ import multiprocessing as mp
 import os
 import random
 import signal
-import socket
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +47,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
+
+from bench.common import cdf
+from quotaflow.testing.harness import create_topics, free_port, wait_http, wait_port
 
 N_TENANTS = 1200
 BODY_POOL = 3000
@@ -259,6 +260,7 @@ def _summary(latencies: list[float], statuses: dict[int, int], elapsed: float) -
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
+        "cdf": cdf(latencies, "ms", 1000.0),
     }
 
 
@@ -469,38 +471,6 @@ def _serve_baseline(bootstrap: str, topic: str, port: int, n_tenants: int) -> No
 # --- orchestration -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not ready after {timeout}s")
-        time.sleep(0.2)
-
-
-def _wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def _phase(
     ctx: Any,
     pid: int | list[int],
@@ -537,18 +507,6 @@ def _phase(
     return result
 
 
-async def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
-    async with asyncio.timeout(30):
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
-        finally:
-            await admin.close()
-
-
 def _measure_ingress(
     ctx: Any,
     bootstrap: str,
@@ -562,7 +520,7 @@ def _measure_ingress(
     """Fixed-rate and max phases against `workers` ingress processes sharing one port."""
     from wire import generate_keypair
 
-    port = _free_port()
+    port = free_port()
     usage_private, usage_public = generate_keypair()
     settings_kwargs = {
         "kafka_bootstrap": bootstrap,
@@ -582,7 +540,7 @@ def _measure_ingress(
         server.start()
     try:
         pids = [s.pid for s in servers if s.pid is not None]
-        _wait_http(f"http://127.0.0.1:{port}/readyz")
+        wait_http(f"http://127.0.0.1:{port}/readyz")
         time.sleep(1.0 if workers > 1 else 0.0)  # every worker's producer connected
         report[f"{key}_idle_rss_mib"] = round(sum(_proc_usage(p)[1] for p in pids) / 2**20, 1)
         _phase(ctx, pids, port, "rate", n, 500, 3)  # warm-up: connections, metadata, caches
@@ -638,7 +596,8 @@ def main() -> None:
     bootstrap = os.environ.get("QUOTAFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     ours_topic, base_topic = f"{prefix}stripe.events", f"{prefix}baseline.events"
-    asyncio.run(_create_topics(bootstrap, [ours_topic, base_topic, f"{prefix}usage.events"], 8))
+    topics = [ours_topic, base_topic, f"{prefix}usage.events"]
+    asyncio.run(create_topics(bootstrap, [(t, 8, {}) for t in topics]))
     ctx = mp.get_context("spawn")
     n, dur = args.tenants, args.duration
     report: dict[str, Any] = {
@@ -655,12 +614,12 @@ def main() -> None:
         report.update(_measure_ingress(ctx, bootstrap, prefix, n, dur, args, workers, key))
 
     if not args.skip_baseline:
-        bport = _free_port()
+        bport = free_port()
         base = ctx.Process(target=_serve_baseline, args=(bootstrap, base_topic, bport, n))
         base.start()
         try:
             assert base.pid is not None
-            _wait_port(bport)
+            wait_port(bport)
             _phase(ctx, base.pid, bport, "rate", n, 200, 3)
             report["baseline_fixed_rate"] = _phase(ctx, base.pid, bport, "rate", n, args.rate, dur)
             report["baseline_max"] = _phase(

@@ -26,6 +26,7 @@ from hashlib import sha256
 import aiohttp
 import orjson
 
+from bench.common import cdf
 from ingress.server import serve
 from quotaflow.localkafka import free_port
 from quotaflow.settings import Settings
@@ -165,6 +166,7 @@ async def run(count: int, background_rate: float) -> dict[str, object]:
         "p50_ms": round(statistics.median(ms), 2),
         "p99_ms": round(_pct(ms, 0.99), 2),
         "max_ms": round(max(ms), 2),
+        "cdf": cdf(sorted(ms)),
         "first_try_200": sum(1 for a in attempts if a == 1),
         "target_p99_ms": 1000,
         "background_webhooks": len(background),

@@ -17,25 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.common import Proc, processes, progress, unique, wait_http
 from bench.worker_bench import WorkerTuning, start_worker
-from edge.auth import generate_app_token, token_digest
-from wire import generate_keypair
+from edge.auth import generate_app_token
+from quotaflow.testing.harness import (
+    RegionKeys,
+    app_tokens_env,
+    edge_nodes_env,
+    free_port,
+    pipeline_env,
+)
 
-# (private, public) Ed25519 pairs per region: pushers get the private push key, edge nodes
-# the public push key and their region's private edge key, the ingress the public edge keys.
-PUSH_KEYS = {r: generate_keypair() for r in ("eu", "us")}
-EDGE_KEYS = {r: generate_keypair() for r in ("eu", "us")}
+# Ed25519 keys per region: pushers get the private push key, edge nodes the public push
+# key and their region's private edge key, the ingress the public edge keys.
+KEYS = RegionKeys.fresh(["eu", "us"])
 # The benches' calling application: edge nodes hold its digest, load generators send
 # `APP_AUTH` (consume needs a credential, as deployed).
 APP_TOKEN = generate_app_token()
 APP_AUTH = {"Authorization": f"Bearer {APP_TOKEN}"}
-
-
-def _json(doc: object) -> str:
-    return orjson.dumps(doc).decode()
 
 
 @dataclass
@@ -73,7 +72,6 @@ def pipeline(
     `nodes` is (region, name) per edge node; `env` is added to every process's environment
     and `worker_env` to the worker's only.
     """
-    from quotaflow.localkafka import free_port
     from quotaflow.registry import dump_tenants
 
     tenants_file = work / "tenants.json"
@@ -85,20 +83,20 @@ def pipeline(
     for (region, _), p in zip(nodes, node_ports, strict=True):
         urls.setdefault(region, []).append(f"http://127.0.0.1:{p}")
     base = {
-        "QUOTAFLOW_KAFKA_BOOTSTRAP": bootstrap,
-        "QUOTAFLOW_TOPIC_PREFIX": prefix,
-        "QUOTAFLOW_PARTITIONS": "8",
-        "QUOTAFLOW_APP_ID": f"{prefix}app",
-        "QUOTAFLOW_DATA_DIR": str(work / "data"),
-        "QUOTAFLOW_STORE": store,
-        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
-        "QUOTAFLOW_STRIPE_FETCH": "false",
+        **pipeline_env(
+            bootstrap=bootstrap,
+            tenants_file=tenants_file,
+            data_dir=work / "data",
+            store=store,
+            topic_prefix=prefix,
+            partitions=8,
+            app_id=f"{prefix}app",
+        ),
         "QUOTAFLOW_METER_ENABLED": "false",
         "QUOTAFLOW_LOG_LEVEL": "WARNING",
-        "QUOTAFLOW_EDGE_NODES": orjson.dumps(urls).decode(),
-        "QUOTAFLOW_PUSH_VERIFY_KEYS": _json({r: [k[1]] for r, k in PUSH_KEYS.items()}),
-        "QUOTAFLOW_EDGE_VERIFY_KEYS": _json({r: [k[1]] for r, k in EDGE_KEYS.items()}),
-        "QUOTAFLOW_EDGE_APP_TOKENS": _json({"bench": token_digest(APP_TOKEN)}),
+        **edge_nodes_env(urls),
+        **KEYS.public_env(),
+        **app_tokens_env({"bench": APP_TOKEN}),
         "QUOTAFLOW_USAGE_INGRESS_URL": f"http://127.0.0.1:{ingress_port}",
         **(env or {}),
     }
@@ -122,17 +120,14 @@ def pipeline(
                 **base,
                 "QUOTAFLOW_USAGE_NODE_ID": name,
                 "QUOTAFLOW_USAGE_SPOOL_DIR": str(work / f"spool-{name}"),
-                "QUOTAFLOW_EDGE_SIGNING_KEYS": _json([EDGE_KEYS[region][0]]),
+                **KEYS.edge_env(region),
             }
             argv = [sys.executable, "-m", edge_module, "edge-node", region, str(p), str(tap)]
             edge = Proc(argv, node_env, work / f"edge-{name}.log")
             started.append(edge)
             edges.append(edge)
         for region in sorted(urls):
-            pusher_env = {
-                **base,
-                "QUOTAFLOW_PUSH_SIGNING_KEYS": _json({region: [PUSH_KEYS[region][0]]}),
-            }
+            pusher_env = {**base, **KEYS.pusher_env(region)}
             pusher = Proc.quotaflow(["push", "--region", region], pusher_env, work)
             started.append(pusher)
             stack.procs[f"pusher-{region}"] = pusher

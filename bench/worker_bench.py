@@ -111,7 +111,7 @@ class Workload:
     """
 
     def __init__(self, n_tenants: int, customers_per_tenant: int, seed: int = 7) -> None:
-        from tests.tables import factories as f
+        from quotaflow.testing import stripe_objects as f
 
         self.f = f
         self.n_tenants = n_tenants

@@ -177,8 +177,9 @@ def push(region: str | None) -> None:
 
 @main.command()
 def admin() -> None:
-    """Run the tenant admin HTTP API (bearer tokens from QUOTAFLOW_ADMIN_TOKENS)."""
-    from quotaflow.tenants.admin_api import serve_admin
+    """Run the tenant admin HTTP API (bearer tokens from QUOTAFLOW_ADMIN_TOKENS) and the
+    operator console under /console (sign in with one of those tokens)."""
+    from quotaflow.console.server import serve_admin
 
     settings = _settings()
     setup_logging(settings.log_level)

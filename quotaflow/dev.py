@@ -17,22 +17,31 @@ goes to the edges and the token itself to `APP_TOKEN_FILE` (mode 0600), which th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 
-from edge.auth import generate_app_token, token_digest
-from quotaflow.localkafka import LocalKafka, port_open
+from edge.auth import generate_app_token
+from quotaflow.localkafka import LocalKafka
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
+from quotaflow.testing.harness import (
+    QUOTAFLOW,
+    Process,
+    RegionKeys,
+    WaitTimeout,
+    app_tokens_env,
+    edge_nodes_env,
+    pipeline_env,
+    port_open,
+    wait_until,
+)
 from quotaflow.topics import ensure_topics
 from tables.tenant import PlanEntry, Tenant, WebhookSecret
-from wire import generate_keypair
 
 DEV_DIR = Path(".quotaflow/dev")
 DEMO_TENANT = "demo"
@@ -60,20 +69,16 @@ def demo_tenant(regions: list[str]) -> Tenant:
 
 
 class DevKeys:
-    """A fresh (private, public) push pair and edge pair per region."""
+    """A fresh push key and edge key per region (the harness's `RegionKeys`), and a fresh
+    application token."""
 
     def __init__(self, regions: list[str]) -> None:
-        self.push = {r: generate_keypair() for r in regions}
-        self.edge = {r: generate_keypair() for r in regions}
+        self.regions = RegionKeys.fresh(regions)
         self.app_token = generate_app_token()
 
     def public_environment(self) -> dict[str, str]:
         """The verify keys and the app token's digest: public, every process may have them."""
-        return {
-            "QUOTAFLOW_PUSH_VERIFY_KEYS": _json({r: [p[1]] for r, p in self.push.items()}),
-            "QUOTAFLOW_EDGE_VERIFY_KEYS": _json({r: [p[1]] for r, p in self.edge.items()}),
-            "QUOTAFLOW_EDGE_APP_TOKENS": _json({DEV_APP: token_digest(self.app_token)}),
-        }
+        return {**self.regions.public_env(), **app_tokens_env({DEV_APP: self.app_token})}
 
     def write_app_token(self, path: Path = APP_TOKEN_FILE) -> None:
         """Puts the token where the printed curl commands read it, readable by us only."""
@@ -84,16 +89,7 @@ class DevKeys:
 
     def signer_environment(self, command: list[str]) -> dict[str, str]:
         """The one private key a `push --region R` or `edge --region R` process signs with."""
-        if command[0] not in ("push", "edge"):
-            return {}
-        region = command[command.index("--region") + 1]
-        if command[0] == "push":
-            return {"QUOTAFLOW_PUSH_SIGNING_KEYS": _json({region: [self.push[region][0]]})}
-        return {"QUOTAFLOW_EDGE_SIGNING_KEYS": _json([self.edge[region][0]])}
-
-
-def _json(doc: object) -> str:
-    return orjson.dumps(doc).decode()
+        return self.regions.signer_env(command)
 
 
 def dev_environment(regions: list[str], kafka_port: int, keys: DevKeys) -> dict[str, str]:
@@ -103,13 +99,14 @@ def dev_environment(regions: list[str], kafka_port: int, keys: DevKeys) -> dict[
     nodes = {r: [f"http://127.0.0.1:{FIRST_EDGE_PORT + i}"] for i, r in enumerate(regions)}
     return {
         **keys.public_environment(),
-        "QUOTAFLOW_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}",
-        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
-        "QUOTAFLOW_EDGE_NODES": orjson.dumps(nodes).decode(),
+        **pipeline_env(
+            bootstrap=f"127.0.0.1:{kafka_port}",
+            tenants_file=tenants_file,
+            data_dir=DEV_DIR / "worker",
+            store="memory://",
+        ),
+        **edge_nodes_env(nodes),
         "QUOTAFLOW_EDGE_URL_ALLOW": orjson.dumps({r: ["127.0.0.1"] for r in regions}).decode(),
-        "QUOTAFLOW_STRIPE_FETCH": "false",
-        "QUOTAFLOW_DATA_DIR": str(DEV_DIR / "worker"),
-        "QUOTAFLOW_STORE": "memory://",
     }
 
 
@@ -172,7 +169,6 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
     env = {**os.environ, **dev_environment(regions, kafka_port, keys)}
     asyncio.run(ensure_topics(Settings(kafka_bootstrap=broker.bootstrap)))
 
-    cli = [sys.executable, "-m", "quotaflow.cli"]
     # One ingress process: dev runs everything on one machine beside the broker.
     commands = [["ingress", "--workers", "1"], ["worker"]]
     for i, region in enumerate(regions):
@@ -180,7 +176,7 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
         commands.append(["push", "--region", region])
     logs = DEV_DIR / "logs"
     logs.mkdir(exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Process] = []
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -192,10 +188,18 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
     try:
         for command in commands:
             name = "-".join(command[:3:2]) if command[0] in ("edge", "push") else command[0]
-            out = (logs / f"{name}.log").open("ab")
             own = {**env, **keys.signer_environment(command)}
-            procs.append(subprocess.Popen([*cli, *command], env=own, stdout=out, stderr=out))
-        _wait_ready([8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))])
+            procs.append(Process([*QUOTAFLOW, *command], own, logs / f"{name}.log"))
+        ports = [8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))]
+        # The banner is printed even if a port is not up within the minute: the watchdog
+        # below names a component that exited, and a slow one may still come.
+        with contextlib.suppress(WaitTimeout):
+            wait_until(
+                lambda: all(port_open(p) for p in ports),
+                timeout=60.0,
+                what=f"ports {ports} listen",
+                interval=0.2,
+            )
         edges = ", ".join(
             f"{r}=http://127.0.0.1:{FIRST_EDGE_PORT + i}" for i, r in enumerate(regions)
         )
@@ -219,26 +223,15 @@ Ctrl-C stops everything.""",
         )
         while not stopping:
             for proc in procs:
-                if proc.poll() is not None:
+                if not proc.alive():
                     print(f"a component exited with {proc.returncode}; see {logs}/", flush=True)
                     stopping = True
             time.sleep(0.2)
     finally:
+        # SIGTERM to every component first (newest first), so they stop side by side.
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
+            proc.terminate()
         for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            proc.stop(timeout=15)
         broker.stop()
         print("stopped", flush=True)
-
-
-def _wait_ready(ports: list[int], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(port_open(p) for p in ports):
-            return
-        time.sleep(0.2)

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from wire import SCHEMA_HEADER
+
 TENANT = "qf-tenant"
 EVENT_ID = "qf-event-id"
 EVENT_TYPE = "qf-event-type"
 LIVEMODE = "qf-livemode"
 RECEIVED_AT = "qf-received-at"
 SECRET_ID = "qf-secret-id"  # noqa: S105 - a header name; it carries the id, not the secret
-SCHEMA = "qf-schema"
+SCHEMA = SCHEMA_HEADER  # defined once in `wire`: every topic's records carry it
 STRIPE_EVENT_SCHEMA = b"stripe-event/1"
 
 

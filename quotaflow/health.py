@@ -1,7 +1,8 @@
 """A small operations HTTP server: `/healthz`, `/readyz` and `/metrics`.
 
 For components whose main job is not HTTP (the pusher); the ingress and the edge serve
-the same three routes from their own apps.
+the same three routes from their own apps. `/metrics` serves the component's own
+registry (no default: nothing in quotaflow registers on prometheus_client's global one).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("quotaflow.health")
@@ -19,7 +20,7 @@ log = logging.getLogger("quotaflow.health")
 
 def ops_app(
     ready: Callable[[], bool],
-    registry: CollectorRegistry = REGISTRY,
+    registry: CollectorRegistry,
     detail: Callable[[], Mapping[str, object]] | None = None,
 ) -> web.Application:
     """`detail()` adds fields to `/readyz` (why it is not ready; never a secret)."""
@@ -49,7 +50,7 @@ async def ops_server(
     host: str,
     port: int,
     ready: Callable[[], bool],
-    registry: CollectorRegistry = REGISTRY,
+    registry: CollectorRegistry,
     *,
     detail: Callable[[], Mapping[str, object]] | None = None,
 ) -> AsyncIterator[int]:

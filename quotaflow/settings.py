@@ -1,7 +1,8 @@
 """Configuration: one validated, frozen object read from `QUOTAFLOW_*` environment variables.
 
 Every field is documented in the README's configuration table; `tests/quotaflow/test_settings.py`
-checks that the table and this class name the same variables.
+(`test_readme_documents_every_setting_and_nothing_else`) checks that the table and this
+class name the same variables, and `tests/test_references.py` that the test cited exists.
 """
 
 from __future__ import annotations
@@ -377,6 +378,27 @@ class Settings(BaseSettings):
     )
     admin_host: str = Field("127.0.0.1", description="Tenant admin API listen address.")
     admin_port: int = Field(8090, ge=0, le=65535, description="Tenant admin API listen port.")
+    console_enabled: bool = Field(
+        True, description="Serve the operator console under /console of the admin server."
+    )
+    console_session_ttl: float = Field(
+        28800.0, gt=0, le=7 * 86400, description="Seconds a console sign-in lasts."
+    )
+    console_secure_cookie: bool | None = Field(
+        None,
+        description="Console cookies carry Secure: true, false, or unset = when the request "
+        "came over TLS (directly or X-Forwarded-Proto: https).",
+    )
+    console_edge_token: SecretStr | None = Field(
+        None,
+        description="An edge application token the console reads customers' quotas at the "
+        "edge nodes with (its digest in the nodes' QUOTAFLOW_EDGE_APP_TOKENS).",
+    )
+    console_ingress_metrics: list[str] = Field(
+        default_factory=list,
+        description="Ingress /metrics URLs the console samples for the last hour's "
+        'outcomes and signature failures, JSON: ["http://ingress:8080/metrics"].',
+    )
     regions: list[str] = Field(
         default_factory=list,
         description="Regions tenants may be served in, JSON list; empty = those named by "
@@ -386,7 +408,7 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Log level for the JSON logs.")
 
-    @field_validator("tenants_file", "edge_api_keys_file", mode="before")
+    @field_validator("tenants_file", "edge_api_keys_file", "console_edge_token", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

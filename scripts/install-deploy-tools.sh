@@ -7,6 +7,9 @@
 #   caddy     from Debian's `caddy` package (.deb, extracted)       -> forward-auth end to end
 #   compose-spec.json, the Compose file JSON Schema, from the compose-go Go module (the
 #             library Docker Compose validates with)                 -> docker-compose.yml check
+#   chromium + chromedriver, Debian's `chromium` and `chromium-driver`, installed with
+#             apt-get (root; a browser needs its whole dependency tree) -> the console's
+#             browser test (tests/console/test_browser.py)
 # into $QUOTAFLOW_TOOLS_BIN (default ~/.cache/quotaflow/bin). A tool already there at the
 # right version is left alone, so a second run does nothing and needs no network.
 #
@@ -109,6 +112,24 @@ install_compose_schema() {
   install -m 0644 "$dir/schema/compose-spec.json" "$target"
 }
 
+install_chromium() {
+  # A browser is not one binary: it is installed, not extracted. The test finds it at
+  # /usr/bin/chromium and /usr/bin/chromedriver; a missing one fails here, never skips.
+  if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+    return
+  fi
+  command -v apt-get >/dev/null || { log "apt-get is needed for Debian's chromium"; exit 1; }
+  [[ "$(id -u)" == 0 ]] || { log "chromium: run as root, or apt-get install chromium chromium-driver"; exit 1; }
+  if [[ -z "$(apt-cache policy chromium-driver 2>/dev/null | awk '/Candidate:/ {print $2}' | grep -v '(none)')" ]]; then
+    log "apt does not know chromium-driver yet: apt-get update"
+    apt-get update -qq
+  fi
+  log "installing Debian's chromium and chromium-driver"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || { log "chromium install failed"; exit 1; }
+}
+
+install_chromium
 install_promtool
 install_amtool
 install_nginx
@@ -120,4 +141,6 @@ install_helm
 "$BIN/amtool" --version 2>&1 | head -n1
 "$BIN/nginx" -v 2>&1
 "$BIN/caddy" version | head -n1
+/usr/bin/chromium --version
+/usr/bin/chromedriver --version | head -n1
 echo "compose schema $BIN/compose-spec-$COMPOSE_GO_VERSION.json"

@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter
 from pydantic import ValidationError
 
 from quotaflow.settings import Settings
+from streams.push_metrics import PushMetrics
 from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
 from wire import Kind, SignatureError, Verifier
 
@@ -43,13 +43,6 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0
 RETRY_DELAY = 2.0
-
-ANNOUNCEMENTS = Counter(
-    "quotaflow_pusher_announcements",
-    "Edge node announcements read by a pusher, by outcome (announced, departed, forged, "
-    "malformed).",
-    ["region", "outcome"],
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +113,10 @@ class NodeDirectory:
         *,
         clock: Callable[[], float] = time.time,
         on_restart: Callable[[str, str], None] | None = None,
+        metrics: PushMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._announcements = (metrics or PushMetrics()).announcements
         self._on_restart = on_restart
         self.region = settings.region
         self._prefix = f"{self.region}/".encode()
@@ -192,12 +187,12 @@ class NodeDirectory:
         value: bytes | None = record.value
         if value is None:
             if self._nodes.pop(key, None) is not None:
-                ANNOUNCEMENTS.labels(region=self.region, outcome="departed").inc()
+                self._announcements.labels(region=self.region, outcome="departed").inc()
                 log.info("edge node departed", extra={"region": self.region, "key": key.decode()})
             return
         header = dict(record.headers or ()).get(SIGNATURE_RECORD_HEADER)
         if not verified(self._verifier, header, value):
-            ANNOUNCEMENTS.labels(region=self.region, outcome="forged").inc()
+            self._announcements.labels(region=self.region, outcome="forged").inc()
             log.warning(
                 "unsigned or forged node announcement ignored", extra={"region": self.region}
             )
@@ -205,13 +200,13 @@ class NodeDirectory:
         try:
             doc = NodeAnnouncement.model_validate(orjson.loads(value))
         except (orjson.JSONDecodeError, ValidationError):
-            ANNOUNCEMENTS.labels(region=self.region, outcome="malformed").inc()
+            self._announcements.labels(region=self.region, outcome="malformed").inc()
             return
         if doc.key.encode() != key or doc.leaving:
-            ANNOUNCEMENTS.labels(region=self.region, outcome="malformed").inc()
+            self._announcements.labels(region=self.region, outcome="malformed").inc()
             return
         if not self._allow.allows(doc.url):
-            ANNOUNCEMENTS.labels(region=self.region, outcome="outside_allow_list").inc()
+            self._announcements.labels(region=self.region, outcome="outside_allow_list").inc()
             log.warning(
                 "announced node URL outside the region's allow-list, ignored",
                 extra={"region": self.region, "node": doc.node_id},
@@ -220,14 +215,14 @@ class NodeDirectory:
         if doc.at > self._clock() + self._skew:
             # A far-future `at` would keep the node "heard from" long after it fell silent;
             # the ingress refuses such announcements, so this one came another way.
-            ANNOUNCEMENTS.labels(region=self.region, outcome="future_at").inc()
+            self._announcements.labels(region=self.region, outcome="future_at").inc()
             return
         previous = self._nodes.get(key)
         if previous is not None and previous.at > doc.at:
             return
         node = KnownNode(doc.node_id, doc.url.rstrip("/"), doc.at, doc.boot_id)
         self._nodes[key] = node
-        ANNOUNCEMENTS.labels(region=self.region, outcome="announced").inc()
+        self._announcements.labels(region=self.region, outcome="announced").inc()
         if node.boot_id is None or previous is None or previous.boot_id == node.boot_id:
             return
         log.info("edge node restarted", extra={"region": self.region, "node": node.node_id})

@@ -56,35 +56,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
+from streams.push_metrics import BATCH_OUTCOMES, REJOIN_REASONS, PushMetrics
 from wire import SIGNATURE_HEADER, Signer
 
 log = logging.getLogger(__name__)
-
-BATCHES = Counter(
-    "quotaflow_push_batches",
-    "Push batches by region, node and outcome (ok, retry, dropped, down).",
-    ["region", "node", "outcome"],
-)
-SNAPSHOTS = Counter(
-    "quotaflow_push_snapshots", "Snapshots delivered to a node.", ["region", "node"]
-)
-NODE_UP = Gauge("quotaflow_push_node_up", "1 while the node is live.", ["region", "node"])
-REJOINS = Counter(
-    "quotaflow_push_rejoins",
-    "Re-joins (with a snapshot) a node's answers asked for, by reason (new_boot, "
-    "no_snapshot, refused, announced).",
-    ["region", "node", "reason"],
-)
-_BATCH_OUTCOMES = ("ok", "retry", "dropped", "down")
-_REJOIN_REASONS = ("new_boot", "no_snapshot", "refused", "announced")
-LATENCY = Histogram(
-    "quotaflow_push_latency_seconds",
-    "Duration of one successful push request.",
-    ["region"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-)
 
 # 4xx answers that retrying cannot fix: the batch is dropped and logged, not retried
 # forever (401, 408 and 429 stay retryable: key rotation, timeouts and throttling pass).
@@ -168,10 +145,13 @@ class NodeSender:
         config: PushConfig,
         node: str | None = None,
         tenants: Callable[[], Mapping[str, str] | None] | None = None,
+        metrics: PushMetrics | None = None,
     ) -> None:
         """`node` is the metric label (the announced node id); default `node_label(url)`.
         `tenants()` is the region's complete tenant list (id -> state) a snapshot carries,
-        or None while it is not known to be complete."""
+        or None while it is not known to be complete. `metrics`: the pusher's (a sender
+        of its own gets a registry of its own)."""
+        self._metrics = metrics or PushMetrics()
         self.url = url.rstrip("/")
         self.node = node or node_label(self.url)
         self.region = region
@@ -238,7 +218,7 @@ class NodeSender:
             return  # that process already took its snapshot (its answers told us first)
         self._wake.set()
         if self.state == "live" and not self._resync:
-            REJOINS.labels(**self._labels, reason="announced").inc()
+            self._metrics.rejoins.labels(**self._labels, reason="announced").inc()
             self.request_resync()
 
     @property
@@ -279,12 +259,12 @@ class NodeSender:
 
     def _forget_series(self) -> None:
         """Removes this node's series: a departed node's label must not linger forever."""
-        region, node = self.region, self.node
+        region, node, m = self.region, self.node, self._metrics
         removals: list[tuple[Counter | Gauge, tuple[str, ...]]] = [
-            (NODE_UP, (region, node)),
-            (SNAPSHOTS, (region, node)),
-            *((BATCHES, (region, node, outcome)) for outcome in _BATCH_OUTCOMES),
-            *((REJOINS, (region, node, reason)) for reason in _REJOIN_REASONS),
+            (m.node_up, (region, node)),
+            (m.snapshots, (region, node)),
+            *((m.batches, (region, node, outcome)) for outcome in BATCH_OUTCOMES),
+            *((m.rejoins, (region, node, reason)) for reason in REJOIN_REASONS),
         ]
         for metric, labels in removals:
             with contextlib.suppress(KeyError):
@@ -311,11 +291,11 @@ class NodeSender:
                 await self._send_snapshot()
                 failures = 0
                 self.state = "live"
-                NODE_UP.labels(**self._labels).set(1)
+                self._metrics.node_up.labels(**self._labels).set(1)
                 await self._deliver()
             except NodeDown as exc:
                 failures += 1
-                BATCHES.labels(**self._labels, outcome="down").inc()
+                self._metrics.batches.labels(**self._labels, outcome="down").inc()
                 log.warning("edge node down", extra={**self._labels, "reason": exc.reason})
             self._leave()
 
@@ -338,7 +318,7 @@ class NodeSender:
         self.accepting = False
         self.state = "open"
         self._drop_queue()
-        NODE_UP.labels(**self._labels).set(0)
+        self._metrics.node_up.labels(**self._labels).set(0)
 
     def _drop_queue(self) -> None:
         while not self._queue.empty():
@@ -373,7 +353,7 @@ class NodeSender:
             log.info("edge node restarted during its snapshot, resending", extra=self._labels)
         else:
             raise NodeDown("restarting")
-        SNAPSHOTS.labels(**self._labels).inc()
+        self._metrics.snapshots.labels(**self._labels).inc()
         log.info("snapshot delivered", extra={**self._labels, "keys": len(values)})
 
     async def _post_snapshot(self, chunks: list[list[bytes]]) -> bool:
@@ -414,7 +394,7 @@ class NodeSender:
             return False
         if self._resync:
             return True  # asked for already (announced, or a tenant joined the region)
-        REJOINS.labels(**self._labels, reason=reason).inc()
+        self._metrics.rejoins.labels(**self._labels, reason=reason).inc()
         log.info("edge node re-joins with a snapshot", extra={**self._labels, "reason": reason})
         self.request_resync()
         return True
@@ -486,7 +466,7 @@ class NodeSender:
         reason = "unknown"
         for attempt in range(cfg.max_attempts):
             if attempt:
-                BATCHES.labels(**self._labels, outcome="retry").inc()
+                self._metrics.batches.labels(**self._labels, outcome="retry").inc()
                 await asyncio.sleep(_jittered(cfg.backoff_base, attempt - 1, cfg.backoff_max))
             listed = None
             if complete and self._tenant_list is not None:
@@ -517,13 +497,15 @@ class NodeSender:
                 reason = type(exc).__name__
                 continue
             if status == 200:
-                LATENCY.labels(region=self.region).observe(time.perf_counter() - started)
-                BATCHES.labels(**self._labels, outcome="ok").inc()
+                self._metrics.latency.labels(region=self.region).observe(
+                    time.perf_counter() - started
+                )
+                self._metrics.batches.labels(**self._labels, outcome="ok").inc()
                 self._tenants_delivered(tenants, whole)
                 return NodeAnswer.parse(answer)
             reason = f"http_{status}"
             if 400 <= status < 500 and status not in _RETRYABLE_4XX:
-                BATCHES.labels(**self._labels, outcome="dropped").inc()
+                self._metrics.batches.labels(**self._labels, outcome="dropped").inc()
                 # The node re-joins on its next success, with the complete tenant list.
                 self._tenants.clear()
                 log.error(

@@ -43,14 +43,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Hashable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -58,6 +56,7 @@ from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry, refused_family
 from quotaflow.settings import Settings
 from streams.node_directory import NodeDirectory
+from streams.push_metrics import PushMetrics
 from streams.push_node import NodeSender, PushConfig, node_label
 from streams.push_snapshot import read_snapshot
 from wire import Kind, Signer
@@ -71,18 +70,12 @@ REGION_WATCH_INTERVAL = 1.0
 REGION_WATCH_MIN_GAP = 0.05
 NODE_WATCH_INTERVAL = 0.5
 
-NODES = Gauge("quotaflow_push_nodes", "Edge nodes this pusher delivers to.", ["region"])
-TENANT_CHANGES = Counter(
-    "quotaflow_push_tenant_changes",
-    "Tenant state changes the region watcher sent to the nodes, by state (active, "
-    "suspended, removed).",
-    ["region", "state"],
-)
-_LIVE: weakref.WeakSet[Pusher] = weakref.WeakSet()
-
 
 class _LagCollector(Collector):
-    """`quotaflow_consumer_lag` of every running pusher in this process (one registration)."""
+    """`quotaflow_consumer_lag` of the pusher, while it runs."""
+
+    def __init__(self, pusher: Pusher) -> None:
+        self._pusher = pusher
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
@@ -90,27 +83,28 @@ class _LagCollector(Collector):
             "Records behind: high-water mark minus committed offset",
             labels=["group", "topic", "partition"],
         )
-        for pusher in list(_LIVE):
+        pusher = self._pusher
+        if pusher.live:
             for topic, partition, lag in pusher.lag():
                 family.add_metric([pusher.group, topic, str(partition)], lag)
         yield family
 
 
 class _UnreadableCollector(Collector):
-    """`quotaflow_tenant_records_unreadable`: records the running pushers cannot read."""
+    """`quotaflow_tenant_records_unreadable`: records the pusher cannot read, while it runs."""
+
+    def __init__(self, pusher: Pusher) -> None:
+        self._pusher = pusher
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
             "quotaflow_tenant_records_unreadable",
             "Tenant records this process cannot read (its keyring lacks their key)",
         )
-        family.add_metric([], max((len(p.registry.unreadable()) for p in list(_LIVE)), default=0))
+        pusher = self._pusher
+        family.add_metric([], len(pusher.registry.unreadable()) if pusher.live else 0)
         yield family
-        yield refused_family({id(p.registry): p.registry for p in list(_LIVE)}.values())
-
-
-REGISTRY.register(_LagCollector())
-REGISTRY.register(_UnreadableCollector())
+        yield refused_family([pusher.registry] if pusher.live else [])
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -139,7 +133,14 @@ class Pusher:
         self.positions: dict[Hashable, int] = {}
         self.nodes: list[NodeSender] = []
         self.group = f"{settings.app_id}-push-{self.region}"
-        self.directory = NodeDirectory(settings, on_restart=self._node_restarted)
+        # This pusher's series, served on its /metrics (never the global default registry).
+        self.live = False  # between start() and stop(): what the collectors report
+        self.metrics = PushMetrics()
+        self.metrics.registry.register(_LagCollector(self))
+        self.metrics.registry.register(_UnreadableCollector(self))
+        self.directory = NodeDirectory(
+            settings, on_restart=self._node_restarted, metrics=self.metrics
+        )
         self._configured = [u.rstrip("/") for u in settings.edge_nodes.get(self.region, [])]
         self._signer: Signer | None = None
         self._committed: dict[Hashable, int] = {}
@@ -195,6 +196,7 @@ class Pusher:
             config=self.config,
             node=node,
             tenants=self.tenant_list,
+            metrics=self.metrics,
         )
 
     def _node_restarted(self, url: str, boot_id: str) -> None:
@@ -230,8 +232,8 @@ class Pusher:
             await self.stop()
             raise
         self._states = self.tenant_states()
-        _LIVE.add(self)
-        NODES.labels(region=self.region).set(len(self.nodes))
+        self.live = True
+        self.metrics.nodes.labels(region=self.region).set(len(self.nodes))
         for name, coro in (
             ("consume", self._consume()),
             ("commit", self._commit_loop()),
@@ -258,7 +260,7 @@ class Pusher:
                 task.cancel()
             await asyncio.gather(*tasks[1:], return_exceptions=True)
             await self.commit()
-        _LIVE.discard(self)
+        self.live = False
         for node in self.nodes:
             await node.stop()
         await self.directory.stop()
@@ -389,7 +391,7 @@ class Pusher:
             return
         # Rebind, never mutate: `_dispatch` iterates the list between awaits.
         self.nodes = [node for node in self.nodes if node.url in wanted] + added
-        NODES.labels(region=self.region).set(len(self.nodes))
+        self.metrics.nodes.labels(region=self.region).set(len(self.nodes))
         for node in added:
             log.info("edge node joined", extra={"region": self.region, "node": node.node})
             await node.start()
@@ -444,7 +446,7 @@ class Pusher:
         if not changes:
             return
         for state in changes.values():
-            TENANT_CHANGES.labels(region=self.region, state=state).inc()
+            self.metrics.tenant_changes.labels(region=self.region, state=state).inc()
         log.info(
             "tenant states changed, sent to the nodes",
             extra={"region": self.region, "tenants": len(changes)},
@@ -471,7 +473,11 @@ async def run_pusher(
     """
     pusher = Pusher(settings, registry, config=config)
     async with ops_server(
-        settings.pusher_host, settings.pusher_port, pusher.ready, detail=pusher.readiness
+        settings.pusher_host,
+        settings.pusher_port,
+        pusher.ready,
+        pusher.metrics.registry,
+        detail=pusher.readiness,
     ):
         await _run(pusher, stop)
 

@@ -13,7 +13,8 @@ import faust
 from quotaflow.settings import Settings
 from streams.processing.effects import Record, record_of
 from tables.outcome import Outcome
-from tables.quota import SCHEMA_HEADER
+from tables.quota import QUOTA_UPDATE_SCHEMA
+from wire import SCHEMA_HEADER
 
 # RocksDB's defaults (per table partition: a 2 GiB block cache, 3 x 64 MiB write
 # buffers) would let eight partitions claim gigabytes. These cap each partition near
@@ -77,7 +78,7 @@ async def publish(quota_updates: faust.TopicT, outcome: Outcome, partition: int)
             key=update.key.encode(),
             value=update.to_json(),
             partition=partition,
-            headers=[SCHEMA_HEADER],
+            headers=[(SCHEMA_HEADER, QUOTA_UPDATE_SCHEMA)],
         )
 
 

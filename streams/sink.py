@@ -38,7 +38,8 @@ import faust
 from streams.deadletter import deadletter_headers
 from streams.faust_tuning import event_context
 from streams.processing.effects import Effects
-from tables.quota import SCHEMA_HEADER
+from tables.quota import QUOTA_UPDATE_SCHEMA
+from wire import SCHEMA_HEADER
 
 log = logging.getLogger("quotaflow.worker.sink")
 
@@ -136,7 +137,7 @@ class Sink:
                     key=update.key.encode(),
                     value=update.to_json(),
                     partition=partition,
-                    headers=[SCHEMA_HEADER],
+                    headers=[(SCHEMA_HEADER, QUOTA_UPDATE_SCHEMA)],
                 )
             )
         if self._meter_jobs is not None:

@@ -14,8 +14,9 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = "1"
-# Header on every quota.updates record; consumers check the major version.
-SCHEMA_HEADER = ("qf-schema", b"quota-update/1")
+# Value of the `qf-schema` header (`wire.SCHEMA_HEADER`) on every quota.updates record;
+# consumers check the major version. (tables imports no wire: the header name is not here.)
+QUOTA_UPDATE_SCHEMA = b"quota-update/1"
 QuotaStatus = Literal["active", "grace", "exhausted", "blocked"]
 
 

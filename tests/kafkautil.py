@@ -8,6 +8,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from quotaflow.testing.harness import eventually
+
 
 async def produce(
     bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes, list[tuple[str, bytes]]]]
@@ -55,12 +57,35 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 async def wait_for_records(
     bootstrap: str, topic: str, count: int, timeout: float = 60.0
 ) -> list[Any]:
-    """Polls until `topic` holds at least `count` records; fails with what it saw."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    """Waits until `topic` holds at least `count` records; returns every record in it then
+    (up to its end offsets at that moment), or fails with how many it saw.
+
+    One consumer follows the topic from its beginning: each poll reads only what arrived
+    since the last one, instead of re-reading the whole topic every time.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     records: list[Any] = []
-    while asyncio.get_running_loop().time() < deadline:
-        records = await read_all(bootstrap, topic)
-        if len(records) >= count:
-            return records
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{topic} holds {len(records)} records, expected {count}")
+    try:
+        async with asyncio.timeout(timeout):
+            await consumer.start()
+            partitions = await eventually(
+                lambda: _partitions(consumer, topic), timeout=timeout, what=f"{topic} exists"
+            )
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while len(records) < count:
+                for messages in (await consumer.getmany(timeout_ms=300)).values():
+                    records.extend(messages)
+            # What else is in the topic now belongs to the answer, as a full read's would.
+            ends = await consumer.end_offsets(tps)
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for tp, messages in (await consumer.getmany(timeout_ms=200)).items():
+                    records.extend(m for m in messages if m.offset < ends[tp])
+    except TimeoutError:
+        raise AssertionError(f"{topic} holds {len(records)} records, expected {count}") from None
+    finally:
+        await consumer.stop()
+    return records

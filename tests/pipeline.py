@@ -10,7 +10,6 @@ mode (fetch off) instead, and the feed puts nothing.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import orjson
 from quotaflow.envelope import Envelope
 from quotaflow.ops.lag import Lag, consumer_lag
 from quotaflow.settings import Settings
+from quotaflow.testing.harness import eventually, pipeline_env
 from quotaflow.testing.stripe_standin import StandinControl
 from tables.tenant import Tenant
 
@@ -112,20 +112,17 @@ def worker_env(
     `stripe`: the Stripe API the worker fetches from (the stand-in, or its URL), with the
     fetch on as in production; None: snapshot mode (fetch off).
     """
-    if stripe is None:
-        fetch = {"QUOTAFLOW_STRIPE_FETCH": "false"}
-    else:
-        url = stripe.url if isinstance(stripe, StandinControl) else stripe
-        fetch = {"QUOTAFLOW_STRIPE_FETCH": "true", "QUOTAFLOW_STRIPE_API_BASE": url}
+    url = stripe.url if isinstance(stripe, StandinControl) else stripe
     return {
-        "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "QUOTAFLOW_TOPIC_PREFIX": settings.topic_prefix,
-        "QUOTAFLOW_PARTITIONS": str(settings.partitions),
-        "QUOTAFLOW_APP_ID": settings.app_id,
-        "QUOTAFLOW_DATA_DIR": str(data),
-        "QUOTAFLOW_STORE": "memory://",
-        "QUOTAFLOW_TENANTS_FILE": str(tenants_file),
-        **fetch,
+        **pipeline_env(
+            bootstrap=settings.kafka_bootstrap,
+            tenants_file=tenants_file,
+            data_dir=data,
+            stripe_api=url,
+            topic_prefix=settings.topic_prefix,
+            partitions=settings.partitions,
+            app_id=settings.app_id,
+        ),
         **{f"QUOTAFLOW_{k.upper()}": v for k, v in extra.items()},
     }
 
@@ -136,13 +133,19 @@ async def wait_committed(
     """Waits until the worker's group has committed every record of `topics`
     (default: `stripe.events`)."""
     wanted = set(topics or [settings.topics.stripe_events])
-    deadline = time.monotonic() + timeout
     behind: list[Lag] = []
-    while time.monotonic() < deadline:
+
+    async def caught_up() -> bool:
+        nonlocal behind
         rows = await consumer_lag(settings, group=settings.app_id)
         source = [r for r in rows if r.topic in wanted]
         behind = [r for r in source if r.lag]
-        if {r.topic for r in source} == wanted and not behind:
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"the worker did not catch up: {behind}")
+        return {r.topic for r in source} == wanted and not behind
+
+    await eventually(
+        caught_up,
+        timeout=timeout,
+        interval=0.5,
+        what="the worker catches up",
+        detail=lambda: f"behind: {behind}",
+    )

@@ -3,6 +3,7 @@ slim edge distribution's contract in step with what `packaging/edge` ships."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def test_every_import_contract_is_kept() -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
     # Each contract ran (a renamed package would make a contract vacuous, not broken).
-    assert done.stdout.count(" KEPT") == 4
+    assert done.stdout.count(" KEPT") == 6
     assert f"{SLIM_CONTRACT_NAME} KEPT" in done.stdout
 
 
@@ -131,3 +132,27 @@ def test_the_slim_modules_import_only_the_slim_dependencies() -> None:
     assert SLIM["project"]["version"] == PROJECT["project"]["version"]
     assert SLIM["project"]["scripts"]["quotaflow-edge"] == "edge.cli:main"
     assert PROJECT["project"]["scripts"]["quotaflow-edge"] == "edge.cli:main"
+
+
+def _absolute_imports(path: Path) -> set[str]:
+    """Every module `path` imports by absolute name, at any depth (lazy imports too)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_benches_and_the_package_import_no_test_code() -> None:
+    """Benches build their load with the shipped harness and Stripe objects
+    (`quotaflow.testing`), never with `tests/` (which no installed quotaflow has)."""
+    sources = sorted((ROOT / "bench").rglob("*.py")) + sorted((ROOT / "quotaflow").rglob("*.py"))
+    assert len(sources) > 20
+    offenders: dict[str, list[str]] = {}
+    for path in sources:
+        found = sorted(m for m in _absolute_imports(path) if m.split(".")[0] == "tests")
+        if found:
+            offenders[str(path.relative_to(ROOT))] = found
+    assert not offenders, f"test code imported outside tests/: {offenders}"

@@ -24,6 +24,7 @@ from quotaflow.ops.exceptions import OpsError, UnknownTenant
 from quotaflow.ops.progress import Progress
 from quotaflow.ops.timespec import parse_duration, parse_position, parse_time
 from quotaflow.settings import Settings
+from quotaflow.tenants.audit import cli_actor
 from quotaflow.tenants.exceptions import TenantsError
 from tables.tenant import Tenant
 
@@ -265,7 +266,13 @@ def deadletter_redrive(
             )
         with Progress("re-driving") as progress:
             return await dl.redrive(
-                settings, letters, dry_run=dry_run, force=force, rate=rate, progress=progress
+                settings,
+                letters,
+                dry_run=dry_run,
+                force=force,
+                rate=rate,
+                progress=progress,
+                actor=cli_actor(),
             )
 
     report = _run(main())

@@ -10,6 +10,11 @@ A dead letter is re-driven once: after the broker acknowledged the re-driven rec
 `redrive` skips what is there (`--force` overrides). A crash between the two writes can
 re-drive one record twice, which is harmless: the worker dedupes by event id. A
 re-driven record that fails again is a new dead letter, re-drivable after the next fix.
+
+Given an `actor` (the CLI's `cli:user@host`, the console's `console:<token name>`), a
+re-drive is audited: the actor is on each marker, and one record per tenant goes to
+`<prefix>tenants.audit` (action `redrive-deadletter`, the refs re-driven), like every
+tenant change.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from quotaflow.ops.produce import OpsProducer
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import TopicReader, Tracker, tenant_partition
 from quotaflow.settings import Settings
+from quotaflow.tenants.audit import audit_record
+from quotaflow.tenants.config import audit_topic
 from quotaflow.topics import ensure_topics
 from streams.deadletter import (
     DETAIL,
@@ -198,8 +205,10 @@ async def redrive(
     force: bool = False,
     rate: float | None = None,
     progress: Tracker | None = None,
+    actor: str | None = None,
 ) -> RedriveReport:
-    """Sends each letter's original record back to its source topic, once."""
+    """Sends each letter's original record back to its source topic, once; audited when
+    an `actor` is given."""
     report = RedriveReport(selected=len(letters), dry_run=dry_run)
     done = await redriven_refs(settings, create=True)
     if force:
@@ -207,6 +216,7 @@ async def redrive(
     marker_topic = redriven_topic(settings)
     if progress is not None:
         progress.add_total(len(letters))
+    sent: dict[str, list[str]] = {}
     async with OpsProducer(settings, rate=rate) as producer:
         for letter in letters:
             if progress is not None:
@@ -231,10 +241,22 @@ async def redrive(
             await producer.flush()
             await producer.send(
                 marker_topic,
-                orjson.dumps({"at": time.time(), "source": letter.source_topic}),
+                orjson.dumps(
+                    {"at": time.time(), "source": letter.source_topic}
+                    | ({} if actor is None else {"actor": actor})
+                ),
                 key=letter.ref.encode(),
                 headers=[],
             )
             report.redriven += 1
+            sent.setdefault(letter.tenant or "", []).append(letter.ref)
+        if actor is not None:
+            for tenant_id, refs in sorted(sent.items()):
+                await producer.send(
+                    audit_topic(settings),
+                    audit_record("redrive-deadletter", tenant_id, actor, None, None, refs=refs),
+                    key=tenant_id.encode(),
+                    headers=[],
+                )
         await producer.flush()
     return report

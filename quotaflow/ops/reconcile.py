@@ -105,6 +105,24 @@ async def _disabled_endpoints(client: stripe.StripeClient) -> list[dict[str, Any
     return found
 
 
+async def disabled_endpoints(
+    settings: Settings, tenant: Tenant, *, timeout: float = 10.0
+) -> list[dict[str, Any]] | None:
+    """The tenant's webhook endpoints Stripe disabled, listed with its own key as
+    `reconcile` lists them; None when they cannot be listed (see `_disabled_endpoints`)."""
+    http = stripe.AIOHTTPClient()
+    try:
+        client = stripe_client(tenant, settings, http)
+        async with asyncio.timeout(timeout):
+            return await _disabled_endpoints(client)
+    except stripe.StripeError as exc:
+        raise OpsError(
+            f"Stripe refused the listing: {type(exc).__name__} ({exc.http_status})"
+        ) from None
+    finally:
+        await http.close_async()  # type: ignore[no-untyped-call]
+
+
 async def held_event_ids(
     settings: Settings,
     tenant_id: str,

@@ -2,7 +2,7 @@
 secrets under rotating envelope encryption.
 
 Components call `open_registry(settings)`; operators use `quotaflow tenants …`,
-`quotaflow keys …` and the admin API (`serve_admin`).
+`quotaflow keys …`, the admin API (`build_admin_app`) and the console.
 """
 
 from quotaflow.tenants.keyring import KeyEncryptionKeys, LocalKeyring, WrappedKey

@@ -3,12 +3,12 @@
 Every `/v1/tenants` route needs `Authorization: Bearer <token>` with one of the admin
 tokens (several, for rotation); the token's name becomes the audit actor. Each presented
 token is compared with every configured one in constant time. `/v1/openapi.json` is
-public. Responses never carry a secret: tenants are shown masked.
+public. Responses never carry a secret: tenants are shown masked. `quotaflow admin` serves
+it with the console beside it (`quotaflow.console.server`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +18,6 @@ import orjson
 from aiohttp import web
 from pydantic import SecretStr
 
-from quotaflow.settings import Settings
 from quotaflow.tenants.documents import masked
 from quotaflow.tenants.exceptions import (
     AccountInUse,
@@ -29,10 +28,9 @@ from quotaflow.tenants.exceptions import (
     TenantStateError,
 )
 from quotaflow.tenants.openapi import stored_openapi
-from quotaflow.tenants.running import open_writer
 from quotaflow.tenants.writer import TenantWriter
 
-__all__ = ["build_admin_app", "serve_admin"]
+__all__ = ["build_admin_app"]
 
 log = logging.getLogger("quotaflow.tenants.admin")
 
@@ -168,22 +166,3 @@ def build_admin_app(writer: TenantWriter, tokens: Mapping[str, SecretStr]) -> we
     app.router.add_patch("/v1/tenants/{tenant_id}", _update)
     app.router.add_delete("/v1/tenants/{tenant_id}", _delete)
     return app
-
-
-async def serve_admin(settings: Settings, stop: asyncio.Event) -> None:
-    """Serves the admin API on QUOTAFLOW_ADMIN_HOST:QUOTAFLOW_ADMIN_PORT until `stop`."""
-    async with open_writer(settings) as writer:
-        runner = web.AppRunner(
-            build_admin_app(writer, settings.admin_tokens), access_log=None, handle_signals=False
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
-            await site.start()
-            log.info(
-                "admin API listening",
-                extra={"host": settings.admin_host, "port": settings.admin_port},
-            )
-            await stop.wait()
-        finally:
-            await runner.cleanup()

@@ -25,8 +25,15 @@ from quotaflow.tenants.audit import cli_actor
 from quotaflow.tenants.documents import load_document, masked
 from quotaflow.tenants.exceptions import InvalidTenant, TenantNotFound, TenantsError
 from quotaflow.tenants.keyring import generate_kek
+from quotaflow.tenants.onboarding import (
+    onboard,
+    onboarding_document,
+    plan_entry,
+)
+from quotaflow.tenants.onboarding import (
+    register_webhook as register_endpoint,
+)
 from quotaflow.tenants.running import keyring_from_settings, open_writer
-from quotaflow.tenants.stripe_webhooks import create_endpoint
 from quotaflow.tenants.writer import DEFAULT_OVERLAP, TenantWriter
 from tables.tenant import Tenant
 from wire import generate_keypair, public_key_id
@@ -70,16 +77,10 @@ def _echo_json(doc: Any) -> None:
 
 
 def _parse_plan(text: str) -> tuple[str, dict[str, Any]]:
-    key, sep, quota = text.partition("=")
-    if not sep or not key:
-        raise click.BadParameter(
-            f"{text!r}: use LOOKUP_KEY=QUOTA (QUOTA an integer or 'unlimited')"
-        )
-    if quota == "unlimited":
-        return key, {"quota": None}
-    if not quota.isdigit():
-        raise click.BadParameter(f"plans.{key}.quota: {quota!r} is not a non-negative integer")
-    return key, {"quota": int(quota)}
+    try:
+        return plan_entry(text)
+    except InvalidTenant as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group()
@@ -127,30 +128,24 @@ def add(
 ) -> None:
     """Add a tenant from flags or a JSON/YAML file; prints it with secrets masked."""
     with _errors():
-        doc: dict[str, Any] = load_document(file) if file is not None else {}
-    flags: dict[str, Any] = {
-        "id": tenant_id,
-        "name": name,
-        "mode": mode,
-        "stripe_account": stripe_account,
-        "stripe_api_key": stripe_api_key,
-        "regions": list(regions) or None,
-        "event_types": list(event_types) or None,
-    }
-    doc.update({k: v for k, v in flags.items() if v is not None})
-    if webhook_secret is not None:
-        doc["webhook_secrets"] = [{"id": "s1", "secret": webhook_secret}]
-    if plans:
-        doc["plans"] = {**doc.get("plans", {}), **dict(_parse_plan(p) for p in plans)}
+        base: dict[str, Any] = load_document(file) if file is not None else {}
+    for plan in plans:
+        _parse_plan(plan)  # a usage error (exit 2) before anything connects
+    with _errors():
+        doc = onboarding_document(
+            base,
+            tenant_id=tenant_id,
+            name=name,
+            mode=mode,
+            stripe_account=stripe_account,
+            stripe_api_key=stripe_api_key,
+            webhook_secret=webhook_secret,
+            regions=regions,
+            plans=plans,
+            event_types=event_types,
+        )
     actor = cli_actor()
-
-    async def work(writer: TenantWriter) -> Tenant:
-        tenant = await writer.add(doc, actor)
-        if webhook_url is not None:
-            tenant = await _register(writer, tenant, webhook_url, 0.0, actor)
-        return tenant
-
-    _echo_json(masked(_run(work)))
+    _echo_json(masked(_run(lambda w: onboard(w, doc, actor, webhook_url))))
 
 
 @tenants.command("list")
@@ -271,15 +266,6 @@ def purge(tenant_id: str) -> None:
     click.echo(f"purged {tenant_id}: {count} quota keys")
 
 
-async def _register(
-    writer: TenantWriter, tenant: Tenant, url: str, overlap: float, actor: str
-) -> Tenant:
-    endpoint = await create_endpoint(tenant, url, api_base=writer.settings.stripe_api_base)
-    return await writer.roll_webhook_secret(
-        tenant.id, endpoint.secret, actor, overlap=overlap, endpoint_id=endpoint.endpoint_id
-    )
-
-
 @tenants.command("register-webhook")
 @click.argument("tenant_id")
 @click.option(
@@ -301,7 +287,7 @@ def register_webhook(tenant_id: str, url: str, overlap: str) -> None:
         tenant = writer.registry.get(tenant_id)
         if tenant is None:
             raise TenantNotFound(tenant_id)
-        return await _register(writer, tenant, url, seconds, actor)
+        return await register_endpoint(writer, tenant, url, seconds, actor)
 
     tenant = _run(work)
     click.echo(f"registered {tenant.webhook_endpoint_id} for {tenant_id}")

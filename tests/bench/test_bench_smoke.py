@@ -233,3 +233,21 @@ def test_quick_fetch_bench_runs_every_scenario_against_the_stripe_standin(
     assert isolation["with_slow"]["slow_webhooks"] > 0
     assert isolation["p99_ratio"] > 0
     assert isolation["drained"] is True
+
+
+def test_quick_console_bench_times_the_tenants_pages_and_the_baseline(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    result = quick("console", kafka_bootstrap, tmp_path / "results.json")
+    assert result["args"] == {"tenants": 300, "requests": 20}
+    latency = result["latency_ms"]
+    assert set(latency) == {
+        "first_page",
+        "middle_page",
+        "search_10",
+        "search_none",
+        "baseline_api_all_tenants",
+    }
+    for figures in latency.values():
+        assert figures["n"] == 20
+        assert 0 < figures["p50"] <= figures["p99"] <= figures["max"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
 _SUFFIXES = {
     "counter": ("_total",),
@@ -57,13 +57,13 @@ def _sample_names(registry: CollectorRegistry) -> set[str]:
 
 def exposed() -> frozenset[str]:
     """Sample names the code registers today (ingress, edge, pusher, worker, process)."""
-    import streams.push_node  # noqa: F401  (registers the pusher's metrics on REGISTRY)
     from edge.cache import QuotaCache
     from edge.metrics import EdgeMetrics
     from ingress.metrics import IngressMetrics
+    from streams.push_metrics import PushMetrics
     from streams.worker_web import WorkerMetrics
 
-    names = _sample_names(REGISTRY)
+    names = _sample_names(PushMetrics().registry)
     names |= _sample_names(IngressMetrics().registry)
     names |= _sample_names(EdgeMetrics(QuotaCache()).registry)
     names |= _sample_names(WorkerMetrics().registry)

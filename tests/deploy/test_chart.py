@@ -234,7 +234,12 @@ def test_each_secret_reaches_only_the_components_that_need_it(full_docs: list[Do
         "worker": {"QUOTAFLOW_KEYRING"},
         # A pusher routes: the public tenants keys, no keyring, no tenants signing key.
         "pusher": {"QUOTAFLOW_PUSH_SIGNING_KEYS"},
-        "admin": {"QUOTAFLOW_KEYRING", "QUOTAFLOW_ADMIN_TOKENS", "QUOTAFLOW_TENANT_SIGNING_KEYS"},
+        "admin": {
+            "QUOTAFLOW_KEYRING",
+            "QUOTAFLOW_ADMIN_TOKENS",
+            "QUOTAFLOW_TENANT_SIGNING_KEYS",
+            "QUOTAFLOW_CONSOLE_EDGE_TOKEN",  # optional: the console's edge reads
+        },
     }
     for name, container in containers(full_docs):
         component = next(c for c in needs if f"-{c}" in name)

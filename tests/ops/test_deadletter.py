@@ -83,3 +83,42 @@ async def test_letters_are_listed_by_tenant_and_reason_and_redriven_once(
     by_ref = await dl.read_letters(settings, dl.Selection(refs=frozenset({mine[0].ref})))
     assert [b.ref for b in by_ref] == [mine[0].ref]
     assert orjson.loads(by_ref[0].value or b"")["id"] == body["id"]
+
+
+async def test_a_redrive_with_an_actor_is_audited_per_tenant(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    from quotaflow.tenants.config import audit_topic
+    from tests.tenants.topicdump import audit_records
+
+    settings = settings_factory(partitions=2)
+    await ensure_topics(settings)
+    body = event(
+        "customer.subscription.created",
+        subscription("sub_1", "cus_1", "active", [(BASIC, 1)], period=PERIOD),
+    )
+    await produce(
+        settings.kafka_bootstrap,
+        settings.topics.deadletter,
+        [
+            _letter(settings, stripe_record("acme", body), "unknown_price", 3),
+            _letter(settings, stripe_record("acme", body), "unknown_price", 4),
+            _letter(settings, stripe_record("globex", body), "unknown_price", 5),
+        ],
+    )
+    letters = await dl.read_letters(settings, dl.Selection())
+    dry = await dl.redrive(settings, letters, dry_run=True, actor="cli:ops@host")
+    assert dry.redriven == 3
+    assert await audit_records(settings.kafka_bootstrap, audit_topic(settings)) == []
+    done = await dl.redrive(settings, letters, actor="cli:ops@host")
+    assert done.redriven == 3
+    audit = await audit_records(settings.kafka_bootstrap, audit_topic(settings))
+    by_tenant = {str(a["tenant_id"]): a for a in audit}
+    assert sorted(by_tenant) == ["acme", "globex"]
+    assert {a["action"] for a in audit} == {"redrive-deadletter"}
+    assert {a["actor"] for a in audit} == {"cli:ops@host"}
+    refs = by_tenant["acme"]["refs"]
+    assert isinstance(refs, list)
+    assert sorted(refs) == sorted(letter.ref for letter in letters if letter.tenant == "acme")
+    markers = await read_all(settings.kafka_bootstrap, settings.topics.deadletter_redriven)
+    assert {orjson.loads(m.value)["actor"] for m in markers} == {"cli:ops@host"}

@@ -21,21 +21,16 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from quotaflow.localkafka import free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
+from quotaflow.testing.harness import RegionKeys, edge_nodes_env, free_port, pipeline_env
 from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics
 from tests.pipeline import StripeFeed
 from tests.processes import EDGE_AUTH, Component, edge_auth_env, start
 from tests.reliability.model import Expected, Workload
-from wire import generate_keypair, public_key_of
 
 Key = tuple[str, str]
-
-
-def _public_map(private: dict[str, str]) -> str:
-    return orjson.dumps({r: [public_key_of(k)] for r, k in private.items()}).decode()
 
 
 @dataclass
@@ -60,10 +55,13 @@ class Stack:
     ingress_workers: int = 1
 
     def __post_init__(self) -> None:
+        fresh = RegionKeys.fresh(list(self.nodes))
+        self.push_keys.update(fresh.push)
+        self.edge_keys.update(fresh.edge)
+        # The same dicts: a scenario that adds a region's key changes every later env.
+        self.keys = RegionKeys(push=self.push_keys, edge=self.edge_keys)
         for region, count in self.nodes.items():
             self.edge_ports[region] = [free_port() for _ in range(count)]
-            self.push_keys[region] = generate_keypair()[0]
-            self.edge_keys[region] = generate_keypair()[0]
         tenants_file = self.tmp / "tenants.json"
         tenants_file.write_bytes(dump_tenants(self.workload.tenants))
         self.tenants_file = tenants_file
@@ -79,25 +77,18 @@ class Stack:
             for r, ports in self.edge_ports.items()
         }
         return {
-            "QUOTAFLOW_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "QUOTAFLOW_TOPIC_PREFIX": s.topic_prefix,
-            "QUOTAFLOW_PARTITIONS": str(s.partitions),
-            "QUOTAFLOW_APP_ID": s.app_id,
-            "QUOTAFLOW_DATA_DIR": str(self.tmp / "worker"),
-            "QUOTAFLOW_STORE": "memory://",
-            "QUOTAFLOW_TENANTS_FILE": str(self.tenants_file),
-            **(
-                {"QUOTAFLOW_STRIPE_FETCH": "false"}
-                if self.stripe is None
-                else {
-                    "QUOTAFLOW_STRIPE_FETCH": "true",
-                    "QUOTAFLOW_STRIPE_API_BASE": self.stripe.url,
-                }
+            **pipeline_env(
+                bootstrap=s.kafka_bootstrap,
+                tenants_file=self.tenants_file,
+                data_dir=self.tmp / "worker",
+                stripe_api=None if self.stripe is None else self.stripe.url,
+                topic_prefix=s.topic_prefix,
+                partitions=s.partitions,
+                app_id=s.app_id,
             ),
-            "QUOTAFLOW_EDGE_NODES": orjson.dumps(nodes).decode(),
+            **edge_nodes_env(nodes),
             # Public keys only: each signer gets its private key when it starts.
-            "QUOTAFLOW_PUSH_VERIFY_KEYS": _public_map(self.push_keys),
-            "QUOTAFLOW_EDGE_VERIFY_KEYS": _public_map(self.edge_keys),
+            **self.keys.public_env(),
             # The digest of the tests' application token (consume and quota reads need it).
             **edge_auth_env(),
             "QUOTAFLOW_LOG_LEVEL": "INFO",
@@ -126,18 +117,14 @@ class Stack:
         return self.procs["worker"]
 
     def start_pusher(self, region: str) -> Component:
-        signing = {region: [self.push_keys[region]]}
-        env = {**self.env, "QUOTAFLOW_PUSH_SIGNING_KEYS": orjson.dumps(signing).decode()}
+        env = {**self.env, **self.keys.pusher_env(region)}
         proc = start(self.started, ["push", "--region", region], env, self.tmp)
         self.procs[f"push-{region}"] = proc
         return proc
 
     def start_edge(self, region: str, index: int) -> Component:
         port = self.edge_ports[region][index]
-        env = {
-            **self.env,
-            "QUOTAFLOW_EDGE_SIGNING_KEYS": orjson.dumps([self.edge_keys[region]]).decode(),
-        }
+        env = {**self.env, **self.keys.edge_env(region)}
         proc = start(self.started, ["edge", "--region", region, "--port", str(port)], env, self.tmp)
         proc.wait_port(port)
         self.procs[f"edge-{region}-{index}"] = proc

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from quotaflow.localkafka import LocalKafka
+from quotaflow.testing.harness import eventually
 from tests.reliability.conftest import StackFactory
 from tests.reliability.model import build
 from tests.reliability.sender import StripeLikeSender
@@ -43,7 +44,12 @@ async def test_broker_outage_refuses_with_503_and_loses_nothing_acknowledged(
         stack.ingress_url, workload.secrets, concurrency=32, backoff=(0.5, 4.0)
     )
     load = asyncio.create_task(sender.send_all(deliveries, rate=rate))
-    await asyncio.sleep(6.0)
+    # The load spans the outage on both sides: part of it is in before the broker goes.
+    await eventually(
+        lambda: len(sender.report.accepted) >= len(deliveries) // 7,
+        timeout=60,
+        what="a seventh of the events accepted before the outage",
+    )
     before = dict(sender.report.statuses)
     stopped_at = time.monotonic()
     await asyncio.to_thread(own_broker.stop)

@@ -11,11 +11,11 @@ import os
 import random
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
 
+from quotaflow.testing.harness import eventually
 from tests.reliability.conftest import StackFactory
 from tests.reliability.model import build
 from tests.reliability.sender import StripeLikeSender
@@ -42,14 +42,20 @@ def _operator_replay(stack: Stack) -> str:
 
 async def _drained(stack: Stack, within: float = 60.0) -> None:
     s = stack.settings
-    deadline = time.monotonic() + within
     lag = -1
-    while time.monotonic() < deadline:
+
+    async def drained() -> bool:
+        nonlocal lag
         lag = await group_lag(s.kafka_bootstrap, s.app_id, [s.topics.stripe_events])
-        if lag == 0:
-            return
-        await asyncio.sleep(1.0)
-    raise AssertionError(f"the worker did not consume the replay: lag {lag}")
+        return lag == 0
+
+    await eventually(
+        drained,
+        timeout=within,
+        interval=1.0,
+        what="the worker consumes the replay",
+        detail=lambda: f"lag {lag}",
+    )
 
 
 async def test_triple_shuffled_delivery_and_a_full_replay_end_in_the_reference(

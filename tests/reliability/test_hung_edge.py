@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from quotaflow.localkafka import free_port
+from quotaflow.testing.harness import eventually
 from tests.processes import EDGE_AUTH
 from tests.reliability.conftest import StackFactory
 from tests.reliability.model import PERIOD, WINDOW_START, Delivery, build
@@ -107,7 +108,10 @@ async def test_a_hung_node_leaves_the_healthy_node_delivery_working(
         await asyncio.to_thread(stack.procs["push-eu"].stop)
         stack.extra_nodes["eu"] = [f"http://127.0.0.1:{hung.port}"]
         await asyncio.to_thread(stack.start_pusher, "eu")
-        await asyncio.sleep(3.0)  # the pusher is up and its first push to the hung node hangs
+        # The pusher is up and its first push to the hung node hangs.
+        await eventually(
+            lambda: hung.connections > 0, timeout=60, what="the pusher tries the hung node"
+        )
         beside_hung = await _probe_latencies(stack, secret, 1 + PROBES)
         assert hung.connections > 0, "the pusher never tried the hung node"
         await stack.converge()

@@ -5,13 +5,13 @@ A that names B's customer is A's business only: it lands in A's namespace, never
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import orjson
 import pytest
 
+from quotaflow.testing.harness import eventually
 from tests.reliability.conftest import StackFactory
 from tests.reliability.fuzz import Attack, push_signature, request, send_raw
 from tests.reliability.model import PERIOD, WINDOW, WINDOW_START, Delivery, build
@@ -101,10 +101,16 @@ async def test_credentials_of_one_tenant_or_region_change_nothing_of_another(
     assert set(statuses["webhook signed by A on B's route"]) == {400}
     assert set(statuses["push signed with A's key at B's edge"]) == {401}
     assert set(statuses["B's customer ids on A's own route"]) == {200}
-    await asyncio.sleep(3.0)  # let the accepted own-route events flow through
+    # The accepted own-route events flow through before the other quotas are compared.
+    acme_edge = stack.edge_ports["eu"][0]
+    taken = [("acme", f"cus_globex_{n}") for n in range(10)]
+
+    async def all_landed() -> bool:
+        return None not in (await stack.edge_view(acme_edge, taken)).values()
+
+    await eventually(all_landed, timeout=90, what="A's own-route events reach A's edge")
     after = await stack.converge()
     assert after == before, "another tenant's or region's quotas changed"
-    acme_edge = stack.edge_ports["eu"][0]
     landed = await stack.edge_view(acme_edge, [("acme", "cus_globex_0")])
     assert landed[("acme", "cus_globex_0")] is not None  # A's namespace, A's business
     figures.update({k: dict.fromkeys(map(str, v), len(v)) for k, v in statuses.items()})

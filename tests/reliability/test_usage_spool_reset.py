@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from quotaflow.localkafka import free_port
+from quotaflow.testing.harness import wait_until
 from quotaflow.topics import ensure_topics
 from tables.dedupe import parse_batch_id
 from tables.quota import QuotaUpdate
@@ -124,11 +125,21 @@ async def _metric(port: int, name: str) -> float:
 
 
 def _meter_events(stack: Stack, account: str, count: int) -> list[dict[str, Any]]:
-    assert stack.stripe is not None
-    deadline = time.monotonic() + 60
-    while len(events := stack.stripe.meter_events(account)) < count:
-        assert time.monotonic() < deadline, f"{len(events)} meter events at Stripe, want {count}"
-        time.sleep(0.3)
+    stripe = stack.stripe
+    assert stripe is not None
+    events: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        events[:] = stripe.meter_events(account)
+        return len(events) >= count
+
+    wait_until(
+        enough,
+        timeout=60,
+        interval=0.3,
+        what=f"{count} meter events at Stripe",
+        detail=lambda: f"{len(events)} there",
+    )
     return events
 
 

@@ -20,6 +20,7 @@ from edge.reporter import REGION_HTTP_HEADER
 from quotaflow.localkafka import free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
+from quotaflow.testing.harness import wait_until
 from quotaflow.topics import ensure_topics
 from tables.edge_node import SIGNATURE_RECORD_HEADER
 from tables.quota import QuotaUpdate, Reason
@@ -65,11 +66,7 @@ def produce_quotas(settings: Settings, updates: Iterable[QuotaUpdate]) -> None:
 
 
 def eventually(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within}s: {what}")
-        time.sleep(0.1)
+    wait_until(check, timeout=within, what=what)
 
 
 def metric(port: int, name: str, **labels: str) -> float | None:
@@ -134,6 +131,16 @@ class Stack:
 
     def pusher_metric(self, name: str, **labels: str) -> float | None:
         return metric(self.pusher_port, name, **{"region": "eu", **labels})
+
+    def wait_heartbeats(self, node: str, count: int) -> None:
+        """Waits until the pusher had `count` more pushes to `node` answered 200 (an idle
+        node gets a heartbeat a second)."""
+        ok = "quotaflow_push_batches_total"
+        start = self.pusher_metric(ok, node=node, outcome="ok") or 0
+        eventually(
+            lambda: (self.pusher_metric(ok, node=node, outcome="ok") or 0) >= start + count,
+            f"{count} more pushes to {node} answered",
+        )
 
 
 @pytest.fixture
@@ -322,7 +329,8 @@ def test_an_edge_sigkilled_and_restarted_at_once_serves_every_customer_within_2s
         return all(edge_version(port, u.customer_id) == u.version for u in customers)
 
     eventually(served, "the first process serves every customer")
-    time.sleep(1.5)  # live for a while: heartbeats acknowledged by the first process
+    # Live for a while: heartbeats acknowledged by the first process.
+    stack.wait_heartbeats("eu-restarted", 2)
     edge.kill()
     spawned = time.monotonic()
     restarted = stack.edge(port, node_id="eu-restarted")  # wait_port polls every 0.1 s
@@ -442,7 +450,7 @@ def test_no_credential_signs_another_kind_of_message(stack: Stack) -> None:
         "usage kind, edge key": (401, "unknown_key"),
         "announcement kind, push key": (401, "bad_signature"),
     }
-    time.sleep(1.5)  # the pusher's heartbeats go on; the forged version never lands
+    stack.wait_heartbeats(f"node-{port}", 2)  # they go on; the forged version never lands
     assert edge_version(port, "c0") == 1
 
     def ingress(path: str, body: bytes, signer: Signer) -> tuple[int, str]:

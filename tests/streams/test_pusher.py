@@ -11,7 +11,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from prometheus_client import REGISTRY as METRICS
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from edge.auth import AppAuth, token_digest
@@ -343,8 +343,18 @@ async def test_edge_http_answers_what_the_pusher_delivered(
         await task
 
 
-def pusher_sample(name: str, **labels: str) -> float:
-    return METRICS.get_sample_value(name, labels) or 0.0
+async def pusher_sample(settings: Settings, name: str, **labels: str) -> float:
+    """A sample of the running pusher's `/metrics` (its own registry), 0 if absent."""
+    async with (
+        ClientSession() as http,
+        http.get(f"http://127.0.0.1:{settings.pusher_port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 async def test_a_node_restarted_in_place_is_rejoined_with_a_snapshot(
@@ -352,7 +362,8 @@ async def test_a_node_restarted_in_place_is_rejoined_with_a_snapshot(
 ) -> None:
     first = edges()
     await first.start()
-    settings = await push_settings([first.url])
+    base = await push_settings([first.url])
+    settings = base.model_copy(update={"pusher_port": free_port()})  # its /metrics is read
     customers = lifecycle("euco", 20, 2)
     await produce(settings, customers)
     stop = asyncio.Event()
@@ -368,7 +379,12 @@ async def test_a_node_restarted_in_place_is_rejoined_with_a_snapshot(
             await eventually(lambda: second.holds(latest(customers)), "the new process is full")
             assert second.ready
             label = f"127.0.0.1:{first.port}"  # a configured node: host:port, not its URL
-            assert pusher_sample("quotaflow_push_snapshots_total", region="eu", node=label) >= 2
+            assert (
+                await pusher_sample(
+                    settings, "quotaflow_push_snapshots_total", region="eu", node=label
+                )
+                >= 2
+            )
         finally:
             await second.stop()
     finally:
@@ -381,7 +397,8 @@ async def test_a_batch_refused_for_good_makes_the_node_rejoin_on_its_next_succes
 ) -> None:
     edge = edges()
     await edge.start()
-    settings = await push_settings([edge.url])
+    base = await push_settings([edge.url])
+    settings = base.model_copy(update={"pusher_port": free_port()})  # its /metrics is read
     await produce(settings, [update("euco", "c0", 1)])
     stop = asyncio.Event()
     task = asyncio.create_task(run_pusher(settings, REGISTRY, stop, config=FAST))
@@ -396,12 +413,14 @@ async def test_a_batch_refused_for_good_makes_the_node_rejoin_on_its_next_succes
         assert edge.snapshots == 2
         label = f"127.0.0.1:{edge.port}"
         assert (
-            pusher_sample("quotaflow_push_rejoins_total", region="eu", node=label, reason="refused")
+            await pusher_sample(
+                settings, "quotaflow_push_rejoins_total", region="eu", node=label, reason="refused"
+            )
             == 1
         )
         assert (
-            pusher_sample(
-                "quotaflow_push_batches_total", region="eu", node=label, outcome="dropped"
+            await pusher_sample(
+                settings, "quotaflow_push_batches_total", region="eu", node=label, outcome="dropped"
             )
             == 1
         )

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import REGISTRY, generate_latest
 
 from edge.cache import SUSPENDED
 from quotaflow.localkafka import free_port
@@ -166,14 +165,14 @@ async def test_a_pusher_that_cannot_read_a_record_does_not_make_nodes_remove_tha
             await eventually(functools.partial(_more_snapshots, node, joined), "a snapshot")
             await eventually(lambda: node.holds(latest(quotas)), "holds every customer")
             if registry is not full:
-                async with (
-                    aiohttp.ClientSession() as http,
-                    http.get(f"http://127.0.0.1:{settings.pusher_port}/readyz") as resp,
-                ):
-                    ready = (resp.status, await resp.json())
+                ops = f"http://127.0.0.1:{settings.pusher_port}"
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(f"{ops}/readyz") as resp:
+                        ready = (resp.status, await resp.json())
+                    async with http.get(f"{ops}/metrics") as resp:
+                        metrics = await resp.text()
                 reason = {"reason": "tenant_records_unreadable", "unreadable_records": 1}
                 assert ready == (503, {"ready": False, **reason})
-                metrics = generate_latest(REGISTRY).decode()
                 assert "quotaflow_tenant_records_unreadable 1.0" in metrics
         finally:
             stop.set()

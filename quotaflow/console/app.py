@@ -1,0 +1,57 @@
+"""The console application, mounted under `/console` of the admin server (`server.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from quotaflow.console import customer, deadletters, login, pipeline, tenants
+from quotaflow.console.context import CONTEXT, ConsoleContext
+from quotaflow.console.guard import guard
+from quotaflow.console.ingress_watch import IngressWatch
+from quotaflow.console.sessions import SessionKeys
+from quotaflow.registry import TenantRegistry
+from quotaflow.settings import Settings
+from quotaflow.tenants.writer import TenantWriter
+
+__all__ = ["build_console_app"]
+
+STATIC = Path(__file__).with_name("static")
+HTTP_LIMIT = 32  # connections the console opens at once (edge nodes, ingress metrics)
+
+
+def build_console_app(
+    settings: Settings, writer: TenantWriter, *, registry: TenantRegistry | None = None
+) -> web.Application:
+    """The console over a started writer; `registry` (default: the writer's) is what the
+    lists read."""
+    context = ConsoleContext(
+        settings=settings,
+        writer=writer,
+        registry=registry if registry is not None else writer.registry,
+        keys=SessionKeys(settings.admin_tokens, settings.console_session_ttl),
+        watch=IngressWatch(settings.console_ingress_metrics),
+    )
+    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    app[CONTEXT] = context
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        context.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=HTTP_LIMIT), raise_for_status=False
+        )
+        await context.watch.start(context.http)
+        try:
+            yield
+        finally:
+            await context.watch.stop()
+            await context.http.close()
+            context.http = None
+
+    app.cleanup_ctx.append(lifecycle)
+    for module in (login, tenants, customer, deadletters, pipeline):
+        app.router.add_routes(module.routes)
+    app.router.add_static("/static/", STATIC, append_version=True)
+    return app

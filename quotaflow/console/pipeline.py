@@ -1,0 +1,59 @@
+"""Pipeline: consumer lag per group and partition (`quotaflow lag`), the edge nodes of every
+region with their last announcement, and the ingress outcomes of the last hour."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from quotaflow.console.context import CONTEXT
+from quotaflow.console.edges import announced_nodes
+from quotaflow.console.render import page
+from quotaflow.ops.exceptions import OpsError
+from quotaflow.ops.lag import consumer_lag
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+LAG_TIMEOUT = 15.0
+
+
+@routes.get("/pipeline")
+async def pipeline(request: web.Request) -> web.StreamResponse:
+    """Lag, edge nodes and ingress outcomes; each part says when it could not be read."""
+    console = request.app[CONTEXT]
+    settings = console.settings
+    problems: list[str] = []
+    try:
+        lag = await consumer_lag(settings, timeout=LAG_TIMEOUT)
+    except (OpsError, TimeoutError, OSError) as exc:
+        lag = []
+        problems.append(f"consumer lag: {type(exc).__name__}")
+    totals: dict[str, int] = {}
+    for row in lag:
+        totals[row.group] = totals.get(row.group, 0) + row.lag
+    try:
+        async with asyncio.timeout(LAG_TIMEOUT):
+            nodes = await announced_nodes(settings)
+    except (OpsError, TimeoutError) as exc:
+        nodes = []
+        problems.append(f"edge.nodes: {type(exc).__name__}")
+    now = time.time()
+    regions = sorted(
+        {n.region for n in nodes} | set(settings.edge_nodes) | set(settings.edge_verify_keys)
+    )
+    window = await console.watch.window()
+    return page(
+        request,
+        "pipeline.html",
+        lag=lag,
+        totals=sorted(totals.items()),
+        regions=regions,
+        nodes=nodes,
+        configured=settings.edge_nodes,
+        live={f"{n.region}/{n.node_id}": n.live(settings, now) for n in nodes},
+        window=window,
+        problems=problems,
+    )
