@@ -87,8 +87,9 @@ async def open_writer(
     await ensure_topics(settings)
     await ensure_audit_topic(settings)
     async with contextlib.AsyncExitStack() as stack:
-        # The writer builds on every tenant (accounts, versions): all checked first.
-        registry = TopicTenantRegistry(settings, ring, check_before_ready=True)
+        # The writer builds on every tenant (accounts, versions): all checked first; the
+        # admin tools list every tenant, so every document is kept built.
+        registry = TopicTenantRegistry(settings, ring, check_before_ready=True, keep_documents=True)
         await registry.start()
         stack.push_async_callback(registry.stop)
         writer = TenantWriter(settings, ring, registry, known_regions=known_regions(settings))

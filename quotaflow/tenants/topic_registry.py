@@ -130,12 +130,15 @@ class TopicTenantRegistry:
         check_in_background: bool = True,
         check_before_ready: bool = False,
         defer_checks: bool = False,
+        keep_documents: bool = False,
     ) -> None:
         """`keyring=None`: routing mode, tenants without their secrets.
         `check_in_background=False` leaves pending records to their first use (tests);
         `check_before_ready`: `start` returns once every record read is checked;
         `defer_checks`: the check pass starts at `begin_checks()`, not at the end of
-        `start()` (the worker: once Faust has recovered its tables and serves)."""
+        `start()` (the worker: once Faust has recovered its tables and serves);
+        `keep_documents`: every document is kept built (the admin tools, which list every
+        tenant: the console, `GET /v1/tenants`), as all were before records were packed."""
         self._settings = settings
         self._keyring = keyring
         self._verifier = verifier or tenant_verifier(settings)
@@ -143,7 +146,8 @@ class TopicTenantRegistry:
         self._fetch_wait = fetch_wait
         self._start_timeout = start_timeout
         size = cache_size if cache_size is not None else settings.tenant_cache_size
-        self._cache = TenantCache(size)
+        self._keep_all = keep_documents
+        self._cache = TenantCache(2**62 if keep_documents else size)
         self._background = check_in_background
         self._check_first = check_before_ready
         self._deferred = defer_checks and not check_before_ready
@@ -218,7 +222,7 @@ class TopicTenantRegistry:
                 continue
             tenant = self._cache.get(tenant_id) or self._build(tenant_id, entry.held)
             if tenant is not None:
-                tenants.append(tenant)
+                tenants.append(tenant)  # not cached: a scan would evict the hot tenants
         return iter(tenants)
 
     def unreadable(self) -> Mapping[str, str]:
@@ -601,8 +605,9 @@ class TopicTenantRegistry:
             self._accounts.add(tenant.stripe_account, tenant_id)
         self.undecryptable.pop(tenant_id, None)
         self._cache.drop(tenant_id)
-        if emit:
+        if emit or self._keep_all:
             self._cache.put(tenant_id, tenant)
+        if emit:
             self._emit(tenant_id, tenant)
 
     def _build(self, tenant_id: str, held: bytes) -> Tenant | None:
