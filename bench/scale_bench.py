@@ -52,6 +52,7 @@ from bench.common import (
     unique,
 )
 from bench.scale_fill import changelog_topic, expected_last, key_of, shape_of, write_changelog
+from bench.tenant_fill import TenantKeys, bench_tenants, fill_tenants_topic
 from bench.worker_bench import (
     LOG_APPEND,
     PARTITIONS,
@@ -207,6 +208,32 @@ async def topics_for(bootstrap: str, prefix: str, changelog: bool) -> None:
     await create_topics(bootstrap, specs)
 
 
+async def tenants_env(
+    args: argparse.Namespace,
+    report: Report,
+    bootstrap: str,
+    prefix: str,
+    work: Path,
+    data: Path,
+) -> dict[str, str]:
+    """The worker's environment, with its tenants where `--tenants-from` says: sealed,
+    signed records on the `tenants` topic (production's path, the default) or a file."""
+    n_tenants = args.keys // 10
+    if args.tenants_from == "file":
+        progress(f"tenants file ({n_tenants} tenants)")
+        tenants_file = write_tenants(work / "tenants.json", make_tenants(n_tenants))
+        return worker_env(bootstrap, prefix, "rocksdb://", data, tenants_file)
+    progress(f"tenants topic ({n_tenants} sealed, signed records)")
+    keys = TenantKeys.generate()
+    topic = f"{prefix}tenants"
+    await create_topics(bootstrap, [(topic, 1, {"cleanup.policy": "compact"})])
+    report["tenants_fill"] = await fill_tenants_topic(
+        bootstrap, topic, bench_tenants(n_tenants), keys
+    )
+    env = worker_env(bootstrap, prefix, "rocksdb://", data, work / "unused")
+    return {**env, **keys.env(prefix), "QUOTAFLOW_TENANTS_FILE": ""}
+
+
 async def run_changelog_fill(
     args: argparse.Namespace, report: Report, bootstrap: str, work: Path
 ) -> None:
@@ -214,11 +241,9 @@ async def run_changelog_fill(
     n_tenants = keys // 10
     prefix = unique("scale-") + "."
     await topics_for(bootstrap, prefix, changelog=True)
-    progress(f"tenants file ({n_tenants} tenants)")
-    tenants_file = write_tenants(work / "tenants.json", make_tenants(n_tenants))
     workload = Workload(n_tenants, 10)
     data = work / "data"
-    env = worker_env(bootstrap, prefix, "rocksdb://", data, tenants_file)
+    env = await tenants_env(args, report, bootstrap, prefix, work, data)
     changelog = changelog_topic(env["QUOTAFLOW_APP_ID"])
 
     progress(f"fill: {keys} customer states into {changelog}")
@@ -272,9 +297,8 @@ async def run_events_fill(
     n_tenants = keys // 10
     prefix = unique("scale-") + "."
     await topics_for(bootstrap, prefix, changelog=False)
-    progress(f"tenants file ({n_tenants} tenants)")
-    tenants_file = write_tenants(work / "tenants.json", make_tenants(n_tenants))
     workload = Workload(n_tenants, 10)
+    env = await tenants_env(args, report, bootstrap, prefix, work, work / "data")
     progress(f"generating and producing {keys} events")
     events = [workload.event(*key_of(k)) for k in range(keys)]
     report["prefill_events_per_s"] = round(
@@ -282,7 +306,6 @@ async def run_events_fill(
     )
     del events
     data = work / "data"
-    env = worker_env(bootstrap, prefix, "rocksdb://", data, tenants_file)
 
     progress("fill: worker applies every key")
     worker = Proc.quotaflow(["worker"], env, work / "fill")
@@ -392,6 +415,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--fill", choices=("changelog", "events"), default="changelog",
         help="write the states into the changelog (fast) or push events through a worker",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tenants-from", choices=("topic", "file"), default="topic",
+        help="the worker's tenants: sealed, signed records on the tenants topic, or a file",
     )  # fmt: skip
     parser.add_argument("--tuned-rebuild", action="store_true", help="rebuild again, tuned")
     parser.add_argument("--py-spy", metavar="FILE", help="py-spy the changelog rebuild")

@@ -249,7 +249,7 @@ class UsageEndpoint:
         return len(by_tenant), sum(i.units for i in report.items), report.batch_id
 
     def _check_tenant(self, tenant_id: str, region: str) -> None:
-        tenant = self._registry.get(tenant_id)
+        tenant = self._registry.summary(tenant_id)  # regions only: no document built
         if tenant is None and tenant_id in self._registry.unreadable():
             raise PublishUnavailable(
                 "tenant_unreadable",

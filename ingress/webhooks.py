@@ -48,7 +48,7 @@ _JSON = "application/json"
 _ACCEPTED = b'{"status":"accepted"}'
 _IGNORED = b'{"status":"ignored","reason":"ignored_event_type"}'
 
-# (secret id, key bytes, expires_at) for one tenant; rebuilt when the Tenant object changes.
+# (secret id, key bytes, expires_at) for one tenant.
 _Keys = tuple[tuple[str, bytes, float | None], ...]
 
 
@@ -103,7 +103,6 @@ class WebhookEndpoints:
         self._log_sample = settings.ingress_access_log_sample
         self._forwarded_hops = settings.ingress_forwarded_hops
         self._platform_keys = _keys_of(platform_secrets)
-        self._keys: dict[str, tuple[Tenant, _Keys]] = {}
 
     async def tenant(self, request: web.Request) -> web.Response:
         """POST /v1/webhooks/stripe/{tenant_id}: a tenant's own Stripe endpoint."""
@@ -342,10 +341,10 @@ class WebhookEndpoints:
         return [(i, k) for i, k, exp in self._platform_keys if exp is None or now < exp]
 
     def _tenant_keys(self, tenant: Tenant, now: float) -> list[tuple[str, bytes]]:
-        cached = self._keys.get(tenant.id)
-        if cached is None or cached[0] is not tenant:
-            cached = self._keys[tenant.id] = (tenant, _keys_of(tenant.webhook_secrets))
-        return [(i, k) for i, k, expires in cached[1] if expires is None or now < expires]
+        # Not cached here: a cache by tenant would keep every tenant's document alive
+        # beyond the registry's bounded one; encoding one or two secrets costs ~1 us.
+        keys = _keys_of(tenant.webhook_secrets)
+        return [(i, k) for i, k, expires in keys if expires is None or now < expires]
 
     async def _read_body(self, request: web.Request, trace: _Trace) -> bytes:
         trace.body_read = True

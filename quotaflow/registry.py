@@ -8,6 +8,7 @@ the same protocol.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,32 @@ _TENANT_LIST = TypeAdapter(list[Tenant])
 
 ChangeListener = Callable[[str, Tenant | None], None]
 """Called after a tenant was put (with the tenant) or removed (with None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSummary:
+    """The fields components scan across every tenant at once (the pusher's region list,
+    the worker's resume scan): the routing view (status, mode, regions, account) and
+    `resumed_at`. Kept per tenant in a few dozen bytes so that such a scan never builds
+    100,000 documents; everything else comes from `TenantRegistry.get`."""
+
+    id: str
+    status: str
+    mode: str
+    regions: tuple[str, ...]
+    stripe_account: str | None
+    resumed_at: float | None
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantSummary:
+        return cls(
+            tenant.id,
+            tenant.status,
+            tenant.mode,
+            tenant.regions,
+            tenant.stripe_account,
+            tenant.resumed_at,
+        )
 
 
 class TenantRegistry(Protocol):
@@ -54,10 +81,28 @@ class TenantRegistry(Protocol):
         """`listener` is called after every change of a tenant."""
         ...
 
-    def __iter__(self) -> Iterator[Tenant]: ...
+    def summary(self, tenant_id: str) -> TenantSummary | None:
+        """`get(tenant_id)`'s summary, without building the document."""
+        ...
+
+    def summaries(self) -> Iterator[TenantSummary]:
+        """The summary of every tenant whose record is checked (see `checked`)."""
+        ...
+
+    def __iter__(self) -> Iterator[Tenant]:
+        """Every tenant, each document built: for admin tools and tests; components scan
+        `summaries()`."""
+        ...
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def checked(self) -> bool:
+        """True once every record read so far has been checked (signature, version, that
+        it opens): until then `summaries()` and `unreadable()` may miss tenants whose
+        records are not checked yet, though `get` checks a record before returning it."""
+        ...
 
 
 class StaticTenantRegistry:
@@ -109,6 +154,17 @@ class StaticTenantRegistry:
 
     def get(self, tenant_id: str) -> Tenant | None:
         return self._by_id.get(tenant_id)
+
+    def summary(self, tenant_id: str) -> TenantSummary | None:
+        tenant = self._by_id.get(tenant_id)
+        return None if tenant is None else TenantSummary.of(tenant)
+
+    def summaries(self) -> Iterator[TenantSummary]:
+        return iter([TenantSummary.of(t) for t in self._by_id.values()])
+
+    @property
+    def checked(self) -> bool:
+        return True
 
     def by_account(self, account: str) -> Tenant | None:
         holders = self._by_account.get(account)

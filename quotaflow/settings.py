@@ -366,6 +366,12 @@ class Settings(BaseSettings):
         description="Every component reading the tenants topic: Ed25519 public tenants keys "
         '(all verify), base64 of 32 bytes, JSON: ["new", "old"].',
     )
+    tenant_cache_size: int = Field(
+        2048,
+        ge=1,
+        description="Tenant documents (secrets decrypted) each process keeps built; the "
+        "others are kept packed and built again on use (~50 us).",
+    )
     admin_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='Admin API bearer tokens by name (the audit actor), JSON: {"ops": "…"}.',

@@ -67,14 +67,55 @@ class WorkerResources:
 
     async def open(self) -> None:
         if self.registry is None:
-            self._opened = await open_registry(self._settings)
+            # Records are checked on first use; the pass over all of them waits for
+            # `begin_checks` (the app has recovered and serves): at start the CPU goes
+            # to getting ready (BENCHMARKS.md, scale).
+            self._opened = await open_registry(self._settings, defer_checks=True)
             self.registry = self._opened
         self.ready.set()
+
+    def begin_checks(self) -> None:
+        if self._opened is not None:
+            self._opened.begin_checks()
 
     async def close(self) -> None:
         if self._opened is not None:
             await self._opened.stop()
             self._opened = None
+
+
+class RegistryOpening(mode.Service):
+    """Opens the worker's registry while Faust starts, instead of after it.
+
+    Faust starts `@app.service`s only once its tables are recovered; a dependency added to
+    the app starts with it, before the consumer. Its start only launches the load, so the
+    load overlaps the rebalance and table recovery (the agents wait for
+    `WorkerResources.ready` before their first event anyway). A load that fails crashes
+    the app, as a failed start would.
+    """
+
+    def __init__(self, app: faust.App, resources: WorkerResources) -> None:
+        super().__init__()
+        self._app = app
+        self._resources = resources
+        self._task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._task = asyncio.create_task(self._resources.open(), name="open-tenants")
+        self._task.add_done_callback(self._opened)
+
+    def _opened(self, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        log.error("the tenant registry did not open", exc_info=error)
+        asyncio.get_running_loop().create_task(self._app.crash(error))
+
+    async def on_stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def lane_limits(settings: Settings) -> LaneLimits:
@@ -204,15 +245,20 @@ def create_app(
         on_outcome=on_resume_reconcile,
     )
 
+    app.add_dependency(RegistryOpening(app, resources))
+
     @app.service
     class Resources(mode.Service):
-        """Opens the registry with the app and closes it and the Stripe reader after;
-        reconciles resumed tenants meanwhile (streams/resume.py)."""
+        """Closes the registry (`RegistryOpening` opened it) and the Stripe reader when the
+        app stops; reconciles resumed tenants meanwhile (streams/resume.py)."""
 
         _resume: asyncio.Task[None] | None = None
 
         async def on_start(self) -> None:
-            await resources.open()
+            # Faust starts this once its tables are recovered: the registry's check pass
+            # may have the CPU now (the registry opened before, see RegistryOpening).
+            await resources.ready.wait()
+            resources.begin_checks()
             self._resume = asyncio.create_task(resume.follow(), name="resume-reconcile")
 
         async def on_stop(self) -> None:

@@ -114,7 +114,7 @@ class MeterClient:
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
         self._max_attempts = max_attempts
-        self._clients: dict[tuple[str, int], stripe.StripeClient] = {}
+        self._clients: dict[tuple[str, str], stripe.StripeClient] = {}
         self._limiters: dict[str, AsyncLimiter] = {}
         self._http: stripe.AIOHTTPClient | None = None
         self.attempts = 0
@@ -133,7 +133,8 @@ class MeterClient:
     def _client(self, tenant: Tenant) -> stripe.StripeClient | None:
         if tenant.stripe_api_key is None:
             return None
-        cache_key = (tenant.id, id(tenant.stripe_api_key))
+        # By key value, not object: the registry builds documents again (bounded cache).
+        cache_key = (tenant.id, tenant.stripe_api_key.get_secret_value())
         client = self._clients.get(cache_key)
         if client is None:
             if self._http is None:

@@ -155,7 +155,7 @@ class Pusher:
     # -- routing ----------------------------------------------------------------------
 
     def serves(self, tenant_id: str) -> bool:
-        tenant = self.registry.get(tenant_id)
+        tenant = self.registry.summary(tenant_id)  # no document built per record
         return tenant is not None and self.region in tenant.regions
 
     def _serves_key(self, key: bytes) -> bool:
@@ -275,6 +275,7 @@ class Pusher:
             and bool(self._tasks)
             and not any(t.done() for t in self._tasks)
             and not self.registry.unreadable()
+            and self.registry.checked
         )
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
@@ -403,20 +404,23 @@ class Pusher:
     def readiness(self) -> dict[str, object]:
         """Why not ready, for `/readyz` (a count, never a key or a record)."""
         unreadable = len(self.registry.unreadable())
-        if not unreadable:
-            return {}
-        return {"reason": "tenant_records_unreadable", "unreadable_records": unreadable}
+        if unreadable:
+            return {"reason": "tenant_records_unreadable", "unreadable_records": unreadable}
+        if not self.registry.checked:
+            return {"reason": "tenant_records_unchecked"}
+        return {}
 
     def tenant_list(self) -> dict[str, str] | None:
         """The complete list a snapshot carries; None while a tenant record cannot be read
-        here: a list without that tenant would make every node remove it."""
-        if self.registry.unreadable():
+        here, or is not checked yet: a list without that tenant would make every node
+        remove it."""
+        if self.registry.unreadable() or not self.registry.checked:
             return None
         return self.tenant_states()
 
     def tenant_states(self) -> dict[str, str]:
         """Every tenant served in this region, by state (`active` or `suspended`)."""
-        return {t.id: t.status for t in self.registry if self.region in t.regions}
+        return {t.id: t.status for t in self.registry.summaries() if self.region in t.regions}
 
     async def _watch_region(self) -> None:
         while True:
@@ -430,7 +434,10 @@ class Pusher:
             await asyncio.sleep(REGION_WATCH_MIN_GAP)
 
     def sync_region(self) -> None:
-        """Sends the nodes what changed in the region's tenants since the last call."""
+        """Sends the nodes what changed in the region's tenants since the last call (none
+        until every record is checked: a tenant checked later has not joined)."""
+        if not self.registry.checked:
+            return
         current = self.tenant_states()
         before = self._states if self._states is not None else current
         self._states = current

@@ -94,15 +94,18 @@ class ResumeReconciler:
         registry = self._registry()
         if registry is None:
             return
-        for tenant in registry:
-            resumed = tenant.resumed_at
-            if tenant.status != "active" or resumed is None:
+        for summary in registry.summaries():  # no document built for the others
+            resumed = summary.resumed_at
+            if summary.status != "active" or resumed is None:
                 continue
-            if resumed <= self._done.get(tenant.id, self._started - CATCH_UP):
+            if resumed <= self._done.get(summary.id, self._started - CATCH_UP):
                 continue
-            holds = self._holds(tenant.id)
+            holds = self._holds(summary.id)
             if holds is None:
                 continue  # partitions not assigned yet: the next scan asks again
+            tenant = registry.get(summary.id)
+            if tenant is None or tenant.resumed_at != resumed:
+                continue  # changed meanwhile: the next scan sees its new summary
             self._done[tenant.id] = resumed
             if not holds:
                 continue  # another worker holds its partition and reconciles it

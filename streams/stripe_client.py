@@ -71,9 +71,10 @@ class StripeReader:
         if tenant.stripe_api_key is None:
             return None
         key = tenant.stripe_api_key.get_secret_value()
-        # Keyed by tenant and a digest-free identity of the key object so a rotation
-        # gets a fresh client; the key itself is never logged.
-        cache_key = (tenant.id, str(id(tenant.stripe_api_key)))
+        # Keyed by tenant and key (held in memory by the client anyway, never logged), so
+        # a rotation gets a fresh client and a document the registry builds again (its
+        # cache is bounded) does not.
+        cache_key = (tenant.id, key)
         client = self._clients.get(cache_key)
         if client is None:
             if self._http is None:

@@ -56,6 +56,12 @@ class KeyEncryptionKeys(Protocol):
 
     async def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes: ...
 
+    def unwrap_now(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        """`unwrap` without awaiting: registries open a tenant's secrets on first use,
+        inside a synchronous lookup. A KMS-backed implementation unwraps its KEKs from the
+        KMS at start (envelope encryption) and data keys locally, as `LocalKeyring` does."""
+        ...
+
 
 def generate_kek() -> str:
     """A fresh KEK, base64 of 32 random bytes, as `QUOTAFLOW_KEYRING` holds it."""
@@ -111,6 +117,9 @@ class LocalKeyring:
         return WrappedKey(self._active, blob)
 
     async def unwrap(self, wrapped: WrappedKey, context: bytes) -> bytes:
+        return self.unwrap_now(wrapped, context)
+
+    def unwrap_now(self, wrapped: WrappedKey, context: bytes) -> bytes:
         aead = self._keys.get(wrapped.kek_id)
         if aead is None:
             raise KeyringError(f"keyring has no key {wrapped.kek_id!r}")

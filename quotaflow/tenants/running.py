@@ -35,11 +35,18 @@ __all__ = [
 class RunningRegistry(TenantRegistry, Protocol):
     """A started registry; `stop()` releases what it holds and is safe to call twice."""
 
+    def begin_checks(self) -> None:
+        """Starts the background check pass if `open_registry` deferred it."""
+        ...
+
     async def stop(self) -> None: ...
 
 
 class FileTenantRegistry(StaticTenantRegistry):
     """The tenants of a JSON file, fixed for the life of the process."""
+
+    def begin_checks(self) -> None:
+        return None  # validated as a whole when the file was read
 
     async def stop(self) -> None:
         return None
@@ -51,16 +58,22 @@ def keyring_from_settings(settings: Settings) -> LocalKeyring:
 
 
 async def open_registry(
-    settings: Settings, *, keyring: KeyEncryptionKeys | None = None, routing: bool = False
+    settings: Settings,
+    *,
+    keyring: KeyEncryptionKeys | None = None,
+    routing: bool = False,
+    defer_checks: bool = False,
 ) -> RunningRegistry:
     """The file registry if `settings.tenants_file` is set, else the topic registry, started
-    (its initial load complete). Call `stop()` on it when the component stops. With
-    `routing`, no keyring is read: tenants come without their secrets."""
+    (its initial load complete; records are checked on first use and by a background pass,
+    see `topic_registry`). Call `stop()` on it when the component stops. With `routing`,
+    no keyring is read: tenants come without their secrets. With `defer_checks` the pass
+    waits for `begin_checks()`."""
     if settings.tenants_file is not None:
         # Off the loop: a file of 100,000 tenants takes seconds to validate.
         return FileTenantRegistry(await asyncio.to_thread(load_tenants_file, settings.tenants_file))
     ring = None if routing else (keyring or keyring_from_settings(settings))
-    registry = TopicTenantRegistry(settings, ring)
+    registry = TopicTenantRegistry(settings, ring, defer_checks=defer_checks)
     await registry.start()
     return registry
 
@@ -74,7 +87,9 @@ async def open_writer(
     await ensure_topics(settings)
     await ensure_audit_topic(settings)
     async with contextlib.AsyncExitStack() as stack:
-        registry = TopicTenantRegistry(settings, ring)
+        # The writer builds on every tenant (accounts, versions): all checked first; the
+        # admin tools list every tenant, so every document is kept built.
+        registry = TopicTenantRegistry(settings, ring, check_before_ready=True, keep_documents=True)
         await registry.start()
         stack.push_async_callback(registry.stop)
         writer = TenantWriter(settings, ring, registry, known_regions=known_regions(settings))

@@ -57,10 +57,12 @@ __all__ = [
     "SealedRecord",
     "new_data_key",
     "open_record",
+    "open_record_now",
     "routing_tenant",
     "seal_deleted",
     "seal_tenant",
     "sign_record",
+    "verified_body",
     "verify_record",
 ]
 
@@ -296,6 +298,15 @@ def verify_record(tenant_id: str, value: bytes, verifier: Verifier) -> SealedRec
     return record
 
 
+def verified_body(value: bytes) -> SealedRecord:
+    """The body of a record value this process verified before (`verify_record`) and kept:
+    parsed again, not verified again. `RecordRefused("body")` if it does not parse."""
+    try:
+        return SealedRecord.model_validate_json(_Envelope.model_validate_json(value).body)
+    except ValidationError:
+        raise RecordRefused("", "body") from None
+
+
 def _without_secrets(doc: dict[str, Any]) -> dict[str, Any]:
     out = dict(doc)
     out["webhook_secrets"] = []
@@ -324,6 +335,24 @@ async def open_document(
         key = await unwrap_wrapped(tenant_id, wrapped, keyring)
     except KeyringError:
         raise DecryptionError(tenant_id, "data_key") from None
+    return open_with_key(tenant_id, doc_in, key)
+
+
+def open_record_now(record: SealedRecord, keyring: KeyEncryptionKeys) -> Tenant:
+    """`open_record` without awaiting (`KeyEncryptionKeys.unwrap_now`): for a registry that
+    opens a tenant's secrets on first use, inside a synchronous lookup."""
+    if record.tenant is None or record.data_key is None:
+        raise DecryptionError(record.tenant_id, "document")
+    wrapped = record.wrapped_key
+    try:
+        key = DataKey(keyring.unwrap_now(wrapped, _context(record.tenant_id)), wrapped)
+    except KeyringError:
+        raise DecryptionError(record.tenant_id, "data_key") from None
+    return open_with_key(record.tenant_id, record.tenant, key)
+
+
+def open_with_key(tenant_id: str, doc_in: dict[str, Any], key: DataKey) -> Tenant:
+    """The tenant of a sealed document, its secrets decrypted with its data key."""
     doc = dict(doc_in)
     secrets = []
     for item in doc.get("webhook_secrets") or []:

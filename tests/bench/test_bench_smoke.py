@@ -85,6 +85,7 @@ def test_quick_scale_bench_rebuilds_states_written_into_the_changelog(
     assert result["bench"] == "scale"
     assert (result["keys"], result["tenants"], result["customers_per_tenant"]) == (2000, 200, 10)
     assert result["fill"]["mode"] == "changelog"
+    assert result["tenants_fill"]["records"] == 200  # sealed, signed, on the tenants topic
     assert result["changelog_records"] == 2000
     assert result["raw_changelog_read"]["records"] == 2000
     # The worker served states it never wrote: each probe answered with the written
@@ -96,6 +97,25 @@ def test_quick_scale_bench_rebuilds_states_written_into_the_changelog(
         assert result[phase]["peak_rss_mib"] > 0
     assert result["peak_rss_mib"] >= result["rebuild"]["peak_rss_mib"]
     assert result["data_dir_mib"] > 0
+
+
+def test_quick_registry_bench_loads_checks_and_serves_every_tenant(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    result = run_bench(
+        "bench.registry_bench",
+        *("--quick", "--modes", "keyring", "file", "--keep", str(tmp_path)),
+        env={"QUOTAFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap},
+    )
+    assert result["bench"] == "registry"
+    assert result["fill"]["records"] == 2000
+    keyring = result["keyring"]
+    assert keyring["load"]["seconds"] > 0
+    assert keyring["check_pass"]["from_start_s"] >= keyring["load"]["seconds"]
+    assert keyring["unreadable"] == 0
+    assert keyring["get_1000_first"]["mean_us"] > 0
+    assert result["file"]["load"]["rss_mib"] > 0
+    assert set(result["ratios_vs_file"]) == {"registry_rss", "ready_s"}
 
 
 def test_short_ingress_bench_measures_webhooks_and_signed_usage_batches(

@@ -74,10 +74,16 @@ async def open_topic_registry(
     """Starts registries on the test's topics; stops them after the test."""
     started: list[TopicTenantRegistry] = []
 
-    async def make(ring: LocalKeyring | None = None) -> TopicTenantRegistry:
-        registry = TopicTenantRegistry(settings, ring or keyring)
+    async def make(
+        ring: LocalKeyring | None = None, *, background: bool = True
+    ) -> TopicTenantRegistry:
+        """`background=False`: records are checked on first use only (no check pass);
+        otherwise the registry is returned once every record read is checked."""
+        registry = TopicTenantRegistry(settings, ring or keyring, check_in_background=background)
         await registry.start()
         started.append(registry)
+        if background:
+            await registry.wait_checked(10)
         return registry
 
     yield make
