@@ -48,6 +48,7 @@ BENCHES = (
     Bench("enforcement", "bench.enforcement_bench", True, ("--quick",)),
     Bench("fetch", "bench.fetch_bench", True, ("--quick",)),
     Bench("scale", "bench.scale_bench", True, ("--quick",), timeout=3600.0),
+    Bench("registry", "bench.registry_bench", True, ("--quick",)),
     Bench("console", "bench.console_bench", True, ("--quick",)),
     Bench("notify", "bench.notify_bench", True, ("--quick",)),
 )
