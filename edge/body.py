@@ -1,10 +1,11 @@
 """Reading an edge request's body: a size limit per route and a time limit on the read.
 
 The declared length is checked before a byte is read (413 `body_too_large`), the running
-length while reading (a chunked body declares none), and the whole read runs under one
-timeout (408 `body_timeout`), so a slow or endless body cannot hold a handler or fill
-memory. An encoded body is refused unread (415 `unsupported_encoding`): the server does
-not inflate, and no caller of the edge compresses.
+length while reading (a chunked body declares none), and any wait for the body runs under
+one timeout (408 `body_timeout`), so a slow or endless body cannot hold a handler or fill
+memory (a body already all received is taken without a wait, so without a timer). An
+encoded body is refused unread (415 `unsupported_encoding`): the server does not inflate,
+and no caller of the edge compresses.
 
 Each refusal closes the connection: the rest of a refused body is never read, and a
 client cannot pipeline past it.
