@@ -117,13 +117,17 @@ def _serve_upstream(port: int, ready: Connection) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """A process's CPU time so far (user + system, from /proc; 0 off Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time so far (user + system, from /proc; 0 off Linux) of a process and its live
+    children (NGINX serves from a worker under its master)."""
+    total = 0.0
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if stat_path.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @contextmanager
