@@ -20,7 +20,11 @@ Run: `.venv/bin/python -m bench.edge_bench [--quick] [--rounds N]` (prints JSON)
    without a token (the edge lets loopback in, `QUOTAFLOW_EDGE_ALLOW_LOOPBACK`: what the
    edge cost before authentication), and `http_consume_idempotency_key` (a token and a
    fresh `Idempotency-Key` on every request: the cost of remembering each answer).
-   `http_auth_cost` gives the ratios authenticated / loopback (1.0 = free).
+   `http_auth_cost` gives the ratios authenticated / loopback (1.0 = free). Each mode also
+   gives `server_cpu_us_per_request`, the sidecar's CPU time (user + system, from /proc)
+   over the requests it answered: on a shared machine latency moves with everyone else's
+   load, the CPU a request costs the server much less. `--pin` keeps the client and each
+   sidecar on a CPU of their own.
 """
 
 from __future__ import annotations
@@ -319,13 +323,14 @@ async def _drive(port: int, seconds: float, token: bool, keys: bool) -> dict[str
     async with asyncio.timeout(60):
         await asyncio.gather(*workers)
     elapsed = time.perf_counter() - start
-    return {"requests": len(out), "elapsed": elapsed, "samples": out}
+    return {"requests": len(out), "elapsed": elapsed, "samples": out, "sent": total + 500}
 
 
 def _figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One mode's figures over all its rounds' samples, and each round's p99."""
     out = [sample for r in runs for sample in r["samples"]]
     elapsed = sum(r["elapsed"] for r in runs)
+    cpu = [r["server_cpu_seconds"] / r["sent"] for r in runs if "server_cpu_seconds" in r]
     # From the scheduled send time (counts queueing in the client: no coordinated omission)
     # and from the actual write (the server's share).
     scheduled_ns = sorted(int(a * 1e9) for a, _ in out)
@@ -345,9 +350,23 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "max_ms": round(scheduled_ns[-1] / 1e6, 3),
         "from_write_p50_ms": round(_percentile(sent_ns, 0.50) / 1e6, 3),
         "from_write_p99_ms": round(_percentile(sent_ns, 0.99) / 1e6, 3),
+        "server_cpu_us_per_request": round(statistics.mean(cpu) * 1e6, 1) if cpu else None,
         "cdf": cdf(scheduled_ns, "ms", 1e-6),
         "from_write_cdf": cdf(sent_ns, "ms", 1e-6),
     }
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """A process's CPU time so far (user + system, from /proc), or None off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SERVER_CPU: set[int] | None = None  # `--pin`: the sidecar's CPU (the client takes another)
 
 
 def _http_round(seconds: float, token: bool, keys: bool) -> dict[str, Any]:
@@ -361,11 +380,21 @@ def _http_round(seconds: float, token: bool, keys: bool) -> dict[str, Any]:
     args = (port, child, token_digest(TOKEN), not token)
     server = ctx.Process(target=_serve, args=args, daemon=True)
     server.start()
+    if SERVER_CPU is not None and server.pid is not None:
+        os.sched_setaffinity(server.pid, SERVER_CPU)
     try:
         if not parent.poll(30):
             raise RuntimeError("edge server did not start")
         parent.recv()
-        return asyncio.run(_drive(port, seconds, token, keys))
+        # The sidecar's CPU per request (warm-up included in both counts) says what the
+        # server spends whatever else holds the cores, which latency on a shared machine
+        # does not.
+        before = _cpu_seconds(server.pid) if server.pid is not None else None
+        result = asyncio.run(_drive(port, seconds, token, keys))
+        after = _cpu_seconds(server.pid) if server.pid is not None else None
+        if before is not None and after is not None:
+            result["server_cpu_seconds"] = after - before
+        return result
     finally:
         server.terminate()
         server.join(10)
@@ -397,7 +426,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--rounds", type=int, default=2, help="HTTP rounds per mode")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="Linux: this process (client, in-process checks) on the first CPU it may use, "
+        "each sidecar on the second, so neither migrates (the HTTP load only)",
+    )
     args = parser.parse_args()
+    if args.pin:
+        global SERVER_CPU
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        os.sched_setaffinity(0, {cpus[0]})
+        SERVER_CPU = {cpus[1]}
     calls, samples = (20_000, 5_000) if args.quick else (CALLS, SAMPLES)
     seconds = 1.0 if args.quick else HTTP_SECONDS
     rounds = 1 if args.quick else args.rounds
@@ -405,6 +447,7 @@ def main() -> None:
         "check": bench_check(calls, samples),
         **bench_http(seconds, rounds),
         "quick": args.quick,
+        "pinned": args.pin,
         "cpus": os.cpu_count(),
     }
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())

@@ -13,7 +13,10 @@ connections, alternately round by round in the same run:
   10,000 customers in `headers` mode), then the upstream.
 Latency is from each request's scheduled send time (no coordinated omission). The result
 gives p50/p99 per mode and, per gateway, `authorized - static` and `authorized - proxy`
-at p99 (the issue's target: <= 1 ms over `static` at 2,000 req/s) and their ratios.
+at p99 (the issue's target: <= 1 ms over `static` at 2,000 req/s) and their ratios, and
+per mode the CPU per request (user + system, from /proc) of the gateway, the sidecar and
+the upstream: on a shared machine the latency moves with everyone else's load, the CPU a
+request costs each server much less.
 """
 
 from __future__ import annotations
@@ -113,8 +116,22 @@ def _serve_upstream(port: int, ready: Connection) -> None:
     asyncio.run(main())
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time so far (user + system, from /proc; 0 off Linux) of a process and its live
+    children (NGINX serves from a worker under its master)."""
+    total = 0.0
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if stat_path.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 @contextmanager
-def _child(target: Any, *args: Any) -> Iterator[None]:
+def _child(target: Any, *args: Any) -> Iterator[int]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=target, args=(*args[:1], child, *args[1:]), daemon=True)
@@ -123,7 +140,8 @@ def _child(target: Any, *args: Any) -> Iterator[None]:
         if not parent.poll(60):
             raise RuntimeError(f"{target.__name__} did not start")
         parent.recv()
-        yield
+        assert proc.pid is not None
+        yield proc.pid
     finally:
         proc.terminate()
         proc.join(10)
@@ -279,21 +297,35 @@ def bench_gateways(
     edge_port, upstream_port = free_port(), free_port()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
-        stack.enter_context(_child(_serve_edge, edge_port, token_digest(TOKEN)))
-        stack.enter_context(_child(_serve_upstream, upstream_port))
+        edge_pid = stack.enter_context(_child(_serve_edge, edge_port, token_digest(TOKEN)))
+        upstream_pid = stack.enter_context(_child(_serve_upstream, upstream_port))
         for name in gateways:
             ports = {mode: free_port() for mode in MODES}
-            with _gateway(name, tmp, ports, f"127.0.0.1:{upstream_port}", f"127.0.0.1:{edge_port}"):
+            with _gateway(
+                name, tmp, ports, f"127.0.0.1:{upstream_port}", f"127.0.0.1:{edge_port}"
+            ) as gw:
+                # CPU per request of each server process (user + system): what a mode costs
+                # the machine, which a shared machine's latency figures cannot say.
+                pids = {"gateway": gw.proc.pid, "edge": edge_pid, "upstream": upstream_pid}
                 samples: dict[str, list[float]] = {mode: [] for mode in MODES}
                 round_p99: dict[str, list[float]] = {mode: [] for mode in MODES}
+                cpu = {mode: dict.fromkeys(pids, 0.0) for mode in MODES}
+                sent = dict.fromkeys(MODES, 0)
                 for _ in range(rounds):
                     for mode in MODES:
+                        before = {k: _cpu_seconds(pid) for k, pid in pids.items()}
                         got = asyncio.run(_drive(ports[mode], rate, seconds, warmup))
+                        for k, pid in pids.items():
+                            cpu[mode][k] += _cpu_seconds(pid) - before[k]
+                        sent[mode] += warmup + int(rate * seconds)
                         samples[mode] += got
                         round_p99[mode].append(round(percentile(sorted(got), 0.99) * 1e3, 3))
                 figures = {mode: _figures(samples[mode], rate) for mode in MODES}
                 for mode in MODES:
                     figures[mode]["round_p99_ms"] = round_p99[mode]
+                    figures[mode]["cpu_us_per_request"] = {
+                        k: round(v / sent[mode] * 1e6, 1) for k, v in cpu[mode].items()
+                    }
                 auth = figures["authorized"]["p99_ms"]
                 static, proxy = figures["static"]["p99_ms"], figures["proxy"]["p99_ms"]
                 figures["added_p99_ms"] = {

@@ -110,6 +110,9 @@ def api_key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+_SLASHES = re.compile("/+")
+
+
 def normalise_path(raw: str) -> str:
     """The path of a request target as the upstream will resolve it (no query, decoded,
     no dot segments, no repeated slashes), always starting with `/`."""
@@ -118,7 +121,7 @@ def normalise_path(raw: str) -> str:
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     path = unquote(path)
     normal = posixpath.normpath("/" + path.lstrip("/"))
-    normal = re.sub("/+", "/", normal)
+    normal = _SLASHES.sub("/", normal)
     return normal if normal.startswith("/") else "/" + normal
 
 
@@ -216,6 +219,8 @@ class Identifier:
 
     def route(self, method: str, target: str) -> tuple[str | None, int]:
         """(feature, cost) for a request method and target (path, query allowed)."""
+        if not self.routes:  # every request costs the default: no path to work out
+            return None, self.default_cost
         path = normalise_path(target)
         method = method.upper()
         for rule in self.routes:

@@ -144,6 +144,8 @@ def test_quick_edge_bench_measures_http_consume_with_and_without_authentication(
     for mode in ("http_consume", "http_consume_loopback", "http_consume_idempotency_key"):
         assert result[mode]["requests"] == 2000, mode
         assert set(result[mode]) >= {"p50_ms", "p99_ms", "from_write_p99_ms", "round_p99_ms"}
+        # The sidecar's CPU per request, read from /proc (Linux, where the benches run).
+        assert result[mode]["server_cpu_us_per_request"] > 0, mode
     cost = result["http_auth_cost"]
     assert set(cost) >= {"p50_ms_ratio", "p99_ms_ratio", "idempotency_key_p99_ms_ratio"}
     assert all(v is not None and v > 0 for v in cost.values())
@@ -165,6 +167,12 @@ def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
         for mode in ("static", "proxy", "authorized"):
             assert figures[mode]["requests"] == 450, (gateway, mode)
             assert figures[mode]["p99_ms"] > 0
+        # Each server's CPU per request; an authorized request costs the gateway (NGINX's
+        # worker, not its idle master) and the sidecar some.
+        cpu = figures["authorized"]["cpu_us_per_request"]
+        assert set(cpu) == {"gateway", "edge", "upstream"}
+        assert cpu["gateway"] > 0, (gateway, cpu)
+        assert cpu["edge"] > 0, (gateway, cpu)
         added = figures["added_p99_ms"]
         assert added["authorized_over_static_ratio"] > 0
         assert set(added) >= {"authorized_minus_static", "authorized_minus_proxy"}
