@@ -68,7 +68,7 @@ def _tenant(receiver: Receiver, exports: Receiver | None = None) -> Tenant:
         thresholds=(0.5, 0.8),
         secret=SecretStr(receiver.secret),
     )
-    endpoints = (endpoint,)
+    endpoints: tuple[NotificationEndpoint, ...] = (endpoint,)
     if exports is not None:
         for_feature = NotificationEndpoint(
             id="ep_exports",
