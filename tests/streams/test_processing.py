@@ -167,6 +167,13 @@ def test_a_redriven_dead_letter_takes_effect() -> None:
     effects = _apply(store, [(redriven, None)])
     assert [u.limit for u in _updates(effects)] == [2000]
     assert effects.deadletters == []
+    # `quotaflow replay` copies the re-driven record, headers and all: a replay, not a
+    # second re-drive, so the event-id guard holds for it.
+    (replayed,) = _parsed(
+        registry, rec.record(body, extra=((REDRIVE, b"0:1"), ("qf-replay", b"r1")))
+    )
+    assert not replayed.redrive
+    assert _apply(store, [(replayed, None)]).outcomes == {"unchanged": 1}
 
 
 def test_a_redriven_usage_batch_counts_once_whether_or_not_it_was_applied() -> None:
