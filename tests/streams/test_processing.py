@@ -176,6 +176,27 @@ def test_a_redriven_dead_letter_takes_effect() -> None:
     assert _apply(store, [(replayed, None)]).outcomes == {"unchanged": 1}
 
 
+def test_a_redriven_unknown_tenant_or_not_found_event_applies_once_the_fix_is_in() -> None:
+    # Neither reason touches the customer's state, so the re-drive is applied as new.
+    tenant = make_tenant()
+    rec = Offsets()
+    body = event(
+        "customer.subscription.created",
+        subscription("sub_1", "cus_1", "active", [(BASIC, 1)], period=PERIOD),
+    )
+    rejected = parse(rec.record(body), StaticTenantRegistry([]))
+    assert isinstance(rejected, Rejected)
+    assert rejected.reason == "unknown_tenant"
+    store: dict[bytes, bytes] = {}
+    (missing,) = _parsed(StaticTenantRegistry([tenant]), rec.record(body))
+    gone = _apply(store, [(missing, NotFound(NOW))])
+    assert [d.reason for d in gone.deadletters] == ["not_found"]
+    assert store == {}
+    registry = StaticTenantRegistry([tenant])
+    (redriven,) = _parsed(registry, rec.record(body, extra=((REDRIVE, b"0:1"),)))
+    assert [u.limit for u in _updates(_apply(store, [(redriven, None)]))] == [1000]
+
+
 def test_a_redriven_usage_batch_counts_once_whether_or_not_it_was_applied() -> None:
     # Usage keeps every guard on a re-drive (`qf-redrive`): its batch mark is what makes
     # a batch count once, and a batch dead-lettered before any apply has no mark yet.
