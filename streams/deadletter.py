@@ -17,6 +17,9 @@ SOURCE_OFFSET = "qf-dl-offset"
 FAILED_AT = "qf-dl-at"
 # Set by `quotaflow deadletter redrive` on the records it sends back (`partition:offset`).
 REDRIVE = "qf-redrive"
+# Set by `quotaflow replay` on its copies. A replayed copy of a re-driven record is a
+# replay (its guards hold), not a second re-drive.
+REPLAY = "qf-replay"
 
 
 def deadletter_headers(

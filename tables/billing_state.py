@@ -103,12 +103,16 @@ class NotifyMarks:
     `fired`: threshold fractions notified in the period starting `period_start`;
     `exhausted`/`blocked`: an exhausted or blocked was told and not yet resolved, so the
     resolution (`quota.restored`, `customer.unblocked`) is told exactly once.
+    `feature_fired`/`features_exhausted`: the same per named metered feature (sorted by
+    name; bounded by the features the tenant's catalog meters).
     """
 
     period_start: int | None = None
     fired: tuple[float, ...] = ()
     exhausted: bool = False
     blocked: bool = False
+    feature_fired: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    features_exhausted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,14 +97,16 @@ def notification_id(
     *,
     threshold: float | None = None,
     version: int | None = None,
+    feature: str | None = None,
 ) -> str:
     """The id of a notification, from its cause alone.
 
     A threshold fires once per period, so its cause is (customer, period, fraction); a
-    status change is caused by the quota version that carried it. Nothing time-dependent
-    goes in: a transition re-derived after a crash gets the same id.
+    status change is caused by the quota version that carried it. A named metered
+    feature's notification adds the feature (the whole quota's ids are unchanged by it).
+    Nothing time-dependent goes in: a transition re-derived after a crash gets the same id.
     """
-    parts = (
+    parts: tuple[str, ...] = (
         tenant_id,
         stripe_customer_id,
         event_type,
@@ -112,5 +114,7 @@ def notification_id(
         "" if threshold is None else repr(float(threshold)),
         "" if version is None else str(version),
     )
+    if feature is not None:
+        parts += (f"feature={feature}",)
     digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
     return f"msg_{digest}"

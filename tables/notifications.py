@@ -12,6 +12,11 @@ Derived from transitions, never from a record's appearance:
   customer's first record being blocked, before any subscription, is not news);
 - `customer.unblocked`: a told block is over.
 
+Each named metered feature (`QuotaUpdate.metered`, its usage in `feature_used`) has its
+own `quota.threshold_crossed`, `quota.exhausted` (its `used` reached its limit) and
+`quota.restored` (units again: a bigger plan, a new period), with `data.feature` naming it
+and its own marks; the customer-level events concern the whole customer and carry none.
+
 The marks live in the customer's state, written in the same changelog record as the
 change itself: a replay, a duplicate or a re-drive finds them set and makes nothing new.
 The notices made by an input are kept beside it (bounded, `MAX_NOTICES`), so the same
@@ -21,7 +26,7 @@ re-sends them with the same ids (`reemit`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from tables.billing_state import CustomerState, NotifyMarks, StoredNotice
 from tables.notification import Notification, NotificationData, iso_timestamp, notification_id
@@ -48,12 +53,15 @@ def derive(
     source: str,
     now: float,
     enabled: bool = True,
+    features: Collection[str] | None = None,
 ) -> tuple[CustomerState, tuple[Notification, ...]]:
     """`after` with its marks brought up to date, and the notifications the change makes.
 
     `thresholds` are the tenant's fractions (ascending). With `enabled` false (the tenant has
     no enabled endpoint) the marks still follow the statuses, so an endpoint added while a
     customer is exhausted still hears of its restoration, but nothing is emitted.
+    `features`: the metered features whose notifications are emitted (an enabled endpoint
+    asks for them; None: all); every feature's marks follow all the same.
     """
     last = after.last
     if last is None:
@@ -61,7 +69,14 @@ def derive(
     prev = before.last if before is not None else None
     marks = after.notify
     if marks.period_start != after.period_start:
-        marks = NotifyMarks(after.period_start, (), marks.exhausted, marks.blocked)
+        marks = NotifyMarks(
+            after.period_start,
+            (),
+            marks.exhausted,
+            marks.blocked,
+            (),
+            marks.features_exhausted,
+        )
     made: list[Notification] = []
     fired = list(marks.fired)
     limit = last.limit
@@ -88,7 +103,18 @@ def derive(
         if status in ("active", "grace") and exhausted:
             made.append(_make(after, last, "quota.restored", now, version=last.version))
             exhausted = False
-    new_marks = NotifyMarks(marks.period_start, tuple(sorted(fired)), exhausted, blocked)
+    feature_fired, features_exhausted, per_feature = _derive_features(
+        after, last, marks, thresholds, now
+    )
+    made.extend(n for n in per_feature if features is None or n.data.feature in features)
+    new_marks = NotifyMarks(
+        marks.period_start,
+        tuple(sorted(fired)),
+        exhausted,
+        blocked,
+        feature_fired,
+        features_exhausted,
+    )
     emitted = tuple(made) if enabled else ()
     changes: dict[str, object] = {}
     if new_marks != after.notify:
@@ -99,6 +125,91 @@ def derive(
     if not changes:
         return after, emitted
     return after.model_copy(update=changes), emitted
+
+
+def _derive_features(
+    after: CustomerState,
+    last: QuotaUpdate,
+    marks: NotifyMarks,
+    thresholds: Sequence[float],
+    now: float,
+) -> tuple[tuple[tuple[str, tuple[float, ...]], ...], tuple[str, ...], list[Notification]]:
+    """The per-feature marks after the change, and the per-feature notifications.
+
+    Derived from the state, not from a published version: a feature's usage below the next
+    publishing step still crosses its thresholds. A feature no longer granted keeps its
+    exhaustion mark (its restoration is told once it has units again, like the whole
+    quota's across a block).
+    """
+    fired_by = dict(marks.feature_fired)
+    exhausted = set(marks.features_exhausted)
+    made: list[Notification] = []
+    for name in sorted(last.metered):
+        quota = last.metered[name]
+        limit, used = quota.limit, after.feature_used.get(name, 0)
+        fired = list(fired_by.get(name, ()))
+        if limit is not None and limit > 0:
+            for fraction in thresholds:
+                if fraction not in fired and used >= fraction * limit:
+                    fired.append(fraction)
+                    made.append(
+                        _make_feature(after, last, name, "quota.threshold_crossed", now, fraction)
+                    )
+        if fired:
+            fired_by[name] = tuple(sorted(fired))
+        out = limit is not None and limit > 0 and used >= limit
+        if out and name not in exhausted:
+            made.append(_make_feature(after, last, name, "quota.exhausted", now))
+            exhausted.add(name)
+        elif not out and name in exhausted and last.status in _SERVED:
+            made.append(_make_feature(after, last, name, "quota.restored", now))
+            exhausted.discard(name)
+    return tuple(sorted(fired_by.items())), tuple(sorted(exhausted)), made
+
+
+def _make_feature(
+    state: CustomerState,
+    last: QuotaUpdate,
+    feature: str,
+    event_type: str,
+    now: float,
+    threshold: float | None = None,
+) -> Notification:
+    """A notification about one named metered feature: its limit, usage and remaining; its
+    status `exhausted` while it has no units left, else the customer's."""
+    quota = last.metered[feature]
+    used = state.feature_used.get(feature, 0)
+    remaining = None if quota.limit is None else max(quota.limit - used, 0)
+    # A status change is caused by the version it was derived at; a threshold by the period.
+    version = None if threshold is not None else last.version
+    return Notification(
+        id=notification_id(
+            state.tenant_id,
+            state.stripe_customer_id,
+            event_type,
+            state.period_start,
+            threshold=threshold,
+            version=version,
+            feature=feature,
+        ),
+        type=event_type,
+        timestamp=iso_timestamp(now),
+        data=NotificationData(
+            tenant_id=state.tenant_id,
+            customer_id=last.customer_id,
+            stripe_customer_id=state.stripe_customer_id,
+            limit=quota.limit,
+            used=used,
+            remaining=remaining,
+            status="exhausted" if remaining == 0 else last.status,
+            period_start=state.period_start,
+            period_end=state.period_end,
+            version=last.version,
+            threshold=threshold,
+            feature=feature,
+            grace_until=last.grace_until,
+        ),
+    )
 
 
 def reemit(state: CustomerState | None, source: str) -> tuple[Notification, ...]:

@@ -113,8 +113,9 @@ class NotificationEndpoint(BaseModel):
     Standard Webhooks secret (`whsec_` + base64 of 24-64 random bytes), sealed at rest.
 
     `thresholds` are fractions of the limit for `quota.threshold_crossed`; `feature`, when
-    set, limits the endpoint to notifications about that feature (today's notifications
-    concern the customer's whole quota and carry no feature). `disabled_at`/`disabled_reason`
+    set, makes the endpoint receive the notifications about that named metered feature
+    (`data.feature`) and only those; an endpoint without one receives those about the
+    customer (`data.feature` null). `disabled_at`/`disabled_reason`
     are set by the notifier when deliveries failed for the configured window.
     """
 
@@ -163,8 +164,8 @@ class NotificationEndpoint(BaseModel):
             return True  # an operator's test reaches every endpoint it is sent to
         if event_type not in self.event_types:
             return False
-        if self.feature is not None and feature != self.feature:
-            return False
+        if feature != self.feature:
+            return False  # a feature's events to its endpoints, the whole quota's to the rest
         return threshold is None or threshold in self.thresholds
 
 
@@ -236,6 +237,13 @@ class Tenant(BaseModel):
         """Every threshold an enabled endpoint asks for, ascending."""
         fractions = {f for e in self.notification_endpoints if e.enabled for f in e.thresholds}
         return tuple(sorted(fractions))
+
+    @property
+    def notification_features(self) -> frozenset[str]:
+        """The metered features an enabled endpoint asks about (each one's own events)."""
+        return frozenset(
+            e.feature for e in self.notification_endpoints if e.enabled and e.feature is not None
+        )
 
     @property
     def notifies(self) -> bool:

@@ -26,6 +26,7 @@ from quotaflow.ops.quota_show import current_quotas
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import TopicReader, Tracker, header, tenant_partition
 from quotaflow.settings import Settings
+from streams.deadletter import REDRIVE, REPLAY
 from tables.billing import CustomerState, Outcome, QuotaPolicy, Source, apply_event, customer_of
 from tables.quota import QuotaUpdate
 from tables.tenant import Tenant
@@ -204,6 +205,9 @@ class Replayer:
                 source=Source(item.partition, item.offset),
                 now=item.at,
                 policy=self.policy,
+                # As the worker: a re-driven dead letter takes effect though its id was seen.
+                redrive=header(item.headers, REDRIVE) is not None
+                and header(item.headers, REPLAY) is None,
             )
         except Exception as exc:  # noqa: BLE001 - the worker dead-letters it; show why
             step.outcome, step.error = "error", f"{type(exc).__name__}: {exc}"

@@ -26,8 +26,8 @@ from quotaflow.ops.produce import OpsProducer
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import Span, TopicReader, Tracker, header, tenant_partition
 from quotaflow.settings import Settings
+from streams.deadletter import REPLAY as REPLAY  # re-exported: the header replay sets
 
-REPLAY = "qf-replay"
 REPLAY_OF = "qf-replay-of"
 TOPICS = ("stripe.events", "usage.events")
 

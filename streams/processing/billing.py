@@ -21,7 +21,7 @@ import orjson
 
 from quotaflow.envelope import Envelope
 from quotaflow.registry import TenantRegistry
-from streams.deadletter import REDRIVE
+from streams.deadletter import REDRIVE, REPLAY
 from streams.processing.effects import Effects, Record, StateCache, Store
 from streams.processing.notify import notify_transition, resend_reprocessed
 from tables.billing import FetchTarget, QuotaPolicy, Source, apply_event, customer_of, fetch_target
@@ -107,7 +107,7 @@ def parse(record: Record, registry: TenantRegistry) -> BillingEvent | Rejected |
         body=body,
         key=f"{tenant.id}/{customer}".encode(),
         target=fetch_target(body),
-        redrive=record.header(REDRIVE) is not None,
+        redrive=record.header(REDRIVE) is not None and record.header(REPLAY) is None,
     )
 
 

@@ -36,6 +36,7 @@ def notify_transition(
         source=source_of(record.topic, record.partition, record.offset),
         now=now,
         enabled=tenant.notifies,
+        features=tenant.notification_features,
     )
     for notification in made:
         out.notifications.append((record.partition, notification))

@@ -6,7 +6,9 @@ A customer consumes through the edge until its quota runs out, then a top-up inv
 restores it: the tenant hears `quota.threshold_crossed` (50 %, 80 %), `quota.exhausted`
 and `quota.restored`, each exactly once. A second run keeps the receiver down while the
 worker is SIGKILLed mid-stream and an operator replays stripe.events and usage.events;
-once it is back it gets everything, in order, each id once.
+once it is back it gets everything, in order, each id once. The plan also meters the
+feature `exports`: an endpoint for that feature hears its threshold and exhaustion, and the
+customer's endpoint hears nothing of them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from quotaflow.tenants.endpoints import new_endpoint_secret
 from quotaflow.testing.receiver import Receiver
 from quotaflow.topics import ensure_topics
 from tables.notification import Notification
-from tables.tenant import NotificationEndpoint, PlanEntry, Tenant
+from tables.tenant import MeteredFeature, NotificationEndpoint, PlanEntry, Tenant
 from tests.kafkautil import produce
 from tests.processes import EDGE_AUTH, start
 from tests.reliability.conftest import StackFactory
@@ -50,9 +52,13 @@ EXPECTED = [
 ]
 
 
-def _tenant(receiver: Receiver) -> Tenant:
+EXPORTS = 20  # units of the metered feature `exports` per period
+
+
+def _tenant(receiver: Receiver, exports: Receiver | None = None) -> Tenant:
+    basic = PlanEntry(quota=LIMIT, metered={"exports": MeteredFeature(quota=EXPORTS)})
     base = make_tenant(
-        {"basic": PlanEntry(quota=LIMIT), "prod_topup": PlanEntry(quota=500, topup=True)},
+        {"basic": basic, "prod_topup": PlanEntry(quota=500, topup=True)},
         alias_key=None,
         stripe_api_key="sk_test_" + secrets.token_hex(12),
     )
@@ -62,11 +68,26 @@ def _tenant(receiver: Receiver) -> Tenant:
         thresholds=(0.5, 0.8),
         secret=SecretStr(receiver.secret),
     )
-    return base.model_copy(update={"notification_endpoints": (endpoint,)})
+    endpoints: tuple[NotificationEndpoint, ...] = (endpoint,)
+    if exports is not None:
+        for_feature = NotificationEndpoint(
+            id="ep_exports",
+            url=exports.url,
+            thresholds=(0.5,),
+            feature="exports",
+            secret=SecretStr(exports.secret),
+        )
+        endpoints += (for_feature,)
+    return base.model_copy(update={"notification_endpoints": endpoints})
 
 
-async def _stack(make_stack: StackFactory, receiver: Receiver, notifier_port: int) -> Stack:
-    tenant = _tenant(receiver)
+async def _stack(
+    make_stack: StackFactory,
+    receiver: Receiver,
+    notifier_port: int,
+    exports: Receiver | None = None,
+) -> Stack:
+    tenant = _tenant(receiver, exports)
     sub = subscription("sub_1", "cus_1", "active", [(BASIC, 1)], period=PERIOD)
     workload = Workload([tenant], {}, finals={("acme", "cus_1"): (sub, 0)})
     stack = make_stack(
@@ -102,13 +123,15 @@ async def _served(stack: Stack, within: float = 60.0) -> None:
     raise AssertionError("the edge never served cus_1")
 
 
-async def _consume(stack: Stack, calls: int) -> None:
+async def _consume(stack: Stack, calls: int, feature: str | None = None) -> None:
     port = stack.edge_ports["eu"][0]
     async with aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=5), headers=EDGE_AUTH
     ) as session:
         for _ in range(calls):
-            ask = {"tenant_id": "acme", "customer_id": "cus_1", "cost": STEP}
+            ask: dict[str, object] = {"tenant_id": "acme", "customer_id": "cus_1", "cost": STEP}
+            if feature is not None:
+                ask["feature"] = feature
             async with session.post(f"http://127.0.0.1:{port}/v1/consume", json=ask) as resp:
                 doc = orjson.loads(await resp.read())
                 assert resp.status == 200, doc
@@ -169,14 +192,31 @@ def _cli(stack: Stack, *args: str) -> str:
 async def test_threshold_exhausted_and_restored_are_told_exactly_once_each(
     make_stack: StackFactory,
 ) -> None:
-    async with Receiver(secret=new_endpoint_secret()) as receiver:
-        stack = await _stack(make_stack, receiver, free_port())
+    async with (
+        Receiver(secret=new_endpoint_secret()) as receiver,
+        Receiver(secret=new_endpoint_secret()) as exports,
+    ):
+        stack = await _stack(make_stack, receiver, free_port(), exports)
         await _served(stack)
         await _consume(stack, LIMIT // STEP)
         await _published(stack, "quota.exhausted")
         await _top_up(stack)
         await _published(stack, "quota.restored")
         await _received(receiver, len(EXPECTED))
+        # The metered feature runs out on its own: its endpoint alone hears of it.
+        await _consume(stack, EXPORTS // STEP, feature="exports")
+        await _received(exports, 2)
+
+        assert exports.refused == []
+        assert [
+            (d.type, d.data.get("threshold"), d.data.get("feature")) for d in exports.deliveries
+        ] == [
+            ("quota.threshold_crossed", 0.5, "exports"),
+            ("quota.exhausted", None, "exports"),
+        ]
+        feature_out = exports.of_type("quota.exhausted")[0]
+        assert (feature_out.data["used"], feature_out.data["limit"]) == (EXPORTS, EXPORTS)
+        assert {d.data.get("feature") for d in receiver.deliveries} == {None}
 
         assert receiver.refused == []  # every delivery verified with standardwebhooks
         assert _told(receiver) == EXPECTED

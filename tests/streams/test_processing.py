@@ -167,6 +167,77 @@ def test_a_redriven_dead_letter_takes_effect() -> None:
     effects = _apply(store, [(redriven, None)])
     assert [u.limit for u in _updates(effects)] == [2000]
     assert effects.deadletters == []
+    # `quotaflow replay` copies the re-driven record, headers and all: a replay, not a
+    # second re-drive, so the event-id guard holds for it.
+    (replayed,) = _parsed(
+        registry, rec.record(body, extra=((REDRIVE, b"0:1"), ("qf-replay", b"r1")))
+    )
+    assert not replayed.redrive
+    assert _apply(store, [(replayed, None)]).outcomes == {"unchanged": 1}
+
+
+def test_a_redriven_unknown_tenant_or_not_found_event_applies_once_the_fix_is_in() -> None:
+    # Neither reason touches the customer's state, so the re-drive is applied as new.
+    tenant = make_tenant()
+    rec = Offsets()
+    body = event(
+        "customer.subscription.created",
+        subscription("sub_1", "cus_1", "active", [(BASIC, 1)], period=PERIOD),
+    )
+    rejected = parse(rec.record(body), StaticTenantRegistry([]))
+    assert isinstance(rejected, Rejected)
+    assert rejected.reason == "unknown_tenant"
+    store: dict[bytes, bytes] = {}
+    (missing,) = _parsed(StaticTenantRegistry([tenant]), rec.record(body))
+    gone = _apply(store, [(missing, NotFound(NOW))])
+    assert [d.reason for d in gone.deadletters] == ["not_found"]
+    assert store == {}
+    registry = StaticTenantRegistry([tenant])
+    (redriven,) = _parsed(registry, rec.record(body, extra=((REDRIVE, b"0:1"),)))
+    assert [u.limit for u in _updates(_apply(store, [(redriven, None)]))] == [1000]
+
+
+def test_a_redriven_usage_batch_counts_once_whether_or_not_it_was_applied() -> None:
+    # Usage keeps every guard on a re-drive (`qf-redrive`): its batch mark is what makes
+    # a batch count once, and a batch dead-lettered before any apply has no mark yet.
+    tenant = make_tenant()
+    rec = Offsets()
+    store: dict[bytes, bytes] = {}
+    body = event(
+        "customer.subscription.created",
+        subscription("sub_1", "cus_1", "active", [(BASIC, 1)], period=PERIOD),
+    )
+    _apply(store, [(e, None) for e in _parsed(StaticTenantRegistry([tenant]), rec.record(body))])
+    nobody = StaticTenantRegistry([])
+    registry = StaticTenantRegistry([tenant])
+
+    def usage(offset: int, batch: str, redrive: bool) -> Record:
+        doc = {
+            "batch_id": batch,
+            "node_id": "n1",
+            "region": "eu",
+            "tenant_id": "acme",
+            "sent_at": NOW,
+            "received_at": NOW,
+            "items": [{"customer_id": "cus_1", "units": 7}],
+        }
+        headers = ((REDRIVE, b"0:9"),) if redrive else ()
+        return Record("usage.events", 0, offset, b"acme", orjson.dumps(doc), headers)
+
+    def handle(reg: StaticTenantRegistry, record: Record) -> Effects:
+        effects = UsageProcessor(lambda: reg, QuotaPolicy(), (0.5, 1.0), lambda: NOW).handle(
+            store, {}, [record]
+        )
+        for key, (_, value) in effects.states.items():
+            store[key] = value
+        return effects
+
+    lost = handle(nobody, usage(0, "n1:1", redrive=False))
+    assert [d.reason for d in lost.deadletters] == ["unknown_tenant"]
+    handle(registry, usage(1, "n1:2", redrive=False))
+    handle(registry, usage(2, "n1:1", redrive=True))  # the dead letter, re-driven: counts
+    handle(registry, usage(3, "n1:2", redrive=True))  # applied already: does not
+    assert CustomerState.model_validate_json(store[b"acme/cus_1"]).used == 14
 
 
 def test_usage_counts_once_per_batch_and_makes_meter_jobs() -> None:

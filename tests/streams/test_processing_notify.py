@@ -89,3 +89,57 @@ def test_a_tenant_without_endpoints_makes_no_notifications() -> None:
     effects = processor.handle(store, {}, [usage(0, "n1:1", 5000)])
     assert effects.notifications == []
     assert [u.status for _, u in effects.quota_updates()] == ["exhausted"]
+
+
+def test_usage_of_a_metered_feature_is_told_to_that_features_endpoint_only() -> None:
+    from tables.tenant import MeteredFeature
+
+    plain = NotificationEndpoint(
+        id="ep_plain",
+        url="https://hooks.example/q",
+        thresholds=(0.5,),
+        secret=SecretStr(new_endpoint_secret()),
+    )
+    bulk = NotificationEndpoint(
+        id="ep_bulk",
+        url="https://hooks.example/bulk",
+        thresholds=(0.5,),
+        feature="bulk",
+        secret=SecretStr(new_endpoint_secret()),
+    )
+    base = make_tenant()
+    basic = base.plans["basic"].model_copy(update={"metered": {"bulk": MeteredFeature(quota=40)}})
+    tenant = base.model_copy(
+        update={"plans": {**base.plans, "basic": basic}, "notification_endpoints": (plain, bulk)}
+    )
+    store = subscribed(tenant)
+    processor = UsageProcessor(
+        lambda: StaticTenantRegistry([tenant]), QuotaPolicy(), (0.5, 1.0), lambda: NOW
+    )
+
+    def feature_usage(offset: int, batch: str, units: int) -> Record:
+        doc = orjson.loads(usage(offset, batch, 0).value)
+        doc["items"] = [{"customer_id": "cus_1", "units": units, "feature": "bulk"}]
+        return Record("usage.events", 2, offset, b"acme", orjson.dumps(doc))
+
+    first = processor.handle(store, {}, [feature_usage(0, "n1:1", 25)])
+    keep(store, first)
+    second = processor.handle(store, {}, [feature_usage(1, "n1:2", 20), usage(2, "n1:3", 1)])
+    keep(store, second)
+    told = [n for _, n in first.notifications + second.notifications]
+    assert [(n.type, n.data.feature, n.data.threshold) for n in told] == [
+        ("quota.threshold_crossed", "bulk", 0.5),
+        ("quota.exhausted", "bulk", None),
+    ]
+    assert (told[1].data.limit, told[1].data.used, told[1].data.remaining) == (40, 45, 0)
+    # The notifier's routing: a feature's notifications go to its endpoints only.
+    for n in told:
+        wanting = [
+            e.id
+            for e in tenant.notification_endpoints
+            if e.wants(n.type, n.data.threshold, n.data.feature)
+        ]
+        assert wanting == ["ep_bulk"]
+    # A later batch of the period: nothing new (the marks are in the state).
+    again = processor.handle(store, {}, [feature_usage(3, "n1:4", 5)])
+    assert again.notifications == []

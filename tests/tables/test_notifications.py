@@ -188,3 +188,130 @@ def test_an_endpoint_wants_its_types_thresholds_and_feature_and_every_test_event
     assert not endpoint.wants("quota.exhausted", None, None)  # another feature's (or none)
     assert not endpoint.wants("quota.restored", None, "bulk")
     assert endpoint.wants("notification.test", None, None)
+
+
+def test_an_endpoint_without_a_feature_gets_the_whole_quotas_events_only() -> None:
+    from pydantic import SecretStr
+
+    from quotaflow.tenants.endpoints import new_endpoint_secret
+    from tables.tenant import NotificationEndpoint
+
+    plain = NotificationEndpoint(
+        id="ep_2", url="https://hooks.example/q", secret=SecretStr(new_endpoint_secret())
+    )
+    assert plain.wants("quota.exhausted", None, None)
+    assert plain.wants("customer.blocked", None, None)
+    assert not plain.wants("quota.exhausted", None, "bulk")  # a feature's: its endpoints'
+    assert not plain.wants("quota.threshold_crossed", 0.8, "bulk")
+
+
+def metered(
+    used: dict[str, int],
+    limits: dict[str, int | None],
+    *,
+    base: CustomerState,
+    version: int = 1,
+    period: int = PERIOD,
+    status: QuotaStatus = "active",
+) -> CustomerState:
+    """`base` with named metered features: `limits` published, `used` counted."""
+    from tables.quota import FeatureQuota
+
+    after = state(0, base=base, version=version, period=period, status=status)
+    assert after.last is not None
+    quotas = {
+        name: FeatureQuota(
+            limit=limit,
+            used=used.get(name, 0),
+            remaining=None if limit is None else max(limit - used.get(name, 0), 0),
+        )
+        for name, limit in limits.items()
+    }
+    last = after.last.model_copy(update={"metered": quotas})
+    return after.model_copy(update={"last": last, "feature_used": dict(used)})
+
+
+def test_each_metered_feature_crosses_thresholds_once_per_period_with_its_own_ids() -> None:
+    s0 = metered({}, {"bulk": 10, "ocr": 100}, base=state(0))
+    s1, made = step(s0, metered({"bulk": 6, "ocr": 10}, {"bulk": 10, "ocr": 100}, base=s0))
+    assert [(n.type, n.data.feature, n.data.threshold) for n in made] == [
+        ("quota.threshold_crossed", "bulk", 0.5)
+    ]
+    assert (made[0].data.limit, made[0].data.used, made[0].data.remaining) == (10, 6, 4)
+    first = made[0].id
+    # The whole quota's threshold id is not the feature's.
+    assert first != notification_id(
+        "acme", "cus_1", "quota.threshold_crossed", PERIOD, threshold=0.5
+    )
+    s2, made = step(s1, metered({"bulk": 7, "ocr": 60}, {"bulk": 10, "ocr": 100}, base=s1), "t:0:2")
+    assert [(n.data.feature, n.data.threshold) for n in made] == [("ocr", 0.5)]
+    s3, made = step(s2, metered({"bulk": 8, "ocr": 61}, {"bulk": 10, "ocr": 100}, base=s2), "t:0:3")
+    assert [(n.data.feature, n.data.threshold) for n in made] == [("bulk", 0.8)]
+    # A new period: thresholds fire again, other ids.
+    renewed = PERIOD + 100
+    _, made = step(
+        s3,
+        metered({"bulk": 6}, {"bulk": 10, "ocr": 100}, base=s3, version=2, period=renewed),
+        "t:0:4",
+    )
+    assert [(n.data.feature, n.data.threshold) for n in made] == [("bulk", 0.5)]
+    assert made[0].id != first
+    # The same transition derived again (a reprocessing) makes the same id.
+    _, again = step(s0, metered({"bulk": 6, "ocr": 10}, {"bulk": 10, "ocr": 100}, base=s0))
+    assert again[0].id == first
+
+
+def test_a_feature_is_exhausted_and_restored_once_and_the_whole_quota_is_not() -> None:
+    limits: dict[str, int | None] = {"bulk": 10}
+    s0 = metered({"bulk": 9}, limits, base=state(0))
+    s1, made = step(s0, metered({"bulk": 10}, limits, base=s0), "t:0:2")
+    exhausted = [n for n in made if n.type == "quota.exhausted"]
+    assert [(n.data.feature, n.data.status, n.data.remaining) for n in exhausted] == [
+        ("bulk", "exhausted", 0)
+    ]
+    assert all(n.data.feature == "bulk" for n in made)  # the customer itself is active
+    s2, made = step(s1, metered({"bulk": 12}, limits, base=s1), "t:0:3")
+    assert "quota.exhausted" not in types(made)
+    # A bigger plan: units again, told once; the feature's status is the customer's.
+    bigger: dict[str, int | None] = {"bulk": 50}
+    s3, made = step(s2, metered({"bulk": 12}, bigger, base=s2, version=2), "t:0:4")
+    assert [(n.type, n.data.feature, n.data.status) for n in made] == [
+        ("quota.restored", "bulk", "active")
+    ]
+    _, made = step(s3, metered({"bulk": 13}, bigger, base=s3, version=2), "t:0:5")
+    assert "quota.restored" not in types(made)
+
+
+def test_a_feature_gone_keeps_its_exhaustion_until_it_has_units_again() -> None:
+    s0 = metered({"bulk": 10}, {"bulk": 10}, base=state(0))
+    s1, _ = step(None, s0)
+    s2, made = step(s1, metered({}, {}, base=s1, version=2), "t:0:2")  # subscription gone
+    assert made == []
+    _, made = step(s2, metered({}, {"bulk": 10}, base=s2, version=3, period=PERIOD + 9), "t:0:3")
+    assert [(n.type, n.data.feature) for n in made] == [("quota.restored", "bulk")]
+
+
+def test_only_the_features_an_endpoint_asks_about_are_emitted_but_all_are_marked() -> None:
+    limits: dict[str, int | None] = {"bulk": 10, "ocr": 10}
+    s0 = metered({}, limits, base=state(0))
+    s1, made = derive(
+        s0,
+        metered({"bulk": 10, "ocr": 10}, limits, base=s0),
+        THRESHOLDS,
+        source="t:0:2",
+        now=1_767_300_000.0,
+        features=frozenset({"ocr"}),
+    )
+    assert {n.data.feature for n in made} == {"ocr"}
+    assert s1.notify.features_exhausted == ("bulk", "ocr")
+    # The whole quota's events are not filtered by it.
+    _, made = derive(
+        s1,
+        state(100, base=s1, version=2),
+        THRESHOLDS,
+        source="t:0:3",
+        now=1_767_300_000.0,
+        features=frozenset(),
+    )
+    assert {n.data.feature for n in made} == {None}
+    assert "quota.threshold_crossed" in types(list(made))
