@@ -299,3 +299,34 @@ def test_a_grace_tick_blocks_a_customer_whose_grace_ended() -> None:
     assert _updates(early) == []
     late = GraceProcessor(policy, time.time).handle(store, [tick])
     assert [u.status for u in _updates(late)] == ["blocked"]
+
+
+def test_a_reprocessed_grace_tick_publishes_its_block_again() -> None:
+    """The worker may die after writing the blocked state and before sending it: the tick,
+    not yet acknowledged, comes again; the state no longer says grace, so only the tick's
+    mark in the state can tell that the block must be published again."""
+    policy = QuotaPolicy(grace_seconds=10)
+    registry = StaticTenantRegistry([make_tenant()])
+    store: dict[bytes, bytes] = {}
+    past_due = event(
+        "customer.subscription.updated",
+        subscription("sub_1", "cus_1", "past_due", [(BASIC, 1)], period=PERIOD),
+        created=BASE_TIME,
+    )
+    items: list[tuple[BillingEvent, FetchResult]] = [
+        (e, None) for e in _parsed(registry, Offsets().record(past_due))
+    ]
+    effects = BillingProcessor(policy, lambda: float(BASE_TIME + 1)).apply(store, {}, items)
+    store.update({k: v for k, (_, v) in effects.states.items()})
+    grace = GraceProcessor(policy, time.time)
+    tick = Record("quota.ticks", 0, 7, b"acme", b"acme/cus_1")
+    first = grace.handle(store, [tick])
+    store.update({k: v for k, (_, v) in first.states.items()})  # written, then the kill
+    (blocked,) = _updates(first)
+    assert blocked.status == "blocked"
+
+    again = grace.handle(store, [tick])
+    assert _updates(again) == [blocked]  # same record, same version
+    assert again.states == {}
+    later = grace.handle(store, [Record("quota.ticks", 0, 8, b"acme", b"acme/cus_1")])
+    assert _updates(later) == []  # a later tick (the scan's next one) publishes nothing
