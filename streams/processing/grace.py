@@ -60,6 +60,9 @@ class GraceProcessor:
                 # version, so a subscriber that has it ignores it).
                 if state.last is not None:
                     out.publish(record.partition, Outcome(None, state.last, True))
+                # And the state behind it, which the worker's own store may hold while the
+                # changelog never got it (see UsageProcessor).
+                cache.put(record.value, record.partition, state)
                 out.count("unchanged")
                 continue
             now = self._clock()
