@@ -22,6 +22,7 @@ it belongs to), so the change travels through a topic like any other input:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from quotaflow.settings import Settings
 from streams.faust_tuning import event_context
 from streams.processing.grace import GraceProcessor, due_for_blocking
 from streams.records import raw_topic, record_from
-from streams.sink import Sink
+from streams.sink import Sink, stop_worker
 from tables.billing import CustomerState
 from tables.policy import QuotaPolicy
 
@@ -79,11 +80,20 @@ def add_grace_timer(
     @app.agent(ticks, concurrency=1, name="grace")
     async def grace(stream: faust.StreamT[bytes]) -> None:
         """Re-evaluates each ticked customer; a tick for a gone customer is ignored."""
-        async for event in stream.events():
-            record = record_from(event)
-            async with sink.turn:
-                with event_context(event):  # reads belong to a partition too
-                    effects = processor.handle(customers, [record])
-                sink.write(effects, {record.partition: event})
-                await sink.send(effects)
-            sink.done(effects)
+        try:
+            async for event in stream.events():
+                record = record_from(event)
+                async with sink.turn:
+                    with event_context(event):  # reads belong to a partition too
+                        effects = processor.handle(customers, [record])
+                    sink.write(effects, {record.partition: event})
+                    futures = await sink.send(effects)
+                # Acknowledged (when the stream takes the next tick) only once Kafka holds
+                # the state and the quota record: ticks are rare, so no pipelining.
+                await sink.confirm(futures)
+                sink.done(effects)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await stop_worker(app, exc, "grace agent stopped")
+            raise

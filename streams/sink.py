@@ -22,9 +22,11 @@ order, and a record never follows a newer one of the same customer into the topi
 
 Sends are issued in the order of the batches (so the newest version of a quota key is
 also the last record of that key in the compacted topic), and the broker's
-acknowledgement of every send of a batch is awaited before the batch's events are
-acknowledged: an offset is committed only past events whose quota records, meter jobs and
-dead letters are in Kafka. A send that fails (after the producer's own retries and its
+acknowledgement of every send of a batch, and of every changelog record of its writes, is
+awaited (`confirm`) before the batch's events are acknowledged: an offset is committed
+only past events whose states, quota records, meter jobs and dead letters are in Kafka.
+Every agent confirms, the usage and grace agents too, whether or not the batch
+published anything. A send that fails (after the producer's own retries and its
 request timeout) is an infrastructure failure, never the input's fault: `SinkError`
 stops the worker, and its events are processed again from the last commit. Nothing is
 dead-lettered because Kafka was away.
@@ -106,16 +108,25 @@ class Sink:
 
     async def send(self, effects: Effects) -> list[Awaitable[Any]]:
         """Hands every record of `effects` to the producer, in order; returns their
-        delivery futures. Each send returns once the record is in the producer's batch
-        (aiokafka keeps it through a broker outage and retries), not once delivered."""
+        delivery futures, the changelog sends of the turn's writes first. Each send returns
+        once the record is in the producer's batch (aiokafka keeps it through a broker
+        outage and retries), not once delivered.
+
+        The changelog futures are returned even when nothing is published: an event is
+        acknowledged only once its state is in the changelog. Faust's commit is no such
+        barrier (its producer flush gives up after 0.1 s without progress and misses the
+        record its buffer task holds), so a usage batch that published nothing could have
+        its offset committed before its `used` was in Kafka, and a worker killed then lost
+        it (`tests/reliability/test_worker_crash.py` under load)."""
+        changelog, self._changelog = self._changelog, []
         if not (
             effects.updates or effects.meter_jobs or effects.deadletters or effects.notifications
         ):
-            return []
+            return list(changelog)
         try:
-            if (effects.updates or effects.notifications) and self._changelog:
-                await asyncio.gather(*self._changelog)
-            return await self._send_all(effects)
+            if (effects.updates or effects.notifications) and changelog:
+                await asyncio.gather(*changelog)
+            return [*changelog, *await self._send_all(effects)]
         except asyncio.CancelledError:
             raise
         except Exception as exc:

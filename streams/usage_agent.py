@@ -31,6 +31,7 @@ from quotaflow.topics import ensure_topics
 from streams.faust_tuning import event_context
 from streams.meter_client import MeterClient
 from streams.meter_reporter import MeterReporter
+from streams.processing.effects import Effects
 from streams.processing.usage import UsageProcessor, meter_identifier
 from streams.records import raw_topic, record_from
 from streams.sink import Sink, stop_worker
@@ -39,6 +40,10 @@ from tables.policy import QuotaPolicy
 __all__ = ["add_usage_agent", "meter_identifier", "meter_topic"]
 
 log = logging.getLogger("quotaflow.worker.usage")
+
+# Usage events processed whose changelog records and sends Kafka has not yet acknowledged:
+# beyond this the agent waits (bounded memory, and bounded work to redo after a crash).
+MAX_UNCONFIRMED = 1000
 
 
 def meter_topic(settings: Settings) -> str:
@@ -65,31 +70,62 @@ def add_usage_agent(
 
     @app.agent(usage_events, concurrency=1, name="usage")
     async def usage(stream: faust.StreamT[bytes]) -> None:
-        """Applies each usage batch once in effect; a bad record goes to the dead letters."""
+        """Applies each usage batch once in effect; a bad record goes to the dead letters.
+
+        The stream is read without acknowledging (`noack`): each event is acknowledged by
+        its confirmation task once Kafka holds its changelog record and its sends, so an
+        offset is never committed past a `used` that is not durable. The next event is
+        processed meanwhile; at most `MAX_UNCONFIRMED` wait for their confirmation.
+        """
+        events: Any = stream.noack()  # type: ignore[attr-defined]  # faust stubs lack it
+        room = asyncio.Semaphore(MAX_UNCONFIRMED)
+        confirming: set[asyncio.Task[None]] = set()
+
+        async def confirm(event: Any, futures: list[Awaitable[Any]], effects: Effects) -> None:
+            try:
+                await sink.confirm(futures)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure here stops the worker
+                await stop_worker(app, exc, "usage records not acknowledged by Kafka")
+                return
+            finally:
+                room.release()
+            await events.ack(event)
+            sink.done(effects)
+            for region, node in set(effects.spool_resets):
+                log.warning(
+                    "usage from a new spool incarnation of a node that reported before: "
+                    "its spool was reset (usage it had not sent is lost) or forged",
+                    extra={"region": region, "node_id": node},
+                )
+
         waited = False
         try:
-            async for event in stream.events():
+            async for event in events.events():
                 if not waited:  # on the first event: see BillingPipeline.run
                     await ready()
                     waited = True
                 record = record_from(event)
+                await room.acquire()
                 async with sink.turn:
                     with event_context(event):  # reads belong to a partition too
                         effects = processor.handle(customers, aliases, [record])
                     sink.write(effects, {record.partition: event})
-                    await sink.send(effects)
-                sink.done(effects)
-                for region, node in set(effects.spool_resets):
-                    log.warning(
-                        "usage from a new spool incarnation of a node that reported before: "
-                        "its spool was reset (usage it had not sent is lost) or forged",
-                        extra={"region": region, "node_id": node},
-                    )
+                    futures = await sink.send(effects)
+                task = asyncio.create_task(confirm(event, futures, effects), name="usage-confirm")
+                confirming.add(task)
+                task.add_done_callback(confirming.discard)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await stop_worker(app, exc, "usage agent stopped")
             raise
+        finally:
+            pending = list(confirming)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     meter_enabled = settings.meter_enabled
 

@@ -149,6 +149,9 @@ class CustomerState(BaseModel):
     # `usage_offsets` usage.events positions: two topics, two offset spaces per partition.
     offsets: dict[int, int] = Field(default_factory=dict)
     usage_offsets: dict[int, int] = Field(default_factory=dict)
+    # quota.ticks positions of the grace ticks that changed the quota (a third offset
+    # space): a tick reprocessed after a crash re-publishes the block it made.
+    tick_offsets: dict[int, int] = Field(default_factory=dict)
     event_ids: dict[str, float] = Field(default_factory=dict)
     fingerprints: dict[str, tuple[str, float]] = Field(default_factory=dict)
     usage_marks: dict[str, UsageMark] = Field(default_factory=dict)

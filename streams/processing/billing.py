@@ -157,6 +157,10 @@ class BillingProcessor:
         state = cache.get(event.key)
         if state is not None and record.offset <= state.offsets.get(record.partition, -1):
             resend_reprocessed(out, state, record)
+            # Reprocessed after a crash: the worker's own store (RocksDB, written at once)
+            # may hold this state while the changelog never got it (killed before the
+            # send), and nothing else would write it again: writing it again does.
+            cache.put(event.key, record.partition, state)
         try:
             outcome = apply_event(
                 state,

@@ -90,8 +90,13 @@ class UsageProcessor:
             key = f"{tenant.id}/{stripe_id}".encode()
             state = cache.get(key)
             reprocessed = state is not None and offset <= state.usage_offsets.get(partition, -1)
-            if reprocessed:
+            if state is not None and reprocessed:
                 resend_reprocessed(out, state, record)
+                # The worker's own store (RocksDB, written at once) may hold this state while
+                # the changelog never got it (killed before the send), and nothing else would
+                # write it again: writing it again does (else its `used` is lost with the
+                # store, and `used` in the changelog stays short).
+                cache.put(key, partition, state)
             outcome = apply_usage(
                 state,
                 tenant_id=tenant.id,

@@ -92,6 +92,12 @@ class Stack:
             # The digest of the tests' application token (consume and quota reads need it).
             **edge_auth_env(),
             "QUOTAFLOW_LOG_LEVEL": "INFO",
+            # Static membership, as the chart deploys the worker (QUOTAFLOW_WORKER_ID = the
+            # pod name): a worker restarted after a SIGKILL takes its partitions back at
+            # once. Without it the group waits out the killed member's session (Faust's
+            # 60 s) before a rebalance, and the restarted worker published nothing for
+            # 60-90 s (seen in test_notifications.py under load).
+            "QUOTAFLOW_WORKER_ID": "worker-0",
             **self.extra_env,
         }
 

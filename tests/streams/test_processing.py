@@ -95,6 +95,9 @@ def test_a_batch_reads_and_writes_each_customer_once_and_publishes_its_newest_ve
     # The same records again (a crash before the commit): nothing new, same versions.
     again = _apply(store, [(e, None) for e in events])
     assert {u.key: u.version for u in _updates(again)} == {"acme/cus_1": 2, "acme/cus_2": 1}
+    # Each state is written again as it stands: the worker's store may have it while the
+    # changelog never got it (killed before the send).
+    assert {k: v for k, (_, v) in again.states.items()} == {k: store[k] for k in store}
 
 
 def test_the_fetched_object_decides_and_a_404_grants_nothing() -> None:
@@ -275,6 +278,11 @@ def test_usage_counts_once_per_batch_and_makes_meter_jobs() -> None:
     assert state.used == 600  # the second record repeats batch n1:1
     assert len(effects.meter_jobs) == 1
     assert [u.status for u in _updates(effects)] == ["active"]  # crossed 50 %
+    # Reprocessed after a crash: `used` unchanged, the state written again as it stands
+    # (the changelog may never have got it), the batch's meter job made again.
+    again = processor.handle(store, {}, [usage(0, "n1:1", 600)])
+    assert again.states == {b"acme/cus_1": (0, store[b"acme/cus_1"])}
+    assert len(again.meter_jobs) == 1
     bad = processor.handle(store, {}, [Record("usage.events", 0, 2, b"acme", b"[]")])
     assert [d.reason for d in bad.deadletters] == ["bad_usage_record"]
 
@@ -370,3 +378,34 @@ def test_a_grace_tick_blocks_a_customer_whose_grace_ended() -> None:
     assert _updates(early) == []
     late = GraceProcessor(policy, time.time).handle(store, [tick])
     assert [u.status for u in _updates(late)] == ["blocked"]
+
+
+def test_a_reprocessed_grace_tick_publishes_its_block_again() -> None:
+    """The worker may die after writing the blocked state and before sending it: the tick,
+    not yet acknowledged, comes again; the state no longer says grace, so only the tick's
+    mark in the state can tell that the block must be published again."""
+    policy = QuotaPolicy(grace_seconds=10)
+    registry = StaticTenantRegistry([make_tenant()])
+    store: dict[bytes, bytes] = {}
+    past_due = event(
+        "customer.subscription.updated",
+        subscription("sub_1", "cus_1", "past_due", [(BASIC, 1)], period=PERIOD),
+        created=BASE_TIME,
+    )
+    items: list[tuple[BillingEvent, FetchResult]] = [
+        (e, None) for e in _parsed(registry, Offsets().record(past_due))
+    ]
+    effects = BillingProcessor(policy, lambda: float(BASE_TIME + 1)).apply(store, {}, items)
+    store.update({k: v for k, (_, v) in effects.states.items()})
+    grace = GraceProcessor(policy, time.time)
+    tick = Record("quota.ticks", 0, 7, b"acme", b"acme/cus_1")
+    first = grace.handle(store, [tick])
+    store.update({k: v for k, (_, v) in first.states.items()})  # written, then the kill
+    (blocked,) = _updates(first)
+    assert blocked.status == "blocked"
+
+    again = grace.handle(store, [tick])
+    assert _updates(again) == [blocked]  # same record, same version
+    assert list(again.states) == [b"acme/cus_1"]  # the state written again
+    later = grace.handle(store, [Record("quota.ticks", 0, 8, b"acme", b"acme/cus_1")])
+    assert _updates(later) == []  # a later tick (the scan's next one) publishes nothing
