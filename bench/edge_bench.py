@@ -488,6 +488,7 @@ def main() -> None:
         "each sidecar on the second, so neither migrates (the HTTP load only)",
     )
     args = parser.parse_args()
+    loadgen.vegeta()  # a missing load generator fails before anything is measured
     if args.pin:
         global SERVER_CPU
         cpus = sorted(os.sched_getaffinity(0))

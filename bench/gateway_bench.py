@@ -387,6 +387,7 @@ def main() -> None:
     rate, seconds, rounds, warmup = args.rate, args.seconds, args.rounds, 500
     if args.quick:
         rate, seconds, rounds, warmup = 300.0, 1.5, 1, 100
+    loadgen.vegeta()  # a missing load generator fails before any server starts
     names = [g.strip() for g in args.gateways.split(",") if g.strip()]
     doc = {
         "machine": machine(),
