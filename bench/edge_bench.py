@@ -13,7 +13,11 @@ Run: `.venv/bin/python -m bench.edge_bench [--quick] [--rounds N]` (prints JSON)
    call names one. And with per-feature quotas (`*_metered_feature`): the same plus two
    named metered features, each with its own quota and bucket, every call naming one.
 2. `POST /v1/consume` on a sidecar in a child process, driven open-loop at 2,000 req/s
-   from this process over keep-alive connections; p50/p99/max client-side latency. The
+   by vegeta (bench/loadgen.py) over 16 keep-alive connections; p50/p99/max latency from
+   each request's intended send time (`from_write_*`: from the request's actual start).
+   `http_consume_python_client` is the same load as `http_consume` from the asyncio
+   client these figures came from before (its timers wake ~1 ms late: kept so old and
+   new figures compare within one run). The
    same load runs in the same run, alternately (`--rounds` times each, on a fresh server
    each time), in three modes: `http_consume` with authentication as deployed (a bearer
    token on every request, hashed and compared by the edge), `http_consume_loopback`
@@ -43,6 +47,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from bench import loadgen
 from bench.common import cdf
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
@@ -55,12 +60,16 @@ CALLS = 1_000_000
 SAMPLES = 200_000
 HTTP_RATE = 2_000
 HTTP_SECONDS = 10.0
+CONNECTIONS = 16
+WARMUP = 500
 TOKEN = generate_app_token()
-# mode -> (whether the client sends the token, whether it sends an Idempotency-Key)
+# mode -> (whether the client sends the token, whether it sends an Idempotency-Key,
+# whether the load comes from the old asyncio client rather than vegeta)
 MODES = {
-    "http_consume": (True, False),
-    "http_consume_loopback": (False, False),
-    "http_consume_idempotency_key": (True, True),
+    "http_consume": (True, False, False),
+    "http_consume_loopback": (False, False, False),
+    "http_consume_idempotency_key": (True, True, False),
+    "http_consume_python_client": (True, False, True),
 }
 
 
@@ -326,7 +335,44 @@ async def _drive(port: int, seconds: float, token: bool, keys: bool) -> dict[str
     return {"requests": len(out), "elapsed": elapsed, "samples": out, "sent": total + 500}
 
 
-def _figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _drive_vegeta(port: int, seconds: float, token: bool, keys: bool) -> dict[str, Any]:
+    """The same load as `_drive`, from vegeta: samples are (from intended, from start)."""
+    url = f"http://127.0.0.1:{port}/v1/consume"
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {TOKEN}"
+    run = os.urandom(4).hex()
+    total = int(HTTP_RATE * seconds)
+
+    def request(i: int) -> loadgen.Request:
+        extra = {"Idempotency-Key": f"{run}-{i:032d}"} if keys else {}
+        body = orjson.dumps(
+            {"tenant_id": f"t{i % 100}", "customer_id": f"c{i % CUSTOMERS}", "cost": 1}
+        )
+        return loadgen.Request("POST", url, headers | extra, body)
+
+    allowed = b'"allowed":true'
+    # vegeta cycles through its targets: with keys, one target per request (fresh keys).
+    loadgen.attack(
+        [request(-i - 1) for i in range(WARMUP)], HTTP_RATE, WARMUP / HTTP_RATE, CONNECTIONS
+    )
+    got = loadgen.attack(
+        [request(i) for i in range(total if keys else CUSTOMERS)],
+        HTTP_RATE,
+        seconds,
+        CONNECTIONS,
+        expect=allowed,
+    )
+    return {
+        "requests": len(got.from_intended),
+        "elapsed": got.elapsed,
+        "samples": list(zip(got.from_intended, got.from_start, strict=True)),
+        "sent": WARMUP + len(got.from_intended),
+        "vegeta_report": loadgen.report_ms(got.report),
+    }
+
+
+def _figures(runs: list[dict[str, Any]], client: str) -> dict[str, Any]:
     """One mode's figures over all its rounds' samples, and each round's p99."""
     out = [sample for r in runs for sample in r["samples"]]
     elapsed = sum(r["elapsed"] for r in runs)
@@ -336,10 +382,11 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     scheduled_ns = sorted(int(a * 1e9) for a, _ in out)
     sent_ns = sorted(int(b * 1e9) for _, b in out)
     return {
+        "client": client,
         "target_rps": HTTP_RATE,
         "achieved_rps": round(len(out) / elapsed),
         "requests": len(out),
-        "connections": 16,
+        "connections": CONNECTIONS,
         "rounds": len(runs),
         "round_p99_ms": [
             round(_percentile(sorted(int(a * 1e9) for a, _ in r["samples"]), 0.99) / 1e6, 3)
@@ -353,7 +400,9 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "server_cpu_us_per_request": round(statistics.mean(cpu) * 1e6, 1) if cpu else None,
         "cdf": cdf(scheduled_ns, "ms", 1e-6),
         "from_write_cdf": cdf(sent_ns, "ms", 1e-6),
-    }
+    } | (
+        {"vegeta_report": [r["vegeta_report"] for r in runs]} if "vegeta_report" in runs[0] else {}
+    )
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -369,7 +418,7 @@ def _cpu_seconds(pid: int) -> float | None:
 SERVER_CPU: set[int] | None = None  # `--pin`: the sidecar's CPU (the client takes another)
 
 
-def _http_round(seconds: float, token: bool, keys: bool) -> dict[str, Any]:
+def _http_round(seconds: float, token: bool, keys: bool, python_client: bool) -> dict[str, Any]:
     """One mode's load against a fresh sidecar process (loopback let in iff no token)."""
     from quotaflow.localkafka import free_port
 
@@ -390,7 +439,10 @@ def _http_round(seconds: float, token: bool, keys: bool) -> dict[str, Any]:
         # server spends whatever else holds the cores, which latency on a shared machine
         # does not.
         before = _cpu_seconds(server.pid) if server.pid is not None else None
-        result = asyncio.run(_drive(port, seconds, token, keys))
+        if python_client:
+            result = asyncio.run(_drive(port, seconds, token, keys))
+        else:
+            result = _drive_vegeta(port, seconds, token, keys)
         after = _cpu_seconds(server.pid) if server.pid is not None else None
         if before is not None and after is not None:
             result["server_cpu_seconds"] = after - before
@@ -405,9 +457,12 @@ def bench_http(seconds: float = HTTP_SECONDS, rounds: int = 2) -> dict[str, Any]
     all of them alike; the ratios compare the modes within this run."""
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     for _ in range(rounds):
-        for mode, (token, keys) in MODES.items():
-            runs[mode].append(_http_round(seconds, token, keys))
-    result: dict[str, Any] = {mode: _figures(r) for mode, r in runs.items()}
+        for mode, (token, keys, python_client) in MODES.items():
+            runs[mode].append(_http_round(seconds, token, keys, python_client))
+    vegeta = f"vegeta {loadgen.VEGETA_VERSION}"
+    result: dict[str, Any] = {
+        mode: _figures(r, "asyncio (old)" if MODES[mode][2] else vegeta) for mode, r in runs.items()
+    }
     authed, open_ = result["http_consume"], result["http_consume_loopback"]
     keyed = result["http_consume_idempotency_key"]
     result["http_auth_cost"] = {
@@ -433,6 +488,7 @@ def main() -> None:
         "each sidecar on the second, so neither migrates (the HTTP load only)",
     )
     args = parser.parse_args()
+    loadgen.vegeta()  # a missing load generator fails before anything is measured
     if args.pin:
         global SERVER_CPU
         cpus = sorted(os.sched_getaffinity(0))

@@ -5,13 +5,16 @@ JSON). `--quick` runs tiny sizes (a smoke test: the figures mean nothing).
 
 For each gateway (Debian's nginx and caddy from `make tools`, configured with the
 snippets in `deploy/gateways/` exactly as the tests run them), one gateway process serves
-three sites, driven open-loop at the same rate from this process over keep-alive
-connections, alternately round by round in the same run:
+three sites, driven open-loop at the same rate by vegeta (bench/loadgen.py) over 16
+keep-alive connections, alternately round by round in the same run:
 - `static`: the gateway answers 200 itself (the issue's baseline);
 - `proxy`: the gateway proxies to the upstream (a tiny aiohttp app), no quota;
 - `authorized`: the shipped snippet: an auth subrequest to the sidecar (consume, cost 1,
   10,000 customers in `headers` mode), then the upstream.
-Latency is from each request's scheduled send time (no coordinated omission). The result
+Latency is from each request's intended send time (no coordinated omission). Beside
+them, `static_python_client` and `authorized_python_client` are the same loads from the
+asyncio client these figures came from before (its timers wake ~1 ms late), so old and
+new compare within one run. The result
 gives p50/p99 per mode and, per gateway, `authorized - static` and `authorized - proxy`
 at p99 (the issue's target: <= 1 ms over `static` at 2,000 req/s) and their ratios, and
 per mode the CPU per request (user + system, from /proc) of the gateway, the sidecar and
@@ -36,6 +39,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from bench import loadgen
 from bench.common import cdf, machine, percentile
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
@@ -54,6 +58,8 @@ CUSTOMERS = 10_000
 CONNECTIONS = 16
 TOKEN = generate_app_token()
 MODES = ("static", "proxy", "authorized")
+# The old asyncio client, as a labelled secondary figure on the modes the target compares.
+PYTHON_MODES = ("static", "authorized")
 TOOLS_BIN = Path(
     os.environ.get("QUOTAFLOW_TOOLS_BIN", Path.home() / ".cache" / "quotaflow" / "bin")
 )
@@ -210,6 +216,21 @@ async def _drive(port: int, rate: float, seconds: float, warmup: int) -> list[fl
     return out
 
 
+def _drive_vegeta(port: int, rate: float, seconds: float, warmup: int) -> list[float]:
+    """The same load as `_drive`, from vegeta; latency from each intended send time."""
+    url = f"http://127.0.0.1:{port}/search"
+    requests = [
+        loadgen.Request(
+            "GET",
+            f"{url}?q={i}",
+            {"X-Quotaflow-Tenant": f"t{i % 100}", "X-Quotaflow-Customer": f"c{i}"},
+        )
+        for i in range(CUSTOMERS)
+    ]
+    loadgen.attack(requests[:warmup], rate, warmup / rate, CONNECTIONS)
+    return loadgen.attack(requests, rate, seconds, CONNECTIONS).from_intended
+
+
 def _figures(samples: list[float], rate: float) -> dict[str, Any]:
     ordered = sorted(samples)
     return {
@@ -307,21 +328,32 @@ def bench_gateways(
                 # CPU per request of each server process (user + system): what a mode costs
                 # the machine, which a shared machine's latency figures cannot say.
                 pids = {"gateway": gw.proc.pid, "edge": edge_pid, "upstream": upstream_pid}
-                samples: dict[str, list[float]] = {mode: [] for mode in MODES}
-                round_p99: dict[str, list[float]] = {mode: [] for mode in MODES}
-                cpu = {mode: dict.fromkeys(pids, 0.0) for mode in MODES}
-                sent = dict.fromkeys(MODES, 0)
+                # mode -> (site, whether the old asyncio client drives it)
+                runs = {mode: (mode, False) for mode in MODES} | {
+                    f"{mode}_python_client": (mode, True) for mode in PYTHON_MODES
+                }
+                samples: dict[str, list[float]] = {run: [] for run in runs}
+                round_p99: dict[str, list[float]] = {run: [] for run in runs}
+                cpu = {run: dict.fromkeys(pids, 0.0) for run in runs}
+                sent = dict.fromkeys(runs, 0)
                 for _ in range(rounds):
-                    for mode in MODES:
+                    for run, (mode, python_client) in runs.items():
                         before = {k: _cpu_seconds(pid) for k, pid in pids.items()}
-                        got = asyncio.run(_drive(ports[mode], rate, seconds, warmup))
+                        if python_client:
+                            got = asyncio.run(_drive(ports[mode], rate, seconds, warmup))
+                        else:
+                            got = _drive_vegeta(ports[mode], rate, seconds, warmup)
                         for k, pid in pids.items():
-                            cpu[mode][k] += _cpu_seconds(pid) - before[k]
-                        sent[mode] += warmup + int(rate * seconds)
-                        samples[mode] += got
-                        round_p99[mode].append(round(percentile(sorted(got), 0.99) * 1e3, 3))
-                figures = {mode: _figures(samples[mode], rate) for mode in MODES}
-                for mode in MODES:
+                            cpu[run][k] += _cpu_seconds(pid) - before[k]
+                        sent[run] += warmup + int(rate * seconds)
+                        samples[run] += got
+                        round_p99[run].append(round(percentile(sorted(got), 0.99) * 1e3, 3))
+                figures = {run: _figures(samples[run], rate) for run in runs}
+                for run, (_, python_client) in runs.items():
+                    figures[run]["client"] = (
+                        "asyncio (old)" if python_client else f"vegeta {loadgen.VEGETA_VERSION}"
+                    )
+                for mode in runs:
                     figures[mode]["round_p99_ms"] = round_p99[mode]
                     figures[mode]["cpu_us_per_request"] = {
                         k: round(v / sent[mode] * 1e6, 1) for k, v in cpu[mode].items()
@@ -333,6 +365,12 @@ def bench_gateways(
                     "authorized_minus_proxy": round(auth - proxy, 3),
                     "authorized_over_static_ratio": round(auth / static, 3) if static else None,
                     "authorized_over_proxy_ratio": round(auth / proxy, 3) if proxy else None,
+                    # The same difference as the old asyncio client measured it.
+                    "python_client_authorized_minus_static": round(
+                        figures["authorized_python_client"]["p99_ms"]
+                        - figures["static_python_client"]["p99_ms"],
+                        3,
+                    ),
                 }
                 result[name] = figures
     return result
@@ -349,6 +387,7 @@ def main() -> None:
     rate, seconds, rounds, warmup = args.rate, args.seconds, args.rounds, 500
     if args.quick:
         rate, seconds, rounds, warmup = 300.0, 1.5, 1, 100
+    loadgen.vegeta()  # a missing load generator fails before any server starts
     names = [g.strip() for g in args.gateways.split(",") if g.strip()]
     doc = {
         "machine": machine(),

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools that check quotaflow's deployment artifacts, once:
 #   helm      from the Go module proxy (go install, pinned)         -> charts/ lint + template
+#   vegeta    from the Go module proxy (go install, pinned)         -> the HTTP load of
+#             bench/edge_bench.py and bench/gateway_bench.py (bench/loadgen.py)
 #   promtool  from Debian's `prometheus` package (.deb, extracted)  -> alert rule unit tests
 #   amtool    from Debian's `prometheus-alertmanager` package       -> Alertmanager routing tests
 #   nginx     from Debian's `nginx` package (.deb, extracted)       -> forward-auth end to end
@@ -20,6 +22,7 @@
 set -euo pipefail
 
 HELM_VERSION="v3.19.0"
+VEGETA_VERSION="v12.13.0"  # bench/loadgen.py names the same version
 COMPOSE_GO_VERSION="v2.16.2"
 BIN="${QUOTAFLOW_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/quotaflow/bin}"
 mkdir -p "$BIN"
@@ -42,6 +45,18 @@ install_helm() {
     -X $v/pkg/chartutil.k8sVersionMajor=1 -X $v/pkg/chartutil.k8sVersionMinor=34 \
     -X $v/pkg/lint/rules.k8sVersionMajor=1 -X $v/pkg/lint/rules.k8sVersionMinor=34" \
     "$v/cmd/helm@$HELM_VERSION"
+}
+
+install_vegeta() {
+  command -v go >/dev/null || { log "go is needed to build vegeta"; exit 1; }
+  if [[ -x "$BIN/vegeta" ]] && [[ "$(go version -m "$BIN/vegeta" 2>/dev/null | awk '$1 == "mod" {print $3}')" == "$VEGETA_VERSION" ]]; then
+    return
+  fi
+  log "building vegeta $VEGETA_VERSION with go install (about a minute)"
+  # -X sets vegeta's main.Version, so `vegeta -version` names the version.
+  GOBIN="$BIN" go install -trimpath -ldflags "-s -w -X main.Version=$VEGETA_VERSION" \
+    "github.com/tsenart/vegeta/v12@$VEGETA_VERSION"
+  [[ -x "$BIN/vegeta" ]] || { log "vegeta build failed"; exit 1; }
 }
 
 # debian_binary PACKAGE BINARY [DIR]: extracts /DIR/BINARY (default usr/bin) from the
@@ -136,6 +151,7 @@ install_nginx
 install_caddy
 install_compose_schema
 install_helm
+install_vegeta
 "$BIN/helm" version --template 'helm {{.Version}}{{"\n"}}'
 "$BIN/promtool" --version 2>&1 | head -n1
 "$BIN/amtool" --version 2>&1 | head -n1
@@ -143,4 +159,5 @@ install_helm
 "$BIN/caddy" version | head -n1
 /usr/bin/chromium --version
 /usr/bin/chromedriver --version | head -n1
+"$BIN/vegeta" -version | head -n1
 echo "compose schema $BIN/compose-spec-$COMPOSE_GO_VERSION.json"

@@ -136,28 +136,66 @@ def test_short_ingress_bench_measures_webhooks_and_signed_usage_batches(
     assert usage["items_per_batch"] == 20
 
 
-def test_quick_edge_bench_measures_http_consume_with_and_without_authentication() -> None:
-    result = run_bench("bench.edge_bench", "--quick")
+@pytest.fixture(scope="session")
+def vegeta() -> Path:
+    """vegeta from `make tools` (QUOTAFLOW_VEGETA elsewhere); missing fails."""
+    from tests.deploy.support import tool
+
+    return tool("QUOTAFLOW_VEGETA", "vegeta")
+
+
+def test_quick_edge_bench_measures_http_consume_with_and_without_authentication(
+    vegeta: Path,
+) -> None:
+    result = run_bench("bench.edge_bench", "--quick", env={"QUOTAFLOW_VEGETA": str(vegeta)})
     assert result["quick"] is True
     # Every request of every mode was answered 200 allowed (the client checks each answer),
     # so the authenticated modes really sent a token the edge accepted.
-    for mode in ("http_consume", "http_consume_loopback", "http_consume_idempotency_key"):
+    modes = ("http_consume", "http_consume_loopback", "http_consume_idempotency_key")
+    for mode in (*modes, "http_consume_python_client"):
+        # Exactly rate x seconds counted, whichever client (vegeta runs a little longer).
         assert result[mode]["requests"] == 2000, mode
         assert set(result[mode]) >= {"p50_ms", "p99_ms", "from_write_p99_ms", "round_p99_ms"}
         # The sidecar's CPU per request, read from /proc (Linux, where the benches run).
         assert result[mode]["server_cpu_us_per_request"] > 0, mode
+        # From the intended send counts the client's lateness on top of the request itself.
+        assert result[mode]["p99_ms"] >= result[mode]["from_write_p99_ms"], mode
+    for mode in modes:
+        assert result[mode]["client"] == "vegeta v12.13.0", mode
+        # vegeta's own report agrees that every request it sent succeeded.
+        assert [r["success"] for r in result[mode]["vegeta_report"]] == [1], mode
+    assert result["http_consume_python_client"]["client"] == "asyncio (old)"
     cost = result["http_auth_cost"]
     assert set(cost) >= {"p50_ms_ratio", "p99_ms_ratio", "idempotency_key_p99_ms_ratio"}
     assert all(v is not None and v > 0 for v in cost.values())
 
 
+def test_a_bench_without_vegeta_fails_and_says_how_to_install_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gateway_bench", "--quick", "--gateways", "nginx"],
+        cwd=REPO,
+        env={**os.environ, "QUOTAFLOW_VEGETA": str(tmp_path / "vegeta")},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert f"{tmp_path / 'vegeta'} missing: run `make tools`" in done.stderr
+    assert "scripts/install-deploy-tools.sh" in done.stderr
+
+
 def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
-    nginx: Path, caddy: Path
+    nginx: Path, caddy: Path, vegeta: Path
 ) -> None:
     result = run_bench(
         "bench.gateway_bench",
         "--quick",
-        env={"QUOTAFLOW_NGINX": str(nginx), "QUOTAFLOW_CADDY": str(caddy)},
+        env={
+            "QUOTAFLOW_NGINX": str(nginx),
+            "QUOTAFLOW_CADDY": str(caddy),
+            "QUOTAFLOW_VEGETA": str(vegeta),
+        },
     )
     assert result["quick"] is True
     for gateway in ("nginx", "caddy"):
@@ -167,6 +205,11 @@ def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
         for mode in ("static", "proxy", "authorized"):
             assert figures[mode]["requests"] == 450, (gateway, mode)
             assert figures[mode]["p99_ms"] > 0
+            assert figures[mode]["client"] == "vegeta v12.13.0"
+        # The old asyncio client, beside them in the same run.
+        for mode in ("static_python_client", "authorized_python_client"):
+            assert figures[mode]["requests"] == 450, (gateway, mode)
+            assert figures[mode]["client"] == "asyncio (old)"
         # Each server's CPU per request; an authorized request costs the gateway (NGINX's
         # worker, not its idle master) and the sidecar some.
         cpu = figures["authorized"]["cpu_us_per_request"]
@@ -175,7 +218,11 @@ def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
         assert cpu["edge"] > 0, (gateway, cpu)
         added = figures["added_p99_ms"]
         assert added["authorized_over_static_ratio"] > 0
-        assert set(added) >= {"authorized_minus_static", "authorized_minus_proxy"}
+        assert set(added) >= {
+            "authorized_minus_static",
+            "authorized_minus_proxy",
+            "python_client_authorized_minus_static",
+        }
 
 
 def test_quick_enforcement_bench_cuts_every_customer_off_at_every_node(
