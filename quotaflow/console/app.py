@@ -13,6 +13,7 @@ from quotaflow.console.context import CONTEXT, ConsoleContext
 from quotaflow.console.guard import guard
 from quotaflow.console.ingress_watch import IngressWatch
 from quotaflow.console.sessions import SessionKeys
+from quotaflow.console.throttle import SignInThrottle
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.writer import TenantWriter
@@ -34,6 +35,7 @@ def build_console_app(
         registry=registry if registry is not None else writer.registry,
         keys=SessionKeys(settings.admin_tokens, settings.console_session_ttl),
         watch=IngressWatch(settings.console_ingress_metrics),
+        throttle=SignInThrottle(),
     )
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[CONTEXT] = context

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from quotaflow.console.ingress_watch import IngressWatch
 from quotaflow.console.sessions import Session, SessionKeys
+from quotaflow.console.throttle import SignInThrottle
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.writer import TenantWriter
@@ -24,6 +25,7 @@ class ConsoleContext:
     registry: TenantRegistry  # what the lists read: the writer's own, unless told otherwise
     keys: SessionKeys
     watch: IngressWatch
+    throttle: SignInThrottle
     http: aiohttp.ClientSession | None = None  # set on startup, closed on cleanup
 
     def client(self) -> aiohttp.ClientSession:
