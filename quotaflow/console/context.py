@@ -10,6 +10,7 @@ from aiohttp import web
 
 from quotaflow.console.ingress_watch import IngressWatch
 from quotaflow.console.sessions import Session, SessionKeys
+from quotaflow.console.tenant_index import TenantIndex
 from quotaflow.console.throttle import SignInThrottle
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
@@ -26,6 +27,7 @@ class ConsoleContext:
     keys: SessionKeys
     watch: IngressWatch
     throttle: SignInThrottle
+    index: TenantIndex  # the tenant list's, over `registry`
     http: aiohttp.ClientSession | None = None  # set on startup, closed on cleanup
 
     def client(self) -> aiohttp.ClientSession:
