@@ -12,6 +12,13 @@ The edge nodes authenticate their callers as in a deployment (loopback is not le
 without a token): a fresh application token `dev` is made at every start, its digest
 goes to the edges and the token itself to `APP_TOKEN_FILE` (mode 0600), which the printed
 `curl` commands read.
+
+The operator console (`quotaflow admin`, `/console`) runs too, so tenants live on the
+tenants topic as in a deployment (not in a file): the demo tenant is written there at start
+by the same writer the console and the CLI use. The key-encryption key and the tenants
+signing key are made once and kept in `KEYS_FILE` (mode 0600), as the broker's topics
+outlive a run; a fresh admin token is made at every start and written to
+`ADMIN_TOKEN_FILE` (mode 0600), which the banner names for the console's sign-in page.
 """
 
 from __future__ import annotations
@@ -19,16 +26,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
 
 import orjson
+from pydantic import SecretStr
 
 from edge.auth import generate_app_token
 from quotaflow.localkafka import LocalKafka
-from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
+from quotaflow.tenants.exceptions import TenantExists
+from quotaflow.tenants.keyring import generate_kek
+from quotaflow.tenants.running import open_writer
 from quotaflow.testing.harness import (
     QUOTAFLOW,
     Process,
@@ -42,6 +53,7 @@ from quotaflow.testing.harness import (
 )
 from quotaflow.topics import ensure_topics
 from tables.tenant import PlanEntry, Tenant, WebhookSecret
+from wire import generate_keypair, public_key_of
 
 DEV_DIR = Path(".quotaflow/dev")
 DEMO_TENANT = "demo"
@@ -51,6 +63,11 @@ FIRST_EDGE_PORT = 9101
 DEV_APP = "dev"
 # Relative, as the README's curl reads it from where `make dev` runs.
 APP_TOKEN_FILE = DEV_DIR / "app-token"
+ADMIN_PORT = 8090
+ADMIN_USER = "dev"
+ADMIN_TOKEN_FILE = DEV_DIR / "admin-token"
+KEYS_FILE = DEV_DIR / "tenant-keys.json"
+CONSOLE_URL = f"http://127.0.0.1:{ADMIN_PORT}/console/login"
 
 
 def demo_tenant(regions: list[str]) -> Tenant:
@@ -68,24 +85,68 @@ def demo_tenant(regions: list[str]) -> Tenant:
     )
 
 
+def _write_private(path: Path, text: str) -> None:
+    """A new file readable by us only (never world-readable, not even for a moment)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 class DevKeys:
     """A fresh push key and edge key per region (the harness's `RegionKeys`), and a fresh
     application token."""
 
-    def __init__(self, regions: list[str]) -> None:
+    def __init__(self, regions: list[str], keys_file: Path = KEYS_FILE) -> None:
         self.regions = RegionKeys.fresh(regions)
         self.app_token = generate_app_token()
+        self.admin_token = "qf-admin-dev-" + secrets.token_urlsafe(32)
+        if not keys_file.exists():
+            kept = {"kek": generate_kek(), "tenant_signing": generate_keypair()[0]}
+            _write_private(keys_file, orjson.dumps(kept).decode())
+        kept = orjson.loads(keys_file.read_bytes())
+        self.kek: str = kept["kek"]
+        self.tenant_signing: str = kept["tenant_signing"]
 
     def public_environment(self) -> dict[str, str]:
-        """The verify keys and the app token's digest: public, every process may have them."""
-        return {**self.regions.public_env(), **app_tokens_env({DEV_APP: self.app_token})}
+        """The verify keys and the app token's digest: public, every process may have them.
+        The keyring too: in dev every component runs as us, on this machine."""
+        return {
+            **self.regions.public_env(),
+            **app_tokens_env({DEV_APP: self.app_token}),
+            "QUOTAFLOW_KEYRING": orjson.dumps({"dev": self.kek}).decode(),
+            "QUOTAFLOW_TENANT_VERIFY_KEYS": orjson.dumps(
+                [public_key_of(self.tenant_signing)]
+            ).decode(),
+        }
+
+    def admin_environment(self) -> dict[str, str]:
+        """What only the admin process (and the demo seeding) holds: the admin token and the
+        tenants signing key."""
+        return {
+            "QUOTAFLOW_ADMIN_PORT": str(ADMIN_PORT),
+            "QUOTAFLOW_ADMIN_TOKENS": orjson.dumps({ADMIN_USER: self.admin_token}).decode(),
+            "QUOTAFLOW_TENANT_SIGNING_KEYS": orjson.dumps([self.tenant_signing]).decode(),
+        }
+
+    def admin_settings(self, bootstrap: str, regions: list[str]) -> Settings:
+        """The settings the demo seeding writes the tenants topic with."""
+        return Settings(
+            kafka_bootstrap=bootstrap,
+            regions=regions,
+            keyring={"dev": SecretStr(self.kek)},
+            tenant_signing_keys=[SecretStr(self.tenant_signing)],
+            tenant_verify_keys=[public_key_of(self.tenant_signing)],
+            tenants_file=None,
+        )
 
     def write_app_token(self, path: Path = APP_TOKEN_FILE) -> None:
         """Puts the token where the printed curl commands read it, readable by us only."""
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(self.app_token)
+        _write_private(path, self.app_token)
+
+    def write_admin_token(self, path: Path = ADMIN_TOKEN_FILE) -> None:
+        """Puts the console's sign-in token where the banner says, readable by us only."""
+        _write_private(path, self.admin_token)
 
     def signer_environment(self, command: list[str]) -> dict[str, str]:
         """The one private key a `push --region R` or `edge --region R` process signs with."""
@@ -93,21 +154,41 @@ class DevKeys:
 
 
 def dev_environment(regions: list[str], kafka_port: int, keys: DevKeys) -> dict[str, str]:
-    tenants_file = DEV_DIR / "tenants.json"
-    tenants_file.write_bytes(dump_tenants([demo_tenant(regions)]))
-    tenants_file.chmod(0o600)
     nodes = {r: [f"http://127.0.0.1:{FIRST_EDGE_PORT + i}"] for i, r in enumerate(regions)}
+    env = pipeline_env(
+        bootstrap=f"127.0.0.1:{kafka_port}",
+        tenants_file=DEV_DIR / "tenants.json",
+        data_dir=DEV_DIR / "worker",
+        store="memory://",
+    )
+    # Tenants come from the tenants topic, which the console writes to.
+    del env["QUOTAFLOW_TENANTS_FILE"]
     return {
         **keys.public_environment(),
-        **pipeline_env(
-            bootstrap=f"127.0.0.1:{kafka_port}",
-            tenants_file=tenants_file,
-            data_dir=DEV_DIR / "worker",
-            store="memory://",
-        ),
+        **env,
         **edge_nodes_env(nodes),
         "QUOTAFLOW_EDGE_URL_ALLOW": orjson.dumps({r: ["127.0.0.1"] for r in regions}).decode(),
+        "QUOTAFLOW_REGIONS": orjson.dumps(regions).decode(),
     }
+
+
+async def seed_demo(settings: Settings, regions: list[str]) -> None:
+    """Writes the demo tenant to the tenants topic unless an earlier run did."""
+    demo = orjson.loads(dump_demo(regions))
+    async with open_writer(settings) as writer:
+        with contextlib.suppress(TenantExists):
+            await writer.add(demo, actor=f"console:{ADMIN_USER}")
+
+
+def dump_demo(regions: list[str]) -> bytes:
+    """The demo tenant as the document `TenantWriter.add` takes (secrets included)."""
+    tenant = demo_tenant(regions)
+    doc = tenant.model_dump(mode="json", exclude={"created_at", "updated_at"})
+    doc["webhook_secrets"] = [
+        {**s.model_dump(mode="json"), "secret": s.secret.get_secret_value()}
+        for s in tenant.webhook_secrets
+    ]
+    return orjson.dumps(doc)
 
 
 DEMO_EVENT = {
@@ -166,8 +247,10 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
         broker.start()
     keys = DevKeys(regions)
     keys.write_app_token()
+    keys.write_admin_token()
     env = {**os.environ, **dev_environment(regions, kafka_port, keys)}
     asyncio.run(ensure_topics(Settings(kafka_bootstrap=broker.bootstrap)))
+    asyncio.run(seed_demo(keys.admin_settings(broker.bootstrap, regions), regions))
 
     # One ingress process: dev runs everything on one machine beside the broker.
     commands = [["ingress", "--workers", "1"], ["worker"]]
@@ -176,6 +259,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
         commands.append(["push", "--region", region])
     # Tenant notifications; dev receivers are local, so private addresses are allowed here.
     commands.append(["notifier"])
+    # The operator console (and the admin API) with the dev admin token.
+    commands.append(["admin"])
     logs = DEV_DIR / "logs"
     logs.mkdir(exist_ok=True)
     procs: list[Process] = []
@@ -193,8 +278,10 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
             own = {**env, **keys.signer_environment(command)}
             if command[0] == "notifier":
                 own["QUOTAFLOW_NOTIFY_ALLOW_PRIVATE"] = "true"
+            if command[0] == "admin":
+                own |= keys.admin_environment()
             procs.append(Process([*QUOTAFLOW, *command], own, logs / f"{name}.log"))
-        ports = [8080, *(FIRST_EDGE_PORT + i for i in range(len(regions)))]
+        ports = [8080, ADMIN_PORT, *(FIRST_EDGE_PORT + i for i in range(len(regions)))]
         # The banner is printed even if a port is not up within the minute: the watchdog
         # below names a component that exited, and a slow one may still come.
         with contextlib.suppress(WaitTimeout):
@@ -212,6 +299,8 @@ def run_dev(regions: list[str], *, kafka_port: int = 9092) -> None:
 quotaflow is running (logs in {logs}/):
   ingress   http://127.0.0.1:8080/v1/webhooks/stripe/{DEMO_TENANT}
   edges     {edges}
+  console   {CONSOLE_URL}
+            (sign in with the admin token in {ADMIN_TOKEN_FILE})
   kafka     {broker.bootstrap}
 
 Send a signed webhook for the demo tenant, then read the quota at the edge (as the

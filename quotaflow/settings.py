@@ -399,6 +399,11 @@ class Settings(BaseSettings):
         description="Ingress /metrics URLs the console samples for the last hour's "
         'outcomes and signature failures, JSON: ["http://ingress:8080/metrics"].',
     )
+    console_pusher_metrics: list[str] = Field(
+        default_factory=list,
+        description="Pusher /metrics URLs the console reads for push latency per region "
+        'and deliveries per edge node, JSON: ["http://pusher-eu:9102/metrics"].',
+    )
     regions: list[str] = Field(
         default_factory=list,
         description="Regions tenants may be served in, JSON list; empty = those named by "

@@ -13,6 +13,8 @@ from quotaflow.console.context import CONTEXT, ConsoleContext
 from quotaflow.console.guard import guard
 from quotaflow.console.ingress_watch import IngressWatch
 from quotaflow.console.sessions import SessionKeys
+from quotaflow.console.tenant_index import TenantIndex
+from quotaflow.console.throttle import SignInThrottle
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.writer import TenantWriter
@@ -28,12 +30,15 @@ def build_console_app(
 ) -> web.Application:
     """The console over a started writer; `registry` (default: the writer's) is what the
     lists read."""
+    lists = registry if registry is not None else writer.registry
     context = ConsoleContext(
         settings=settings,
         writer=writer,
-        registry=registry if registry is not None else writer.registry,
+        registry=lists,
         keys=SessionKeys(settings.admin_tokens, settings.console_session_ttl),
         watch=IngressWatch(settings.console_ingress_metrics),
+        throttle=SignInThrottle(),
+        index=TenantIndex(lists),
     )
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[CONTEXT] = context

@@ -10,6 +10,8 @@ from aiohttp import web
 
 from quotaflow.console.ingress_watch import IngressWatch
 from quotaflow.console.sessions import Session, SessionKeys
+from quotaflow.console.tenant_index import TenantIndex
+from quotaflow.console.throttle import SignInThrottle
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.writer import TenantWriter
@@ -24,6 +26,8 @@ class ConsoleContext:
     registry: TenantRegistry  # what the lists read: the writer's own, unless told otherwise
     keys: SessionKeys
     watch: IngressWatch
+    throttle: SignInThrottle
+    index: TenantIndex  # the tenant list's, over `registry`
     http: aiohttp.ClientSession | None = None  # set on startup, closed on cleanup
 
     def client(self) -> aiohttp.ClientSession:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import secrets
 
 from aiohttp import web
@@ -59,10 +60,20 @@ async def login(request: web.Request) -> web.StreamResponse:
         and hmac.compare_digest(presented.encode(), cookie.encode())
     ):
         return _login_page(request, "The form expired: sign in again.", 403)
+    # The TCP peer, not X-Forwarded-For: a guesser would pick a fresh one per try. Behind a
+    # proxy all share the proxy's address; the global limit holds either way.
+    address = request.remote or "unknown"
+    wait = console.throttle.retry_after(address)
+    if wait > 0:
+        log.warning("console sign-in throttled", extra={"remote": address})
+        response = _login_page(request, "Too many failed sign-ins: try again later.", 429)
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
     token = form.get("token")
     name = console.keys.authenticate(token) if isinstance(token, str) and token else None
     if name is None:
-        log.warning("console sign-in refused", extra={"remote": request.remote})
+        console.throttle.failed(address)  # before any await: parallel guesses count at once
+        log.warning("console sign-in refused", extra={"remote": address})
         await asyncio.sleep(FAILED_DELAY)
         return _login_page(request, "That is not an admin token.", 401)
     _, value = console.keys.open(name)

@@ -1,5 +1,7 @@
 """Pipeline: consumer lag per group and partition (`quotaflow lag`), the edge nodes of every
-region with their last announcement, and the ingress outcomes of the last hour."""
+region with their last announcement and what their pushers say of them (`push_watch`: push
+latency per region, up state and batches per node), and the ingress outcomes of the last
+hour."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from aiohttp import web
 
 from quotaflow.console.context import CONTEXT
 from quotaflow.console.edges import announced_nodes
+from quotaflow.console.push_watch import pushers_view
 from quotaflow.console.render import page
 from quotaflow.ops.exceptions import OpsError
 from quotaflow.ops.lag import consumer_lag
+from streams.push_node import node_label
 
 __all__ = ["routes"]
 
@@ -45,6 +49,9 @@ async def pipeline(request: web.Request) -> web.StreamResponse:
         {n.region for n in nodes} | set(settings.edge_nodes) | set(settings.edge_verify_keys)
     )
     window = await console.watch.window()
+    push = await pushers_view(console.client(), settings.console_pusher_metrics)
+    labels = {url: node_label(url) for urls in settings.edge_nodes.values() for url in urls}
+    labels |= {n.url: node_label(n.url) for n in nodes if n.url}
     return page(
         request,
         "pipeline.html",
@@ -55,5 +62,7 @@ async def pipeline(request: web.Request) -> web.StreamResponse:
         configured=settings.edge_nodes,
         live={f"{n.region}/{n.node_id}": n.live(settings, now) for n in nodes},
         window=window,
+        push=push,
+        labels=labels,
         problems=problems,
     )

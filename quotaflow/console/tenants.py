@@ -35,14 +35,6 @@ TAIL_TIMEOUT = 5.0
 STRIPE_TIMEOUT = 10.0
 
 
-def _matches(tenant: Tenant, query: str) -> bool:
-    return (
-        query in tenant.id
-        or query in tenant.name.lower()
-        or query in (tenant.stripe_account or "").lower()
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Row:
     tenant: Tenant
@@ -80,21 +72,18 @@ async def tenant_list(request: web.Request) -> web.StreamResponse:
         number = max(int(request.query.get("page", "1")), 1)
     except ValueError:
         number = 1
-    found = [
-        t
-        for t in console.registry
-        if (not query or _matches(t, query)) and (not status or t.status == status)
-    ]
-    found.sort(key=lambda t: t.id)
-    pages = max(math.ceil(len(found) / PAGE_SIZE), 1)
+    ids = console.index.search(query, status)
+    total = len(ids)
+    pages = max(math.ceil(total / PAGE_SIZE), 1)
     number = min(number, pages)
+    found = console.index.documents(ids[(number - 1) * PAGE_SIZE : number * PAGE_SIZE])
     failures = console.watch.signature_failures()
-    rows = [_row(t, failures) for t in found[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]]
+    rows = [_row(t, failures) for t in found]
     return page(
         request,
         "tenants.html",
         rows=rows,
-        total=len(found),
+        total=total,
         page=number,
         pages=pages,
         q=query,

@@ -3,8 +3,14 @@ token changes nothing (plain HTTP requests against the real writer and broker)."
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 
+import pytest
+
+from quotaflow.console.guard import LOGIN_COOKIE
+from quotaflow.console.throttle import PER_ADDRESS, WINDOW, SignInThrottle
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
 from quotaflow.tenants.writer import TenantWriter
@@ -170,3 +176,62 @@ async def test_secure_cookies_when_configured_and_no_console_when_disabled(
         assert (await client.get("/console/login")).status == 404
         # The admin API is still there.
         assert (await client.get("/v1/openapi.json")).status == 200
+
+
+async def test_failed_sign_ins_past_the_limit_answer_429_even_to_the_right_token(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Guesses sent in parallel (the 0.5 s delay alone would not slow them) all count: past
+    PER_ADDRESS failures the address is refused with Retry-After, the right token too."""
+    form = await client.get("/console/login")
+    login_csrf = re.search(r'name="login_csrf" value="([^"]+)"', await form.text())
+    assert login_csrf is not None
+    nonce = login_csrf.group(1)
+    cookies = {LOGIN_COOKIE: nonce}
+
+    async def attempt(token: str) -> tuple[int, str | None]:
+        # Each answer sets a fresh form cookie: send the one of the form we filled in.
+        response = await client.post(
+            "/console/login",
+            data={"token": token, "login_csrf": nonce},
+            cookies=cookies,
+            allow_redirects=False,
+        )
+        return response.status, response.headers.get("Retry-After")
+
+    with caplog.at_level(logging.INFO, logger="quotaflow.console"):
+        answers = await asyncio.gather(
+            *(attempt(f"qf-admin-guess-{i}") for i in range(PER_ADDRESS + 5))
+        )
+        statuses = sorted(status for status, _ in answers)
+        assert statuses == [401] * PER_ADDRESS + [429] * 5
+        refused, retry_after = await attempt(TOKENS["alice"].get_secret_value())
+    assert refused == 429
+    assert retry_after is not None
+    assert 0 < int(retry_after) <= WINDOW
+    assert (await client.get("/console/tenants", allow_redirects=False)).status == 303
+    logged = caplog.text
+    assert "qf-admin-guess" not in logged
+    assert TOKENS["alice"].get_secret_value() not in logged
+    assert "console sign-in throttled" in logged
+
+
+def test_the_throttle_limits_each_address_and_everyone_and_forgets_with_time() -> None:
+    now = [1000.0]
+    throttle = SignInThrottle(
+        per_address=2, global_limit=5, window=60.0, max_addresses=3, clock=lambda: now[0]
+    )
+    throttle.failed("a")
+    throttle.failed("a")
+    assert throttle.retry_after("a") == 60.0
+    assert throttle.retry_after("b") == 0.0
+    for address in ("b", "c", "d"):  # five failures in all: everyone waits
+        now[0] += 1.0
+        throttle.failed(address)
+    assert throttle.retry_after("e") == 57.0
+    now[0] += 57.0  # the first two of "a" leave the window
+    assert throttle.retry_after("e") == 0.0
+    # Only max_addresses are remembered: "a" (least recently failing) was forgotten.
+    assert throttle.retry_after("a") == 0.0
+    now[0] += 60.0
+    assert throttle.retry_after("d") == 0.0

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import hmac
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ async def pipeline(
     edge_keys = {r: generate_keypair()[0] for r in REGIONS}
     edge_ports = {r: free_port() for r in REGIONS}
     ingress_port, admin_port = free_port(), free_port()
+    pusher_ports = {r: free_port() for r in REGIONS}
     ingress = f"http://127.0.0.1:{ingress_port}"
     base = {
         "QUOTAFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -112,6 +114,9 @@ async def pipeline(
         "QUOTAFLOW_TENANT_SIGNING_KEYS": _json([TENANT_SIGNING_KEY]),
         "QUOTAFLOW_CONSOLE_EDGE_TOKEN": EDGE_TOKEN,
         "QUOTAFLOW_CONSOLE_INGRESS_METRICS": _json([f"{ingress}/metrics"]),
+        "QUOTAFLOW_CONSOLE_PUSHER_METRICS": _json(
+            [f"http://127.0.0.1:{p}/metrics" for p in pusher_ports.values()]
+        ),
     }
     async with open_writer(settings, keyring=LocalKeyring({"k1": kek})) as writer:
         # Tenants onboarded earlier, so the list has neighbours.
@@ -136,7 +141,11 @@ async def pipeline(
         without_keyring = {k: v for k, v in base.items() if k != "QUOTAFLOW_KEYRING"}
         for region in REGIONS:
             signing = _json({region: [push_keys[region]]})
-            env = {**without_keyring, "QUOTAFLOW_PUSH_SIGNING_KEYS": signing}
+            env = {
+                **without_keyring,
+                "QUOTAFLOW_PUSH_SIGNING_KEYS": signing,
+                "QUOTAFLOW_PUSHER_PORT": str(pusher_ports[region]),
+            }
             start(started, ["push", "--region", region], env, tmp_path)
         for region, port in edge_ports.items():
             env = {**base, "QUOTAFLOW_EDGE_SIGNING_KEYS": _json([edge_keys[region]])}
@@ -357,6 +366,14 @@ async def test_an_operator_runs_the_pipeline_from_the_console(
     assert "tenant accepted published 2" in outcomes  # the two webhooks
     assert "verified" in d.page_source
     assert p.settings.app_id in text_of(d, "#lag-totals")
+    # Push latency from the real pushers' /metrics: the quota pushes above were measured,
+    # and each configured node shows it is up with its successful batches.
+    latency = text_of(d, "#push-latency-eu")
+    assert re.fullmatch(r"push latency p50 [\d.]+ ms · p99 [\d.]+ ms \(\d+ pushes\)", latency)
+    assert int(re.findall(r"\((\d+) pushes", latency)[0]) >= 1
+    pushes = [e.text for e in d.find_elements(By.CSS_SELECTOR, "td.push")]
+    assert pushes
+    assert any(re.match(r"up ok [1-9]", text) for text in pushes), pushes
     screenshot(d, p.out, "07-pipeline")
 
     # Suspend through the tenant page: the page's script asks first.

@@ -4,7 +4,7 @@ same writer calls as the CLI, audited under the operator's token name, no secret
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -16,11 +16,22 @@ from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
 from quotaflow.tenants.documents import parse_tenant
 from quotaflow.tenants.writer import TenantWriter
+from tables.tenant import Tenant
 from tests.console.conftest import TOKENS, Client, post, sign_in
 from tests.tenants.conftest import tenant_doc
 from tests.tenants.topicdump import audit_records
 
 ROW = re.compile(r'<td><a href="/console/tenants/([a-z0-9_-]+)">')
+
+
+class CountingRegistry(StaticTenantRegistry):
+    """A static registry that counts full scans (each builds every tenant in a topic one)."""
+
+    scans = 0
+
+    def __iter__(self) -> Iterator[Tenant]:
+        self.scans += 1
+        return super().__iter__()
 
 
 async def test_ten_thousand_tenants_page_by_fifty_and_search(
@@ -30,11 +41,9 @@ async def test_ten_thousand_tenants_page_by_fifty_and_search(
         parse_tenant(tenant_doc(f"t{i:05d}", name=f"Tenant {i}", stripe_account=None))
         for i in range(10_000)
     ]
+    registry = CountingRegistry(tenants)
     app = web.Application()
-    app.add_subapp(
-        "/console",
-        build_console_app(settings, writer, registry=StaticTenantRegistry(tenants)),
-    )
+    app.add_subapp("/console", build_console_app(settings, writer, registry=registry))
     async with TestClient(TestServer(app)) as client:
         await sign_in(client)
         first = await (await client.get("/console/tenants")).text()
@@ -50,6 +59,18 @@ async def test_ten_thousand_tenants_page_by_fifty_and_search(
         assert ROW.findall(by_name) == ["t09999"]
         none = await (await client.get("/console/tenants?status=suspended")).text()
         assert ROW.findall(none) == []
+        # Changes reach the list through the registry's listener, without a new scan.
+        registry.put(parse_tenant(tenant_doc("a-first", name="First", stripe_account=None)))
+        registry.remove("t00000")
+        suspended = parse_tenant(tenant_doc("t00001", name="Tenant 1", stripe_account=None))
+        registry.put(suspended.model_copy(update={"status": "suspended"}))
+        first = await (await client.get("/console/tenants")).text()
+        assert ROW.findall(first)[:3] == ["a-first", "t00001", "t00002"]
+        assert "page 1 of 200" in first
+        only = await (await client.get("/console/tenants?status=suspended")).text()
+        assert ROW.findall(only) == ["t00001"]
+        assert ROW.findall(await (await client.get("/console/tenants?q=t00000")).text()) == []
+        assert registry.scans == 1
 
 
 async def test_onboard_roll_suspend_resume_audited_with_no_secret_shown(

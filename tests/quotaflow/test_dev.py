@@ -2,24 +2,52 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 
-from quotaflow.dev import APP_TOKEN_FILE, FIRST_EDGE_PORT, consume_curl
+from quotaflow.dev import (
+    ADMIN_PORT,
+    ADMIN_TOKEN_FILE,
+    APP_TOKEN_FILE,
+    CONSOLE_URL,
+    FIRST_EDGE_PORT,
+    consume_curl,
+)
 from quotaflow.localkafka import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-DEV_PORTS = (8080, 9092, 9101, 9102)
+DEV_PORTS = (8080, ADMIN_PORT, 9092, 9101, 9102)
+
+
+def sign_in_to_console(token: str) -> tuple[int, str]:
+    """Signs in through the console's form as a browser would; the status of the sign-in
+    and the tenants page it leads to."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(CONSOLE_URL, timeout=10) as form:
+        assert form.status == 200
+        nonce = re.search(r'name="login_csrf" value="([^"]+)"', form.read().decode())
+    assert nonce is not None
+    body = urllib.parse.urlencode({"token": token, "login_csrf": nonce.group(1)}).encode()
+    try:
+        with opener.open(CONSOLE_URL, data=body, timeout=10) as page:
+            return page.status, page.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
 
 
 def test_dev_pipeline_answers_the_readme_curl_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -70,6 +98,17 @@ def test_dev_pipeline_answers_the_readme_curl_and_stops_on_ctrl_c(tmp_path: Path
         assert orjson.loads(bash(f"curl -sS {token} {url}"))["used"] == 1
         # Without the token the edge answers nothing (auth is on in dev as in production).
         assert bash(f"curl -sS -o /dev/null -w '%{{http_code}}' {url}") == b"401"
+        # The console: the banner names it and where its sign-in token is; that token
+        # signs in and the tenants page lists the demo tenant (from the tenants topic).
+        banner = (tmp_path / "dev.log").read_text()
+        assert CONSOLE_URL in banner
+        assert str(ADMIN_TOKEN_FILE) in banner
+        token_file = tmp_path / ADMIN_TOKEN_FILE
+        assert token_file.stat().st_mode & 0o077 == 0
+        status, page = sign_in_to_console(token_file.read_text())
+        assert status == 200
+        assert 'href="/console/tenants/demo"' in page, page[:2000]
+        assert sign_in_to_console("qf-admin-dev-wrong")[0] == 401
     finally:
         dev.send_signal(signal.SIGINT)
         dev.wait(timeout=60)
