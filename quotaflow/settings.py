@@ -367,7 +367,7 @@ class Settings(BaseSettings):
         '(all verify), base64 of 32 bytes, JSON: ["new", "old"].',
     )
     tenant_cache_size: int = Field(
-        2048,
+        1024,
         ge=1,
         description="Tenant documents (secrets decrypted) each process keeps built; the "
         "others are kept packed and built again on use (~50 us).",
