@@ -56,6 +56,7 @@ from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry, refused_family
 from quotaflow.settings import Settings
 from streams.node_directory import NodeDirectory
+from streams.offset_commit import commit_moved
 from streams.push_metrics import PushMetrics
 from streams.push_node import NodeSender, PushConfig, node_label
 from streams.push_snapshot import read_snapshot
@@ -326,20 +327,14 @@ class Pusher:
         consumer = self._consumer
         if consumer is None:
             return
-        offsets = {
-            tp: offset
-            for tp, offset in self.safe_offsets().items()
-            if self._committed.get(tp) != offset and (only is None or tp in only)
-        }
-        if not offsets:
-            return
-        try:
-            async with asyncio.timeout(COMMIT_TIMEOUT):
-                await asyncio.shield(consumer.commit(offsets))
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("offset commit failed", extra={"error": type(exc).__name__})
-            return
-        self._committed.update(offsets)
+        await commit_moved(
+            consumer,
+            self.safe_offsets(),
+            self._committed,
+            only=only,
+            timeout=COMMIT_TIMEOUT,
+            log=log,
+        )
 
     async def _commit_loop(self) -> None:
         while True:

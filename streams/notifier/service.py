@@ -27,7 +27,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
 from aiolimiter import AsyncLimiter
 from pydantic import ValidationError
 
@@ -40,6 +39,7 @@ from streams.notifier.endpoint_queue import EndpointQueue, Pending, RetryPolicy
 from streams.notifier.metrics import NotifierMetrics
 from streams.notifier.offsets import OffsetTracker
 from streams.notifier.state import EndpointStates, write_state
+from streams.offset_commit import commit_moved
 from tables.notification import Notification
 from tables.tenant import NotificationEndpoint
 
@@ -391,20 +391,14 @@ class Notifier:
         consumer = self._consumer
         if consumer is None:
             return
-        offsets = {
-            tp: offset
-            for tp, offset in self._tracker.committable().items()
-            if self._committed.get(tp) != offset and (only is None or tp in only)
-        }
-        if not offsets:
-            return
-        try:
-            async with asyncio.timeout(COMMIT_TIMEOUT):
-                await asyncio.shield(consumer.commit(offsets))
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("offset commit failed", extra={"error": type(exc).__name__})
-            return
-        self._committed.update(offsets)
+        await commit_moved(
+            consumer,
+            self._tracker.committable(),
+            self._committed,
+            only=only,
+            timeout=COMMIT_TIMEOUT,
+            log=log,
+        )
 
     async def _commit_loop(self) -> None:
         while True:
