@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import grimp
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -44,6 +45,16 @@ def test_readme_names_the_components_reading_each_variable() -> None:
     wrong = {f: (documented[f], want) for f, want in expected.items() if documented[f] != want}
     assert not wrong, f"README 'read by' (documented, derived): {wrong}"
     assert all(expected.values()), "a variable no component reads"
+
+
+def test_the_foundations_settings_import_no_face() -> None:
+    """The edge-only parsing lives in `edge/settings.py`: `quotaflow.settings`, which every
+    face builds on, reaches no face, not even through another module."""
+    roots = ("quotaflow", "edge", "ingress", "streams", "tables", "wire")
+    graph = grimp.build_graph(*roots, cache_dir=None)
+    for face in ("edge", "ingress", "streams"):
+        assert not graph.chain_exists("quotaflow.settings", face, as_packages=True), face
+    assert graph.chain_exists("edge.settings", "quotaflow.settings")  # the check can fail
 
 
 # Each process type's groups, spelled out: adding a group to a process is a decision this
