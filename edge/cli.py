@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
+from edge.settings import EdgeSettings
 from quotaflow import __version__
 from quotaflow.logs import setup_logging
 from quotaflow.runner import run_until_signalled
-from quotaflow.settings import Settings
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +27,7 @@ def edge(region: str | None, port: int | None) -> None:
     from edge.server import serve
 
     overrides: dict[str, Any] = {"region": region, "edge_port": port}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
     setup_logging(settings.log_level)
     run_until_signalled(lambda stop: serve(settings, stop))
 

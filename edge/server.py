@@ -59,8 +59,8 @@ from edge.idempotency import IdempotencyCache, KeyReused, valid_key
 from edge.identify import Identifier, identifier_from_settings
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
+from edge.settings import EdgeSettings
 from edge.verdict import REASON_HEADER
-from quotaflow.settings import Settings
 from tables.quota import QuotaUpdate
 from tables.tenant import TENANT_ID_PATTERN
 from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
@@ -409,7 +409,7 @@ class _Handlers:
         )
 
 
-def push_verifier(settings: Settings) -> Verifier:
+def push_verifier(settings: EdgeSettings) -> Verifier:
     """Verifies pushes to this node's region with its public push keys only."""
     return Verifier(
         Kind.PUSH,
@@ -418,7 +418,7 @@ def push_verifier(settings: Settings) -> Verifier:
     )
 
 
-def app_auth(settings: Settings) -> AppAuth:
+def app_auth(settings: EdgeSettings) -> AppAuth:
     """Who may check, consume and read quotas on this node, from its settings."""
     return AppAuth(settings.edge_app_tokens, allow_loopback=settings.edge_allow_loopback)
 
@@ -469,7 +469,7 @@ def build_app(
 
 
 async def serve(
-    settings: Settings, stop: asyncio.Event, *, cache: QuotaCache | None = None
+    settings: EdgeSettings, stop: asyncio.Event, *, cache: QuotaCache | None = None
 ) -> None:
     """Runs the sidecar for `settings.region` on edge_host:edge_port until `stop` is set.
 

@@ -11,31 +11,57 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from edge import cli as edge_cli
+from edge.settings import EdgeSettings
 from quotaflow.exceptions import ConfigurationError
 from quotaflow.logs import logging_config, setup_logging
 from quotaflow.ops import cli as ops_cli
 from quotaflow.ops import notifications as notifications_cli
 from quotaflow.registry import TenantRegistry
 from quotaflow.runner import run_until_signalled
-from quotaflow.settings import Settings
+from quotaflow.settings import (
+    AdminSettings,
+    CommonSettings,
+    IngressSettings,
+    KafkaGroup,
+    NotifierSettings,
+    PusherSettings,
+    TenantsGroup,
+    WorkerSettings,
+)
 from quotaflow.tenants import cli as tenants_cli
 from quotaflow.topics import ensure_topics
 
+# The settings type each component's verb builds: the groups that process reads and no
+# other (README, Configuration: the "read by" column is derived from these). The operator
+# commands read `quotaflow.settings.Settings`, every group but the edge node's own.
+COMPONENT_SETTINGS: dict[str, type[CommonSettings]] = {
+    "ingress": IngressSettings,
+    "worker": WorkerSettings,
+    "push": PusherSettings,
+    "edge": EdgeSettings,
+    "notifier": NotifierSettings,
+    "admin": AdminSettings,
+}
 
-def _settings(**overrides: Any) -> Settings:
+S = TypeVar("S", bound=CommonSettings)
+T = TypeVar("T", bound=TenantsGroup)
+
+
+def _settings(kind: type[S], **overrides: Any) -> S:
+    """The verb's own settings type (each process reads only its groups), flags first."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)
+    return kind(**values)
 
 
 async def _with_registry(
-    settings: Settings,
+    settings: T,
     stop: asyncio.Event,
-    main: Callable[[Settings, TenantRegistry, asyncio.Event], Awaitable[None]],
+    main: Callable[[T, TenantRegistry, asyncio.Event], Awaitable[None]],
     *,
     routing: bool = False,
 ) -> None:
@@ -76,7 +102,7 @@ def _ingress_worker(port: int | None, reuse_port: bool, index: int = 0) -> None:
 
     from ingress.server import serve
 
-    settings = _settings(ingress_port=port)
+    settings = _settings(IngressSettings, ingress_port=port)
     setup_logging(settings.log_level)
     main = partial(serve, reuse_port=reuse_port)
     run_until_signalled(lambda stop: _with_registry(settings, stop, main))
@@ -107,7 +133,7 @@ def ingress(port: int | None, workers: int | None) -> None:
         return
     from ingress.shared_trust import TRUST_TABLE_ENV, SharedTrust
 
-    settings = _settings(ingress_port=port)
+    settings = _settings(IngressSettings, ingress_port=port)
     setup_logging(settings.log_level)
     # Once here, so a topic mismatch is one line from the command, not one per worker.
     asyncio.run(ensure_topics(settings))
@@ -139,7 +165,7 @@ def worker(web_port: int | None) -> None:
     from streams.app import create_app
     from streams.worker_web import WorkerMetrics, attach_worker_web
 
-    settings = _settings()
+    settings = _settings(WorkerSettings)
     setup_logging(settings.log_level)
     asyncio.run(ensure_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +196,7 @@ def push(region: str | None) -> None:
     """Run a regional pusher: quota updates to the edge nodes of one region."""
     from streams.pusher import run_pusher
 
-    settings = _settings(region=region)
+    settings = _settings(PusherSettings, region=region)
     setup_logging(settings.log_level)
     # The pusher routes by id, status, mode and regions: it never holds the keyring.
     run_until_signalled(lambda stop: _with_registry(settings, stop, run_pusher, routing=True))
@@ -181,7 +207,7 @@ def notifier() -> None:
     """Run the notifier: tenant notifications to their endpoints (Standard Webhooks)."""
     from streams.notifier.service import run_notifier
 
-    settings = _settings()
+    settings = _settings(NotifierSettings)
     setup_logging(settings.log_level)
     # It signs with the endpoints' secrets: it opens the registry with the keyring.
     run_until_signalled(lambda stop: _with_registry(settings, stop, run_notifier))
@@ -193,7 +219,7 @@ def admin() -> None:
     operator console under /console (sign in with one of those tokens)."""
     from quotaflow.console.server import serve_admin
 
-    settings = _settings()
+    settings = _settings(AdminSettings)
     setup_logging(settings.log_level)
     asyncio.run(ensure_topics(settings))
     run_until_signalled(lambda stop: serve_admin(settings, stop))
@@ -277,7 +303,7 @@ def kafka_status(directory: Path, port: int) -> None:
 def topics_cmd() -> None:
     """Create every topic quotaflow owns and check the existing ones (partitions from
     QUOTAFLOW_PARTITIONS); exit 1 naming each topic that differs from the design."""
-    created = asyncio.run(ensure_topics(_settings()))
+    created = asyncio.run(ensure_topics(_settings(KafkaGroup)))
     click.echo("\n".join(created) if created else "all topics exist")
 
 

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from quotaflow.ops.reconcile import ReconcileReport, reconcile
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import WorkerSettings
 from tables.tenant import Tenant
 
 __all__ = ["CATCH_UP", "ResumeReconciler"]
@@ -45,10 +45,10 @@ STRIPE_EVENTS_KEPT = 30 * 86400.0  # Stripe's Events API lists 30 days
 ATTEMPTS = 5
 BACKOFF = 2.0
 
-Reconcile = Callable[[Settings, Tenant, float], Awaitable[ReconcileReport]]
+Reconcile = Callable[[WorkerSettings, Tenant, float], Awaitable[ReconcileReport]]
 
 
-async def _reconcile(settings: Settings, tenant: Tenant, since: float) -> ReconcileReport:
+async def _reconcile(settings: WorkerSettings, tenant: Tenant, since: float) -> ReconcileReport:
     return await reconcile(settings, tenant, since)
 
 
@@ -57,7 +57,7 @@ class ResumeReconciler:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         registry: Callable[[], TenantRegistry | None],
         *,
         holds: Callable[[str], bool | None],

@@ -16,7 +16,7 @@ from quotaflow.console.sessions import SessionKeys
 from quotaflow.console.tenant_index import TenantIndex
 from quotaflow.console.throttle import SignInThrottle
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings
 from quotaflow.tenants.writer import TenantWriter
 
 __all__ = ["build_console_app"]
@@ -26,7 +26,7 @@ HTTP_LIMIT = 32  # connections the console opens at once (edge nodes, ingress me
 
 
 def build_console_app(
-    settings: Settings, writer: TenantWriter, *, registry: TenantRegistry | None = None
+    settings: AdminSettings, writer: TenantWriter, *, registry: TenantRegistry | None = None
 ) -> web.Application:
     """The console over a started writer; `registry` (default: the writer's) is what the
     lists read."""

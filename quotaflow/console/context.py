@@ -13,7 +13,7 @@ from quotaflow.console.sessions import Session, SessionKeys
 from quotaflow.console.tenant_index import TenantIndex
 from quotaflow.console.throttle import SignInThrottle
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings
 from quotaflow.tenants.writer import TenantWriter
 
 __all__ = ["CONTEXT", "SESSION", "ConsoleContext"]
@@ -21,7 +21,7 @@ __all__ = ["CONTEXT", "SESSION", "ConsoleContext"]
 
 @dataclass
 class ConsoleContext:
-    settings: Settings
+    settings: AdminSettings
     writer: TenantWriter
     registry: TenantRegistry  # what the lists read: the writer's own, unless told otherwise
     keys: SessionKeys

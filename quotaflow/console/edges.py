@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from quotaflow.ops.exceptions import OpsError
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import TopicReader
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings
 from streams.node_directory import UrlAllowList, verified
 from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
 from wire import Kind, Verifier
@@ -46,16 +46,16 @@ class AnnouncedNode:
     allowed: bool
     departed: bool = False
 
-    def live(self, settings: Settings, now: float) -> bool:
+    def live(self, settings: AdminSettings, now: float) -> bool:
         """Heard from within three announcement intervals, as a pusher counts it."""
         ttl = 3 * settings.edge_announce_interval
         return not self.departed and self.at is not None and self.at >= now - ttl
 
-    def contactable(self, settings: Settings, now: float) -> bool:
+    def contactable(self, settings: AdminSettings, now: float) -> bool:
         return self.verified and self.allowed and self.live(settings, now)
 
 
-async def announced_nodes(settings: Settings) -> list[AnnouncedNode]:
+async def announced_nodes(settings: AdminSettings) -> list[AnnouncedNode]:
     """The newest record of every node on `edge.nodes` (departed ones included)."""
     latest: dict[bytes, Any] = {}
     async with TopicReader(settings, settings.topics.edge_nodes) as reader:
@@ -112,7 +112,7 @@ class EdgeView:
 
 
 def region_nodes(
-    settings: Settings, region: str, announced: list[AnnouncedNode]
+    settings: AdminSettings, region: str, announced: list[AnnouncedNode]
 ) -> list[tuple[str, str]]:
     """(url, source) of the nodes of `region` the console may contact."""
     now = time.time()
@@ -147,7 +147,7 @@ async def _one(
 
 
 async def edge_quotas(
-    settings: Settings,
+    settings: AdminSettings,
     http: aiohttp.ClientSession,
     tenant_id: str,
     customer_id: str,

@@ -9,7 +9,7 @@ import logging
 from aiohttp import web
 
 from quotaflow.console.app import build_console_app
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings
 from quotaflow.tenants.admin_api import build_admin_app
 from quotaflow.tenants.running import open_writer
 from quotaflow.tenants.writer import TenantWriter
@@ -23,7 +23,7 @@ async def _to_console(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/console/tenants")
 
 
-def build_admin_server(settings: Settings, writer: TenantWriter) -> web.Application:
+def build_admin_server(settings: AdminSettings, writer: TenantWriter) -> web.Application:
     """The admin API with the console mounted under `/console` (QUOTAFLOW_CONSOLE_ENABLED)."""
     app = build_admin_app(writer, settings.admin_tokens)
     if settings.console_enabled:
@@ -32,7 +32,7 @@ def build_admin_server(settings: Settings, writer: TenantWriter) -> web.Applicat
     return app
 
 
-async def serve_admin(settings: Settings, stop: asyncio.Event) -> None:
+async def serve_admin(settings: AdminSettings, stop: asyncio.Event) -> None:
     """Serves QUOTAFLOW_ADMIN_HOST:QUOTAFLOW_ADMIN_PORT until `stop`."""
     async with open_writer(settings) as writer:
         runner = web.AppRunner(

@@ -30,7 +30,7 @@ from quotaflow.ops.exceptions import OpsError
 from quotaflow.ops.produce import OpsProducer
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import TopicReader, Tracker, tenant_partition
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 from quotaflow.tenants.audit import audit_record
 from quotaflow.tenants.config import audit_topic
 from quotaflow.topics import ensure_topics
@@ -47,7 +47,7 @@ from streams.deadletter import (
 DL_PREFIX = "qf-dl-"
 
 
-def redriven_topic(settings: Settings) -> str:
+def redriven_topic(settings: KafkaGroup) -> str:
     return settings.topics.deadletter_redriven
 
 
@@ -139,7 +139,7 @@ class Selection:
 
 
 async def read_letters(
-    settings: Settings,
+    settings: KafkaGroup,
     selection: Selection,
     *,
     start: Position | None = None,
@@ -167,7 +167,7 @@ async def read_letters(
     return out
 
 
-async def redriven_refs(settings: Settings, *, create: bool = False) -> set[str]:
+async def redriven_refs(settings: KafkaGroup, *, create: bool = False) -> set[str]:
     """`partition:offset` of every dead letter already re-driven (none if the topic that
     records them does not exist yet; `create` makes it, for a re-drive)."""
     if create:
@@ -198,7 +198,7 @@ class RedriveReport:
 
 
 async def redrive(
-    settings: Settings,
+    settings: KafkaGroup,
     letters: list[DeadLetter],
     *,
     dry_run: bool = False,

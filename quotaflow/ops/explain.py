@@ -25,7 +25,7 @@ from quotaflow.envelope import RECEIVED_AT
 from quotaflow.ops.quota_show import current_quotas
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import TopicReader, Tracker, header, tenant_partition
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings
 from streams.deadletter import REDRIVE, REPLAY
 from tables.billing import CustomerState, Outcome, QuotaPolicy, Source, apply_event, customer_of
 from tables.quota import QuotaUpdate
@@ -115,7 +115,7 @@ class _Input:
 
 
 async def _tenant_records(
-    settings: Settings, topic: str, rank: int, tenant: str, progress: Tracker | None
+    settings: AdminSettings, topic: str, rank: int, tenant: str, progress: Tracker | None
 ) -> list[_Input]:
     key = tenant.encode()
     out = []
@@ -137,7 +137,7 @@ async def _tenant_records(
 
 
 async def tenant_inputs(
-    settings: Settings, tenant: str, progress: Tracker | None = None
+    settings: AdminSettings, tenant: str, progress: Tracker | None = None
 ) -> AsyncIterator[_Input]:
     """The tenant's Stripe events and usage batches, in the order explain applies them."""
     topics = settings.topics
@@ -283,7 +283,7 @@ class Replayer:
 
 
 async def explain(
-    settings: Settings,
+    settings: AdminSettings,
     tenant: Tenant,
     customer: str,
     *,

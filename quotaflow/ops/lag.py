@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ def _group_id(entry: Any) -> str:
 
 
 async def consumer_lag(
-    settings: Settings, *, group: str | None = None, timeout: float = 30.0
+    settings: KafkaGroup, *, group: str | None = None, timeout: float = 30.0
 ) -> list[Lag]:
     """Lag rows, sorted by group, topic, partition. `group`: a substring filter."""
     admin = AIOKafkaAdminClient(

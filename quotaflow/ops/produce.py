@@ -13,7 +13,7 @@ from types import TracebackType
 from aiokafka import AIOKafkaProducer
 from aiolimiter import AsyncLimiter
 
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 
 MAX_IN_FLIGHT = 500
 
@@ -21,7 +21,7 @@ MAX_IN_FLIGHT = 500
 class OpsProducer:
     """`async with OpsProducer(settings, rate=N)`; `send()` then `flush()` before trusting."""
 
-    def __init__(self, settings: Settings, *, rate: float | None = None, timeout: float = 30.0):
+    def __init__(self, settings: KafkaGroup, *, rate: float | None = None, timeout: float = 30.0):
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import TopicReader, Tracker, tenant_partition
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 from tables.quota import QuotaUpdate, quota_key
 
 
 async def current_quotas(
-    settings: Settings,
+    settings: KafkaGroup,
     tenant: str,
     customer: str | None = None,
     *,

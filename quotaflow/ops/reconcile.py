@@ -30,7 +30,7 @@ from quotaflow.ops.exceptions import OpsError
 from quotaflow.ops.produce import OpsProducer
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import TopicReader, Tracker, header, tenant_partition
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings, WorkerSettings
 from tables.tenant import Tenant
 
 BACKFILL = "qf-backfill"
@@ -40,6 +40,9 @@ MAX_EVENTS = 100_000
 # skew between Stripe and the broker), so the topic is read from here, not from its
 # beginning: the worker runs this on every resume and must not scan 14 days each time.
 HELD_MARGIN = 3600.0
+
+# The worker (resumes) and the operator's types (CLI, console) reconcile: both name Stripe.
+StripeSide = WorkerSettings | AdminSettings
 
 
 @dataclass
@@ -60,7 +63,7 @@ class ReconcileReport:
 
 
 def stripe_client(
-    tenant: Tenant, settings: Settings, http: stripe.HTTPClient
+    tenant: Tenant, settings: StripeSide, http: stripe.HTTPClient
 ) -> stripe.StripeClient:
     """The tenant's own client (its key, its Connect account), explicit retries."""
     if tenant.stripe_api_key is None:
@@ -106,7 +109,7 @@ async def _disabled_endpoints(client: stripe.StripeClient) -> list[dict[str, Any
 
 
 async def disabled_endpoints(
-    settings: Settings, tenant: Tenant, *, timeout: float = 10.0
+    settings: StripeSide, tenant: Tenant, *, timeout: float = 10.0
 ) -> list[dict[str, Any]] | None:
     """The tenant's webhook endpoints Stripe disabled, listed with its own key as
     `reconcile` lists them; None when they cannot be listed (see `_disabled_endpoints`)."""
@@ -124,7 +127,7 @@ async def disabled_endpoints(
 
 
 async def held_event_ids(
-    settings: Settings,
+    settings: StripeSide,
     tenant_id: str,
     progress: Tracker | None = None,
     *,
@@ -150,7 +153,7 @@ async def held_event_ids(
 
 
 async def reconcile(
-    settings: Settings,
+    settings: StripeSide,
     tenant: Tenant,
     since: float,
     *,

@@ -25,7 +25,7 @@ from quotaflow.ops.exceptions import OpsError
 from quotaflow.ops.produce import OpsProducer
 from quotaflow.ops.timespec import Position
 from quotaflow.ops.topicread import Span, TopicReader, Tracker, header, tenant_partition
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 from streams.deadletter import REPLAY as REPLAY  # re-exported: the header replay sets
 
 REPLAY_OF = "qf-replay-of"
@@ -60,7 +60,7 @@ class ReplayReport:
         }
 
 
-def topic_name(settings: Settings, logical: str) -> str:
+def topic_name(settings: KafkaGroup, logical: str) -> str:
     """`stripe.events` or `usage.events` → the prefixed topic name."""
     if logical == "stripe.events":
         return settings.topics.stripe_events
@@ -70,7 +70,7 @@ def topic_name(settings: Settings, logical: str) -> str:
 
 
 async def replay(
-    settings: Settings,
+    settings: KafkaGroup,
     logical_topic: str,
     start: Position,
     stop: Position | None = None,

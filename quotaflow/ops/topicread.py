@@ -19,7 +19,7 @@ from aiokafka.partitioner import murmur2
 
 from quotaflow.ops.exceptions import OpsError
 from quotaflow.ops.timespec import Position
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 
 # How long a read may see no progress before it gives up (the broker is away).
 STALL_TIMEOUT = 30.0
@@ -55,7 +55,7 @@ class Span:
 class TopicReader:
     """One topic, read by assignment. Use as `async with TopicReader(settings, topic)`."""
 
-    def __init__(self, settings: Settings, topic: str, *, timeout: float = STALL_TIMEOUT) -> None:
+    def __init__(self, settings: KafkaGroup, topic: str, *, timeout: float = STALL_TIMEOUT) -> None:
         self.settings = settings
         self.topic = topic
         self._timeout = timeout

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 from quotaflow.tenants.config import audit_topic
 from quotaflow.tenants.documents import audit_changes
 from quotaflow.topics import ensure_topics
@@ -51,6 +51,6 @@ def audit_record(
     return orjson.dumps(doc)
 
 
-async def ensure_audit_topic(settings: Settings) -> bool:
+async def ensure_audit_topic(settings: KafkaGroup) -> bool:
     """Creates the audit topic (with every other topic) if missing; True if it was."""
     return audit_topic(settings) in await ensure_topics(settings)

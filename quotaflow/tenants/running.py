@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from quotaflow.registry import StaticTenantRegistry, TenantRegistry, load_tenants_file
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings, KeyringGroup, TenantsGroup
 from quotaflow.tenants.audit import ensure_audit_topic
 from quotaflow.tenants.config import known_regions
 from quotaflow.tenants.keyring import KeyEncryptionKeys, LocalKeyring
@@ -52,13 +52,13 @@ class FileTenantRegistry(StaticTenantRegistry):
         return None
 
 
-def keyring_from_settings(settings: Settings) -> LocalKeyring:
+def keyring_from_settings(settings: KeyringGroup) -> LocalKeyring:
     """The keyring `QUOTAFLOW_KEYRING` describes; `KeyringError` if it is empty or malformed."""
     return LocalKeyring.from_secrets(settings.keyring)
 
 
 async def open_registry(
-    settings: Settings,
+    settings: TenantsGroup,
     *,
     keyring: KeyEncryptionKeys | None = None,
     routing: bool = False,
@@ -72,15 +72,22 @@ async def open_registry(
     if settings.tenants_file is not None:
         # Off the loop: a file of 100,000 tenants takes seconds to validate.
         return FileTenantRegistry(await asyncio.to_thread(load_tenants_file, settings.tenants_file))
-    ring = None if routing else (keyring or keyring_from_settings(settings))
+    ring = None if routing else (keyring or keyring_from_settings(_with_keyring(settings)))
     registry = TopicTenantRegistry(settings, ring, defer_checks=defer_checks)
     await registry.start()
     return registry
 
 
+def _with_keyring(settings: TenantsGroup) -> KeyringGroup:
+    # A process type without the keyring (the pusher's) opens the routing view only.
+    if not isinstance(settings, KeyringGroup):
+        raise TypeError(f"{type(settings).__name__} has no keyring: open_registry(routing=True)")
+    return settings
+
+
 @contextlib.asynccontextmanager
 async def open_writer(
-    settings: Settings, *, keyring: KeyEncryptionKeys | None = None
+    settings: AdminSettings, *, keyring: KeyEncryptionKeys | None = None
 ) -> AsyncIterator[TenantWriter]:
     """A started `TenantWriter` with its own registry; creates missing topics first."""
     ring = keyring or keyring_from_settings(settings)

@@ -28,7 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from quotaflow.exceptions import ConfigurationError
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings, TenantSigningGroup
 from quotaflow.tenants.audit import audit_record
 from quotaflow.tenants.config import audit_topic
 from quotaflow.tenants.documents import apply_patch, audit_changes, parse_tenant, plain_document
@@ -63,7 +63,7 @@ from wire.signing import Kind, Signer
 __all__ = ["TenantWriter", "tenant_signer"]
 
 
-def tenant_signer(settings: Settings) -> Signer:
+def tenant_signer(settings: TenantSigningGroup) -> Signer:
     """The tenants signer (`QUOTAFLOW_TENANT_SIGNING_KEYS`, first signs); admin tools only."""
     if not settings.tenant_signing_keys:
         raise ConfigurationError(
@@ -86,7 +86,7 @@ class TenantWriter:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: AdminSettings,
         keyring: KeyEncryptionKeys,
         registry: TopicTenantRegistry,
         *,
@@ -104,7 +104,7 @@ class TenantWriter:
         self._producer: AIOKafkaProducer | None = None
 
     @property
-    def settings(self) -> Settings:
+    def settings(self) -> AdminSettings:
         return self._settings
 
     @property
