@@ -13,6 +13,9 @@ disables an endpoint after days of failed deliveries, and nothing arrives after 
 
 The value injected is the event as the API renders it (JSON of the API object), not the
 bytes a webhook would have carried: the same fields, another byte order.
+
+It lives with the worker, which runs it on every resume (`streams/resume.py`); the
+operator's `quotaflow reconcile` and the console call the same functions from above.
 """
 
 from __future__ import annotations
