@@ -420,7 +420,7 @@ SERVER_CPU: set[int] | None = None  # `--pin`: the sidecar's CPU (the client tak
 
 def _http_round(seconds: float, token: bool, keys: bool, python_client: bool) -> dict[str, Any]:
     """One mode's load against a fresh sidecar process (loopback let in iff no token)."""
-    from quotaflow.localkafka import free_port
+    from quotaflow.commands.localkafka import free_port
 
     port = free_port()
     ctx = mp.get_context("spawn")

@@ -44,7 +44,7 @@ from bench.common import cdf, machine, percentile
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.server import build_app
-from quotaflow.localkafka import free_port, port_open
+from quotaflow.commands.localkafka import free_port, port_open
 from quotaflow.testing.gateways import (
     CADDYFILE,
     NGINX_TEMPLATE,

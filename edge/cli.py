@@ -1,6 +1,6 @@
 """`quotaflow-edge`: the edge sidecar's command, the one the slim distribution installs.
 
-The same click command is `quotaflow edge` in the full distribution (`quotaflow/cli.py`
+The same click command is `quotaflow edge` in the full distribution (`quotaflow/commands/cli.py`
 registers it), so both take the same options and read the same `QUOTAFLOW_*` settings.
 This module imports only what the slim distribution ships (`packaging/edge`): click,
 the settings, the JSON logs and the signal runner; the server is imported when it runs.

@@ -25,10 +25,10 @@ from collections.abc import Callable
 import faust
 import mode
 
-from quotaflow.ops.topicread import tenant_partition
 from quotaflow.registry import TenantRegistry
 from quotaflow.settings import WorkerSettings
 from quotaflow.tenants.running import RunningRegistry, open_registry
+from quotaflow.topicread import tenant_partition
 from streams.billing_agent import BillingPipeline, reader_fetch
 from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
 from streams.grace import add_grace_timer

@@ -5,30 +5,26 @@ otherwise from the `tenants` topic, every record verified with `QUOTAFLOW_TENANT
 secrets decrypted with the keyring from `QUOTAFLOW_KEYRING`, followed in the background.
 `routing=True` (the pushers) reads the routing view without any keyring: every field but
 the secrets, still verified.
+
+The write side (`open_writer`, the `TenantWriter`) belongs to the operator's commands and
+lives with them, in `quotaflow.commands.tenants.writer`: a component only reads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 from quotaflow.registry import StaticTenantRegistry, TenantRegistry, load_tenants_file
-from quotaflow.settings import AdminSettings, KeyringGroup, TenantsGroup
-from quotaflow.tenants.audit import ensure_audit_topic
-from quotaflow.tenants.config import known_regions
+from quotaflow.settings import KeyringGroup, TenantsGroup
 from quotaflow.tenants.keyring import KeyEncryptionKeys, LocalKeyring
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
-from quotaflow.topics import ensure_topics
 
 __all__ = [
     "FileTenantRegistry",
     "RunningRegistry",
     "keyring_from_settings",
     "open_registry",
-    "open_writer",
 ]
 
 
@@ -83,23 +79,3 @@ def _with_keyring(settings: TenantsGroup) -> KeyringGroup:
     if not isinstance(settings, KeyringGroup):
         raise TypeError(f"{type(settings).__name__} has no keyring: open_registry(routing=True)")
     return settings
-
-
-@contextlib.asynccontextmanager
-async def open_writer(
-    settings: AdminSettings, *, keyring: KeyEncryptionKeys | None = None
-) -> AsyncIterator[TenantWriter]:
-    """A started `TenantWriter` with its own registry; creates missing topics first."""
-    ring = keyring or keyring_from_settings(settings)
-    await ensure_topics(settings)
-    await ensure_audit_topic(settings)
-    async with contextlib.AsyncExitStack() as stack:
-        # The writer builds on every tenant (accounts, versions): all checked first; the
-        # admin tools list every tenant, so every document is kept built.
-        registry = TopicTenantRegistry(settings, ring, check_before_ready=True, keep_documents=True)
-        await registry.start()
-        stack.push_async_callback(registry.stop)
-        writer = TenantWriter(settings, ring, registry, known_regions=known_regions(settings))
-        await writer.start()
-        stack.push_async_callback(writer.stop)
-        yield writer

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from edge.auth import AppAuth
-from quotaflow.cli import COMPONENT_SETTINGS
-from quotaflow.cli import main as cli
+from quotaflow.commands.cli import COMPONENT_SETTINGS
+from quotaflow.commands.cli import main as cli
 from quotaflow.registry import load_tenants_file
 from quotaflow.settings import Settings
 from tests.deploy.support import DEPLOY, ROOT, setting_names

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from edge.settings import EdgeNodeGroup, EdgeSettings
 from quotaflow import settings as qs
-from quotaflow.cli import COMPONENT_SETTINGS
-from quotaflow.cli import main as cli
+from quotaflow.commands.cli import COMPONENT_SETTINGS
+from quotaflow.commands.cli import main as cli
 from quotaflow.settings import CommonSettings, RemovedSetting, Settings
 from wire import Kind, Signer, generate_keypair
 

@@ -12,9 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 import streams.resume
-from quotaflow.ops.reconcile import ReconcileReport
 from quotaflow.registry import StaticTenantRegistry
 from quotaflow.settings import Settings, WorkerSettings
+from streams.reconcile import ReconcileReport
 from streams.resume import CATCH_UP, SKEW, ResumeReconciler
 from tables.tenant import Tenant
 
