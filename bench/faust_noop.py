@@ -23,7 +23,7 @@ from typing import Any
 import faust
 import orjson
 
-from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
+from streams.faust_tuning import hold_flow_through_recovery_end, set_fetch_max_wait
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     shape = sys.argv[5] if len(sys.argv) > 5 else "events"
     total = int(count)
     set_fetch_max_wait(10)
-    reseek_after_recovery()
+    hold_flow_through_recovery_end()
     app = faust.App(
         f"noop-{topic}-{shape}",
         broker=f"kafka://{bootstrap}",

@@ -30,7 +30,7 @@ from quotaflow.settings import WorkerSettings
 from quotaflow.tenants.running import RunningRegistry, open_registry
 from quotaflow.topicread import tenant_partition
 from streams.billing_agent import BillingPipeline, reader_fetch
-from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
+from streams.faust_tuning import hold_flow_through_recovery_end, set_fetch_max_wait
 from streams.grace import add_grace_timer
 from streams.lanes import LaneLimits, Lanes
 from streams.processing.billing import BillingProcessor
@@ -145,7 +145,7 @@ def create_app(
     """
     topics = settings.topics
     set_fetch_max_wait(settings.worker_fetch_wait_ms)
-    reseek_after_recovery()
+    hold_flow_through_recovery_end()
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",

@@ -10,15 +10,19 @@
 
 2. Records lost after a rebalance. At the end of recovery Faust resumes the stream
    partitions, seeks them to their committed offsets, and only then resumes its flow
-   control, which empties every stream queue. The fetcher is already running in between
-   (it was resumed to read the changelogs), so a record fetched after the seek can sit in
-   a queue when it is emptied; the consumer has already moved its read offset past it, so
-   it is never delivered, and the agent's partition stalls behind the unacknowledged
-   offset until the next restart. It showed as a restarted worker that took one event and
-   then nothing (faust-streaming 0.15.3; the same race as faust-streaming#216 in another
-   branch). We seek once more after recovery has finished: nothing empties the queues
-   after that point, so whatever was dropped is fetched again. Re-delivering what was
-   already processed is harmless here: every table value records what it applied.
+   control, which empties every stream queue. When recovery had changelog records to
+   restore, or when a running worker rebalances, the fetcher is already running in
+   between, so records fetched during the seek sit in a queue when it is emptied; the
+   consumer's read offset has moved past them, so they are never delivered. An agent
+   that held the first of them (waiting for its readiness) then processes it and nothing
+   more, and the partition's commit stalls behind the gap: the "restarted worker that is
+   ready and processes nothing" (RELIABILITY.md). We stop the consumer's flow for the
+   duration of that last step (a rebalance stops it the same way): nothing reaches a
+   stream queue until the step has emptied them and resumed the flow itself. An earlier
+   version of this correction sought the committed offsets again afterwards; aiokafka
+   seeks only offsets above 0, so a partition with nothing committed yet (a new worker,
+   or one killed before its first commit) was never rewound and its records stayed lost
+   (tests/streams/test_recovery_race.py).
 
 3. Table writes outside the stream's own iteration. A Faust table write goes to the
    changelog partition (and, with RocksDB, the store partition) of "the current event",
@@ -59,25 +63,23 @@ def set_fetch_max_wait(ms: int) -> None:
 RecoveryStep = Callable[..., Awaitable[None]]
 
 
-def _seek_again_after(step: RecoveryStep) -> RecoveryStep:
-    async def step_then_seek(self: Recovery, generation_id: int = 0) -> None:
+def _flow_held_during(step: RecoveryStep) -> RecoveryStep:
+    async def step_with_flow_held(self: Recovery, generation_id: int = 0) -> None:
+        # The step resumes the flow once it has emptied the stream queues; if it returns
+        # early (a newer rebalance began), that rebalance's recovery resumes it.
+        self.app.consumer.stop_flow()
         await step(self, generation_id=generation_id)
-        app = self.app
-        # A newer rebalance has started: its own recovery will seek.
-        if app.consumer_generation_id != generation_id or not app.consumer.assignment():
-            return
-        await self._wait(app.consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
 
-    step_then_seek.__wrapped__ = step  # type: ignore[attr-defined]
-    return step_then_seek
+    step_with_flow_held.__wrapped__ = step  # type: ignore[attr-defined]
+    return step_with_flow_held
 
 
-def reseek_after_recovery() -> None:
+def hold_flow_through_recovery_end() -> None:
     """Installs correction 2 once per process; both ends of recovery get it."""
     for name in ("on_recovery_completed", "_resume_streams"):
         step = getattr(Recovery, name)
         if not hasattr(step, "__wrapped__"):
-            setattr(Recovery, name, _seek_again_after(step))
+            setattr(Recovery, name, _flow_held_during(step))
 
 
 @contextmanager

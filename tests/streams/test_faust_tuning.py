@@ -19,7 +19,7 @@ from faust.tables.recovery import Recovery
 
 from quotaflow.settings import Settings
 from streams.app import create_app
-from streams.faust_tuning import _seek_again_after, event_context
+from streams.faust_tuning import _flow_held_during, event_context
 
 
 def _app(tmp_path: Path, wait_ms: int) -> faust.App:
@@ -51,69 +51,37 @@ def test_the_fetch_wait_attribute_is_still_what_aiokafka_reads() -> None:
 
 
 class _Consumer:
-    def __init__(self, assigned: set[Any]) -> None:
-        self.assigned = assigned
-        self.seeks = 0
+    def __init__(self) -> None:
+        self.flow_active = True
 
-    def assignment(self) -> set[Any]:
-        return self.assigned
-
-    async def perform_seek(self) -> None:
-        self.seeks += 1
+    def stop_flow(self) -> None:
+        self.flow_active = False
 
 
-class _RecoveryOf:
-    """Stands in for the `Recovery` instance the wrapped steps are bound to."""
-
-    def __init__(self, generation: int, assigned: set[Any]) -> None:
-        self.consumer = _Consumer(assigned)
-        self.app = type(
-            "App",
-            (),
-            {
-                "consumer_generation_id": generation,
-                "consumer": self.consumer,
-                "conf": type("Conf", (), {"broker_request_timeout": 5.0})(),
-            },
-        )()
-
-    async def _wait(self, coro: Any, timeout: float | None = None) -> None:
-        await asyncio.wait_for(coro, timeout)
-
-
-async def test_both_ends_of_recovery_seek_again_for_the_current_generation(
-    tmp_path: Path,
-) -> None:
+async def test_both_ends_of_recovery_run_with_the_consumer_flow_stopped(tmp_path: Path) -> None:
     _app(tmp_path, 10)
     for name in ("on_recovery_completed", "_resume_streams"):
         step = getattr(Recovery, name)
         assert hasattr(step, "__wrapped__"), f"Recovery.{name} is not corrected"
-        # Faust must still call the step by this name, or the correction never runs.
+        # Faust must still call the step by this name, or the correction never runs ...
         assert f"self.{name}" in inspect.getsource(Recovery)
+        # ... and the step must still resume the flow itself once the queues are emptied.
+        source = inspect.getsource(step.__wrapped__)
+        assert source.index("flow_control.resume()") < source.index("consumer.resume_flow()")
 
-        original_calls: list[int] = []
+        flow_during: list[bool] = []
+        consumer = _Consumer()
+        recovery = type("R", (), {"app": type("A", (), {"consumer": consumer})()})()
 
         async def original(
-            self: Any, generation_id: int = 0, calls: list[int] = original_calls
+            self: Any, generation_id: int = 0, seen: list[bool] = flow_during
         ) -> None:
-            calls.append(generation_id)
+            seen.append(self.app.consumer.flow_active)
 
         # The installed step is this wrapper; test its logic around a recording step.
-        assert step.__code__ is _seek_again_after(original).__code__
-        recorder = _seek_again_after(original)
-
-        current = _RecoveryOf(generation=3, assigned={"tp"})
-        await recorder(current, generation_id=3)
-        assert original_calls == [3]
-        assert current.consumer.seeks == 1
-
-        superseded = _RecoveryOf(generation=4, assigned={"tp"})
-        await recorder(superseded, generation_id=3)
-        assert superseded.consumer.seeks == 0  # a newer rebalance seeks for itself
-
-        unassigned = _RecoveryOf(generation=3, assigned=set())
-        await recorder(unassigned, generation_id=3)
-        assert unassigned.consumer.seeks == 0
+        assert step.__code__ is _flow_held_during(original).__code__
+        await _flow_held_during(original)(recovery, generation_id=3)
+        assert flow_during == [False]
 
 
 def test_event_context_sets_the_event_faust_tables_write_under() -> None:
