@@ -57,6 +57,7 @@ from edge.authorize import PREFIX as AUTHORIZE_PREFIX
 from edge.authorize import Authorizer
 from edge.body import BodyLimits, BodyRefused, read_body
 from edge.cache import QuotaCache
+from edge.fastpath import EdgeRunner
 from edge.idempotency import IdempotencyCache
 from edge.identify import Identifier, identifier_from_settings
 from edge.metrics import EdgeMetrics
@@ -443,7 +444,9 @@ async def serve(
             settings, app[STATE_KEY].metrics.registry, boot_id=app[STATE_KEY].boot_id
         )
     # No automatic decompression: bodies are read as sent, and refused if encoded.
-    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+    # The hot routes are answered on the light HTTP/1.1 face, everything else by aiohttp,
+    # on the same port (edge/fastpath.py).
+    runner = EdgeRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     try:
         if reporter is not None:
