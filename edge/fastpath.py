@@ -33,6 +33,7 @@ compares the answers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from edge.server import EdgeState
 
 __all__ = ["EdgeRunner", "FastProtocol", "FastServer"]
+
+log = logging.getLogger(__name__)
 
 # aiohttp's own limits (RequestHandler's max_line_size and max_field_size): a head this
 # face answers is one aiohttp would have accepted; a longer one is aiohttp's to refuse.
@@ -100,6 +103,7 @@ class _Date:
 
 
 _date = _Date()
+_INTERNAL_ERROR = Answer(500, b"500 Internal Server Error", "text/plain; charset=utf-8", close=True)
 
 
 def _route(method: str, target: str) -> str | None:
@@ -243,8 +247,8 @@ class FastProtocol(asyncio.Protocol):
         self._transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
+        if self._closing and self._pending is None:
+            return  # answered its last request: nothing more is read
         self._last_active = self._loop.time()
         self._buf = self._buf + data if self._buf else data
         self._process()
@@ -255,6 +259,8 @@ class FastProtocol(asyncio.Protocol):
         # request left in the buffer can never complete.
         self._eof = True
         self._process()
+        if self._transport is None:
+            return None  # handed over: aiohttp's answer to an EOF (it closes), as before
         return True  # the transport stays open for the answers; _process closes it
 
     def pause_writing(self) -> None:
@@ -267,7 +273,7 @@ class FastProtocol(asyncio.Protocol):
         self._write_paused = False
         if self._transport is not None and not self._closing:
             self._transport.resume_reading()
-            if self._buf and self._pending is None:
+            if self._buf:
                 self._process()
 
     # -- shutdown, as aiohttp's Server asks its connections ------------------------
@@ -299,8 +305,18 @@ class FastProtocol(asyncio.Protocol):
                     if not self._finish(out):
                         return
                     continue
+                if self._closing:  # shutting down: no new request is started
+                    return
                 if not self._start(out):
                     return
+        except Exception:
+            # A bug, not a request's fault: said as aiohttp says it (500), logged with its
+            # traceback, and the connection ends (its state is not to be trusted).
+            log.exception("error answering a request on the light face")
+            self._pending = None
+            out.append(_encode(_INTERNAL_ERROR, close=True))
+            self._closing = True
+            self._buf = b""
         finally:
             if out and self._transport is not None:
                 self._transport.write(b"".join(out) if len(out) > 1 else out[0])
@@ -404,7 +420,7 @@ class FastProtocol(asyncio.Protocol):
 
     def _reply(self, out: list[bytes], answer: Answer, keep_alive: bool) -> bool:
         """Queues the answer; False (stop reading) when the connection ends with it."""
-        close = answer.close or not keep_alive
+        close = answer.close or not keep_alive or self._closing
         out.append(_encode(answer, close))
         self._server.answered += 1
         if close:

@@ -327,3 +327,27 @@ async def test_shutdown_closes_idle_light_connections(servers: Servers) -> None:
     async with asyncio.timeout(2):
         assert await reader.read(1) == b""
     writer.close()
+
+
+async def test_shutdown_answers_the_request_whose_body_is_arriving_then_closes(
+    servers: Servers,
+) -> None:
+    runner = EdgeRunner(_app(), access_log=None)
+    async with _serving(runner) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        raw = consume(ASK)
+        writer.write(raw[:-5])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(runner.cleanup())
+        await asyncio.sleep(0.1)
+        assert not stopping.done()  # it waits for the request in progress
+        writer.write(raw[-5:])
+        answer = await _read_answer(reader)
+        assert answer is not None
+        assert answer[0] == b"HTTP/1.1 200 OK"
+        assert b"Connection: close" in answer[1]
+        async with asyncio.timeout(2):
+            assert await reader.read(1) == b""
+            await stopping
+        writer.close()
