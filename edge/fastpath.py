@@ -37,7 +37,7 @@ import logging
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 from aiohttp import web
@@ -231,10 +231,10 @@ class FastProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A TCP transport (uvloop's is one without being asyncio.Transport's subclass).
+        self._transport = cast(asyncio.Transport, transport)
         if self._server.tcp_keepalive:
-            tcp_keepalive(transport)
+            tcp_keepalive(self._transport)
         self._server.fast_connections.add(self)
         self._last_active = self._loop.time()
         if self._server.keepalive_timeout > 0:

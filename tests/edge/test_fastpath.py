@@ -351,3 +351,25 @@ async def test_shutdown_answers_the_request_whose_body_is_arriving_then_closes(
             assert await reader.read(1) == b""
             await stopping
         writer.close()
+
+
+def test_on_uvloop_light_answers_and_the_hand_over_work_alike() -> None:
+    """`quotaflow edge` runs on uvloop, whose transports are not asyncio's classes."""
+    import uvloop
+
+    async def scenario() -> tuple[list[Answer], bool, int, int]:
+        runner = EdgeRunner(_app(), access_log=None)
+        async with _serving(runner) as port:
+            server = runner.server
+            assert isinstance(server, FastServer)
+            pieces: list[bytes | float] = [consume(ASK) * 2, 0.05, QUOTA + consume(ASK)]
+            answers, closed = await _exchange(port, pieces, 4)
+            return answers, closed, server.answered, server.handed_over
+
+    answers, closed, answered, handed_over = uvloop.run(scenario())
+    assert not closed
+    assert _statuses(answers) == [b"HTTP/1.1 200 OK"] * 4
+    assert [orjson.loads(body)["remaining"] for _, _, body in answers[:2]] == [2, 1]
+    assert orjson.loads(answers[2][2])["used"] == 2  # the quota read, by aiohttp
+    assert orjson.loads(answers[3][2])["remaining"] == 0
+    assert (answered, handed_over) == (2, 1)
