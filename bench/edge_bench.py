@@ -25,8 +25,9 @@ Run: `.venv/bin/python -m bench.edge_bench [--quick] [--rounds N]` (prints JSON)
    edge cost before authentication), and `http_consume_idempotency_key` (a token and a
    fresh `Idempotency-Key` on every request: the cost of remembering each answer).
    `http_auth_cost` gives the ratios authenticated / loopback (1.0 = free).
-   `http_consume_aiohttp` is `http_consume` against a sidecar served by aiohttp alone, as
-   before the light face for the hot routes (`edge/fastpath.py`); `http_light_face_gain`
+   `http_consume_aiohttp` is `http_consume` against a sidecar served by aiohttp alone on
+   asyncio's loop, as before the light face for the hot routes (`edge/fastpath.py`) and
+   uvloop, which `quotaflow edge` now runs on (the other modes); `http_light_face_gain`
    gives the ratios light face / aiohttp alone (p50, p99, server CPU per request). Each mode also
    gives `server_cpu_us_per_request`, the sidecar's CPU time (user + system, from /proc)
    over the requests it answered: on a shared machine latency moves with everyone else's
@@ -48,6 +49,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
+import uvloop
 from aiohttp import web
 
 from bench import loadgen
@@ -255,8 +257,9 @@ def _serve(port: int, ready: Connection, digest: str, loopback: bool, aiohttp_on
         # As `quotaflow edge` builds it: one application's digest, loopback let in or not.
         auth = AppAuth({"bench": digest}, allow_loopback=loopback)
         verifier = Verifier(Kind.PUSH, [generate_keypair()[1]])
-        # As `quotaflow edge` serves it (EdgeRunner: the light face for the hot routes), or
-        # with aiohttp alone, as before the light face (the `http_consume_aiohttp` mode).
+        # As `quotaflow edge` serves it (EdgeRunner: the light face for the hot routes, on
+        # uvloop), or with aiohttp alone on asyncio's loop, as before the light face (the
+        # `http_consume_aiohttp` mode).
         runner_class = web.AppRunner if aiohttp_only else EdgeRunner
         runner = runner_class(
             build_app(cache, verifier, region="bench", auth=auth),
@@ -267,7 +270,12 @@ def _serve(port: int, ready: Connection, digest: str, loopback: bool, aiohttp_on
         ready.send(os.getpid())
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    # Before the light face the sidecar ran on asyncio's loop; `quotaflow edge` now runs
+    # on uvloop.
+    if aiohttp_only:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 async def _connection(

@@ -12,8 +12,8 @@ keep-alive connections, alternately round by round in the same run:
 - `authorized`: the shipped snippet: an auth subrequest to the sidecar (consume, cost 1,
   10,000 customers in `headers` mode), then the upstream;
 - `authorized_aiohttp_edge`: the same through a second gateway process whose sidecar
-  serves with aiohttp alone, as before the light face (`edge/fastpath.py`): the before
-  figure beside the after one in the same run.
+  serves with aiohttp alone on asyncio's loop, as before the light face
+  (`edge/fastpath.py`) and uvloop: the before figure beside the after one in the same run.
 Latency is from each request's intended send time (no coordinated omission). Beside
 them, `static_python_client` and `authorized_python_client` are the same loads from the
 asyncio client these figures came from before (its timers wake ~1 ms late), so old and
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 from aiohttp import web
 
 from bench import loadgen
@@ -81,8 +82,9 @@ async def _serve_forever(
 
 
 def _serve_edge(port: int, ready: Connection, digest: str, aiohttp_only: bool = False) -> None:
-    """The sidecar as `quotaflow edge` serves it (the light face for the hot routes), or
-    with aiohttp alone (as before the light face: the `authorized_aiohttp_edge` mode)."""
+    """The sidecar as `quotaflow edge` serves it (the light face for the hot routes, on
+    uvloop), or with aiohttp alone on asyncio's loop (as before: the
+    `authorized_aiohttp_edge` mode)."""
 
     async def main() -> None:
         cache = QuotaCache(regions=("bench",))
@@ -110,7 +112,10 @@ def _serve_edge(port: int, ready: Connection, digest: str, aiohttp_only: bool = 
         cache.mark_complete()
         await _serve_forever(app, port, ready, web.AppRunner if aiohttp_only else EdgeRunner)
 
-    asyncio.run(main())
+    if aiohttp_only:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())  # as `quotaflow edge` runs
 
 
 def _verifier() -> Any:
