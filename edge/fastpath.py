@@ -216,7 +216,11 @@ class FastProtocol(asyncio.Protocol):
         self._state = state
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        # Received bytes not yet answered, from `_pos` on: requests are taken by moving
+        # `_pos` (slicing the buffer per pipelined request would copy it quadratically),
+        # and the buffer is compacted once per `data_received`.
         self._buf = b""
+        self._pos = 0
         self._head = _Head()
         self._parser = httptools.HttpRequestParser(self._head)
         self._pending: _Pending | None = None
@@ -300,7 +304,7 @@ class FastProtocol(asyncio.Protocol):
     def _process(self) -> None:
         out: list[bytes] = []
         try:
-            while self._buf and not self._write_paused:
+            while self._pos < len(self._buf) and not self._write_paused:
                 if self._pending is not None:
                     if not self._finish(out):
                         return
@@ -316,8 +320,9 @@ class FastProtocol(asyncio.Protocol):
             self._pending = None
             out.append(_encode(_INTERNAL_ERROR, close=True))
             self._closing = True
-            self._buf = b""
+            self._buf, self._pos = b"", 0
         finally:
+            self._compact()
             if out and self._transport is not None:
                 self._transport.write(b"".join(out) if len(out) > 1 else out[0])
             done = self._closing and self._pending is None
@@ -327,20 +332,20 @@ class FastProtocol(asyncio.Protocol):
     def _start(self, out: list[bytes]) -> bool:
         """Takes the next request's head from the buffer; False when it cannot go on
         (head incomplete, handed over, connection closing)."""
-        buf = self._buf
-        end = buf.find(b"\r\n\r\n")
+        buf, pos = self._buf, self._pos
+        end = buf.find(b"\r\n\r\n", pos)
         if end < 0:
             # Bare-LF line ends, or a head too long: aiohttp's to accept or refuse.
-            if len(buf) > MAX_HEAD or b"\n\n" in buf:
+            if len(buf) - pos > MAX_HEAD or buf.find(b"\n\n", pos) >= 0:
                 self._hand_over(out)
             return False
         head_end = end + 4
-        if head_end > MAX_HEAD or b"\n\n" in buf[:head_end]:
+        if head_end - pos > MAX_HEAD or buf.find(b"\n\n", pos, head_end) >= 0:
             self._hand_over(out)
             return False
         head = self._head
         try:
-            self._parser.feed_data(buf[:head_end])
+            self._parser.feed_data(buf[pos:head_end])
         except httptools.HttpParserError:
             self._hand_over(out)
             return False
@@ -415,8 +420,20 @@ class FastProtocol(asyncio.Protocol):
         it stands at the next request."""
         if body:
             self._parser.feed_data(body)
-        self._buf = self._buf[end:]
+        self._pos = end
         self._head.reset()
+
+    def _compact(self) -> None:
+        """Drops the answered bytes; a pending request's offsets move with its bytes."""
+        pos = self._pos
+        if not pos:
+            return
+        self._buf = self._buf[pos:]
+        self._pos = 0
+        p = self._pending
+        if p is not None:
+            p.head_end -= pos
+            p.end -= pos
 
     def _reply(self, out: list[bytes], answer: Answer, keep_alive: bool) -> bool:
         """Queues the answer; False (stop reading) when the connection ends with it."""
@@ -425,7 +442,7 @@ class FastProtocol(asyncio.Protocol):
         self._server.answered += 1
         if close:
             self._closing = True
-            self._buf = b""
+            self._buf, self._pos = b"", 0
             return False
         return True
 
@@ -461,8 +478,8 @@ class FastProtocol(asyncio.Protocol):
         if out:
             transport.write(b"".join(out))
             out.clear()
-        rest = self._buf
-        self._buf = b""
+        rest = self._buf[self._pos :]
+        self._buf, self._pos = b"", 0
         self._forget()
         self._server.handed_over += 1
         handler = self._server.aiohttp_handler()
