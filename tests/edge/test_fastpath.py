@@ -373,3 +373,34 @@ def test_on_uvloop_light_answers_and_the_hand_over_work_alike() -> None:
     assert orjson.loads(answers[2][2])["used"] == 2  # the quota read, by aiohttp
     assert orjson.loads(answers[3][2])["remaining"] == 0
     assert (answered, handed_over) == (2, 1)
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    runner = EdgeRunner(_app(), access_log=None, keepalive_timeout=0.3)
+    async with _serving(runner) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(consume(ASK))
+        assert await _read_answer(reader) is not None
+        async with asyncio.timeout(3):
+            assert await reader.read(1) == b""
+        writer.close()
+
+
+async def test_a_failure_inside_an_answer_is_a_500_that_ends_the_connection(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug, not a request's fault: the caller hears 500 (as from aiohttp), the rest of
+    its pipelined requests are not taken, and the server keeps serving others."""
+    from edge import answers
+
+    def broken(*args: object) -> answers.Answer:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(answers, "check", broken)
+    broken_then_more = consume(ASK, path=b"/v1/check") + consume(ASK)
+    answers_got, closed = await _exchange(servers.fast, [broken_then_more], 2)
+    assert _statuses(answers_got) == [b"HTTP/1.1 500 Internal Server Error"]
+    assert closed
+    # Nothing was consumed by the request behind the failed one; a new connection works.
+    answers_got, _ = await _exchange(servers.fast, [consume(ASK)], 1)
+    assert orjson.loads(answers_got[0][2])["remaining"] == 2
