@@ -18,16 +18,21 @@ any other route or method (405s, 404s, HEAD), HTTP/1.0 (and anything not 1.1), a
 missing or repeated `Host` or other singleton header, `Transfer-Encoding` (chunked
 bodies), `Content-Encoding` (415), `Expect` (100-continue), `Upgrade`, a body over the
 route's limit (413), a body on forward auth, a head over 8,190 bytes or with more than
-100 headers (431/400), a target that is not a plain origin-form path (`%`, dot segments,
-`//`, absolute form), and a request llhttp refuses (400).
+100 headers (400), a forward-auth target that aiohttp's router would first decode or
+normalise (`%`, dot segments, `//`) or an absolute-form one, bytes pipelined after a
+request that ends the connection (`Connection: close`: 400), and a request llhttp
+refuses (400).
 
 What this face does itself, as aiohttp would: keep-alive, pipelining (answers in order,
 written together), `Connection: close`, a body split over several packets (held until
 complete, under the route's read timeout: 408 `body_timeout`), the idle keep-alive
 timeout, write back-pressure (reading pauses while the transport's buffer is full), and
-graceful shutdown (the runner's `pre_shutdown`/`shutdown` close these connections too).
-`tests/edge/test_fastpath.py` sends the same bytes to this face and to plain aiohttp and
-compares the answers.
+graceful shutdown (the runner's `pre_shutdown`/`shutdown` close these connections too,
+after answering a request whose body is arriving). An error inside an answer (a bug) is a
+500 that ends that connection. `tests/edge/test_fastpath.py` sends the same bytes to this
+face and to plain aiohttp and compares the answers; the one difference it allows is when
+a 408 closes the connection (here at once; aiohttp says `Connection: close` too, but
+keeps the socket open a while).
 """
 
 from __future__ import annotations
