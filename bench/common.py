@@ -209,7 +209,7 @@ def kafka_bootstrap() -> Iterator[tuple[str, bool]]:
     if given:
         yield given, False
         return
-    from quotaflow.localkafka import LocalKafka, free_port
+    from quotaflow.commands.localkafka import LocalKafka, free_port
 
     with tempfile.TemporaryDirectory(prefix="qf-bench-kafka-") as tmp:
         broker = LocalKafka(Path(tmp), port=free_port())

@@ -26,11 +26,11 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from bench.common import Report, progress, summary, unique
-from quotaflow.console.server import build_admin_server
-from quotaflow.localkafka import free_port
+from quotaflow.commands.console.server import build_admin_server
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.tenants.writer import open_writer
 from quotaflow.settings import Settings
 from quotaflow.tenants.keyring import LocalKeyring
-from quotaflow.tenants.running import open_writer
 from wire.signing import generate_keypair
 
 TOKEN = "bench-admin-token-" + "x" * 24

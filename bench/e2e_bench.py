@@ -52,9 +52,9 @@ def edge_node(region: str, port: int, out: str) -> None:
     """`quotaflow edge` with a cache that records when each update is applied."""
     from edge.cache import QuotaCache
     from edge.server import serve
+    from edge.settings import EdgeSettings
     from quotaflow.logs import setup_logging
     from quotaflow.runner import run_until_signalled
-    from quotaflow.settings import Settings
     from tables.quota import QuotaUpdate
 
     tap = Path(out).open("a", buffering=1)  # noqa: SIM115 - closed at exit below
@@ -69,7 +69,7 @@ def edge_node(region: str, port: int, out: str) -> None:
                 )
             return applied
 
-    settings = Settings(region=region, edge_port=port)
+    settings = EdgeSettings(region=region, edge_port=port)
     setup_logging(settings.log_level)
     try:
         run_until_signalled(lambda stop: serve(settings, stop, cache=TapCache(regions=(region,))))

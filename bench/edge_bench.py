@@ -439,7 +439,7 @@ def _http_round(
     seconds: float, token: bool, keys: bool, python_client: bool, aiohttp_only: bool
 ) -> dict[str, Any]:
     """One mode's load against a fresh sidecar process (loopback let in iff no token)."""
-    from quotaflow.localkafka import free_port
+    from quotaflow.commands.localkafka import free_port
 
     port = free_port()
     ctx = mp.get_context("spawn")

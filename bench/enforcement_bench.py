@@ -95,9 +95,9 @@ def edge_node(region: str, port: int, out: str) -> None:
     """
     from edge.cache import Decision, QuotaCache
     from edge.server import serve
+    from edge.settings import EdgeSettings
     from quotaflow.logs import setup_logging
     from quotaflow.runner import run_until_signalled
-    from quotaflow.settings import Settings
     from tables.quota import QuotaUpdate
 
     tap = Path(out).open("a", buffering=1)  # noqa: SIM115 - closed at exit below
@@ -122,7 +122,7 @@ def edge_node(region: str, port: int, out: str) -> None:
                 tap.write(f"a {tenant_id}/{customer_id} {decision.remaining} {time.time():.6f}\n")
             return decision
 
-    settings = Settings(region=region, edge_port=port)
+    settings = EdgeSettings(region=region, edge_port=port)
     setup_logging(settings.log_level)
     try:
         run_until_signalled(lambda stop: serve(settings, stop, cache=TapCache(regions=(region,))))

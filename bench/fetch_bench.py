@@ -389,7 +389,7 @@ class Standin:
 @contextlib.contextmanager
 def standin_process(work: Path, started: list[Process]) -> Iterator[tuple[Proc, str]]:
     """`python -m quotaflow.testing.stripe_standin` on a free port, until its health answers."""
-    from quotaflow.localkafka import free_port
+    from quotaflow.commands.localkafka import free_port
 
     port = free_port()
     argv = [sys.executable, "-m", "quotaflow.testing.stripe_standin", "--port", str(port)]

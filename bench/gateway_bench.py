@@ -49,7 +49,7 @@ from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.fastpath import EdgeRunner
 from edge.server import build_app
-from quotaflow.localkafka import free_port, port_open
+from quotaflow.commands.localkafka import free_port, port_open
 from quotaflow.testing.gateways import (
     CADDYFILE,
     NGINX_TEMPLATE,

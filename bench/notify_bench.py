@@ -144,10 +144,10 @@ async def _wait(receiver: Any, count: int, within: float, what: str) -> None:
 async def run(
     report: Report, bootstrap: str, work: Path, tenants_n: int, customers: int, direct: int
 ) -> None:
-    from quotaflow.localkafka import free_port
+    from quotaflow.commands.localkafka import free_port
+    from quotaflow.commands.tenants.endpoints import new_endpoint_secret
     from quotaflow.registry import dump_tenants
     from quotaflow.settings import Settings
-    from quotaflow.tenants.endpoints import new_endpoint_secret
     from quotaflow.testing.receiver import Receiver
     from quotaflow.topics import ensure_topics
 

@@ -28,12 +28,12 @@ import orjson
 
 from bench.common import cdf
 from ingress.server import serve
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.tenants.audit import ensure_audit_topic
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
-from quotaflow.tenants.audit import ensure_audit_topic
 from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
 from quotaflow.topics import ensure_topics
 from wire.signing import generate_keypair
 

@@ -377,7 +377,7 @@ def tuned_worker(argv: Sequence[str]) -> None:
     from faust.tables.base import Collection
     from faust.transport.drivers import aiokafka as driver
 
-    from quotaflow.cli import main as cli
+    from quotaflow.commands.cli import main as cli
     from streams import faust_tuning
 
     parser = argparse.ArgumentParser(prog="scale-worker")

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from bench.worker_bench import PARTITIONS, Workload, make_tenants, tenant_id
-from quotaflow.ops.topicread import tenant_partition
+from quotaflow.topicread import tenant_partition
 
 SHAPES = 6
 CUSTOMERS_PER_TENANT = 10

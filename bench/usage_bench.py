@@ -160,7 +160,7 @@ async def bench_usage_agent(bootstrap: str, batches: int, per_record: int = 1) -
     }
     log = (tmp / "worker.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "quotaflow.cli", "worker", env=env, stdout=log, stderr=log
+        sys.executable, "-m", "quotaflow.commands.cli", "worker", env=env, stdout=log, stderr=log
     )
     try:
         done = 0

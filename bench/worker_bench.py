@@ -440,7 +440,7 @@ class WorkerTuning:
 def start_worker(env: dict[str, str], log: Path, tuning: WorkerTuning) -> Proc:
     """`quotaflow worker`, or the same through the `bench-worker` verb when tuned."""
     if tuning.plain:
-        return Proc([sys.executable, "-m", "quotaflow.cli", "worker"], env, log)
+        return Proc([sys.executable, "-m", "quotaflow.commands.cli", "worker"], env, log)
     return Proc(
         [sys.executable, "-m", "bench.worker_bench", "bench-worker", *tuning.argv()], env, log
     )
@@ -448,7 +448,7 @@ def start_worker(env: dict[str, str], log: Path, tuning: WorkerTuning) -> Proc:
 
 def bench_worker(tuning: WorkerTuning) -> None:
     """`quotaflow worker` with `tuning` applied; cProfile stats are written on exit."""
-    from quotaflow.cli import main as cli
+    from quotaflow.commands.cli import main as cli
 
     if tuning.switch_interval_ms is not None:
         sys.setswitchinterval(tuning.switch_interval_ms / 1000)

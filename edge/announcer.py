@@ -35,7 +35,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from edge.reporter import REGION_HTTP_HEADER, default_node_id
-from quotaflow.settings import Settings
+from edge.settings import EdgeSettings
 from tables.edge_node import NodeAnnouncement
 from wire import Kind, Signer
 from wire.signing import KeyMaterial
@@ -86,7 +86,7 @@ class NodeAnnouncer:
     @classmethod
     def from_settings(
         cls,
-        settings: Settings,
+        settings: EdgeSettings,
         registry: CollectorRegistry | None = None,
         *,
         boot_id: str | None = None,

@@ -1,6 +1,6 @@
 """`quotaflow-edge`: the edge sidecar's command, the one the slim distribution installs.
 
-The same click command is `quotaflow edge` in the full distribution (`quotaflow/cli.py`
+The same click command is `quotaflow edge` in the full distribution (`quotaflow/commands/cli.py`
 registers it), so both take the same options and read the same `QUOTAFLOW_*` settings.
 This module imports only what the slim distribution ships (`packaging/edge`): click,
 the settings, the JSON logs and the signal runner; the server (and uvloop, the loop it
@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
+from edge.settings import EdgeSettings
 from quotaflow import __version__
 from quotaflow.logs import setup_logging
 from quotaflow.runner import run_until_signalled
-from quotaflow.settings import Settings
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +30,7 @@ def edge(region: str | None, port: int | None) -> None:
     from edge.server import serve
 
     overrides: dict[str, Any] = {"region": region, "edge_port": port}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = EdgeSettings(**{k: v for k, v in overrides.items() if v is not None})
     setup_logging(settings.log_level)
     # uvloop: with the hot routes on the light face (edge/fastpath.py) the event loop's own
     # work is a large share of a request, and uvloop's costs less (BENCHMARKS.md, issue 14).

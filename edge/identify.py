@@ -36,7 +36,7 @@ import orjson
 from edge.exceptions import EdgeError
 
 if TYPE_CHECKING:
-    from quotaflow.settings import Settings
+    from edge.settings import EdgeSettings
 
 __all__ = [
     "DEFAULT_API_KEY_HEADER",
@@ -257,7 +257,7 @@ class Identifier:
         return Ask(tenant, customer, feature, cost)
 
 
-def identifier_from_settings(settings: Settings) -> Identifier:
+def identifier_from_settings(settings: EdgeSettings) -> Identifier:
     """The identification rules of `QUOTAFLOW_EDGE_IDENTIFY`, `…_ROUTES` and the rest.
 
     The API key table is `QUOTAFLOW_EDGE_API_KEYS` plus `QUOTAFLOW_EDGE_API_KEYS_FILE`."""

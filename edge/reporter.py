@@ -43,8 +43,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edge.cache import QuotaCache, UsageKey
+from edge.settings import EdgeSettings
 from edge.spool import UsageSpool
-from quotaflow.settings import Settings
 from wire import REGION_HTTP_HEADER, Kind, Signer
 from wire.signing import KeyMaterial
 
@@ -59,7 +59,7 @@ MAX_BACKOFF = 30.0
 STOP_FLUSH_BUDGET = 2.0
 
 
-def default_node_id(settings: Settings) -> str:
+def default_node_id(settings: EdgeSettings) -> str:
     """`<region>-<host>-<port>`: stable across restarts of one sidecar, unique per node."""
     if settings.usage_node_id:
         return settings.usage_node_id
@@ -131,7 +131,7 @@ class UsageReporter:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, cache: QuotaCache, registry: CollectorRegistry | None = None
+        cls, settings: EdgeSettings, cache: QuotaCache, registry: CollectorRegistry | None = None
     ) -> UsageReporter:
         return cls(
             cache,

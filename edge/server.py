@@ -62,7 +62,7 @@ from edge.idempotency import IdempotencyCache
 from edge.identify import Identifier, identifier_from_settings
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
-from quotaflow.settings import Settings
+from edge.settings import EdgeSettings
 from tables.quota import QuotaUpdate
 from tables.tenant import TENANT_ID_PATTERN
 from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
@@ -324,7 +324,7 @@ class _Handlers:
         )
 
 
-def push_verifier(settings: Settings) -> Verifier:
+def push_verifier(settings: EdgeSettings) -> Verifier:
     """Verifies pushes to this node's region with its public push keys only."""
     return Verifier(
         Kind.PUSH,
@@ -333,7 +333,7 @@ def push_verifier(settings: Settings) -> Verifier:
     )
 
 
-def app_auth(settings: Settings) -> AppAuth:
+def app_auth(settings: EdgeSettings) -> AppAuth:
     """Who may check, consume and read quotas on this node, from its settings."""
     return AppAuth(settings.edge_app_tokens, allow_loopback=settings.edge_allow_loopback)
 
@@ -384,7 +384,7 @@ def build_app(
 
 
 async def serve(
-    settings: Settings, stop: asyncio.Event, *, cache: QuotaCache | None = None
+    settings: EdgeSettings, stop: asyncio.Event, *, cache: QuotaCache | None = None
 ) -> None:
     """Runs the sidecar for `settings.region` on edge_host:edge_port until `stop` is set.
 

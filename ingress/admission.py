@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from ingress.exceptions import Overloaded, Throttled
 from ingress.limits import Bucket
 from ingress.shared_trust import SharedTrust
-from quotaflow.settings import Settings
+from quotaflow.settings import IngressSettings
 
 __all__ = ["CONNECT", "TRUST_SECONDS", "Admission", "AdmissionLimits", "Pass", "source_of"]
 
@@ -62,7 +62,7 @@ class AdmissionLimits:
     retry_after: float = 5.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AdmissionLimits:
+    def from_settings(cls, settings: IngressSettings) -> AdmissionLimits:
         return cls(
             max_in_flight=settings.ingress_max_in_flight,
             max_buffered_bytes=settings.ingress_max_buffered_bytes,

@@ -22,7 +22,7 @@ from ingress.shared_trust import SharedTrust
 from ingress.usage import UsageEndpoint
 from ingress.webhooks import WebhookEndpoints, error_response
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import IngressSettings
 from tables.tenant import WebhookSecret
 
 __all__ = ["METRICS_KEY", "build_app", "platform_secrets_from"]
@@ -39,7 +39,7 @@ _HTTP_REASONS = {
 }
 
 
-def platform_secrets_from(settings: Settings) -> tuple[WebhookSecret, ...]:
+def platform_secrets_from(settings: IngressSettings) -> tuple[WebhookSecret, ...]:
     """The Connect (platform) endpoint's secrets."""
     return tuple(settings.connect_webhook_secrets)
 
@@ -60,7 +60,7 @@ async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamRes
 
 
 def build_app(
-    settings: Settings,
+    settings: IngressSettings,
     registry: TenantRegistry,
     publisher: Publisher,
     clock: Callable[[], float] = time.time,

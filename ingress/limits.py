@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from quotaflow.settings import Settings
+from quotaflow.settings import IngressSettings
 
 __all__ = ["Bucket", "IngressLimits", "TenantThrottle"]
 
 
 @dataclass(frozen=True, slots=True)
 class IngressLimits:
-    """Ingress knobs not (yet) in `Settings`; the defaults suit one ingress process.
+    """Ingress knobs not (yet) in `IngressSettings`; the defaults suit one ingress process.
 
     Proposed settings: QUOTAFLOW_INGRESS_TENANT_RATE, QUOTAFLOW_INGRESS_TENANT_BURST,
     QUOTAFLOW_INGRESS_TENANT_MAX_IN_FLIGHT, QUOTAFLOW_INGRESS_BODY_READ_TIMEOUT,
@@ -32,7 +32,7 @@ class IngressLimits:
     retry_after: float = 5.0  # Retry-After on 503, seconds
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> IngressLimits:
+    def from_settings(cls, settings: IngressSettings) -> IngressLimits:
         return cls(
             tenant_rate=settings.ingress_tenant_rate,
             tenant_burst=settings.ingress_tenant_burst,

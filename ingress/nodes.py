@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from ingress.body import read_json_body
 from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected
 from ingress.publisher import Publisher
-from quotaflow.settings import Settings
+from quotaflow.settings import IngressSettings
 from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
 from wire import REGION_HTTP_HEADER, SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
@@ -53,7 +53,7 @@ class NodesEndpoint:
     """The `/v1/edge/nodes` handler; one per ingress app."""
 
     def __init__(
-        self, settings: Settings, publisher: Publisher, metrics_registry: CollectorRegistry
+        self, settings: IngressSettings, publisher: Publisher, metrics_registry: CollectorRegistry
     ) -> None:
         self._settings = settings
         self._publisher = publisher

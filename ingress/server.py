@@ -17,20 +17,24 @@ from aiohttp import web
 from ingress.app import build_app
 from ingress.publisher import Publisher
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import IngressSettings
 
 __all__ = ["publisher_for", "serve"]
 
 log = logging.getLogger("quotaflow.ingress")
 
 
-def publisher_for(settings: Settings) -> Publisher:
+def publisher_for(settings: IngressSettings) -> Publisher:
     """The producer the ingress uses for `settings` (request size follows the body limit)."""
     return Publisher(settings.kafka_bootstrap, max_request_size=settings.max_body_bytes + 64 * 1024)
 
 
 async def serve(
-    settings: Settings, registry: TenantRegistry, stop: asyncio.Event, *, reuse_port: bool = False
+    settings: IngressSettings,
+    registry: TenantRegistry,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool = False,
 ) -> None:
     """Serves the ingress on settings.ingress_host:ingress_port until `stop` is set.
 

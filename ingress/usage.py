@@ -64,7 +64,7 @@ from ingress.exceptions import IngressError, PublishUnavailable, RequestRejected
 from ingress.publisher import Publisher
 from quotaflow.envelope import RECEIVED_AT, SCHEMA, TENANT
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import IngressSettings
 from tables.dedupe import parse_batch_id
 from tables.tenant import FEATURE_PATTERN, TENANT_ID_PATTERN
 from tables.usage import (
@@ -130,7 +130,7 @@ class UsageEndpoint:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: IngressSettings,
         registry: TenantRegistry,
         publisher: Publisher,
         metrics_registry: CollectorRegistry,

@@ -37,7 +37,7 @@ from ingress.publisher import Publisher
 from ingress.signature import verify
 from quotaflow.envelope import Envelope
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import IngressSettings
 from tables.tenant import Tenant, WebhookSecret
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class _Trace:
 class WebhookEndpoints:
     def __init__(
         self,
-        settings: Settings,
+        settings: IngressSettings,
         registry: TenantRegistry,
         publisher: Publisher,
         metrics: IngressMetrics,

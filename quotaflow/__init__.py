@@ -1,8 +1,11 @@
 """quotaflow: Stripe billing turned into live API quotas at the edge.
 
-This package holds what every face shares (settings, topic names, the tenant registry,
-logging, the local broker) and the one command line, `quotaflow`, which is the only
-module that imports every face.
+Two layers live here. The foundation every face builds on: settings, the envelope, topic
+names and creation, the tenant registry (`tenants/`, read side), JSON logs, the process
+runner, the ops HTTP server, egress checks, the topic reader and producer the worker and
+the tools share. On top, `commands/`: the one command line, `quotaflow`, the operator
+tools, the console and the local broker; nothing outside `commands/` (and the test
+harness, `testing/`) imports it, a contract in `pyproject.toml` checks.
 """
 
 __version__ = "0.1.0"

@@ -1,8 +1,19 @@
-"""Configuration: one validated, frozen object read from `QUOTAFLOW_*` environment variables.
+"""Configuration: validated, frozen objects read from `QUOTAFLOW_*` environment variables.
 
-Every field is documented in the README's configuration table; `tests/quotaflow/test_settings.py`
-(`test_readme_documents_every_setting_and_nothing_else`) checks that the table and this
-class name the same variables, and `tests/test_references.py` that the test cited exists.
+Each concern (Kafka, reading tenants, the keyring, the ingress, the worker, Stripe, …) is a
+group: a pydantic-settings class holding that concern's fields and their validators. Each
+process composes the groups it reads into its own type (`IngressSettings`,
+`WorkerSettings`, `PusherSettings`, `NotifierSettings`, `AdminSettings`; the edge's
+`EdgeSettings` is in `edge/settings.py`, with the edge-only parsing), so a process never
+parses, nor holds, another's secrets. `Settings` is every group defined here: what the
+operator commands (`quotaflow tenants`, `replay`, `dev`, …) read.
+
+A function takes the narrowest group it reads (`ensure_topics(settings: KafkaGroup)`); a
+process type, or `Settings`, is a subclass of each of its groups, so it can be passed to
+any of them. Every variable is documented in the README's configuration table with the
+components reading it; `tests/quotaflow/test_settings.py`
+(`test_readme_documents_every_setting_and_nothing_else`,
+`test_readme_names_the_components_reading_each_variable`) checks both against the classes.
 """
 
 from __future__ import annotations
@@ -10,13 +21,11 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edge.auth import normalise_digests
-from edge.identify import normalise_api_keys, parse_routes
 from tables.tenant import WebhookSecret
 from wire.signing import public_key_id
 
@@ -40,8 +49,19 @@ class InvalidSetting(RuntimeError):
     wrong without the value (a ValueError would be wrapped by pydantic, input included)."""
 
 
-class Settings(BaseSettings):
-    """All of quotaflow's knobs. Defaults are safe for a single machine."""
+def _check_public_keys(keys: list[str]) -> None:
+    # Public keys only: a private key is checked when its signer is built (at start),
+    # never here, where pydantic would echo the value in its error.
+    for key in keys:
+        public_key_id(key)
+
+
+class CommonSettings(BaseSettings):
+    """What every process reads (the JSON logs' level), and the one check every process
+    makes: no removed variable is set. Every group derives from it.
+
+    Validators of the groups have distinct names: pydantic keys a class's validators by
+    name, so two groups' `_check` would hide one another in a type composing both."""
 
     model_config = SettingsConfigDict(env_prefix="QUOTAFLOW_", frozen=True, extra="ignore")
 
@@ -53,14 +73,78 @@ class Settings(BaseSettings):
                     f'{name} is no longer read ({replacement}); see README, "Trust model and keys"'
                 )
 
+    log_level: str = Field("INFO", description="Log level for the JSON logs.")
+
+
+class KafkaGroup(CommonSettings):
+    """The broker, the topics and the consumer group of the pipeline's Kafka clients."""
+
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("", description="Prefix put before every topic name.")
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of every topic we create.")
     replication: int = Field(1, ge=1, le=7, description="Replication factor of created topics.")
+    app_id: str = Field("quotaflow", description="Faust application id (consumer group).")
+
+    @cached_property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+
+class TenantsGroup(KafkaGroup):
+    """Reading the tenants (file or signed `tenants` topic): every component. Secrets are
+    opened only with `KeyringGroup`; tenant records are signed only with
+    `TenantSigningGroup`."""
 
     tenants_file: Path | None = Field(
         None, description="JSON file of tenant documents (used until the tenants topic is)."
     )
+    tenant_verify_keys: list[str] = Field(
+        default_factory=list,
+        description="Every component reading the tenants topic: Ed25519 public tenants keys "
+        '(all verify), base64 of 32 bytes, JSON: ["new", "old"].',
+    )
+    tenant_cache_size: int = Field(
+        1024,
+        ge=1,
+        description="Tenant documents (secrets decrypted) each process keeps built; the "
+        "others are kept packed and built again on use (~50 us).",
+    )
+
+    @field_validator("tenants_file", mode="before")
+    @classmethod
+    def _tenants_file_empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("tenant_verify_keys", mode="after")
+    @classmethod
+    def _tenant_public_keys(cls, value: list[str]) -> list[str]:
+        _check_public_keys(value)
+        return value
+
+
+class KeyringGroup(TenantsGroup):
+    """The key-encryption keys that open tenants' secrets: the ingress, the worker, the
+    notifier and the admin tools; never a pusher or an edge node."""
+
+    keyring: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Key-encryption keys by id, newest first, base64 of 32 bytes, JSON: "
+        '{"k2": "…", "k1": "…"}. The first one wraps; all unwrap.',
+    )
+
+
+class TenantSigningGroup(TenantsGroup):
+    """The private keys that sign tenant records: the admin tools only."""
+
+    tenant_signing_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Admin tools only (CLI, admin API): Ed25519 private tenants signing keys, "
+        "newest first (the first signs every tenant record), JSON list.",
+    )
+
+
+class IngressGroup(CommonSettings):
+    """The webhook ingress: its listener, Stripe signatures, budgets, and usage reports."""
 
     ingress_host: str = Field("127.0.0.1", description="Ingress listen address.")
     ingress_port: int = Field(8080, ge=0, le=65535, description="Ingress listen port.")
@@ -125,8 +209,51 @@ class Settings(BaseSettings):
     ingress_unverified_tenant_burst: float = Field(
         500.0, ge=1, description="Burst of unverified failures per webhook route."
     )
+    usage_legacy_batch_ids: bool = Field(
+        True,
+        description="Ingress: accept legacy `node:seq` batch ids (edges spooled before spool "
+        "incarnations); turn off once every edge runs a version that sends incarnations.",
+    )
+    usage_max_body_bytes: int = Field(
+        1_048_576, gt=0, description="Largest accepted usage report at the ingress."
+    )
 
-    app_id: str = Field("quotaflow", description="Faust application id (consumer group).")
+
+class UsageReportGroup(CommonSettings):
+    """The size of a usage report: the edge writes within it, the ingress refuses beyond."""
+
+    usage_max_items: int = Field(
+        5_000, gt=0, description="Most (tenant, customer) items in one usage report."
+    )
+
+
+class SignedMessagesGroup(CommonSettings):
+    """The age window of signed pushes, usage reports and announcements (every verifier)."""
+
+    push_tolerance: float = Field(30.0, gt=0, description="Push timestamp window, seconds.")
+
+
+class EdgeVerifyGroup(CommonSettings):
+    """Edge nodes' public keys: the ingress, the pushers and the console verify what the
+    nodes sign (usage reports, announcements)."""
+
+    edge_verify_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Ingress and pushers: Ed25519 public edge keys per region (all verify "
+        'usage reports and announcements), JSON: {"eu": ["…"]}.',
+    )
+
+    @field_validator("edge_verify_keys", mode="after")
+    @classmethod
+    def _edge_public_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for keys in value.values():
+            _check_public_keys(keys)
+        return value
+
+
+class WorkerGroup(CommonSettings):
+    """The stream worker: its Faust app, state, commits, read-ahead and web port."""
+
     data_dir: Path = Field(Path(".quotaflow/data"), description="Worker state directory.")
     store: str = Field("rocksdb://", description="Faust table store: rocksdb:// or memory://.")
     worker_id: str | None = Field(
@@ -143,17 +270,42 @@ class Settings(BaseSettings):
     commit_interval: float = Field(
         5.0, gt=0, description="Seconds between the worker's offset commits."
     )
-    grace_seconds: float = Field(
-        3 * 86400.0, ge=0, description="How long past_due keeps a quota in grace."
-    )
     grace_check_interval: float = Field(
         60.0, gt=0, description="Seconds between the worker's scans for ended grace periods."
     )
-    stripe_fetch: bool = Field(
-        True, description="Fetch current objects from Stripe on each event (else use snapshots)."
+    worker_max_queued: int = Field(
+        20_000, ge=1, description="Events read ahead by the worker, all tenants together."
     )
+    worker_web_host: str = Field(
+        "127.0.0.1", description="Listen address of the worker's --web-port (metrics, readiness)."
+    )
+
+
+class PolicyGroup(CommonSettings):
+    """How quotas are computed: the worker applies it, `quota explain` replays it."""
+
+    grace_seconds: float = Field(
+        3 * 86400.0, ge=0, description="How long past_due keeps a quota in grace."
+    )
+    usage_thresholds: list[float] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 0.99, 1.0],
+        description="Fractions of the limit whose crossing by usage publishes a quota update.",
+    )
+
+
+class StripeGroup(CommonSettings):
+    """Where Stripe is: the worker, onboarding and reconcile call it."""
+
     stripe_api_base: str | None = Field(
         None, description="Stripe API base URL override (stripe-mock/localstripe in tests)."
+    )
+
+
+class StripeFetchGroup(CommonSettings):
+    """The worker's Stripe reads: on or off, concurrency, queues and fallback."""
+
+    stripe_fetch: bool = Field(
+        True, description="Fetch current objects from Stripe on each event (else use snapshots)."
     )
     stripe_max_in_flight: int = Field(
         256, ge=1, description="Stripe reads in flight per worker, all tenants together."
@@ -166,9 +318,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Events of one tenant waiting in the worker; past it its partition pauses.",
     )
-    worker_max_queued: int = Field(
-        20_000, ge=1, description="Events read ahead by the worker, all tenants together."
-    )
     stripe_fallback_after: float = Field(
         60.0,
         ge=0,
@@ -176,168 +325,10 @@ class Settings(BaseSettings):
         "applied instead.",
     )
 
-    worker_web_host: str = Field(
-        "127.0.0.1", description="Listen address of the worker's --web-port (metrics, readiness)."
-    )
-    region: str = Field("local", description="This pusher's or edge node's region.")
-    pusher_host: str = Field("127.0.0.1", description="Pusher health/metrics listen address.")
-    pusher_port: int = Field(
-        0, ge=0, le=65535, description="Pusher /healthz, /readyz, /metrics port (0: any free)."
-    )
-    edge_host: str = Field("127.0.0.1", description="Edge sidecar listen address.")
-    edge_port: int = Field(9101, ge=0, le=65535, description="Edge sidecar listen port.")
-    edge_rate_share: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description="Fraction of each customer's rate_per_second one edge node enforces "
-        "(1.0: every node the full rate, so N nodes of a region allow up to N x rate; 1/N "
-        "with N nodes sharing a region's traffic evenly).",
-    )
-    edge_nodes: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description='Edge node base URLs per region, JSON: {"eu": ["http://127.0.0.1:9101"]}.',
-    )
-    push_signing_keys: dict[str, list[SecretStr]] = Field(
-        default_factory=dict,
-        description="Pushers only: Ed25519 private push keys per region, newest first (the "
-        'first signs), base64 of 32 bytes, JSON: {"eu": ["…"]}.',
-    )
-    push_verify_keys: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="Edge nodes: Ed25519 public push keys per region (all verify), base64 of "
-        '32 bytes, JSON: {"eu": ["new", "old"]}.',
-    )
-    edge_signing_keys: list[SecretStr] = Field(
-        default_factory=list,
-        description="Edge nodes only: this node's (or its region's) Ed25519 private edge keys, "
-        "newest first (the first signs usage reports and announcements), JSON list.",
-    )
-    edge_verify_keys: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="Ingress and pushers: Ed25519 public edge keys per region (all verify "
-        'usage reports and announcements), JSON: {"eu": ["…"]}.',
-    )
-    push_tolerance: float = Field(30.0, gt=0, description="Push timestamp window, seconds.")
-    edge_app_tokens: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="Edge nodes: SHA-256 hex digests of the bearer tokens of the applications "
-        'that may check, consume and read quotas, JSON: {"rating-api": "<digest>"} or '
-        '{"rating-api": ["new", "old"]} while a token rotates. Digests only, never tokens.',
-    )
-    edge_allow_loopback: bool = Field(
-        False,
-        description="Edge nodes: let loopback callers (127.0.0.0/8, ::1) check, consume and "
-        "read quotas without a token (application name `loopback`).",
-    )
-    edge_consume_max_bytes: int = Field(
-        4096, gt=0, description="Largest consume or check body at the edge, bytes."
-    )
-    edge_push_max_bytes: int = Field(
-        16 * 1_048_576, gt=0, description="Largest push body at the edge, bytes."
-    )
-    edge_body_read_timeout: float = Field(
-        5.0, gt=0, description="Seconds an edge request may take to send its whole body."
-    )
-    edge_idempotency_ttl: float = Field(
-        300.0, gt=0, description="Seconds an edge consume's Idempotency-Key is remembered."
-    )
-    edge_idempotency_max_keys: int = Field(
-        50_000, ge=1, description="Idempotency keys an edge node holds per application."
-    )
-    edge_identify: Literal["headers", "api_key"] = Field(
-        "headers",
-        description="Edge forward-auth and ASGI middleware: how a request names its customer: "
-        "`headers` (tenant and customer headers set by the gateway) or `api_key` (the "
-        "caller's API key, looked up by digest in QUOTAFLOW_EDGE_API_KEYS / _FILE).",
-    )
-    edge_tenant_header: str = Field(
-        "X-Quotaflow-Tenant", min_length=1, description="Header naming the tenant (headers mode)."
-    )
-    edge_customer_header: str = Field(
-        "X-Quotaflow-Customer",
-        min_length=1,
-        description="Header naming the customer (headers mode).",
-    )
-    edge_api_key_header: str = Field(
-        "X-Api-Key",
-        min_length=1,
-        description="Header carrying the caller's API key (api_key mode); not Authorization.",
-    )
-    edge_api_keys: dict[str, str] = Field(
-        default_factory=dict,
-        description='API key table, JSON: {"<sha256 hex of the key>": "tenant_id/customer_id"}. '
-        "Digests only, never keys.",
-    )
-    edge_api_keys_file: Path | None = Field(
-        None,
-        description="A JSON file holding more of the API key table (same format), read at start.",
-    )
-    edge_routes: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description='Feature and cost per route, JSON: [{"prefix": "/v1/export", "method": '
-        '"POST", "feature": "export", "cost": 10}]; the longest matching prefix wins.',
-    )
-    edge_default_cost: int = Field(
-        1, ge=0, le=1_000_000_000, description="Cost of a request no route matches."
-    )
-    edge_authorize_retry_after: float = Field(
-        1.0,
-        gt=0,
-        description="Retry-After (seconds) of a 503 from forward-auth or the middleware "
-        "(no_snapshot, stale_state).",
-    )
-    edge_url: str | None = Field(
-        None,
-        description="Base URL this edge node announces for pushes (default: "
-        "http://edge_host:edge_port).",
-    )
-    edge_url_allow: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="Hosts or CIDRs per region that announced edge node URLs must be in, "
-        'JSON: {"eu": ["10.1.0.0/16", "edge-eu.internal"]}; a region without one accepts '
-        "no announced node (configured nodes are always served).",
-    )
-    edge_announce_interval: float = Field(
-        5.0,
-        gt=0,
-        description="Seconds between an edge node's announcements; a pusher drops an "
-        "announced node not heard from for three intervals.",
-    )
 
-    usage_ingress_url: str = Field(
-        "http://127.0.0.1:8080", description="Ingress base URL the edge reports usage to."
-    )
-    usage_report_interval: float = Field(
-        1.0, gt=0, description="Seconds between the edge's usage reports."
-    )
-    usage_node_id: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9._-]{1,64}$",
-        description="Stable id of this edge node in usage batch ids (default: region-host-port).",
-    )
-    usage_spool_dir: Path = Field(
-        Path(".quotaflow/usage-spool"),
-        description="Edge directory where unreported usage batches wait (survives restarts).",
-    )
-    usage_spool_max_batches: int = Field(
-        600, ge=2, description="Unsent batches kept apart; past it new usage merges into the last."
-    )
-    usage_legacy_batch_ids: bool = Field(
-        True,
-        description="Ingress: accept legacy `node:seq` batch ids (edges spooled before spool "
-        "incarnations); turn off once every edge runs a version that sends incarnations.",
-    )
-    usage_max_body_bytes: int = Field(
-        1_048_576, gt=0, description="Largest accepted usage report at the ingress."
-    )
-    usage_max_items: int = Field(
-        5_000, gt=0, description="Most (tenant, customer) items in one usage report."
-    )
-    usage_thresholds: list[float] = Field(
-        default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 0.99, 1.0],
-        description="Fractions of the limit whose crossing by usage publishes a quota update.",
-    )
+class MeterGroup(CommonSettings):
+    """The worker's usage reports to Stripe Billing meters."""
+
     meter_enabled: bool = Field(
         True, description="Report usage to Stripe Billing meters from the worker."
     )
@@ -351,27 +342,125 @@ class Settings(BaseSettings):
         64, gt=0, description="Meter event calls in flight per worker."
     )
 
-    keyring: dict[str, SecretStr] = Field(
+
+class RegionGroup(CommonSettings):
+    """A region's meeting point: the pusher's or edge node's region, and how often its
+    edge nodes announce themselves (the console reads both)."""
+
+    region: str = Field("local", description="This pusher's or edge node's region.")
+    edge_announce_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between an edge node's announcements; a pusher drops an "
+        "announced node not heard from for three intervals.",
+    )
+
+
+class EdgeDirectoryGroup(CommonSettings):
+    """Which edge nodes a region has: configured ones, and where announced ones may be."""
+
+    edge_nodes: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="Key-encryption keys by id, newest first, base64 of 32 bytes, JSON: "
-        '{"k2": "…", "k1": "…"}. The first one wraps; all unwrap.',
+        description='Edge node base URLs per region, JSON: {"eu": ["http://127.0.0.1:9101"]}.',
     )
-    tenant_signing_keys: list[SecretStr] = Field(
-        default_factory=list,
-        description="Admin tools only (CLI, admin API): Ed25519 private tenants signing keys, "
-        "newest first (the first signs every tenant record), JSON list.",
+    edge_url_allow: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Hosts or CIDRs per region that announced edge node URLs must be in, "
+        'JSON: {"eu": ["10.1.0.0/16", "edge-eu.internal"]}; a region without one accepts '
+        "no announced node (configured nodes are always served).",
     )
-    tenant_verify_keys: list[str] = Field(
-        default_factory=list,
-        description="Every component reading the tenants topic: Ed25519 public tenants keys "
-        '(all verify), base64 of 32 bytes, JSON: ["new", "old"].',
+
+
+class PushSigningGroup(CommonSettings):
+    """The pushers' private keys (the admin tools read only their regions)."""
+
+    push_signing_keys: dict[str, list[SecretStr]] = Field(
+        default_factory=dict,
+        description="Pushers only: Ed25519 private push keys per region, newest first (the "
+        'first signs), base64 of 32 bytes, JSON: {"eu": ["…"]}.',
     )
-    tenant_cache_size: int = Field(
-        1024,
-        ge=1,
-        description="Tenant documents (secrets decrypted) each process keeps built; the "
-        "others are kept packed and built again on use (~50 us).",
+
+
+class PushVerifyGroup(CommonSettings):
+    """The pushers' public keys: edge nodes verify pushes with them."""
+
+    push_verify_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Edge nodes: Ed25519 public push keys per region (all verify), base64 of "
+        '32 bytes, JSON: {"eu": ["new", "old"]}.',
     )
+
+    @field_validator("push_verify_keys", mode="after")
+    @classmethod
+    def _push_public_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for keys in value.values():
+            _check_public_keys(keys)
+        return value
+
+
+class PusherGroup(CommonSettings):
+    """The pusher's own web port (health, readiness, metrics)."""
+
+    pusher_host: str = Field("127.0.0.1", description="Pusher health/metrics listen address.")
+    pusher_port: int = Field(
+        0, ge=0, le=65535, description="Pusher /healthz, /readyz, /metrics port (0: any free)."
+    )
+
+
+class NotifierGroup(CommonSettings):
+    """The notifier: its web port, deliveries, retries, budgets and consumer group."""
+
+    notifier_host: str = Field("127.0.0.1", description="Notifier /healthz, /metrics address.")
+    notifier_port: int = Field(
+        9104, ge=0, le=65535, description="Notifier /healthz, /readyz, /metrics listen port."
+    )
+    notifier_timeout: float = Field(
+        10.0, gt=0, description="Notifier: seconds for one delivery (connect to answer)."
+    )
+    notifier_retry_base: float = Field(
+        5.0, gt=0, description="Notifier: first retry delay, seconds (doubles, full jitter)."
+    )
+    notifier_retry_max_delay: float = Field(
+        3600.0, gt=0, description="Notifier: longest delay between two attempts, seconds."
+    )
+    notifier_give_up_after: float = Field(
+        86_400.0,
+        gt=0,
+        description="Notifier: an endpoint failing this long (seconds) is disabled (audited, "
+        "alerted) and its notifications go to the dead letters.",
+    )
+    notifier_tenant_rate: float = Field(
+        20.0, gt=0, description="Notifier: delivery attempts per second per tenant."
+    )
+    notifier_endpoint_queue: int = Field(
+        1000,
+        gt=0,
+        description="Notifier: notifications held per endpoint; past it the endpoint's "
+        "partition waits (memory stays bounded).",
+    )
+    notifier_max_pending: int = Field(
+        20_000, gt=0, description="Notifier: notifications held in memory in all."
+    )
+    notifier_group: str = Field(
+        "quotaflow-notifier", description="Notifier consumer group (one per deployment)."
+    )
+
+
+class EndpointGuardGroup(CommonSettings):
+    """Where notification endpoints may point: checked when configured (admin) and at
+    each delivery (notifier)."""
+
+    notify_allow_private: bool = Field(
+        False,
+        description="Allow notification endpoints that resolve to loopback, link-local, "
+        "private or unspecified addresses (SSRF guard; checked when configured and at each "
+        "delivery). Off in production; tests and single-host setups only.",
+    )
+
+
+class AdminGroup(CommonSettings):
+    """The tenant admin API and the operator console, and the regions tenants may name."""
+
     admin_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='Admin API bearer tokens by name (the audit actor), JSON: {"ops": "…"}.',
@@ -411,110 +500,75 @@ class Settings(BaseSettings):
         "QUOTAFLOW_REGION.",
     )
 
-    notify_allow_private: bool = Field(
-        False,
-        description="Allow notification endpoints that resolve to loopback, link-local, "
-        "private or unspecified addresses (SSRF guard; checked when configured and at each "
-        "delivery). Off in production; tests and single-host setups only.",
-    )
-    notifier_host: str = Field("127.0.0.1", description="Notifier /healthz, /metrics address.")
-    notifier_port: int = Field(
-        9104, ge=0, le=65535, description="Notifier /healthz, /readyz, /metrics listen port."
-    )
-    notifier_timeout: float = Field(
-        10.0, gt=0, description="Notifier: seconds for one delivery (connect to answer)."
-    )
-    notifier_retry_base: float = Field(
-        5.0, gt=0, description="Notifier: first retry delay, seconds (doubles, full jitter)."
-    )
-    notifier_retry_max_delay: float = Field(
-        3600.0, gt=0, description="Notifier: longest delay between two attempts, seconds."
-    )
-    notifier_give_up_after: float = Field(
-        86_400.0,
-        gt=0,
-        description="Notifier: an endpoint failing this long (seconds) is disabled (audited, "
-        "alerted) and its notifications go to the dead letters.",
-    )
-    notifier_tenant_rate: float = Field(
-        20.0, gt=0, description="Notifier: delivery attempts per second per tenant."
-    )
-    notifier_endpoint_queue: int = Field(
-        1000,
-        gt=0,
-        description="Notifier: notifications held per endpoint; past it the endpoint's "
-        "partition waits (memory stays bounded).",
-    )
-    notifier_max_pending: int = Field(
-        20_000, gt=0, description="Notifier: notifications held in memory in all."
-    )
-    notifier_group: str = Field(
-        "quotaflow-notifier", description="Notifier consumer group (one per deployment)."
-    )
-
-    log_level: str = Field("INFO", description="Log level for the JSON logs.")
-
-    @field_validator("tenants_file", "edge_api_keys_file", "console_edge_token", mode="before")
+    @field_validator("console_edge_token", mode="before")
     @classmethod
-    def _empty_is_none(cls, value: object) -> object:
+    def _console_token_empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("edge_app_tokens", mode="before")
-    @classmethod
-    def _app_token_digests(cls, value: object) -> object:
-        # Raised as RemovedSetting's kin, not ValueError: pydantic would echo the input, and
-        # an operator who pasted a token here instead of its digest must not see it logged.
-        try:
-            return normalise_digests(value)
-        except ValueError as exc:
-            raise InvalidSetting(f"QUOTAFLOW_EDGE_APP_TOKENS: {exc}") from None
 
-    @field_validator("edge_api_keys", mode="before")
-    @classmethod
-    def _api_key_digests(cls, value: object) -> object:
-        # As for app tokens: a key pasted instead of its digest must not be echoed.
-        try:
-            return {d: "/".join(owner) for d, owner in normalise_api_keys(value).items()}
-        except ValueError as exc:
-            raise InvalidSetting(f"QUOTAFLOW_EDGE_API_KEYS: {exc}") from None
+# The process types. Each lists its groups in the order they are defined above, the
+# tenants groups last, so that `Settings`, which derives from all of them, has a
+# consistent method resolution order.
 
-    @field_validator("edge_routes", mode="after")
-    @classmethod
-    def _routes(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        parse_routes(value)  # ValueError names the bad route (routes hold no secret)
-        return value
 
-    @field_validator("edge_api_key_header", mode="after")
-    @classmethod
-    def _api_key_header(cls, value: str) -> str:
-        if value.strip().lower() == "authorization":
-            raise ValueError("the API key header cannot be Authorization (the gateway's)")
-        return value
+class IngressSettings(
+    IngressGroup, UsageReportGroup, SignedMessagesGroup, EdgeVerifyGroup, KeyringGroup
+):
+    """`quotaflow ingress`: webhooks (tenants' secrets) and the edge nodes' usage reports
+    and announcements."""
 
-    @field_validator("push_verify_keys", "edge_verify_keys", mode="after")
-    @classmethod
-    def _public_keys(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        # Public keys only: a private key is checked when its signer is built (at start),
-        # never here, where pydantic would echo the value in its error.
-        for keys in value.values():
-            for key in keys:
-                public_key_id(key)
-        return value
 
-    @field_validator("tenant_verify_keys", mode="after")
-    @classmethod
-    def _tenant_public_keys(cls, value: list[str]) -> list[str]:
-        for key in value:
-            public_key_id(key)
-        return value
+class WorkerSettings(
+    WorkerGroup, PolicyGroup, StripeGroup, StripeFetchGroup, MeterGroup, KeyringGroup
+):
+    """`quotaflow worker`: Stripe events into quotas, usage into meters."""
 
-    @cached_property
-    def topics(self) -> Topics:
-        return Topics(self.topic_prefix)
+
+class PusherSettings(
+    SignedMessagesGroup,
+    EdgeVerifyGroup,
+    RegionGroup,
+    EdgeDirectoryGroup,
+    PushSigningGroup,
+    PusherGroup,
+    TenantsGroup,
+):
+    """`quotaflow push`: one region's edge nodes, without the keyring."""
+
+
+class NotifierSettings(NotifierGroup, EndpointGuardGroup, KeyringGroup):
+    """`quotaflow notifier`: notifications signed with the endpoints' secrets."""
+
+
+class AdminSettings(
+    EdgeVerifyGroup,
+    PolicyGroup,
+    StripeGroup,
+    RegionGroup,
+    EdgeDirectoryGroup,
+    PushSigningGroup,
+    PushVerifyGroup,
+    EndpointGuardGroup,
+    AdminGroup,
+    KeyringGroup,
+    TenantSigningGroup,
+):
+    """`quotaflow admin`: the admin API and the console, which onboard, explain, re-drive
+    and show the pipeline (the regions tenants may name come from the region groups)."""
+
+
+# The pydantic mypy plugin gives each model a `model_construct` of its own fields, which
+# mypy then finds incompatible between the bases; pydantic builds the union correctly.
+class Settings(  # type: ignore[misc]
+    IngressSettings, WorkerSettings, PusherSettings, NotifierSettings, AdminSettings
+):
+    """Every group of this module: what the operator commands read (`quotaflow tenants`,
+    `keys`, `replay`, `deadletter`, `quota`, `reconcile`, `lag`, `notifications`, `dev`).
+    The edge node's own group is not here (`edge/settings.py`): no command reads it."""
 
 
 class Topics:
-    """Topic names with the configured prefix. Partition counts come from `Settings`."""
+    """Topic names with the configured prefix. Partition counts come from `KafkaGroup`."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix

@@ -25,7 +25,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from quotaflow.exceptions import ConfigurationError
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 
 log = logging.getLogger("quotaflow.topics")
 
@@ -42,7 +42,7 @@ class TopicSpec:
     config: dict[str, str]
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
+def topic_specs(settings: KafkaGroup) -> list[TopicSpec]:
     """The design's topic table: keyed by tenant, compacted where the latest value matters."""
     t, n = settings.topics, settings.partitions
     isr = {"min.insync.replicas": str(min_insync_replicas(settings))}
@@ -77,7 +77,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [TopicSpec(s.name, s.partitions, {**s.config, **isr}) for s in specs]
 
 
-def min_insync_replicas(settings: Settings) -> int:
+def min_insync_replicas(settings: KafkaGroup) -> int:
     return min(2, settings.replication)
 
 
@@ -86,7 +86,7 @@ class TopicsMismatch(ConfigurationError):
 
 
 def mismatches(
-    settings: Settings, partitions: dict[str, int], configs: dict[str, dict[str, str]]
+    settings: KafkaGroup, partitions: dict[str, int], configs: dict[str, dict[str, str]]
 ) -> list[str]:
     """What is wrong with the existing topics, one phrase each (empty: nothing).
 
@@ -117,12 +117,12 @@ def mismatches(
     return problems
 
 
-def is_changelog(settings: Settings, name: str) -> bool:
+def is_changelog(settings: KafkaGroup, name: str) -> bool:
     """A changelog topic of this worker app's Faust tables."""
     return name.startswith(f"{settings.app_id}-") and name.endswith("-changelog")
 
 
-async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+async def ensure_topics(settings: KafkaGroup, timeout: float = 30.0) -> list[str]:
     """Creates the missing topics and checks the existing ones; returns the names created.
 
     `TopicsMismatch` if an existing topic differs from the design (nothing is changed:
@@ -160,7 +160,7 @@ async def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         await admin.close()
 
 
-async def _check(admin: AIOKafkaAdminClient, settings: Settings, existing: set[str]) -> None:
+async def _check(admin: AIOKafkaAdminClient, settings: KafkaGroup, existing: set[str]) -> None:
     ours = {s.name for s in topic_specs(settings)} & existing
     changelogs = {name for name in existing if is_changelog(settings, name)}
     names = sorted(ours | changelogs)

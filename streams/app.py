@@ -25,10 +25,10 @@ from collections.abc import Callable
 import faust
 import mode
 
-from quotaflow.ops.topicread import tenant_partition
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import WorkerSettings
 from quotaflow.tenants.running import RunningRegistry, open_registry
+from quotaflow.topicread import tenant_partition
 from streams.billing_agent import BillingPipeline, reader_fetch
 from streams.faust_tuning import reseek_after_recovery, set_fetch_max_wait
 from streams.grace import add_grace_timer
@@ -56,7 +56,7 @@ class WorkerResources:
     event is ever judged against a half-loaded registry.
     """
 
-    def __init__(self, settings: Settings, registry: TenantRegistry | None) -> None:
+    def __init__(self, settings: WorkerSettings, registry: TenantRegistry | None) -> None:
         self._settings = settings
         self._given = registry
         self._opened: RunningRegistry | None = None
@@ -118,7 +118,7 @@ class RegistryOpening(mode.Service):
             await asyncio.gather(task, return_exceptions=True)
 
 
-def lane_limits(settings: Settings) -> LaneLimits:
+def lane_limits(settings: WorkerSettings) -> LaneLimits:
     return LaneLimits(
         max_in_flight=settings.stripe_max_in_flight,
         tenant_max_in_flight=settings.stripe_tenant_max_in_flight,
@@ -129,7 +129,7 @@ def lane_limits(settings: Settings) -> LaneLimits:
 
 
 def create_app(
-    settings: Settings,
+    settings: WorkerSettings,
     registry: TenantRegistry | None = None,
     *,
     stripe_reader: StripeReader | None = None,

@@ -31,7 +31,7 @@ from typing import Any
 import faust
 
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import WorkerSettings
 from streams.faust_tuning import event_context
 from streams.processing.grace import GraceProcessor, due_for_blocking
 from streams.records import raw_topic, record_from
@@ -49,7 +49,7 @@ PAST_DUE = b'"past_due"'
 
 def add_grace_timer(
     app: faust.App,
-    settings: Settings,
+    settings: WorkerSettings,
     *,
     sink: Sink,
     customers: Any,

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import stripe
 from aiolimiter import AsyncLimiter
 
+from streams.stripe_clients import StripeClients
 from tables.tenant import Tenant
 
 __all__ = ["MeterClient", "MeterJob", "SendResult"]
@@ -108,15 +109,13 @@ class MeterClient:
         max_backoff: float = 30.0,
         max_attempts: int | None = None,
     ) -> None:
-        self._api_base = api_base
         self._rates = dict(rates or {"live": 80.0, "test": 20.0})
         self._timeout = timeout
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
         self._max_attempts = max_attempts
-        self._clients: dict[tuple[str, str], stripe.StripeClient] = {}
+        self._clients = StripeClients(api_base=api_base, max_network_retries=0)
         self._limiters: dict[str, AsyncLimiter] = {}
-        self._http: stripe.AIOHTTPClient | None = None
         self.attempts = 0
         self.rate_limited = 0
 
@@ -130,29 +129,9 @@ class MeterClient:
             limiter = self._limiters[account] = AsyncLimiter(burst, burst / rate)
         return limiter
 
-    def _client(self, tenant: Tenant) -> stripe.StripeClient | None:
-        if tenant.stripe_api_key is None:
-            return None
-        # By key value, not object: the registry builds documents again (bounded cache).
-        cache_key = (tenant.id, tenant.stripe_api_key.get_secret_value())
-        client = self._clients.get(cache_key)
-        if client is None:
-            if self._http is None:
-                self._http = stripe.AIOHTTPClient()
-            bases: Any = {"api": self._api_base} if self._api_base else None
-            client = stripe.StripeClient(
-                tenant.stripe_api_key.get_secret_value(),
-                stripe_account=tenant.stripe_account,
-                base_addresses=bases,
-                max_network_retries=0,
-                http_client=self._http,
-            )
-            self._clients[cache_key] = client
-        return client
-
     async def send(self, tenant: Tenant, job: MeterJob) -> SendResult:
         """Reports `job` once in effect; returns how it ended. Never raises Stripe errors."""
-        client = self._client(tenant)
+        client = self._clients.get(tenant)
         if client is None:
             return "no_api_key"
         limiter = self.limiter(tenant)
@@ -198,6 +177,4 @@ class MeterClient:
             await asyncio.sleep(random.uniform(0, ceiling))
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close_async()  # type: ignore[no-untyped-call]
-            self._http = None
+        await self._clients.close()

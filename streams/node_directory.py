@@ -10,7 +10,7 @@ A tombstone is a departure. An announcement whose boot id differs from the one h
 that node means the node restarted: `on_restart(url, boot_id)` tells the pusher at once.
 
 Two checks keep a stolen key from steering a pusher: the announced URL's host must be
-inside the region's allow-list (`Settings.edge_url_allow`: host names or CIDRs) and carry
+inside the region's allow-list (`QUOTAFLOW_EDGE_URL_ALLOW`: host names or CIDRs) and carry
 no userinfo, and an announcement whose signed `at` is beyond now + `push_tolerance` is
 ignored, so a far-future `at` cannot keep a silent node alive.
 
@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from quotaflow.settings import Settings
+from quotaflow.settings import PusherSettings
 from streams.push_metrics import PushMetrics
 from tables.edge_node import SIGNATURE_RECORD_HEADER, NodeAnnouncement
 from wire import Kind, SignatureError, Verifier
@@ -109,7 +109,7 @@ class NodeDirectory:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: PusherSettings,
         *,
         clock: Callable[[], float] = time.time,
         on_restart: Callable[[str, str], None] | None = None,

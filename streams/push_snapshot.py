@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 
 log = logging.getLogger(__name__)
 
 
 async def read_snapshot(
-    settings: Settings, keep: Callable[[bytes], bool], *, time_limit: float = 60.0
+    settings: KafkaGroup, keep: Callable[[bytes], bool], *, time_limit: float = 60.0
 ) -> list[bytes]:
     """Values of the latest record per key whose key `keep` accepts (tombstones drop a key)."""
     topic = settings.topics.quota_updates

@@ -54,7 +54,7 @@ from prometheus_client.registry import Collector
 
 from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry, refused_family
-from quotaflow.settings import Settings
+from quotaflow.settings import PusherSettings
 from streams.node_directory import NodeDirectory
 from streams.offset_commit import commit_moved
 from streams.push_metrics import PushMetrics
@@ -125,7 +125,11 @@ class Pusher:
     """Consumes a region's quota updates and fans them out to the region's edge nodes."""
 
     def __init__(
-        self, settings: Settings, registry: TenantRegistry, *, config: PushConfig | None = None
+        self,
+        settings: PusherSettings,
+        registry: TenantRegistry,
+        *,
+        config: PushConfig | None = None,
     ) -> None:
         self.settings = settings
         self.region = settings.region
@@ -455,7 +459,7 @@ class Pusher:
 
 
 async def run_pusher(
-    settings: Settings,
+    settings: PusherSettings,
     registry: TenantRegistry,
     stop: asyncio.Event,
     *,

@@ -10,7 +10,7 @@ from typing import Any
 
 import faust
 
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup, WorkerSettings
 from streams.processing.effects import Record, record_of
 from tables.outcome import Outcome
 from tables.quota import QUOTA_UPDATE_SCHEMA
@@ -28,7 +28,7 @@ ROCKSDB_OPTIONS = {
 }
 
 
-def raw_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT:
+def raw_topic(app: faust.App, settings: KafkaGroup, name: str) -> faust.TopicT:
     return app.topic(
         name,
         partitions=settings.partitions,
@@ -59,7 +59,7 @@ class TrackedTable(faust.Table):  # type: ignore[type-arg]
         return sent
 
 
-def raw_table(app: faust.App, settings: Settings, name: str) -> Any:
+def raw_table(app: faust.App, settings: WorkerSettings, name: str) -> Any:
     """A table co-partitioned with the topics; bytes types make its changelog raw too."""
     return app.Table(
         name,

@@ -4,7 +4,7 @@ While a tenant is suspended the ingress answers its webhooks 403, so Stripe chan
 meanwhile may never have reached `stripe.events` (Stripe retries a failed delivery for up
 to three days, but a long suspension, or a disabled endpoint, outlasts that). When the
 tenant is resumed, the worker that holds the tenant's `stripe.events` partition runs
-`quotaflow.ops.reconcile.reconcile` from `suspended_at` (less a minute of clock skew): the
+`streams.reconcile.reconcile` from `suspended_at` (less a minute of clock skew): the
 events Stripe lists that the topic lacks are injected, marked `qf-backfill: reconcile`,
 and applied like any other (deduplicated by event id, so events that did arrive change
 nothing).
@@ -29,9 +29,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from quotaflow.ops.reconcile import ReconcileReport, reconcile
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import WorkerSettings
+from streams.reconcile import ReconcileReport, reconcile
 from tables.tenant import Tenant
 
 __all__ = ["CATCH_UP", "ResumeReconciler"]
@@ -45,10 +45,10 @@ STRIPE_EVENTS_KEPT = 30 * 86400.0  # Stripe's Events API lists 30 days
 ATTEMPTS = 5
 BACKOFF = 2.0
 
-Reconcile = Callable[[Settings, Tenant, float], Awaitable[ReconcileReport]]
+Reconcile = Callable[[WorkerSettings, Tenant, float], Awaitable[ReconcileReport]]
 
 
-async def _reconcile(settings: Settings, tenant: Tenant, since: float) -> ReconcileReport:
+async def _reconcile(settings: WorkerSettings, tenant: Tenant, since: float) -> ReconcileReport:
     return await reconcile(settings, tenant, since)
 
 
@@ -57,7 +57,7 @@ class ResumeReconciler:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         registry: Callable[[], TenantRegistry | None],
         *,
         holds: Callable[[str], bool | None],

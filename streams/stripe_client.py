@@ -26,6 +26,7 @@ import stripe
 from aiolimiter import AsyncLimiter
 
 from streams.processing.billing import Fetched, FetchResult, NotFound
+from streams.stripe_clients import StripeClients
 from tables.tenant import Tenant
 
 __all__ = ["DEFAULT_RATES", "FetchResult", "Fetched", "NotFound", "StripeReader"]
@@ -53,42 +54,17 @@ class StripeReader:
         cache_size: int = 100_000,
         http_client: stripe.AIOHTTPClient | None = None,
     ) -> None:
-        self._api_base = api_base
         self._timeout = timeout
         self._cache_ttl = cache_ttl
-        self._retries = max_network_retries
         self._rates = dict(rates)
         self._cache_size = cache_size
-        self._clients: dict[tuple[str, str], stripe.StripeClient] = {}
+        self._clients = StripeClients(
+            api_base=api_base, max_network_retries=max_network_retries, http_client=http_client
+        )
         self._limiters: dict[str, AsyncLimiter] = {}
         # (wall-clock fetch time, object): compared with events' received-at times.
         self._cache: dict[tuple[str, str], Fetched] = {}
         self._inflight: dict[tuple[str, str], tuple[float, asyncio.Future[FetchResult]]] = {}
-        # Created on first use unless given (the worker passes one that counts requests).
-        self._http: stripe.AIOHTTPClient | None = http_client
-
-    def _client(self, tenant: Tenant) -> stripe.StripeClient | None:
-        if tenant.stripe_api_key is None:
-            return None
-        key = tenant.stripe_api_key.get_secret_value()
-        # Keyed by tenant and key (held in memory by the client anyway, never logged), so
-        # a rotation gets a fresh client and a document the registry builds again (its
-        # cache is bounded) does not.
-        cache_key = (tenant.id, key)
-        client = self._clients.get(cache_key)
-        if client is None:
-            if self._http is None:
-                self._http = stripe.AIOHTTPClient()
-            bases: Any = {"api": self._api_base} if self._api_base else None
-            client = stripe.StripeClient(
-                key,
-                stripe_account=tenant.stripe_account,
-                base_addresses=bases,
-                max_network_retries=self._retries,
-                http_client=self._http,
-            )
-            self._clients[cache_key] = client
-        return client
 
     def _limiter(self, tenant: Tenant) -> AsyncLimiter:
         account = tenant.stripe_account or tenant.id
@@ -143,7 +119,7 @@ class StripeReader:
         self._cache.pop((tenant_id, object_id), None)
 
     async def _fetch(self, tenant: Tenant, kind: str, object_id: str) -> Any:
-        client = self._client(tenant)
+        client = self._clients.get(tenant)
         if client is None or kind not in ("subscription", "customer"):
             return None
         try:
@@ -171,6 +147,4 @@ class StripeReader:
         return result
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close_async()  # type: ignore[no-untyped-call]
-            self._http = None
+        await self._clients.close()

@@ -26,7 +26,7 @@ import faust
 import mode
 
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import WorkerSettings
 from quotaflow.topics import ensure_topics
 from streams.faust_tuning import event_context
 from streams.meter_client import MeterClient
@@ -46,13 +46,13 @@ log = logging.getLogger("quotaflow.worker.usage")
 MAX_UNCONFIRMED = 1000
 
 
-def meter_topic(settings: Settings) -> str:
+def meter_topic(settings: WorkerSettings) -> str:
     return settings.topics.meter_jobs
 
 
 def add_usage_agent(
     app: faust.App,
-    settings: Settings,
+    settings: WorkerSettings,
     *,
     sink: Sink,
     customers: Any,

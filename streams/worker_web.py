@@ -60,7 +60,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from quotaflow.settings import Settings
+from quotaflow.settings import WorkerSettings
 from streams.lanes import Lanes
 from streams.processing.effects import Effects
 from streams.stripe_client import StripeReader
@@ -145,7 +145,7 @@ class WorkerMetrics:
         self.resume_reconciles.labels(outcome).inc()
         self.resume_reconcile_events.inc(injected)
 
-    def stripe_reader(self, settings: Settings) -> StripeReader | None:
+    def stripe_reader(self, settings: WorkerSettings) -> StripeReader | None:
         """The Stripe reader the worker should use (None when fetching is off), counted."""
         if not settings.stripe_fetch:
             return None
@@ -356,7 +356,7 @@ class WorkerWeb(mode.Service):
 
 def attach_worker_web(
     app: faust.App,
-    settings: Settings,
+    settings: WorkerSettings,
     port: int,
     *,
     metrics: WorkerMetrics | None = None,

@@ -79,12 +79,9 @@ def derive(
         )
     made: list[Notification] = []
     fired = list(marks.fired)
-    limit = last.limit
-    if limit is not None and limit > 0:
-        for fraction in thresholds:
-            if fraction not in fired and after.used >= fraction * limit:
-                fired.append(fraction)
-                made.append(_make(after, last, "quota.threshold_crossed", now, threshold=fraction))
+    for fraction in _crossed(fired, after.used, last.limit, thresholds):
+        fired.append(fraction)
+        made.append(_make(after, last, "quota.threshold_crossed", now, threshold=fraction))
     exhausted, blocked = marks.exhausted, marks.blocked
     if prev is None or prev.version != last.version:
         was = prev.status if prev is not None else None
@@ -148,68 +145,21 @@ def _derive_features(
         quota = last.metered[name]
         limit, used = quota.limit, after.feature_used.get(name, 0)
         fired = list(fired_by.get(name, ()))
-        if limit is not None and limit > 0:
-            for fraction in thresholds:
-                if fraction not in fired and used >= fraction * limit:
-                    fired.append(fraction)
-                    made.append(
-                        _make_feature(after, last, name, "quota.threshold_crossed", now, fraction)
-                    )
+        for fraction in _crossed(fired, used, limit, thresholds):
+            fired.append(fraction)
+            made.append(
+                _make(after, last, "quota.threshold_crossed", now, threshold=fraction, feature=name)
+            )
         if fired:
             fired_by[name] = tuple(sorted(fired))
         out = limit is not None and limit > 0 and used >= limit
         if out and name not in exhausted:
-            made.append(_make_feature(after, last, name, "quota.exhausted", now))
+            made.append(_make(after, last, "quota.exhausted", now, feature=name))
             exhausted.add(name)
         elif not out and name in exhausted and last.status in _SERVED:
-            made.append(_make_feature(after, last, name, "quota.restored", now))
+            made.append(_make(after, last, "quota.restored", now, feature=name))
             exhausted.discard(name)
     return tuple(sorted(fired_by.items())), tuple(sorted(exhausted)), made
-
-
-def _make_feature(
-    state: CustomerState,
-    last: QuotaUpdate,
-    feature: str,
-    event_type: str,
-    now: float,
-    threshold: float | None = None,
-) -> Notification:
-    """A notification about one named metered feature: its limit, usage and remaining; its
-    status `exhausted` while it has no units left, else the customer's."""
-    quota = last.metered[feature]
-    used = state.feature_used.get(feature, 0)
-    remaining = None if quota.limit is None else max(quota.limit - used, 0)
-    # A status change is caused by the version it was derived at; a threshold by the period.
-    version = None if threshold is not None else last.version
-    return Notification(
-        id=notification_id(
-            state.tenant_id,
-            state.stripe_customer_id,
-            event_type,
-            state.period_start,
-            threshold=threshold,
-            version=version,
-            feature=feature,
-        ),
-        type=event_type,
-        timestamp=iso_timestamp(now),
-        data=NotificationData(
-            tenant_id=state.tenant_id,
-            customer_id=last.customer_id,
-            stripe_customer_id=state.stripe_customer_id,
-            limit=quota.limit,
-            used=used,
-            remaining=remaining,
-            status="exhausted" if remaining == 0 else last.status,
-            period_start=state.period_start,
-            period_end=state.period_end,
-            version=last.version,
-            threshold=threshold,
-            feature=feature,
-            grace_until=last.grace_until,
-        ),
-    )
 
 
 def reemit(state: CustomerState | None, source: str) -> tuple[Notification, ...]:
@@ -220,6 +170,15 @@ def reemit(state: CustomerState | None, source: str) -> tuple[Notification, ...]
     return tuple(n.notification for n in state.notices if n.source == source)
 
 
+def _crossed(
+    fired: Collection[float], used: int, limit: int | None, thresholds: Sequence[float]
+) -> list[float]:
+    """The fractions of `limit` that `used` reaches and that are not yet in `fired`."""
+    if limit is None or limit <= 0:
+        return []
+    return [f for f in thresholds if f not in fired and used >= f * limit]
+
+
 def _make(
     state: CustomerState,
     last: QuotaUpdate,
@@ -228,7 +187,19 @@ def _make(
     *,
     threshold: float | None = None,
     version: int | None = None,
+    feature: str | None = None,
 ) -> Notification:
+    """A notification about the whole quota, or with `feature` about one named metered
+    feature: its limit, usage and remaining, its status `exhausted` while it has no units
+    left (else the customer's). A feature's status change is caused by the version it was
+    derived at, its threshold by the period (`version` is then implied)."""
+    if feature is None:
+        limit, used = last.limit, state.used
+    else:
+        limit, used = last.metered[feature].limit, state.feature_used.get(feature, 0)
+        version = None if threshold is not None else last.version
+    remaining = None if limit is None else max(limit - used, 0)
+    status = "exhausted" if feature is not None and remaining == 0 else last.status
     return Notification(
         id=notification_id(
             state.tenant_id,
@@ -237,6 +208,7 @@ def _make(
             state.period_start,
             threshold=threshold,
             version=version,
+            feature=feature,
         ),
         type=event_type,
         timestamp=iso_timestamp(now),
@@ -244,14 +216,15 @@ def _make(
             tenant_id=state.tenant_id,
             customer_id=last.customer_id,
             stripe_customer_id=state.stripe_customer_id,
-            limit=last.limit,
-            used=state.used,
-            remaining=None if last.limit is None else max(last.limit - state.used, 0),
-            status=last.status,
+            limit=limit,
+            used=used,
+            remaining=remaining,
+            status=status,
             period_start=state.period_start,
             period_end=state.period_end,
             version=last.version,
             threshold=threshold,
+            feature=feature,
             grace_until=last.grace_until,
         ),
     )

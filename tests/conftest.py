@@ -2,7 +2,7 @@
 stand-in (`quotaflow.testing.stripe_standin`).
 
 The broker is `QUOTAFLOW_KAFKA_BOOTSTRAP` if set; otherwise a KRaft broker from Maven jars
-(`quotaflow.localkafka`); otherwise testcontainers' Kafka module when a Docker engine
+(`quotaflow.commands.localkafka`); otherwise testcontainers' Kafka module when a Docker engine
 answers. A missing tool fails the run: nothing is skipped.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quotaflow.localkafka import LocalKafka, free_port
+from quotaflow.commands.localkafka import LocalKafka, free_port
 from quotaflow.settings import Settings
 from quotaflow.testing.stripe_standin import StandinControl, run_standin
 from wire.signing import generate_keypair

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from quotaflow.localkafka import CACHE_DIR, free_port, port_open
+from quotaflow.commands.localkafka import CACHE_DIR, free_port, port_open
 from quotaflow.testing.processes import stop_process
 
 LOCALSTRIPE_LAUNCHER = (

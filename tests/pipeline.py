@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
+from quotaflow.commands.ops.lag import Lag, consumer_lag
 from quotaflow.envelope import Envelope
-from quotaflow.ops.lag import Lag, consumer_lag
 from quotaflow.settings import Settings
 from quotaflow.testing.harness import eventually, pipeline_env
 from quotaflow.testing.stripe_standin import StandinControl

@@ -4,7 +4,9 @@ slim edge distribution's contract in step with what `packaging/edge` ships."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -15,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import grimp
+import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SLIM = tomllib.loads((ROOT / "packaging" / "edge" / "pyproject.toml").read_text())
 SLIM_CONTRACT_NAME = "the slim edge distribution imports only what it ships"
+TOP_CONTRACT_NAME = "the commands sit on top: no face or foundation module imports them"
+LAYERS_CONTRACT_NAME = "commands, then faces, then the foundation, then the domain and wire"
 
 
 def test_every_import_contract_is_kept() -> None:
@@ -35,8 +40,10 @@ def test_every_import_contract_is_kept() -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
     # Each contract ran (a renamed package would make a contract vacuous, not broken).
-    assert done.stdout.count(" KEPT") == 6
+    assert done.stdout.count(" KEPT") == 8
     assert f"{SLIM_CONTRACT_NAME} KEPT" in done.stdout
+    assert f"{TOP_CONTRACT_NAME} KEPT" in done.stdout
+    assert f"{LAYERS_CONTRACT_NAME} KEPT" in done.stdout
 
 
 @cache
@@ -50,10 +57,14 @@ def _first_party() -> set[str]:
     return {m for m in _graph().modules if m.split(".")[0] in roots}
 
 
-def _slim_contract() -> dict[str, Any]:
+def _contract(name: str) -> dict[str, Any]:
     contracts: list[dict[str, Any]] = PROJECT["tool"]["importlinter"]["contracts"]
-    (contract,) = [c for c in contracts if c["name"] == SLIM_CONTRACT_NAME]
+    (contract,) = [c for c in contracts if c["name"] == name]
     return contract
+
+
+def _slim_contract() -> dict[str, Any]:
+    return _contract(SLIM_CONTRACT_NAME)
 
 
 def _under(module: str, packages: list[str]) -> bool:
@@ -156,3 +167,71 @@ def test_benches_and_the_package_import_no_test_code() -> None:
         if found:
             offenders[str(path.relative_to(ROOT))] = found
     assert not offenders, f"test code imported outside tests/: {offenders}"
+
+
+def _layers() -> list[list[str]]:
+    """The layers contract's layers, top first, each as its list of modules."""
+    return [re.split(r"\s*[|:]\s*", layer) for layer in _contract(LAYERS_CONTRACT_NAME)["layers"]]
+
+
+def test_the_layer_contracts_place_every_module_of_the_project() -> None:
+    """A new module is in exactly one layer, and the commands' contract covers every module
+    that is not a command: else a new foundation module could import the commands unseen."""
+    modules = _first_party() - {"quotaflow"}  # its __init__ imports nothing (checked above)
+    layers = _layers()
+    for module in modules:
+        placed = [i for i, layer in enumerate(layers) if _under(module, layer)]
+        assert len(placed) == 1, f"{module} is in layers {placed} of {LAYERS_CONTRACT_NAME!r}"
+    top = _contract(TOP_CONTRACT_NAME)
+    assert top["forbidden_modules"] == layers[0]
+    below = {m for m in modules if not _under(m, layers[0])}
+    covered = {m for m in modules if _under(m, top["source_modules"])}
+    assert covered == below, sorted(covered ^ below)
+    # The foundation is what stays in quotaflow/ outside the top layer, and nothing else.
+    foundation = {m.split(".")[1] for m in modules if m.startswith("quotaflow.")} - {
+        m.split(".")[1] for m in layers[0]
+    }
+    assert {m.removeprefix("quotaflow.") for m in layers[2]} == foundation
+
+
+def _copy_with(tmp: Path, module: str, line: str) -> Path:
+    """The project's packages and pyproject.toml in `tmp`, `line` added to `module`."""
+    for root in PROJECT["tool"]["importlinter"]["root_packages"]:
+        shutil.copytree(ROOT / root, tmp / root, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp / "pyproject.toml")
+    path = tmp / (module.replace(".", "/") + ".py")
+    path.write_text(path.read_text() + f"\n{line}\n")
+    return tmp
+
+
+@pytest.mark.parametrize(
+    ("module", "line"),
+    [
+        # a foundation module, directly
+        ("quotaflow.topics", "import quotaflow.commands.ops.lag"),
+        # a face, through a lazy import deep in a function body
+        ("streams.app", "def _late() -> None:\n    from quotaflow.commands.tenants import writer"),
+        # the registry the components open, reaching for the test harness
+        ("quotaflow.tenants.running", "from quotaflow.testing import harness"),
+    ],
+)
+def test_the_layer_contracts_break_when_a_lower_module_imports_the_commands(
+    tmp_path: Path, module: str, line: str
+) -> None:
+    """Run on a copy of the sources with one wrong-direction import added, lint-imports
+    fails and both layer contracts name it: the contracts are not vacuous."""
+    tree = _copy_with(tmp_path, module, line)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-2000:]
+    assert f"{TOP_CONTRACT_NAME} BROKEN" in done.stdout
+    assert f"{LAYERS_CONTRACT_NAME} BROKEN" in done.stdout
+    assert module in done.stdout
+    assert "Contracts: 6 kept, 2 broken." in done.stdout

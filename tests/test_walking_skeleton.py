@@ -20,7 +20,7 @@ import pytest
 import stripe
 import urllib3
 
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from tables.tenant import PlanEntry, Tenant, WebhookSecret

@@ -1,8 +1,9 @@
-"""Tenants: the registry on the compacted `tenants` topic, onboarding, and per-tenant
-secrets under rotating envelope encryption.
+"""Tenants as the components read them: the registry on the compacted `tenants` topic (or
+a file), verified and with per-tenant secrets under rotating envelope encryption.
 
-Components call `open_registry(settings)`; operators use `quotaflow tenants …`,
-`quotaflow keys …`, the admin API (`build_admin_app`) and the console.
+Components call `open_registry(settings)`. The write side (the `TenantWriter`, onboarding,
+the admin API, `quotaflow tenants …` and `quotaflow keys …`) is the operator's, in
+`quotaflow.commands.tenants`: nothing a component imports can write a tenant.
 """
 
 from quotaflow.tenants.keyring import KeyEncryptionKeys, LocalKeyring, WrappedKey
@@ -11,20 +12,16 @@ from quotaflow.tenants.running import (
     RunningRegistry,
     keyring_from_settings,
     open_registry,
-    open_writer,
 )
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
 
 __all__ = [
     "FileTenantRegistry",
     "KeyEncryptionKeys",
     "LocalKeyring",
     "RunningRegistry",
-    "TenantWriter",
     "TopicTenantRegistry",
     "WrappedKey",
     "keyring_from_settings",
     "open_registry",
-    "open_writer",
 ]

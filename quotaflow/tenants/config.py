@@ -1,11 +1,11 @@
-"""What the tenants package derives from `Settings`: allowed regions, the audit topic."""
+"""What the tenants package derives from the settings: allowed regions, the audit topic."""
 
 from __future__ import annotations
 
-from quotaflow.settings import Settings
+from quotaflow.settings import AdminSettings, KafkaGroup
 
 
-def known_regions(settings: Settings) -> frozenset[str]:
+def known_regions(settings: AdminSettings) -> frozenset[str]:
     """The regions a tenant may name (see `TenantsConfig.regions`)."""
     configured = settings.regions
     if configured:
@@ -18,6 +18,6 @@ def known_regions(settings: Settings) -> frozenset[str]:
     )
 
 
-def audit_topic(settings: Settings) -> str:
+def audit_topic(settings: KafkaGroup) -> str:
     """`{prefix}tenants.audit` (proposed as `settings.topics.tenants_audit`)."""
     return settings.topics.tenants_audit

@@ -5,30 +5,26 @@ otherwise from the `tenants` topic, every record verified with `QUOTAFLOW_TENANT
 secrets decrypted with the keyring from `QUOTAFLOW_KEYRING`, followed in the background.
 `routing=True` (the pushers) reads the routing view without any keyring: every field but
 the secrets, still verified.
+
+The write side (`open_writer`, the `TenantWriter`) belongs to the operator's commands and
+lives with them, in `quotaflow.commands.tenants.writer`: a component only reads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 from quotaflow.registry import StaticTenantRegistry, TenantRegistry, load_tenants_file
-from quotaflow.settings import Settings
-from quotaflow.tenants.audit import ensure_audit_topic
-from quotaflow.tenants.config import known_regions
+from quotaflow.settings import KeyringGroup, TenantsGroup
 from quotaflow.tenants.keyring import KeyEncryptionKeys, LocalKeyring
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
-from quotaflow.topics import ensure_topics
 
 __all__ = [
     "FileTenantRegistry",
     "RunningRegistry",
     "keyring_from_settings",
     "open_registry",
-    "open_writer",
 ]
 
 
@@ -52,13 +48,13 @@ class FileTenantRegistry(StaticTenantRegistry):
         return None
 
 
-def keyring_from_settings(settings: Settings) -> LocalKeyring:
+def keyring_from_settings(settings: KeyringGroup) -> LocalKeyring:
     """The keyring `QUOTAFLOW_KEYRING` describes; `KeyringError` if it is empty or malformed."""
     return LocalKeyring.from_secrets(settings.keyring)
 
 
 async def open_registry(
-    settings: Settings,
+    settings: TenantsGroup,
     *,
     keyring: KeyEncryptionKeys | None = None,
     routing: bool = False,
@@ -72,27 +68,14 @@ async def open_registry(
     if settings.tenants_file is not None:
         # Off the loop: a file of 100,000 tenants takes seconds to validate.
         return FileTenantRegistry(await asyncio.to_thread(load_tenants_file, settings.tenants_file))
-    ring = None if routing else (keyring or keyring_from_settings(settings))
+    ring = None if routing else (keyring or keyring_from_settings(_with_keyring(settings)))
     registry = TopicTenantRegistry(settings, ring, defer_checks=defer_checks)
     await registry.start()
     return registry
 
 
-@contextlib.asynccontextmanager
-async def open_writer(
-    settings: Settings, *, keyring: KeyEncryptionKeys | None = None
-) -> AsyncIterator[TenantWriter]:
-    """A started `TenantWriter` with its own registry; creates missing topics first."""
-    ring = keyring or keyring_from_settings(settings)
-    await ensure_topics(settings)
-    await ensure_audit_topic(settings)
-    async with contextlib.AsyncExitStack() as stack:
-        # The writer builds on every tenant (accounts, versions): all checked first; the
-        # admin tools list every tenant, so every document is kept built.
-        registry = TopicTenantRegistry(settings, ring, check_before_ready=True, keep_documents=True)
-        await registry.start()
-        stack.push_async_callback(registry.stop)
-        writer = TenantWriter(settings, ring, registry, known_regions=known_regions(settings))
-        await writer.start()
-        stack.push_async_callback(writer.stop)
-        yield writer
+def _with_keyring(settings: TenantsGroup) -> KeyringGroup:
+    # A process type without the keyring (the pusher's) opens the routing view only.
+    if not isinstance(settings, KeyringGroup):
+        raise TypeError(f"{type(settings).__name__} has no keyring: open_registry(routing=True)")
+    return settings

@@ -63,7 +63,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from quotaflow.exceptions import ConfigurationError
 from quotaflow.registry import ChangeListener, TenantSummary
-from quotaflow.settings import Settings
+from quotaflow.settings import TenantsGroup, TenantSigningGroup
 from quotaflow.tenants.exceptions import DecryptionError, TenantsError
 from quotaflow.tenants.keyring import KeyEncryptionKeys
 from quotaflow.tenants.packing import RecordPacker
@@ -92,12 +92,12 @@ CHECK_CHUNK = 128
 _ACCOUNT_CLAIM = re.compile(rb'\\"stripe_account\\":\\"(acct_[A-Za-z0-9]{1,200})\\"')
 
 
-def tenant_verifier(settings: Settings) -> Verifier:
+def tenant_verifier(settings: TenantsGroup) -> Verifier:
     """The verifier of tenant records: `QUOTAFLOW_TENANT_VERIFY_KEYS`, or (admin tools) the
     public halves of `QUOTAFLOW_TENANT_SIGNING_KEYS`. `ConfigurationError` if neither."""
-    keys = list(settings.tenant_verify_keys) or [
-        public_key_of(k) for k in settings.tenant_signing_keys
-    ]
+    # Only the admin tools' types hold signing keys; a component's verifies with its own.
+    signing = settings.tenant_signing_keys if isinstance(settings, TenantSigningGroup) else []
+    keys = list(settings.tenant_verify_keys) or [public_key_of(k) for k in signing]
     if not keys:
         raise ConfigurationError(
             "QUOTAFLOW_TENANT_VERIFY_KEYS is empty: tenant records cannot be verified "
@@ -120,7 +120,7 @@ class TopicTenantRegistry:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: TenantsGroup,
         keyring: KeyEncryptionKeys | None,
         *,
         verifier: Verifier | None = None,

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from quotaflow.localkafka import port_open
+from quotaflow.commands.localkafka import port_open
 from quotaflow.testing.processes import stop_process
 
 __all__ = [

@@ -37,7 +37,7 @@ from typing import IO, Any, Self, TypeVar, overload
 import orjson
 
 from edge.auth import token_digest
-from quotaflow.localkafka import free_port, port_open
+from quotaflow.commands.localkafka import free_port, port_open
 from quotaflow.testing.processes import stop_process
 from wire import generate_keypair, public_key_of
 
@@ -63,7 +63,7 @@ __all__ = [
 T = TypeVar("T")
 
 # `quotaflow <verb>` exactly as an operator runs it, from this interpreter.
-QUOTAFLOW = (sys.executable, "-m", "quotaflow.cli")
+QUOTAFLOW = (sys.executable, "-m", "quotaflow.commands.cli")
 
 
 # --- waiting on a condition ------------------------------------------------------------

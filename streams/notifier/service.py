@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from quotaflow.health import ops_server
 from quotaflow.registry import TenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import NotifierSettings
 from streams.deadletter import deadletter_headers
 from streams.notifier.delivery import Deliverer
 from streams.notifier.endpoint_queue import EndpointQueue, Pending, RetryPolicy
@@ -72,7 +72,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class Notifier:
     """Start, run until stopped or failed, stop (idempotent)."""
 
-    def __init__(self, settings: Settings, registry: TenantRegistry) -> None:
+    def __init__(self, settings: NotifierSettings, registry: TenantRegistry) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = NotifierMetrics()
@@ -420,7 +420,9 @@ def _tenant_key(value: bytes) -> bytes | None:
         return None
 
 
-async def run_notifier(settings: Settings, registry: TenantRegistry, stop: asyncio.Event) -> None:
+async def run_notifier(
+    settings: NotifierSettings, registry: TenantRegistry, stop: asyncio.Event
+) -> None:
     """Runs the notifier until `stop`; `/healthz`, `/readyz`, `/metrics` meanwhile on
     QUOTAFLOW_NOTIFIER_HOST:QUOTAFLOW_NOTIFIER_PORT."""
     notifier = Notifier(settings, registry)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from quotaflow.settings import Settings
+from quotaflow.settings import KafkaGroup
 from quotaflow.tenants.config import audit_topic
 
 __all__ = ["EndpointStates", "disable_record", "state_key"]
@@ -56,7 +56,7 @@ def audit_of(tenant_id: str, endpoint_id: str, disabled: bool, reason: str, acto
 
 async def write_state(
     producer: AIOKafkaProducer,
-    settings: Settings,
+    settings: KafkaGroup,
     tenant_id: str,
     endpoint_id: str,
     *,
@@ -82,7 +82,7 @@ async def write_state(
 class EndpointStates:
     """Follows `notifications.endpoints`; `disabled(tenant, endpoint)` answers from it."""
 
-    def __init__(self, settings: Settings, on_change: Callable[[str, str, bool], None]) -> None:
+    def __init__(self, settings: KafkaGroup, on_change: Callable[[str, str, bool], None]) -> None:
         self._settings = settings
         self._on_change = on_change
         self._disabled: dict[tuple[str, str], str] = {}

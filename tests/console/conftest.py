@@ -12,10 +12,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from quotaflow.console.server import build_admin_server
+from quotaflow.commands.console.server import build_admin_server
+from quotaflow.commands.tenants.audit import ensure_audit_topic
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
-from quotaflow.tenants.audit import ensure_audit_topic
-from quotaflow.tenants.writer import TenantWriter
 from quotaflow.topics import ensure_topics
 from tests.tenants.conftest import (  # noqa: F401 - fixtures used here
     keyring,

@@ -9,11 +9,11 @@ import re
 
 import pytest
 
-from quotaflow.console.guard import LOGIN_COOKIE
-from quotaflow.console.throttle import PER_ADDRESS, WINDOW, SignInThrottle
+from quotaflow.commands.console.guard import LOGIN_COOKIE
+from quotaflow.commands.console.throttle import PER_ADDRESS, WINDOW, SignInThrottle
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
-from quotaflow.tenants.writer import TenantWriter
 from tests.console.conftest import TOKENS, Client, csrf_of, post, sign_in
 from tests.tenants.conftest import tenant_doc
 from tests.tenants.topicdump import audit_records
@@ -165,7 +165,7 @@ async def test_secure_cookies_when_configured_and_no_console_when_disabled(
 ) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from quotaflow.console.server import build_admin_server
+    from quotaflow.commands.console.server import build_admin_server
 
     forced = settings.model_copy(update={"console_secure_cookie": True})
     async with TestClient(TestServer(build_admin_server(forced, writer))) as client:

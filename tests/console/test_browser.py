@@ -33,12 +33,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from quotaflow.localkafka import free_port
-from quotaflow.ops import deadletter as dl
-from quotaflow.ops.quota_show import current_quotas
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.ops import deadletter as dl
+from quotaflow.commands.ops.quota_show import current_quotas
+from quotaflow.commands.tenants.writer import open_writer
 from quotaflow.settings import Settings
 from quotaflow.tenants.keyring import LocalKeyring
-from quotaflow.tenants.running import open_writer
 from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics
 from streams.deadletter import REDRIVE

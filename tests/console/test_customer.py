@@ -3,8 +3,8 @@ the usage chart, from the operator code."""
 
 from __future__ import annotations
 
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
-from quotaflow.tenants.writer import TenantWriter
 from tests.console.conftest import Client, sign_in
 from tests.kafkautil import produce
 from tests.pipeline import PERIOD, stripe_record

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 
-from quotaflow.ops import deadletter as dl
-from quotaflow.ops.topicread import tenant_partition
+from quotaflow.commands.ops import deadletter as dl
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
-from quotaflow.tenants.writer import TenantWriter
+from quotaflow.topicread import tenant_partition
 from streams.deadletter import REDRIVE, deadletter_headers
 from tests.console.conftest import Client, post, sign_in
 from tests.kafkautil import produce, read_all

@@ -9,8 +9,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from ingress.metrics import IngressMetrics
-from quotaflow.console import ingress_watch
-from quotaflow.console.ingress_watch import IngressWatch
+from quotaflow.commands.console import ingress_watch
+from quotaflow.commands.console.ingress_watch import IngressWatch
 
 
 async def test_outcomes_and_signature_failures_are_counted_over_the_window(
@@ -63,7 +63,7 @@ async def test_without_urls_the_window_says_not_configured() -> None:
 
 
 def test_a_tenant_the_ingress_does_not_name_is_unknown_only_when_others_failed() -> None:
-    from quotaflow.console.tenants import UNKNOWN, _failures
+    from quotaflow.commands.console.tenants import UNKNOWN, _failures
 
     assert _failures("acme", None) is None
     assert _failures("acme", {"acme": 3, "other": 9}) == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from quotaflow.console.push_watch import quantile
+from quotaflow.commands.console.push_watch import quantile
 from quotaflow.settings import Settings
 from tests.console.conftest import Client, sign_in
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from quotaflow.console.sessions import SessionKeys
+from quotaflow.commands.console.sessions import SessionKeys
 
 TOKENS = {"alice": SecretStr("a" * 40), "bob": SecretStr("b" * 40)}
 

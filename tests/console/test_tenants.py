@@ -9,13 +9,13 @@ from collections.abc import Callable, Iterator
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from quotaflow.console.app import build_console_app
-from quotaflow.console.server import build_admin_server
+from quotaflow.commands.console.app import build_console_app
+from quotaflow.commands.console.server import build_admin_server
+from quotaflow.commands.tenants.documents import parse_tenant
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.registry import StaticTenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
-from quotaflow.tenants.documents import parse_tenant
-from quotaflow.tenants.writer import TenantWriter
 from tables.tenant import Tenant
 from tests.console.conftest import TOKENS, Client, post, sign_in
 from tests.tenants.conftest import tenant_doc

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.settings import EdgeSettings
 from quotaflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,8 +23,9 @@ KUBE_VERSION = "1.30.0"
 
 
 def setting_names() -> frozenset[str]:
-    """Every QUOTAFLOW_* variable that `Settings` reads."""
-    return frozenset(f"QUOTAFLOW_{name.upper()}" for name in Settings.model_fields)
+    """Every QUOTAFLOW_* variable that `Settings` (the operator's) or `EdgeSettings` reads."""
+    fields = Settings.model_fields.keys() | EdgeSettings.model_fields.keys()
+    return frozenset(f"QUOTAFLOW_{name.upper()}" for name in fields)
 
 
 def tool(env: str, name: str) -> Path:

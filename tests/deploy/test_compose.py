@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from edge.auth import AppAuth
-from quotaflow.cli import main as cli
+from quotaflow.commands.cli import COMPONENT_SETTINGS
+from quotaflow.commands.cli import main as cli
 from quotaflow.registry import load_tenants_file
 from quotaflow.settings import Settings
 from tests.deploy.support import DEPLOY, ROOT, setting_names
@@ -117,7 +118,10 @@ def test_quotaflow_variables_are_real_settings() -> None:
 def test_quotaflow_variables_have_valid_values(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in _env(_quotaflow_services()[name]).items():
         monkeypatch.setenv(key, value)
-    Settings()  # raises, naming the variable, on a bad value
+    # The service's own type (its verb's), and the operator's, which reads the rest: each
+    # raises, naming the variable, on a bad value.
+    COMPONENT_SETTINGS.get(_quotaflow_services()[name]["command"][0], Settings)()
+    Settings()
 
 
 @pytest.mark.parametrize("name", sorted(n for n in _quotaflow_services()))

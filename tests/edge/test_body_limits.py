@@ -10,7 +10,7 @@ import uuid
 import orjson
 
 from edge.body import BodyLimits
-from quotaflow.settings import Settings
+from edge.settings import EdgeSettings
 from streams.push_node import PushConfig
 from tables.quota import QuotaUpdate, Reason
 
@@ -65,7 +65,7 @@ def test_the_largest_push_batches_fit_the_default_push_limit() -> None:
 
 
 def test_the_settings_defaults_are_the_limits_defaults() -> None:
-    fields, limits = Settings.model_fields, BodyLimits()
+    fields, limits = EdgeSettings.model_fields, BodyLimits()
     assert fields["edge_push_max_bytes"].default == limits.push
     assert fields["edge_consume_max_bytes"].default == limits.consume
     assert fields["edge_body_read_timeout"].default == limits.timeout

@@ -22,7 +22,7 @@ import pytest
 import urllib3
 
 from edge.auth import generate_app_token, token_digest
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from tables.quota import QuotaUpdate, Reason
 from tests.processes import Component, components, start
 from wire import SIGNATURE_HEADER, Kind, Signer, generate_keypair

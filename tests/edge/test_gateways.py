@@ -26,7 +26,7 @@ import urllib3
 from aiohttp import web
 
 from edge.auth import generate_app_token, token_digest
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.testing.gateways import CADDYFILE, NGINX_TEMPLATE, caddy_gateway, nginx_gateway
 from tables.quota import FeatureQuota, QuotaStatus
 from tests.edge.factories import feature_quota, quota_update

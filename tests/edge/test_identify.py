@@ -18,7 +18,8 @@ from edge.identify import (
     normalise_path,
     parse_routes,
 )
-from quotaflow.settings import InvalidSetting, Settings
+from edge.settings import EdgeSettings
+from quotaflow.settings import InvalidSetting
 
 ROUTES = [
     {"prefix": "/v1/export", "method": "POST", "feature": "export", "cost": 10},
@@ -124,7 +125,7 @@ def test_settings_build_the_identifier_from_env_and_file(
     )
     monkeypatch.setenv("QUOTAFLOW_EDGE_API_KEYS_FILE", str(table))
     monkeypatch.setenv("QUOTAFLOW_EDGE_ROUTES", orjson.dumps(ROUTES).decode())
-    ident = identifier_from_settings(Settings())
+    ident = identifier_from_settings(EdgeSettings())
     assert ident.identify("POST", "/v1/export", getter({"x-api-key": key})) == Ask(
         "t1", "c1", "export", 10
     )
@@ -135,13 +136,13 @@ def test_settings_refuse_a_pasted_key_without_echoing_it(monkeypatch: pytest.Mon
     key = "ck_live_pasted_instead_of_its_digest"
     monkeypatch.setenv("QUOTAFLOW_EDGE_API_KEYS", orjson.dumps({key: "t1/c1"}).decode())
     with pytest.raises(InvalidSetting) as err:
-        Settings()
+        EdgeSettings()
     assert key not in str(err.value)
     monkeypatch.delenv("QUOTAFLOW_EDGE_API_KEYS")
     monkeypatch.setenv("QUOTAFLOW_EDGE_API_KEY_HEADER", "authorization")
     with pytest.raises(ValueError, match="Authorization"):
-        Settings()
+        EdgeSettings()
     monkeypatch.delenv("QUOTAFLOW_EDGE_API_KEY_HEADER")
     monkeypatch.setenv("QUOTAFLOW_EDGE_ROUTES", '[{"prefix": "no-slash"}]')
     with pytest.raises(ValueError, match="route prefix"):
-        Settings()
+        EdgeSettings()

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import urllib3
 
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from tables.quota import QuotaUpdate, Reason
 from tests.processes import EDGE_AUTH, components, edge_auth_env, start
 from wire import SIGNATURE_HEADER, Kind, Signer, generate_keypair

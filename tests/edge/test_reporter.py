@@ -17,7 +17,7 @@ from edge.cache import QuotaCache
 from edge.reporter import UsageReporter
 from ingress.app import build_app
 from ingress.publisher import Publisher
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.registry import StaticTenantRegistry
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics

@@ -28,7 +28,7 @@ import orjson
 import pytest
 import urllib3
 
-from quotaflow.localkafka import free_port, port_open
+from quotaflow.commands.localkafka import free_port, port_open
 from tables.quota import QuotaUpdate, Reason
 from tests.processes import EDGE_AUTH, edge_auth_env
 from wire import SIGNATURE_HEADER, Kind, Signer, generate_keypair
@@ -42,7 +42,7 @@ PUSH_KEY, PUSH_PUBLIC = generate_keypair()
 # The full distribution's heavy dependencies (import names): none may be in the slim venv.
 HEAVY = ("faust", "mode", "aiokafka", "kafka", "stripe", "rocksdict", "aiolimiter", "yaml")
 # Faces and modules the slim distribution does not ship.
-UNSHIPPED = ("streams", "ingress", "quotaflow.cli", "quotaflow.tenants", "tables.billing")
+UNSHIPPED = ("streams", "ingress", "quotaflow.commands.cli", "quotaflow.tenants", "tables.billing")
 # What the sidecar does need, so that "not importable" above is not a broken interpreter.
 NEEDED = ("edge.server", "wire", "quotaflow.settings", "aiohttp", "pydantic_settings")
 
@@ -123,7 +123,7 @@ def test_the_slim_wheel_holds_the_edge_and_none_of_the_other_faces(
     assert tops == {"edge", "wire", "quotaflow", "tables"}
     # Every edge module of this tree is in it (found by package discovery, not a list).
     assert {f"edge/{p.name}" for p in (ROOT / "edge").glob("*.py")} <= set(names)
-    assert not [n for n in names if n.startswith(("quotaflow/cli", "quotaflow/tenants/"))]
+    assert not [n for n in names if n.startswith(("quotaflow/commands/cli", "quotaflow/tenants/"))]
 
 
 def test_the_clean_venv_has_no_faust_kafka_client_stripe_sdk_or_rocksdb(

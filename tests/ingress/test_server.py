@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from ingress.server import serve
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.registry import StaticTenantRegistry
 from quotaflow.settings import Settings
 from tests.ingress.conftest import create_topic, event_body, make_tenant, read_topic, signed

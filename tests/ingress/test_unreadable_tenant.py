@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 from edge.reporter import UsageReporter
 from ingress.app import build_app
 from ingress.publisher import Publisher
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.tenants.audit import ensure_audit_topic
+from quotaflow.commands.tenants.writer import open_writer
 from quotaflow.settings import Settings
-from quotaflow.tenants.audit import ensure_audit_topic
 from quotaflow.tenants.keyring import LocalKeyring
-from quotaflow.tenants.running import open_writer
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
 from quotaflow.topics import ensure_topics
 from tables.usage import UsageRecord

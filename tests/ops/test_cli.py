@@ -10,9 +10,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from quotaflow.ops.cli import COMMANDS
-from quotaflow.ops.exceptions import BadSpec
-from quotaflow.ops.timespec import parse_duration, parse_position, parse_time
+from quotaflow.commands.ops.cli import COMMANDS
+from quotaflow.commands.ops.exceptions import BadSpec
+from quotaflow.commands.ops.timespec import parse_duration, parse_position, parse_time
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tests.kafkautil import produce
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.timeout(120)]
 
 @click.group()
 def ops() -> None:
-    """The verbs as quotaflow/cli.py registers them."""
+    """The verbs as quotaflow/commands/cli.py registers them."""
 
 
 for command in COMMANDS:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from quotaflow.ops import deadletter as dl
-from quotaflow.ops.topicread import tenant_partition
+from quotaflow.commands.ops import deadletter as dl
 from quotaflow.settings import Settings
+from quotaflow.topicread import tenant_partition
 from quotaflow.topics import ensure_topics
 from streams.deadletter import REDRIVE, deadletter_headers
 from tests.kafkautil import produce, read_all

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from quotaflow.ops.explain import Replayer, _Input
+from quotaflow.commands.ops.explain import Replayer, _Input
 from tables.billing import QuotaPolicy
 from tables.tenant import MeteredFeature, PlanEntry
 from tests.tables.factories import BASE_TIME, PRO, event, make_tenant, subscription

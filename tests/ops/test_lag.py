@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from quotaflow.ops.lag import consumer_lag
+from quotaflow.commands.ops.lag import consumer_lag
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
 from tests.kafkautil import produce

@@ -13,9 +13,9 @@ from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from quotaflow.envelope import Envelope
-from quotaflow.ops.reconcile import BACKFILL, RECONCILE_SECRET_ID, held_event_ids, reconcile
 from quotaflow.settings import Settings
 from quotaflow.topics import ensure_topics
+from streams.reconcile import BACKFILL, RECONCILE_SECRET_ID, held_event_ids, reconcile
 from tests.kafkautil import read_all
 from tests.tables.factories import make_tenant
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from quotaflow.ops.explain import explain
-from quotaflow.ops.quota_show import current_quotas
-from quotaflow.ops.replay import REPLAY, REPLAY_OF, replay
-from quotaflow.ops.timespec import Position
+from quotaflow.commands.ops.explain import explain
+from quotaflow.commands.ops.quota_show import current_quotas
+from quotaflow.commands.ops.replay import REPLAY, REPLAY_OF, replay
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.testing.stripe_standin import StandinControl
+from quotaflow.topicread import Position
 from quotaflow.topics import ensure_topics
 from tables.quota import QuotaUpdate
 from tests.kafkautil import produce, read_all, wait_for_records

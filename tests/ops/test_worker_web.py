@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from quotaflow.commands.localkafka import free_port, port_open
 from quotaflow.envelope import Envelope
-from quotaflow.localkafka import free_port, port_open
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.testing.stripe_standin import StandinControl

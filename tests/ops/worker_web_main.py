@@ -1,4 +1,4 @@
-"""`python -m tests.ops.worker_web_main PORT`: the worker wired as quotaflow/cli.py's
+"""`python -m tests.ops.worker_web_main PORT`: the worker wired as quotaflow/commands/cli.py's
 `worker --web-port PORT` is meant to wire it (create_app without Faust's web, then
 attach_worker_web), so the test runs exactly that composition as a real process."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from quotaflow.dev import (
+from quotaflow.commands.dev import (
     ADMIN_PORT,
     ADMIN_TOKEN_FILE,
     APP_TOKEN_FILE,
@@ -25,7 +25,7 @@ from quotaflow.dev import (
     FIRST_EDGE_PORT,
     consume_curl,
 )
-from quotaflow.localkafka import port_open
+from quotaflow.commands.localkafka import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -57,7 +57,7 @@ def test_dev_pipeline_answers_the_readme_curl_and_stops_on_ctrl_c(tmp_path: Path
     assert script is not None, "the README lost its curl example"
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
-        [sys.executable, "-m", "quotaflow.cli", "dev"],
+        [sys.executable, "-m", "quotaflow.commands.cli", "dev"],
         cwd=tmp_path,
         stdout=log,
         stderr=subprocess.STDOUT,

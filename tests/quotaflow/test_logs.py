@@ -31,7 +31,7 @@ def _stripe_request_lines(level: str, capsys: pytest.CaptureFixture[str]) -> lis
     """The `stripe` logger's lines while the real SDK tries one request to a closed port."""
     import stripe
 
-    from quotaflow.localkafka import free_port
+    from quotaflow.commands.localkafka import free_port
 
     logging.config.dictConfig(logging_config(level))
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quotaflow.dev import consume_curl, sample_curl
+from quotaflow.commands.dev import consume_curl, sample_curl
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -113,7 +113,7 @@ def test_a_topic_with_another_partition_count_stops_start_up_with_one_line(
     env = {**os.environ, **worker_env(settings, tenants, tmp_path / "data", stripe=None)}
     for command in (["topics"], ["worker"], ["push", "--region", "eu"], ["ingress"]):
         done = subprocess.run(
-            [sys.executable, "-m", "quotaflow.cli", *command],
+            [sys.executable, "-m", "quotaflow.commands.cli", *command],
             env=env,
             capture_output=True,
             text=True,

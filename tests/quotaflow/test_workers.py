@@ -16,10 +16,10 @@ import orjson
 import pytest
 import requests
 
-from quotaflow.localkafka import free_port, port_open
+from quotaflow.commands.localkafka import free_port, port_open
+from quotaflow.commands.workers import default_workers
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
-from quotaflow.workers import default_workers
 from tests.ingress.conftest import event_body, make_tenant, signed
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -67,7 +67,7 @@ def test_two_workers_share_one_port_and_stop_together(
             [
                 sys.executable,
                 "-m",
-                "quotaflow.cli",
+                "quotaflow.commands.cli",
                 "ingress",
                 "--workers",
                 "2",

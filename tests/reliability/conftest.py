@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from quotaflow.localkafka import LocalKafka, free_port
+from quotaflow.commands.localkafka import LocalKafka, free_port
 from quotaflow.settings import Settings
 from quotaflow.testing.stripe_standin import StandinControl
 from tests.processes import Component

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from quotaflow.localkafka import LocalKafka
+from quotaflow.commands.localkafka import LocalKafka
 from quotaflow.testing.harness import eventually
 from tests.reliability.conftest import StackFactory
 from tests.reliability.model import build

@@ -24,7 +24,7 @@ from tests.reliability.stack import Stack, event_ids, group_lag, topic_records
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
 
-REPLAY = [sys.executable, "-m", "quotaflow.cli", "replay", "--topic", "stripe.events"]
+REPLAY = [sys.executable, "-m", "quotaflow.commands.cli", "replay", "--topic", "stripe.events"]
 
 
 def _operator_replay(stack: Stack) -> str:

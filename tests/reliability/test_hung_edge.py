@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.testing.harness import eventually
 from tests.processes import EDGE_AUTH
 from tests.reliability.conftest import StackFactory

@@ -26,8 +26,8 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from quotaflow.localkafka import free_port
-from quotaflow.tenants.endpoints import new_endpoint_secret
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.tenants.endpoints import new_endpoint_secret
 from quotaflow.testing.receiver import Receiver
 from quotaflow.topics import ensure_topics
 from tables.notification import Notification
@@ -179,7 +179,7 @@ def _told(receiver: Receiver) -> list[tuple[str, float | None]]:
 
 def _cli(stack: Stack, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "quotaflow.cli", *args],
+        [sys.executable, "-m", "quotaflow.commands.cli", *args],
         env={**os.environ, **stack.env},
         capture_output=True,
         timeout=120,

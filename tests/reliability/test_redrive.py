@@ -13,12 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from quotaflow.ops import deadletter as dl
-from quotaflow.ops.explain import explain
-from quotaflow.ops.quota_show import current_quotas
+from quotaflow.commands.ops import deadletter as dl
+from quotaflow.commands.ops.explain import explain
+from quotaflow.commands.ops.quota_show import current_quotas
+from quotaflow.commands.tenants.writer import open_writer
 from quotaflow.settings import Settings
 from quotaflow.tenants.keyring import LocalKeyring
-from quotaflow.tenants.running import open_writer
 from quotaflow.testing.harness import eventually
 from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics

@@ -20,7 +20,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from quotaflow.localkafka import LocalKafka, free_port
+from quotaflow.commands.localkafka import LocalKafka, free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.topics import ensure_topics
 from tests.conftest import TENANT_SIGNING_KEY, tenant_verify_env
@@ -40,7 +40,7 @@ def _onboard(stack: Stack, env: dict[str, str]) -> None:
         path = stack.tmp / f"onboard-{doc['id']}.json"
         path.write_bytes(orjson.dumps(doc))
         done = subprocess.run(
-            [sys.executable, "-m", "quotaflow.cli", "tenants", "add", "--file", str(path)],
+            [sys.executable, "-m", "quotaflow.commands.cli", "tenants", "add", "--file", str(path)],
             # The admin tools alone hold the tenants signing key; the components only verify.
             env={**os.environ, **env, "QUOTAFLOW_TENANT_SIGNING_KEYS": f'["{TENANT_SIGNING_KEY}"]'},
             capture_output=True,

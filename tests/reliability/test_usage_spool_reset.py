@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 import pytest
 
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.testing.harness import wait_until
 from quotaflow.topics import ensure_topics
 from tables.dedupe import parse_batch_id

@@ -108,7 +108,7 @@ async def test_a_tenant_whose_stripe_stays_down_falls_back_to_snapshots_and_show
 ) -> None:
     import aiohttp
 
-    from quotaflow.localkafka import free_port
+    from quotaflow.commands.localkafka import free_port
 
     settings = settings_factory(partitions=1)
     await ensure_topics(settings)

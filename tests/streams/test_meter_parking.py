@@ -14,10 +14,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from quotaflow.commands.tenants.audit import ensure_audit_topic
+from quotaflow.commands.tenants.writer import open_writer
 from quotaflow.settings import Settings
-from quotaflow.tenants.audit import ensure_audit_topic
 from quotaflow.tenants.keyring import LocalKeyring
-from quotaflow.tenants.running import open_writer
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
 from quotaflow.testing.stripe_standin import StandinControl
 from quotaflow.topics import ensure_topics

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from edge.reporter import REGION_HTTP_HEADER
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
 from quotaflow.testing.harness import wait_until

@@ -10,8 +10,8 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.exceptions import WebhookVerificationError
 
+from quotaflow.commands.tenants.endpoints import new_endpoint_secret
 from quotaflow.egress import DestinationRefused, check_destination
-from quotaflow.tenants.endpoints import new_endpoint_secret
 from streams.notifier.delivery import Deliverer
 from streams.notifier.endpoint_queue import RetryPolicy
 from streams.notifier.offsets import OffsetTracker

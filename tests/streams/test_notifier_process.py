@@ -23,10 +23,10 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.tenants.endpoints import new_endpoint_secret
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
-from quotaflow.tenants.endpoints import new_endpoint_secret
 from quotaflow.testing.receiver import Receiver
 from quotaflow.topics import ensure_topics
 from tables.notification import NOTIFICATION_SCHEMA, Notification, NotificationData, iso_timestamp
@@ -95,7 +95,7 @@ async def _until(check: Callable[[], object], what: str, within: float = 60.0) -
 
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "quotaflow.cli", "notifications", *args],
+        [sys.executable, "-m", "quotaflow.commands.cli", "notifications", *args],
         env={**os.environ, **env},
         capture_output=True,
         timeout=120,

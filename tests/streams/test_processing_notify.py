@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 from pydantic import SecretStr
 
+from quotaflow.commands.tenants.endpoints import new_endpoint_secret
 from quotaflow.registry import StaticTenantRegistry
-from quotaflow.tenants.endpoints import new_endpoint_secret
 from streams.processing.billing import BillingEvent, BillingProcessor, parse
 from streams.processing.effects import Effects, Record
 from streams.processing.usage import UsageProcessor

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from edge.auth import AppAuth, token_digest
 from edge.cache import QuotaCache
 from edge.server import STATE_KEY, build_app
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.registry import StaticTenantRegistry
 from quotaflow.settings import Settings
 from streams.push_node import PushConfig

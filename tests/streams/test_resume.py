@@ -12,9 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 import streams.resume
-from quotaflow.ops.reconcile import ReconcileReport
 from quotaflow.registry import StaticTenantRegistry
-from quotaflow.settings import Settings
+from quotaflow.settings import Settings, WorkerSettings
+from streams.reconcile import ReconcileReport
 from streams.resume import CATCH_UP, SKEW, ResumeReconciler
 from tables.tenant import Tenant
 
@@ -38,7 +38,7 @@ class Runs:
         self.calls: list[tuple[str, float]] = []
         self.fail = fail
 
-    async def __call__(self, settings: Settings, t: Tenant, since: float) -> ReconcileReport:
+    async def __call__(self, settings: WorkerSettings, t: Tenant, since: float) -> ReconcileReport:
         self.calls.append((t.id, since))
         if self.fail:
             self.fail -= 1

@@ -24,13 +24,12 @@ import stripe
 from aiokafka import AIOKafkaProducer
 
 from edge.reporter import REGION_HTTP_HEADER
-from quotaflow.localkafka import free_port
-from quotaflow.ops.reconcile import BACKFILL
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.tenants.writer import TenantWriter, open_writer
 from quotaflow.settings import Settings
 from quotaflow.tenants.keyring import LocalKeyring
-from quotaflow.tenants.running import open_writer
-from quotaflow.tenants.writer import TenantWriter
 from quotaflow.topics import ensure_topics
+from streams.reconcile import BACKFILL
 from tests.conftest import tenant_verify_env
 from tests.kafkautil import read_all
 from tests.pipeline import stripe_record

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from edge.cache import SUSPENDED
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
 from quotaflow.registry import StaticTenantRegistry
 from streams.pusher import run_pusher
 from tables.tenant import Tenant

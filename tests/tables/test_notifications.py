@@ -172,7 +172,7 @@ def test_the_payload_carries_the_published_customer_and_the_quota() -> None:
 def test_an_endpoint_wants_its_types_thresholds_and_feature_and_every_test_event() -> None:
     from pydantic import SecretStr
 
-    from quotaflow.tenants.endpoints import new_endpoint_secret
+    from quotaflow.commands.tenants.endpoints import new_endpoint_secret
     from tables.tenant import NotificationEndpoint
 
     endpoint = NotificationEndpoint(
@@ -193,7 +193,7 @@ def test_an_endpoint_wants_its_types_thresholds_and_feature_and_every_test_event
 def test_an_endpoint_without_a_feature_gets_the_whole_quotas_events_only() -> None:
     from pydantic import SecretStr
 
-    from quotaflow.tenants.endpoints import new_endpoint_secret
+    from quotaflow.commands.tenants.endpoints import new_endpoint_secret
     from tables.tenant import NotificationEndpoint
 
     plain = NotificationEndpoint(

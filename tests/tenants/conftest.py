@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from quotaflow.commands.tenants.audit import ensure_audit_topic
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
-from quotaflow.tenants.audit import ensure_audit_topic
 from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
 from quotaflow.topics import ensure_topics
 
 REGIONS = frozenset({"eu", "us"})

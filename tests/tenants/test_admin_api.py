@@ -10,11 +10,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from quotaflow.commands.tenants.admin_api import build_admin_app
+from quotaflow.commands.tenants.openapi import render, stored_openapi
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
-from quotaflow.tenants.admin_api import build_admin_app
 from quotaflow.tenants.config import audit_topic
-from quotaflow.tenants.openapi import render, stored_openapi
-from quotaflow.tenants.writer import TenantWriter
 from tests.tenants.conftest import tenant_doc
 from tests.tenants.topicdump import audit_records
 
@@ -104,6 +104,6 @@ async def test_openapi_is_served_and_current(
     assert response.status == 200
     served = await response.read()
     assert served == stored_openapi()
-    assert served.strip() == render().strip(), "run: python -m quotaflow.tenants.openapi"
+    assert served.strip() == render().strip(), "run: python -m quotaflow.commands.tenants.openapi"
     paths = orjson.loads(served)["paths"]
     assert set(paths["/v1/tenants/{tenant_id}"]) >= {"get", "patch", "delete"}

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from edge.auth import AppAuth, AuthError
-from quotaflow.tenants.cli import keys, parse_duration, tenants
+from quotaflow.commands.tenants.cli import keys, parse_duration, tenants
 from tests.conftest import TENANT_SIGNING_KEY
 from wire import Kind, Signer, Verifier, public_key_id, public_key_of
 from wire.exceptions import SignatureError

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from quotaflow.tenants.documents import (
+from quotaflow.commands.tenants.documents import (
     MASK,
     apply_patch,
     audit_changes,

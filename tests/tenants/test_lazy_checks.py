@@ -12,12 +12,12 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
 from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.sealing import SealedRecord, sign_record
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
 from tests.ingress.test_unreadable_tenant import _ingress
 from tests.tenants.conftest import RegistryFactory, kek, tenant_doc
 from tests.tenants.test_tampering import Attacker, _body, _with_body, attacker

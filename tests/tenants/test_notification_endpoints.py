@@ -10,10 +10,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+from quotaflow.commands.tenants.admin_api import build_admin_app
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
-from quotaflow.tenants.admin_api import build_admin_app
 from quotaflow.tenants.config import audit_topic
-from quotaflow.tenants.writer import TenantWriter
 from tests.tenants.conftest import tenant_doc
 from tests.tenants.topicdump import audit_records, topic_bytes
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from quotaflow.commands.tenants.documents import parse_tenant
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.registry import dump_tenants
 from quotaflow.settings import Settings
-from quotaflow.tenants.documents import parse_tenant
 from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.running import FileTenantRegistry, open_registry
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
 from tests.tenants.conftest import tenant_doc
 
 

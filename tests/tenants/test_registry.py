@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
 from tests.tenants.conftest import RegistryFactory, tenant_doc
 
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 import quotaflow.tenants
-from quotaflow.tenants.documents import parse_tenant
+from quotaflow.commands.tenants.documents import parse_tenant
 from quotaflow.tenants.exceptions import DecryptionError, KeyringError
 from quotaflow.tenants.keyring import KeyEncryptionKeys, LocalKeyring
 from quotaflow.tenants.sealing import (

@@ -18,13 +18,13 @@ import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from quotaflow.tenants.exceptions import WebhookRegistrationError
-from quotaflow.tenants.stripe_webhooks import (
+from quotaflow.commands.tenants.stripe_webhooks import (
     STRIPE_API_VERSION,
     WEBHOOK_EVENT_TYPES,
     create_endpoint,
 )
-from quotaflow.tenants.writer import TenantWriter
+from quotaflow.commands.tenants.writer import TenantWriter
+from quotaflow.tenants.exceptions import WebhookRegistrationError
 from tests.tenants.conftest import tenant_doc
 
 URL = "https://hooks.example.com/v1/webhooks/stripe/acme"

@@ -17,10 +17,11 @@ import pytest
 from aiohttp import ClientSession
 from aiokafka import AIOKafkaProducer
 
-from quotaflow.localkafka import free_port
+from quotaflow.commands.localkafka import free_port
+from quotaflow.commands.tenants.documents import parse_tenant
+from quotaflow.commands.tenants.writer import TenantWriter, tenant_signer
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
-from quotaflow.tenants.documents import parse_tenant
 from quotaflow.tenants.exceptions import TenantStateError
 from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.sealing import (
@@ -31,7 +32,6 @@ from quotaflow.tenants.sealing import (
     sealed_document,
     sign_record,
 )
-from quotaflow.tenants.writer import TenantWriter, tenant_signer
 from tests.ingress.test_unreadable_tenant import _ingress
 from tests.kafkautil import read_all
 from tests.tenants.conftest import RegistryFactory, tenant_doc

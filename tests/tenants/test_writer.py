@@ -9,6 +9,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from quotaflow.commands.tenants.writer import TenantWriter
 from quotaflow.settings import Settings
 from quotaflow.tenants.config import audit_topic
 from quotaflow.tenants.exceptions import (
@@ -19,7 +20,6 @@ from quotaflow.tenants.exceptions import (
 )
 from quotaflow.tenants.keyring import LocalKeyring
 from quotaflow.tenants.topic_registry import TopicTenantRegistry
-from quotaflow.tenants.writer import TenantWriter
 from quotaflow.testing.harness import eventually
 from tests.tenants.conftest import REGIONS, RegistryFactory, kek, tenant_doc
 from tests.tenants.topicdump import audit_records, topic_bytes

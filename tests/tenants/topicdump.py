@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from quotaflow.tenants.topicscan import scan_topic
+from quotaflow.commands.tenants.topicscan import scan_topic
 
 
 async def topic_bytes(bootstrap: str, topic: str) -> list[bytes]:

@@ -1,6 +1,0 @@
-"""Operator tools: replay, dead letters, quota explain, reconcile with Stripe, consumer lag.
-
-Each module does one job on the real topics and is driven by `quotaflow.ops.cli`. They
-write only what the pipeline would accept from the ingress (same topics, keys, headers),
-so every operation is as safe as a Stripe redelivery: state is idempotent.
-"""
