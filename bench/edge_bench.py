@@ -24,7 +24,11 @@ Run: `.venv/bin/python -m bench.edge_bench [--quick] [--rounds N]` (prints JSON)
    without a token (the edge lets loopback in, `QUOTAFLOW_EDGE_ALLOW_LOOPBACK`: what the
    edge cost before authentication), and `http_consume_idempotency_key` (a token and a
    fresh `Idempotency-Key` on every request: the cost of remembering each answer).
-   `http_auth_cost` gives the ratios authenticated / loopback (1.0 = free). Each mode also
+   `http_auth_cost` gives the ratios authenticated / loopback (1.0 = free).
+   `http_consume_aiohttp` is `http_consume` against a sidecar served by aiohttp alone on
+   asyncio's loop, as before the light face for the hot routes (`edge/fastpath.py`) and
+   uvloop, which `quotaflow edge` now runs on (the other modes); `http_light_face_gain`
+   gives the ratios light face / aiohttp alone (p50, p99, server CPU per request). Each mode also
    gives `server_cpu_us_per_request`, the sidecar's CPU time (user + system, from /proc)
    over the requests it answered: on a shared machine latency moves with everyone else's
    load, the CPU a request costs the server much less. `--pin` keeps the client and each
@@ -45,12 +49,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
+import uvloop
 from aiohttp import web
 
 from bench import loadgen
 from bench.common import cdf
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
+from edge.fastpath import EdgeRunner
 from edge.server import build_app
 from tables.quota import FeatureQuota, QuotaUpdate, Reason, quota_key
 from wire import Kind, Verifier, generate_keypair
@@ -64,12 +70,14 @@ CONNECTIONS = 16
 WARMUP = 500
 TOKEN = generate_app_token()
 # mode -> (whether the client sends the token, whether it sends an Idempotency-Key,
-# whether the load comes from the old asyncio client rather than vegeta)
+# whether the load comes from the old asyncio client rather than vegeta, whether the
+# sidecar serves with aiohttp alone rather than with the light face for the hot routes)
 MODES = {
-    "http_consume": (True, False, False),
-    "http_consume_loopback": (False, False, False),
-    "http_consume_idempotency_key": (True, True, False),
-    "http_consume_python_client": (True, False, True),
+    "http_consume": (True, False, False, False),
+    "http_consume_loopback": (False, False, False, False),
+    "http_consume_idempotency_key": (True, True, False, False),
+    "http_consume_python_client": (True, False, True, False),
+    "http_consume_aiohttp": (True, False, False, True),
 }
 
 
@@ -241,7 +249,7 @@ def bench_check(calls: int = CALLS, samples: int = SAMPLES) -> dict[str, Any]:
 # -- HTTP --------------------------------------------------------------------------
 
 
-def _serve(port: int, ready: Connection, digest: str, loopback: bool) -> None:
+def _serve(port: int, ready: Connection, digest: str, loopback: bool, aiohttp_only: bool) -> None:
     async def main() -> None:
         cache = QuotaCache(regions=("bench",))
         for u in _updates(limit=10**12):
@@ -249,7 +257,11 @@ def _serve(port: int, ready: Connection, digest: str, loopback: bool) -> None:
         # As `quotaflow edge` builds it: one application's digest, loopback let in or not.
         auth = AppAuth({"bench": digest}, allow_loopback=loopback)
         verifier = Verifier(Kind.PUSH, [generate_keypair()[1]])
-        runner = web.AppRunner(
+        # As `quotaflow edge` serves it (EdgeRunner: the light face for the hot routes, on
+        # uvloop), or with aiohttp alone on asyncio's loop, as before the light face (the
+        # `http_consume_aiohttp` mode).
+        runner_class = web.AppRunner if aiohttp_only else EdgeRunner
+        runner = runner_class(
             build_app(cache, verifier, region="bench", auth=auth),
             access_log=None,
         )
@@ -258,7 +270,12 @@ def _serve(port: int, ready: Connection, digest: str, loopback: bool) -> None:
         ready.send(os.getpid())
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    # Before the light face the sidecar ran on asyncio's loop; `quotaflow edge` now runs
+    # on uvloop.
+    if aiohttp_only:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 async def _connection(
@@ -418,7 +435,9 @@ def _cpu_seconds(pid: int) -> float | None:
 SERVER_CPU: set[int] | None = None  # `--pin`: the sidecar's CPU (the client takes another)
 
 
-def _http_round(seconds: float, token: bool, keys: bool, python_client: bool) -> dict[str, Any]:
+def _http_round(
+    seconds: float, token: bool, keys: bool, python_client: bool, aiohttp_only: bool
+) -> dict[str, Any]:
     """One mode's load against a fresh sidecar process (loopback let in iff no token)."""
     from quotaflow.commands.localkafka import free_port
 
@@ -426,7 +445,7 @@ def _http_round(seconds: float, token: bool, keys: bool, python_client: bool) ->
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     # The digest travels: a spawned child re-imports this module and would draw a new TOKEN.
-    args = (port, child, token_digest(TOKEN), not token)
+    args = (port, child, token_digest(TOKEN), not token, aiohttp_only)
     server = ctx.Process(target=_serve, args=args, daemon=True)
     server.start()
     if SERVER_CPU is not None and server.pid is not None:
@@ -457,8 +476,8 @@ def bench_http(seconds: float = HTTP_SECONDS, rounds: int = 2) -> dict[str, Any]
     all of them alike; the ratios compare the modes within this run."""
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     for _ in range(rounds):
-        for mode, (token, keys, python_client) in MODES.items():
-            runs[mode].append(_http_round(seconds, token, keys, python_client))
+        for mode, (token, keys, python_client, aiohttp_only) in MODES.items():
+            runs[mode].append(_http_round(seconds, token, keys, python_client, aiohttp_only))
     vegeta = f"vegeta {loadgen.VEGETA_VERSION}"
     result: dict[str, Any] = {
         mode: _figures(r, "asyncio (old)" if MODES[mode][2] else vegeta) for mode, r in runs.items()
@@ -473,6 +492,13 @@ def bench_http(seconds: float = HTTP_SECONDS, rounds: int = 2) -> dict[str, Any]
         if open_[name]
         else None
         for name in ("p50_ms", "p99_ms")
+    }
+    # The light face against aiohttp alone, same load, same run (< 1: the light face is
+    # faster or cheaper).
+    plain = result["http_consume_aiohttp"]
+    result["http_light_face_gain"] = {
+        f"{name}_ratio": round(authed[name] / plain[name], 3) if plain.get(name) else None
+        for name in ("p50_ms", "p99_ms", "from_write_p99_ms", "server_cpu_us_per_request")
     }
     return result
 

@@ -10,7 +10,10 @@ keep-alive connections, alternately round by round in the same run:
 - `static`: the gateway answers 200 itself (the issue's baseline);
 - `proxy`: the gateway proxies to the upstream (a tiny aiohttp app), no quota;
 - `authorized`: the shipped snippet: an auth subrequest to the sidecar (consume, cost 1,
-  10,000 customers in `headers` mode), then the upstream.
+  10,000 customers in `headers` mode), then the upstream;
+- `authorized_aiohttp_edge`: the same through a second gateway process whose sidecar
+  serves with aiohttp alone on asyncio's loop, as before the light face
+  (`edge/fastpath.py`) and uvloop: the before figure beside the after one in the same run.
 Latency is from each request's intended send time (no coordinated omission). Beside
 them, `static_python_client` and `authorized_python_client` are the same loads from the
 asyncio client these figures came from before (its timers wake ~1 ms late), so old and
@@ -37,12 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 from aiohttp import web
 
 from bench import loadgen
 from bench.common import cdf, machine, percentile
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
+from edge.fastpath import EdgeRunner
 from edge.server import build_app
 from quotaflow.commands.localkafka import free_port, port_open
 from quotaflow.testing.gateways import (
@@ -65,16 +70,22 @@ TOOLS_BIN = Path(
 )
 
 
-async def _serve_forever(app: web.Application, port: int, ready: Connection) -> None:
+async def _serve_forever(
+    app: web.Application, port: int, ready: Connection, runner_class: type[web.AppRunner]
+) -> None:
     """Serves `app` on 127.0.0.1:`port`, says so on `ready`, and runs until killed."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = runner_class(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     ready.send(os.getpid())
     await asyncio.Event().wait()
 
 
-def _serve_edge(port: int, ready: Connection, digest: str) -> None:
+def _serve_edge(port: int, ready: Connection, digest: str, aiohttp_only: bool = False) -> None:
+    """The sidecar as `quotaflow edge` serves it (the light face for the hot routes, on
+    uvloop), or with aiohttp alone on asyncio's loop (as before: the
+    `authorized_aiohttp_edge` mode)."""
+
     async def main() -> None:
         cache = QuotaCache(regions=("bench",))
         for i in range(CUSTOMERS):
@@ -99,9 +110,12 @@ def _serve_edge(port: int, ready: Connection, digest: str) -> None:
             auth=AppAuth({"gateway": digest}),
         )
         cache.mark_complete()
-        await _serve_forever(app, port, ready)
+        await _serve_forever(app, port, ready, web.AppRunner if aiohttp_only else EdgeRunner)
 
-    asyncio.run(main())
+    if aiohttp_only:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())  # as `quotaflow edge` runs
 
 
 def _verifier() -> Any:
@@ -117,7 +131,7 @@ def _serve_upstream(port: int, ready: Connection) -> None:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", ok)
-        await _serve_forever(app, port, ready)
+        await _serve_forever(app, port, ready, web.AppRunner)
 
     asyncio.run(main())
 
@@ -288,6 +302,7 @@ http://127.0.0.1:{ports["proxy"]} {{
 def _gateway(
     name: str, tmp: Path, ports: dict[str, int], upstream: str, edge: str
 ) -> Iterator[Gateway]:
+    tmp.mkdir(exist_ok=True)
     binary = Path(os.environ.get(f"QUOTAFLOW_{name.upper()}", TOOLS_BIN / name))
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"{binary} missing: run `make tools` (scripts/install-deploy-tools.sh)")
@@ -315,41 +330,61 @@ def bench_gateways(
     gateways: list[str], rate: float, seconds: float, rounds: int, warmup: int
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    edge_port, upstream_port = free_port(), free_port()
+    edge_port, plain_edge_port, upstream_port = free_port(), free_port(), free_port()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
         edge_pid = stack.enter_context(_child(_serve_edge, edge_port, token_digest(TOKEN)))
+        plain_edge_pid = stack.enter_context(
+            _child(_serve_edge, plain_edge_port, token_digest(TOKEN), True)
+        )
         upstream_pid = stack.enter_context(_child(_serve_upstream, upstream_port))
+        upstream = f"127.0.0.1:{upstream_port}"
         for name in gateways:
             ports = {mode: free_port() for mode in MODES}
-            with _gateway(
-                name, tmp, ports, f"127.0.0.1:{upstream_port}", f"127.0.0.1:{edge_port}"
-            ) as gw:
+            plain_ports = {mode: free_port() for mode in MODES}
+            with ExitStack() as gateways_up:
+                gw = gateways_up.enter_context(
+                    _gateway(name, tmp, ports, upstream, f"127.0.0.1:{edge_port}")
+                )
+                # The same gateway and snippet before a sidecar served by aiohttp alone
+                # (the sidecar before the light face), in its own gateway process.
+                plain_gw = gateways_up.enter_context(
+                    _gateway(
+                        name, tmp / "plain", plain_ports, upstream, f"127.0.0.1:{plain_edge_port}"
+                    )
+                )
                 # CPU per request of each server process (user + system): what a mode costs
                 # the machine, which a shared machine's latency figures cannot say.
                 pids = {"gateway": gw.proc.pid, "edge": edge_pid, "upstream": upstream_pid}
-                # mode -> (site, whether the old asyncio client drives it)
-                runs = {mode: (mode, False) for mode in MODES} | {
-                    f"{mode}_python_client": (mode, True) for mode in PYTHON_MODES
+                plain_pids = {
+                    "gateway": plain_gw.proc.pid,
+                    "edge": plain_edge_pid,
+                    "upstream": upstream_pid,
                 }
+                # run -> (port, whether the old asyncio client drives it, its processes)
+                runs = (
+                    {mode: (ports[mode], False, pids) for mode in MODES}
+                    | {f"{mode}_python_client": (ports[mode], True, pids) for mode in PYTHON_MODES}
+                    | {"authorized_aiohttp_edge": (plain_ports["authorized"], False, plain_pids)}
+                )
                 samples: dict[str, list[float]] = {run: [] for run in runs}
                 round_p99: dict[str, list[float]] = {run: [] for run in runs}
                 cpu = {run: dict.fromkeys(pids, 0.0) for run in runs}
                 sent = dict.fromkeys(runs, 0)
                 for _ in range(rounds):
-                    for run, (mode, python_client) in runs.items():
-                        before = {k: _cpu_seconds(pid) for k, pid in pids.items()}
+                    for run, (port, python_client, procs) in runs.items():
+                        before = {k: _cpu_seconds(pid) for k, pid in procs.items()}
                         if python_client:
-                            got = asyncio.run(_drive(ports[mode], rate, seconds, warmup))
+                            got = asyncio.run(_drive(port, rate, seconds, warmup))
                         else:
-                            got = _drive_vegeta(ports[mode], rate, seconds, warmup)
-                        for k, pid in pids.items():
+                            got = _drive_vegeta(port, rate, seconds, warmup)
+                        for k, pid in procs.items():
                             cpu[run][k] += _cpu_seconds(pid) - before[k]
                         sent[run] += warmup + int(rate * seconds)
                         samples[run] += got
                         round_p99[run].append(round(percentile(sorted(got), 0.99) * 1e3, 3))
                 figures = {run: _figures(samples[run], rate) for run in runs}
-                for run, (_, python_client) in runs.items():
+                for run, (_, python_client, _) in runs.items():
                     figures[run]["client"] = (
                         "asyncio (old)" if python_client else f"vegeta {loadgen.VEGETA_VERSION}"
                     )
@@ -365,6 +400,10 @@ def bench_gateways(
                     "authorized_minus_proxy": round(auth - proxy, 3),
                     "authorized_over_static_ratio": round(auth / static, 3) if static else None,
                     "authorized_over_proxy_ratio": round(auth / proxy, 3) if proxy else None,
+                    # The sidecar served by aiohttp alone (before the light face), same run.
+                    "aiohttp_edge_authorized_minus_static": round(
+                        figures["authorized_aiohttp_edge"]["p99_ms"] - static, 3
+                    ),
                     # The same difference as the old asyncio client measured it.
                     "python_client_authorized_minus_static": round(
                         figures["authorized_python_client"]["p99_ms"]

@@ -25,10 +25,10 @@ from aiohttp import web
 
 from edge.cache import QuotaCache
 from edge.idempotency import IdempotencyCache, KeyReused, valid_key
-from edge.identify import Ask, Identifier, IdentifyError
+from edge.identify import Ask, HeaderGetter, Identifier, IdentifyError
 from edge.verdict import Gate, Verdict, identify_refusal, verdict
 
-__all__ = ["PREFIX", "Authorizer", "original_request", "respond"]
+__all__ = ["PREFIX", "Authorizer", "original_request", "original_target", "respond"]
 
 PREFIX = "/v1/authorize"
 # Idempotency keys of forward-auth live apart from consume's: the answers differ in kind.
@@ -37,13 +37,18 @@ _SCOPE = "authorize:"
 
 def original_request(request: web.Request) -> tuple[str, str]:
     """(method, target) of the request the gateway asks about."""
-    headers = request.headers
-    target = headers.get("X-Forwarded-Uri") or headers.get("X-Original-URI")
+    return original_target(request.method, request.raw_path, request.headers.get)
+
+
+def original_target(method: str, raw_path: str, header: HeaderGetter) -> tuple[str, str]:
+    """(method, target) of the original request, from the subrequest's own method, raw
+    target and headers (the forms both HTTP faces of the edge hold)."""
+    target = header("X-Forwarded-Uri") or header("X-Original-URI")
     if not target:
-        tail = request.raw_path.split("?", 1)[0][len(PREFIX) :]
-        query = request.raw_path.partition("?")[2]
+        path, _, query = raw_path.partition("?")
+        tail = path[len(PREFIX) :]
         target = (tail or "/") + (f"?{query}" if query else "")
-    method = headers.get("X-Forwarded-Method") or headers.get("X-Original-Method") or request.method
+    method = header("X-Forwarded-Method") or header("X-Original-Method") or method
     return method.upper(), target
 
 
@@ -78,17 +83,23 @@ class Authorizer:
         self.retry_after = retry_after
 
     def decide(self, app: str, request: web.Request) -> tuple[Verdict, bool]:
-        """The verdict for `request` from application `app`, and whether it is a replay.
+        """The verdict for `request` from application `app`, and whether it is a replay."""
+        return self.decide_raw(app, request.method, request.raw_path, request.headers.get)
+
+    def decide_raw(
+        self, app: str, method: str, raw_path: str, header: HeaderGetter
+    ) -> tuple[Verdict, bool]:
+        """The verdict for a subrequest (its method, raw target and a case-insensitive
+        header getter) from application `app`, and whether it is a replay.
 
         Synchronous from lookup to store: two concurrent retries under one key cannot
         both count."""
-        headers = request.headers
-        method, target = original_request(request)
+        method, target = original_target(method, raw_path, header)
         try:
-            ask = self.identifier.identify(method, target, headers.get)
+            ask = self.identifier.identify(method, target, header)
         except IdentifyError as exc:
             return identify_refusal(exc.reason), False
-        key = headers.get("Idempotency-Key")
+        key = header("Idempotency-Key")
         if key is None:
             return self._answer(ask), False
         if not valid_key(key):

@@ -49,26 +49,26 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from edge import answers
 from edge.announcer import NodeAnnouncer
-from edge.auth import BAD_CREDENTIAL, AppAuth, AuthError
+from edge.answers import Answer
+from edge.auth import AppAuth
 from edge.authorize import PREFIX as AUTHORIZE_PREFIX
-from edge.authorize import Authorizer, respond
+from edge.authorize import Authorizer
 from edge.body import BodyLimits, BodyRefused, read_body
-from edge.cache import RATE_LIMITED, Decision, QuotaCache
-from edge.idempotency import IdempotencyCache, KeyReused, valid_key
+from edge.cache import QuotaCache
+from edge.fastpath import EdgeRunner
+from edge.idempotency import IdempotencyCache
 from edge.identify import Identifier, identifier_from_settings
 from edge.metrics import EdgeMetrics
 from edge.reporter import UsageReporter
 from edge.settings import EdgeSettings
-from edge.verdict import REASON_HEADER
 from tables.quota import QuotaUpdate
 from tables.tenant import TENANT_ID_PATTERN
 from wire import SIGNATURE_HEADER, Kind, SignatureError, Verifier
 
 log = logging.getLogger(__name__)
 
-MAX_COST = 1_000_000_000
-MAX_FEATURE_CHARS = 256
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 CACHE_KEY = web.AppKey("cache", QuotaCache)
@@ -146,16 +146,15 @@ def _json(doc: object) -> web.Response:
     return web.Response(body=orjson.dumps(doc), content_type="application/json")
 
 
-def _unauthorized(reason: str) -> web.Response:
-    resp = _error(401, reason)
-    # RFC 6750: the scheme to use; `invalid_token` when one was presented and is not good.
-    challenge = 'Bearer realm="quotaflow-edge"'
-    if reason == BAD_CREDENTIAL:
-        challenge += ', error="invalid_token"'
-    resp.headers["WWW-Authenticate"] = challenge
-    # Refused before its body is read: no keep-alive past an unread body (nor for a caller
-    # without a credential).
-    resp.force_close()
+def _response(answer: Answer) -> web.Response:
+    """aiohttp's response for an answer of the hot routes (`edge/answers.py`)."""
+    resp = web.Response(
+        status=answer.status, body=answer.body or None, content_type=answer.content_type
+    )
+    for name, value in answer.headers:
+        resp.headers[name] = value
+    if answer.close:
+        resp.force_close()
     return resp
 
 
@@ -163,44 +162,6 @@ def _body_refused(exc: BodyRefused) -> web.Response:
     resp = _error(exc.status, exc.reason)
     resp.force_close()  # the rest of the body is never read: the connection cannot go on
     return resp
-
-
-Ask = tuple[str, str, int, str | None]  # (tenant_id, customer_id, cost, feature)
-
-
-def _parse_ask(raw: bytes) -> Ask | web.Response:
-    """The consume/check body, or the 400 answer that refuses it."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _error(400, "bad_body")
-    if not isinstance(doc, dict):
-        return _error(400, "bad_body")
-    tenant, customer, cost = doc.get("tenant_id"), doc.get("customer_id"), doc.get("cost", 1)
-    if not (isinstance(tenant, str) and tenant and isinstance(customer, str) and customer):
-        return _error(400, "bad_customer")
-    if type(cost) is not int or not 0 <= cost <= MAX_COST:
-        return _error(400, "bad_cost")
-    feature = doc.get("feature")
-    if feature is not None and not (
-        isinstance(feature, str) and 0 < len(feature) <= MAX_FEATURE_CHARS
-    ):
-        return _error(400, "bad_feature")
-    return tenant, customer, cost, feature
-
-
-def _answer(decision: Decision) -> dict[str, object]:
-    """The consume/check answer; `retry_after` only with `rate_limited` (in the body, not a
-    `Retry-After` header: these routes answer 200 for every decision)."""
-    allowed, remaining, reason = decision
-    if reason == RATE_LIMITED:
-        return {
-            "allowed": allowed,
-            "remaining": remaining,
-            "reason": reason,
-            "retry_after": decision.retry_after,
-        }
-    return {"allowed": allowed, "remaining": remaining, "reason": reason}
 
 
 class _Handlers:
@@ -281,24 +242,19 @@ class _Handlers:
 
     def _app(self, request: web.Request, route: str) -> str | web.Response:
         """The calling application's name, or the 401 answer (counted by route and reason)."""
-        authorization = request.headers.get("Authorization")
-        # The peer address is looked up only when it can matter (no credential presented).
-        remote = request.remote if authorization is None else None
-        try:
-            return self.s.auth.authenticate(authorization, remote)
-        except AuthError as exc:
-            self.s.metrics.auth_refusals.labels(route=route, reason=exc.reason).inc()
-            return _unauthorized(exc.reason)
+        app = answers.authenticate(
+            self.s, route, request.headers.get("Authorization"), lambda: request.remote
+        )
+        return _response(app) if isinstance(app, Answer) else app
 
-    async def _ask(self, request: web.Request, route: str) -> Ask | web.Response:
-        """The consume/check body read within its limits and parsed, or the refusal."""
+    async def _body(self, request: web.Request, route: str) -> bytes | web.Response:
+        """The consume/check body read within its limits, or the refusal."""
         s = self.s
         try:
-            raw = await read_body(request, max_bytes=s.limits.consume, timeout=s.limits.timeout)
+            return await read_body(request, max_bytes=s.limits.consume, timeout=s.limits.timeout)
         except BodyRefused as exc:
             s.metrics.body_refusals.labels(route=route, reason=exc.reason).inc()
             return _body_refused(exc)
-        return _parse_ask(raw)
 
     async def quota(self, request: web.Request) -> web.Response:
         """One customer's quota, local consumption included; 404 if unknown."""
@@ -314,73 +270,32 @@ class _Handlers:
 
     async def consume(self, request: web.Request) -> web.Response:
         """Allows and counts a call, or denies it: the Rating node's one question."""
-        s = self.s
         app = self._app(request, "consume")
         if isinstance(app, web.Response):
             return app
-        ask = await self._ask(request, "consume")
-        if isinstance(ask, web.Response):
-            return ask
-        key = request.headers.get(IDEMPOTENCY_HEADER)
-        if key is None:  # the hot path: nothing to remember
-            decision = s.cache.consume(*ask)
-            s.metrics.decision(app, decision.reason).inc()
-            return _json(_answer(decision))
-        if not valid_key(key):
-            return _error(400, "bad_idempotency_key")
-        # From here to the store nothing awaits: a concurrent request with the same key
-        # runs after this one stored its answer, and replays it.
-        try:
-            first = s.idempotency.lookup(app, key, ask)
-        except KeyReused:
-            s.metrics.idempotency.labels(app=app, outcome="reused").inc()
-            return _error(422, "idempotency_key_reused")
-        if first is not None:
-            s.metrics.idempotency.labels(app=app, outcome="replayed").inc()
-            return web.Response(
-                body=first,
-                content_type="application/json",
-                headers={"Idempotent-Replayed": "true"},
-            )
-        decision = s.cache.consume(*ask)
-        s.metrics.decision(app, decision.reason).inc()
-        answer = orjson.dumps(_answer(decision))
-        if decision.reason != RATE_LIMITED:
-            # A rate-limited call counted nothing and invites a retry after `retry_after`:
-            # replaying this denial to that retry would refuse it for the key's whole life.
-            s.idempotency.store(app, key, ask, answer)
-        return web.Response(body=answer, content_type="application/json")
+        raw = await self._body(request, "consume")
+        if isinstance(raw, web.Response):
+            return raw
+        return _response(answers.consume(self.s, app, raw, request.headers.get(IDEMPOTENCY_HEADER)))
 
     async def check(self, request: web.Request) -> web.Response:
         """Would this call be allowed now? The consume question, counting nothing."""
-        s = self.s
         app = self._app(request, "check")
         if isinstance(app, web.Response):
             return app
-        ask = await self._ask(request, "check")
-        if isinstance(ask, web.Response):
-            return ask
-        decision = s.cache.check(*ask)
-        s.metrics.check(app, decision.reason).inc()
-        return _json(_answer(decision))
+        raw = await self._body(request, "check")
+        if isinstance(raw, web.Response):
+            return raw
+        return _response(answers.check(self.s, app, raw))
 
     async def authorize(self, request: web.Request) -> web.Response:
         """Forward auth: may the gateway let the original request through? Counts it if so."""
-        s = self.s
-        authorization = request.headers.get("Authorization")
-        try:
-            app = s.auth.authenticate(
-                authorization, request.remote if authorization is None else None
-            )
-        except AuthError as exc:
-            s.metrics.auth_refusals.labels(route="authorize", reason=exc.reason).inc()
-            refused = _unauthorized(exc.reason)
-            # NGINX passes a 401 on without its body: the reason travels in a header too.
-            refused.headers[REASON_HEADER] = exc.reason
-            return refused
-        answer, replayed = s.authorizer.decide(app, request)
-        s.metrics.authorization(app, answer.reason).inc()
-        return respond(answer, replayed=replayed)
+        app = self._app(request, "authorize")
+        if isinstance(app, web.Response):
+            return app
+        return _response(
+            answers.authorize(self.s, app, request.method, request.raw_path, request.headers.get)
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok", "boot_id": self.s.boot_id})
@@ -529,7 +444,9 @@ async def serve(
             settings, app[STATE_KEY].metrics.registry, boot_id=app[STATE_KEY].boot_id
         )
     # No automatic decompression: bodies are read as sent, and refused if encoded.
-    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+    # The hot routes are answered on the light HTTP/1.1 face, everything else by aiohttp,
+    # on the same port (edge/fastpath.py).
+    runner = EdgeRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     try:
         if reporter is not None:

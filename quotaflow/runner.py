@@ -7,8 +7,13 @@ import signal
 from collections.abc import Awaitable, Callable
 
 
-def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Calls `main(stop)` in a fresh loop; the first SIGINT/SIGTERM sets `stop`."""
+def run_until_signalled(
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
+    """Calls `main(stop)` in a fresh loop (from `loop_factory`, else asyncio's); the first
+    SIGINT/SIGTERM sets `stop`."""
 
     async def _run() -> None:
         stop = asyncio.Event()
@@ -17,4 +22,5 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(_run())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_run())

@@ -151,7 +151,12 @@ def test_quick_edge_bench_measures_http_consume_with_and_without_authentication(
     assert result["quick"] is True
     # Every request of every mode was answered 200 allowed (the client checks each answer),
     # so the authenticated modes really sent a token the edge accepted.
-    modes = ("http_consume", "http_consume_loopback", "http_consume_idempotency_key")
+    modes = (
+        "http_consume",
+        "http_consume_loopback",
+        "http_consume_idempotency_key",
+        "http_consume_aiohttp",
+    )
     for mode in (*modes, "http_consume_python_client"):
         # Exactly rate x seconds counted, whichever client (vegeta runs a little longer).
         assert result[mode]["requests"] == 2000, mode
@@ -168,6 +173,10 @@ def test_quick_edge_bench_measures_http_consume_with_and_without_authentication(
     cost = result["http_auth_cost"]
     assert set(cost) >= {"p50_ms_ratio", "p99_ms_ratio", "idempotency_key_p99_ms_ratio"}
     assert all(v is not None and v > 0 for v in cost.values())
+    # The light face against the sidecar served by aiohttp alone, same run.
+    gain = result["http_light_face_gain"]
+    assert set(gain) >= {"p99_ms_ratio", "server_cpu_us_per_request_ratio"}
+    assert all(v is not None and v > 0 for v in gain.values())
 
 
 def test_a_bench_without_vegeta_fails_and_says_how_to_install_it(tmp_path: Path) -> None:
@@ -202,7 +211,7 @@ def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
         figures = result["gateways"][gateway]
         # Every request of every mode was answered 200 (the client checks each answer), so
         # the authorized site really went through the sidecar and was allowed.
-        for mode in ("static", "proxy", "authorized"):
+        for mode in ("static", "proxy", "authorized", "authorized_aiohttp_edge"):
             assert figures[mode]["requests"] == 450, (gateway, mode)
             assert figures[mode]["p99_ms"] > 0
             assert figures[mode]["client"] == "vegeta v12.13.0"
@@ -222,7 +231,10 @@ def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
             "authorized_minus_static",
             "authorized_minus_proxy",
             "python_client_authorized_minus_static",
+            "aiohttp_edge_authorized_minus_static",
         }
+        # The sidecar served by aiohttp alone answered its own gateway's subrequests.
+        assert figures["authorized_aiohttp_edge"]["cpu_us_per_request"]["edge"] > 0
 
 
 def test_quick_enforcement_bench_cuts_every_customer_off_at_every_node(

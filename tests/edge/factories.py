@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
 from edge.cache import QuotaCache
+from edge.fastpath import EdgeRunner
 from tables.quota import FeatureQuota, QuotaStatus, QuotaUpdate, Reason
 
 
@@ -52,3 +58,11 @@ def unlimited_cache(*keys: tuple[str, str], region: str = "eu") -> QuotaCache:
     for tenant, customer in keys:
         cache.apply(quota_update(tenant=tenant, customer=customer, limit=None), region)
     return cache
+
+
+class EdgeTestServer(TestServer):
+    """aiohttp's TestServer serving as `quotaflow edge` does: the hot routes on the light
+    HTTP/1.1 face (`edge/fastpath.py`), the rest by aiohttp, on one port."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return EdgeRunner(self.app, **kwargs)

@@ -8,14 +8,14 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.identify import Identifier, api_key_digest
 from edge.server import build_app
 from tables.quota import QuotaStatus, QuotaUpdate
-from tests.edge.factories import quota_update
+from tests.edge.factories import EdgeTestServer, quota_update
 from wire import Kind, Verifier, generate_keypair
 
 Client = TestClient[Any, Any]
@@ -73,7 +73,7 @@ async def _client(cache: QuotaCache, identifier: Identifier) -> Client:
         retry_after=2.0,
     )
     cache.mark_complete()  # build_app waits for a snapshot; these records stand for one
-    return TestClient(TestServer(app))
+    return TestClient(EdgeTestServer(app))
 
 
 @pytest.fixture

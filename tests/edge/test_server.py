@@ -9,12 +9,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.server import build_app
 from tables.quota import QuotaUpdate, Reason
+from tests.edge.factories import EdgeTestServer
 from wire import SIGNATURE_HEADER, Kind, Signer, Verifier, generate_keypair
 
 Client = TestClient[Any, Any]
@@ -60,7 +61,7 @@ def push_body(
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
     app = build_app(QuotaCache(regions=("eu",)), push_verifier("k2", "k1"), region="eu", auth=AUTH)
-    async with TestClient(TestServer(app), headers=BEARER) as c:
+    async with TestClient(EdgeTestServer(app), headers=BEARER) as c:
         yield c
 
 
@@ -230,7 +231,7 @@ async def test_every_push_answer_names_the_process_and_whether_it_holds_a_snapsh
     answers: list[dict[str, Any]] = []
     for _ in range(2):  # two processes of one node: same cache type, fresh state each
         app = build_app(QuotaCache(regions=("eu",)), push_verifier("k2"), region="eu")
-        async with TestClient(TestServer(app)) as c:
+        async with TestClient(EdgeTestServer(app)) as c:
             for final in (None, False, True, None):
                 body = push_body([update(1)], final=final)
                 answers.append(
@@ -273,13 +274,13 @@ async def test_metrics_expose_state_age_per_region(
 async def test_compressed_push_is_refused_before_it_is_read() -> None:
     import gzip
 
-    from aiohttp.test_utils import TestClient, TestServer
+    from aiohttp.test_utils import TestClient
 
     from edge.cache import QuotaCache
     from edge.server import build_app
 
     verifier = push_verifier("k1")
-    client = TestClient(TestServer(build_app(QuotaCache(), verifier, region="eu")))
+    client = TestClient(EdgeTestServer(build_app(QuotaCache(), verifier, region="eu")))
     await client.start_server()
     try:
         bomb = gzip.compress(b"\0" * 1_000_000)
@@ -292,7 +293,7 @@ async def test_compressed_push_is_refused_before_it_is_read() -> None:
 
 async def test_by_default_nobody_may_consume_check_or_read_quotas() -> None:
     app = build_app(QuotaCache(regions=("eu",)), push_verifier("k2"), region="eu")
-    async with TestClient(TestServer(app), headers=BEARER) as c:
+    async with TestClient(EdgeTestServer(app), headers=BEARER) as c:
         ask = {"tenant_id": "t1", "customer_id": "c1"}
         for resp in (
             await c.post("/v1/consume", json=ask),

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from edge.cache import (
     EXHAUSTED,
@@ -22,7 +22,7 @@ from edge.cache import (
 )
 from edge.server import CACHE_KEY, build_app
 from tables.quota import QuotaStatus, QuotaUpdate
-from tests.edge.factories import quota_update
+from tests.edge.factories import EdgeTestServer, quota_update
 from wire import SIGNATURE_HEADER, Kind, Signer, Verifier, generate_keypair
 
 Client = TestClient[Any, Any]
@@ -130,7 +130,7 @@ def test_unknown_customers_of_a_suspended_tenant_say_so_before_the_snapshot() ->
 @pytest.fixture
 async def client() -> AsyncIterator[Client]:
     app = build_app(QuotaCache(regions=("eu",)), Verifier(Kind.PUSH, [PUSH_PUBLIC]), region="eu")
-    async with TestClient(TestServer(app)) as c:  # push and metrics only: no app token
+    async with TestClient(EdgeTestServer(app)) as c:  # push and metrics only: no app token
         yield c
 
 
