@@ -13,26 +13,28 @@ Run: `.venv/bin/python -m bench.edge_bench [--quick] [--rounds N]` (prints JSON)
    call names one. And with per-feature quotas (`*_metered_feature`): the same plus two
    named metered features, each with its own quota and bucket, every call naming one.
 2. `POST /v1/consume` on a sidecar in a child process, driven open-loop at 2,000 req/s
-   by vegeta (bench/loadgen.py) over 16 keep-alive connections; p50/p99/max latency from
-   each request's intended send time (`from_write_*`: from the request's actual start).
-   `http_consume_python_client` is the same load as `http_consume` from the asyncio
-   client these figures came from before (its timers wake ~1 ms late: kept so old and
-   new figures compare within one run). The
-   same load runs in the same run, alternately (`--rounds` times each, on a fresh server
-   each time), in three modes: `http_consume` with authentication as deployed (a bearer
-   token on every request, hashed and compared by the edge), `http_consume_loopback`
-   without a token (the edge lets loopback in, `QUOTAFLOW_EDGE_ALLOW_LOOPBACK`: what the
-   edge cost before authentication), and `http_consume_idempotency_key` (a token and a
-   fresh `Idempotency-Key` on every request: the cost of remembering each answer).
-   `http_auth_cost` gives the ratios authenticated / loopback (1.0 = free).
-   `http_consume_aiohttp` is `http_consume` against a sidecar served by aiohttp alone on
-   asyncio's loop, as before the light face for the hot routes (`edge/fastpath.py`) and
-   uvloop, which `quotaflow edge` now runs on (the other modes); `http_light_face_gain`
-   gives the ratios light face / aiohttp alone (p50, p99, server CPU per request). Each mode also
-   gives `server_cpu_us_per_request`, the sidecar's CPU time (user + system, from /proc)
-   over the requests it answered: on a shared machine latency moves with everyone else's
-   load, the CPU a request costs the server much less. `--pin` keeps the client and each
-   sidecar on a CPU of their own.
+   by openloop (bench/openloop.c, through bench/loadgen.py) over 16 keep-alive
+   connections; p50/p99/max latency from each request's intended send time
+   (`from_write_*`: from the request's actual write). `http_consume_vegeta` is the same
+   load as `http_consume` from vegeta, the client these figures came from before (its own
+   CPU, twice the sidecar's, shares the 2 cores: kept so old and new figures compare
+   within one run). The same load runs in the same run, alternately (`--rounds` times
+   each, on a fresh server each time), in these modes: `http_consume` with
+   authentication as deployed (a bearer token on every request, hashed and compared by
+   the edge), `http_consume_loopback` without a token (the edge lets loopback in,
+   `QUOTAFLOW_EDGE_ALLOW_LOOPBACK`: what the edge cost before authentication), and
+   `http_consume_idempotency_key` (a token and a fresh `Idempotency-Key` on every
+   request: the cost of remembering each answer). `http_auth_cost` gives the ratios
+   authenticated / loopback (1.0 = free). `http_consume_aiohttp` is `http_consume`
+   against a sidecar served by aiohttp alone on asyncio's loop, as before the light face
+   for the hot routes (`edge/fastpath.py`) and uvloop, which `quotaflow edge` now runs on
+   (the other modes); `http_light_face_gain` gives the ratios light face / aiohttp alone
+   (p50, p99, server CPU per request). Each mode also gives
+   `server_cpu_us_per_request`, the sidecar's CPU time (user + system, from /proc) over
+   the requests it answered: on a shared machine latency moves with everyone else's
+   load, the CPU a request costs the server much less. `machine_wakeup` is how long the
+   machine takes to wake a process on the same CPU and across CPUs (bench/common.py
+   `wakeup_latency`); `--one-cpu` runs everything on one CPU.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import uvloop
 from aiohttp import web
 
 from bench import loadgen
-from bench.common import cdf
+from bench.common import cdf, confine_to_one_cpu, wakeup_latency
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.fastpath import EdgeRunner
@@ -69,15 +71,15 @@ HTTP_SECONDS = 10.0
 CONNECTIONS = 16
 WARMUP = 500
 TOKEN = generate_app_token()
-# mode -> (whether the client sends the token, whether it sends an Idempotency-Key,
-# whether the load comes from the old asyncio client rather than vegeta, whether the
-# sidecar serves with aiohttp alone rather than with the light face for the hot routes)
-MODES = {
-    "http_consume": (True, False, False, False),
-    "http_consume_loopback": (False, False, False, False),
-    "http_consume_idempotency_key": (True, True, False, False),
-    "http_consume_python_client": (True, False, True, False),
-    "http_consume_aiohttp": (True, False, False, True),
+# mode -> (whether the client sends the token, whether it sends an Idempotency-Key, the
+# load client, whether the sidecar serves with aiohttp alone rather than with the light
+# face for the hot routes)
+MODES: dict[str, tuple[bool, bool, loadgen.Client, bool]] = {
+    "http_consume": (True, False, "openloop", False),
+    "http_consume_loopback": (False, False, "openloop", False),
+    "http_consume_idempotency_key": (True, True, "openloop", False),
+    "http_consume_vegeta": (True, False, "vegeta", False),
+    "http_consume_aiohttp": (True, False, "openloop", True),
 }
 
 
@@ -278,82 +280,10 @@ def _serve(port: int, ready: Connection, digest: str, loopback: bool, aiohttp_on
         uvloop.run(main())
 
 
-async def _connection(
-    port: int,
-    jobs: asyncio.Queue[tuple[float, bytes, bytes] | None],
-    out: list[tuple[float, float]],
-    auth: bytes,
-) -> None:
-    """One keep-alive HTTP/1.1 connection; a minimal client so the load generator is not
-    the bottleneck on a 2-core machine (aiohttp's client costs more CPU than the server).
-    `auth` (the Authorization header line, or nothing) and each job's extra header lines
-    are sent as they are."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while (job := await jobs.get()) is not None:
-            scheduled, body, extra = job
-            sent = time.perf_counter()
-            writer.write(
-                b"POST /v1/consume HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                % (auth, extra, len(body))
-                + body
-            )
-            async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                payload = await reader.readexactly(length)
-            if not head.startswith(b"HTTP/1.1 200") or b'"allowed":true' not in payload:
-                raise RuntimeError(f"unexpected answer: {head[:20]!r} {payload[:80]!r}")
-            done = time.perf_counter()
-            out.append((done - scheduled, done - sent))
-            jobs.task_done()
-    finally:
-        writer.close()
-
-
-async def _drive(port: int, seconds: float, token: bool, keys: bool) -> dict[str, Any]:
-    bodies = [
-        orjson.dumps({"tenant_id": f"t{i % 100}", "customer_id": f"c{i}", "cost": 1})
-        for i in range(CUSTOMERS)
-    ]
-    auth = b"Authorization: Bearer %s\r\n" % TOKEN.encode() if token else b""
-    run = os.urandom(4).hex().encode()
-
-    def extra(i: int) -> bytes:
-        # A fresh key per call, as a Rating API names each call (a UUID's length).
-        return b"Idempotency-Key: %s-%032d\r\n" % (run, i) if keys else b""
-
-    connections = 16
-    jobs: asyncio.Queue[tuple[float, bytes, bytes] | None] = asyncio.Queue()
-    out: list[tuple[float, float]] = []
-    workers = [asyncio.create_task(_connection(port, jobs, out, auth)) for _ in range(connections)]
-    for i in range(500):  # warm-up
-        jobs.put_nowait((time.perf_counter(), bodies[i], extra(-i - 1)))
-    async with asyncio.timeout(30):
-        await jobs.join()
-    out.clear()
-    total = int(HTTP_RATE * seconds)
-    start = time.perf_counter()
-    for i in range(total):
-        scheduled = start + i / HTTP_RATE
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        jobs.put_nowait((scheduled, bodies[i % CUSTOMERS], extra(i)))
-    for _ in workers:
-        jobs.put_nowait(None)
-    async with asyncio.timeout(60):
-        await asyncio.gather(*workers)
-    elapsed = time.perf_counter() - start
-    return {"requests": len(out), "elapsed": elapsed, "samples": out, "sent": total + 500}
-
-
-def _drive_vegeta(port: int, seconds: float, token: bool, keys: bool) -> dict[str, Any]:
-    """The same load as `_drive`, from vegeta: samples are (from intended, from start)."""
+def _drive(
+    port: int, seconds: float, token: bool, keys: bool, client: loadgen.Client
+) -> dict[str, Any]:
+    """The load of one round: samples are (from intended, from start)."""
     url = f"http://127.0.0.1:{port}/v1/consume"
     headers = {"Content-Type": "application/json"}
     if token:
@@ -371,7 +301,11 @@ def _drive_vegeta(port: int, seconds: float, token: bool, keys: bool) -> dict[st
     allowed = b'"allowed":true'
     # vegeta cycles through its targets: with keys, one target per request (fresh keys).
     loadgen.attack(
-        [request(-i - 1) for i in range(WARMUP)], HTTP_RATE, WARMUP / HTTP_RATE, CONNECTIONS
+        [request(-i - 1) for i in range(WARMUP)],
+        HTTP_RATE,
+        WARMUP / HTTP_RATE,
+        CONNECTIONS,
+        client=client,
     )
     got = loadgen.attack(
         [request(i) for i in range(total if keys else CUSTOMERS)],
@@ -379,14 +313,14 @@ def _drive_vegeta(port: int, seconds: float, token: bool, keys: bool) -> dict[st
         seconds,
         CONNECTIONS,
         expect=allowed,
+        client=client,
     )
     return {
         "requests": len(got.from_intended),
         "elapsed": got.elapsed,
         "samples": list(zip(got.from_intended, got.from_start, strict=True)),
         "sent": WARMUP + len(got.from_intended),
-        "vegeta_report": loadgen.report_ms(got.report),
-    }
+    } | ({"vegeta_report": loadgen.report_ms(got.report)} if client == "vegeta" else {})
 
 
 def _figures(runs: list[dict[str, Any]], client: str) -> dict[str, Any]:
@@ -432,11 +366,8 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-SERVER_CPU: set[int] | None = None  # `--pin`: the sidecar's CPU (the client takes another)
-
-
 def _http_round(
-    seconds: float, token: bool, keys: bool, python_client: bool, aiohttp_only: bool
+    seconds: float, token: bool, keys: bool, client: loadgen.Client, aiohttp_only: bool
 ) -> dict[str, Any]:
     """One mode's load against a fresh sidecar process (loopback let in iff no token)."""
     from quotaflow.commands.localkafka import free_port
@@ -448,8 +379,6 @@ def _http_round(
     args = (port, child, token_digest(TOKEN), not token, aiohttp_only)
     server = ctx.Process(target=_serve, args=args, daemon=True)
     server.start()
-    if SERVER_CPU is not None and server.pid is not None:
-        os.sched_setaffinity(server.pid, SERVER_CPU)
     try:
         if not parent.poll(30):
             raise RuntimeError("edge server did not start")
@@ -458,10 +387,7 @@ def _http_round(
         # server spends whatever else holds the cores, which latency on a shared machine
         # does not.
         before = _cpu_seconds(server.pid) if server.pid is not None else None
-        if python_client:
-            result = asyncio.run(_drive(port, seconds, token, keys))
-        else:
-            result = _drive_vegeta(port, seconds, token, keys)
+        result = _drive(port, seconds, token, keys, client)
         after = _cpu_seconds(server.pid) if server.pid is not None else None
         if before is not None and after is not None:
             result["server_cpu_seconds"] = after - before
@@ -476,11 +402,10 @@ def bench_http(seconds: float = HTTP_SECONDS, rounds: int = 2) -> dict[str, Any]
     all of them alike; the ratios compare the modes within this run."""
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     for _ in range(rounds):
-        for mode, (token, keys, python_client, aiohttp_only) in MODES.items():
-            runs[mode].append(_http_round(seconds, token, keys, python_client, aiohttp_only))
-    vegeta = f"vegeta {loadgen.VEGETA_VERSION}"
+        for mode, (token, keys, client, aiohttp_only) in MODES.items():
+            runs[mode].append(_http_round(seconds, token, keys, client, aiohttp_only))
     result: dict[str, Any] = {
-        mode: _figures(r, "asyncio (old)" if MODES[mode][2] else vegeta) for mode, r in runs.items()
+        mode: _figures(r, loadgen.client_name(MODES[mode][2])) for mode, r in runs.items()
     }
     authed, open_ = result["http_consume"], result["http_consume_loopback"]
     keyed = result["http_consume_idempotency_key"]
@@ -508,20 +433,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--rounds", type=int, default=2, help="HTTP rounds per mode")
     parser.add_argument(
-        "--pin",
+        "--one-cpu",
         action="store_true",
-        help="Linux: this process (client, in-process checks) on the first CPU it may use, "
-        "each sidecar on the second, so neither migrates (the HTTP load only)",
+        help="Linux: the bench, its load clients and every sidecar on one CPU, so no "
+        "request waits for the host to wake a second vCPU (see machine_wakeup)",
     )
     args = parser.parse_args()
     loadgen.vegeta()  # a missing load generator fails before anything is measured
-    if args.pin:
-        global SERVER_CPU
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2:
-            raise SystemExit("--pin needs two CPUs")
-        os.sched_setaffinity(0, {cpus[0]})
-        SERVER_CPU = {cpus[1]}
+    loadgen.openloop()
+    wakeup = wakeup_latency()  # before the confinement: both placements measured
+    if args.one_cpu:
+        confine_to_one_cpu()
     calls, samples = (20_000, 5_000) if args.quick else (CALLS, SAMPLES)
     seconds = 1.0 if args.quick else HTTP_SECONDS
     rounds = 1 if args.quick else args.rounds
@@ -529,8 +451,9 @@ def main() -> None:
         "check": bench_check(calls, samples),
         **bench_http(seconds, rounds),
         "quick": args.quick,
-        "pinned": args.pin,
+        "one_cpu": args.one_cpu,
         "cpus": os.cpu_count(),
+        "machine_wakeup": wakeup,
     }
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 

@@ -5,24 +5,30 @@ JSON). `--quick` runs tiny sizes (a smoke test: the figures mean nothing).
 
 For each gateway (Debian's nginx and caddy from `make tools`, configured with the
 snippets in `deploy/gateways/` exactly as the tests run them), one gateway process serves
-three sites, driven open-loop at the same rate by vegeta (bench/loadgen.py) over 16
-keep-alive connections, alternately round by round in the same run:
+three sites, driven open-loop at the same rate by openloop (bench/openloop.c, through
+bench/loadgen.py) over 16 keep-alive connections, alternately round by round in the same
+run:
 - `static`: the gateway answers 200 itself (the issue's baseline);
-- `proxy`: the gateway proxies to the upstream (a tiny aiohttp app), no quota;
+- `proxy`: the gateway proxies to the upstream, no quota;
 - `authorized`: the shipped snippet: an auth subrequest to the sidecar (consume, cost 1,
   10,000 customers in `headers` mode), then the upstream;
-- `authorized_aiohttp_edge`: the same through a second gateway process whose sidecar
+- `authorized_null_edge`: the same through a gateway process whose "sidecar" is its own
+  static site (an authorizer that costs nothing): the gateway's forward auth by itself;
+- `authorized_aiohttp_edge`: the same through another gateway process whose sidecar
   serves with aiohttp alone on asyncio's loop, as before the light face
   (`edge/fastpath.py`) and uvloop: the before figure beside the after one in the same run.
-Latency is from each request's intended send time (no coordinated omission). Beside
-them, `static_python_client` and `authorized_python_client` are the same loads from the
-asyncio client these figures came from before (its timers wake ~1 ms late), so old and
-new compare within one run. The result
-gives p50/p99 per mode and, per gateway, `authorized - static` and `authorized - proxy`
-at p99 (the issue's target: <= 1 ms over `static` at 2,000 req/s) and their ratios, and
-per mode the CPU per request (user + system, from /proc) of the gateway, the sidecar and
-the upstream: on a shared machine the latency moves with everyone else's load, the CPU a
-request costs each server much less.
+The upstream (the Rating API's stand-in) is the gateway's own `static` site, so
+`authorized` is the forward auth plus one proxy hop inside the gateway, and
+`authorized - proxy` the forward auth alone. Latency is from each request's intended send
+time (no coordinated omission). Beside them, `static_vegeta` and `authorized_vegeta` are
+the same loads from vegeta, the client of the earlier figures, so old and new compare
+within one run. The result gives p50/p99 per mode and, per gateway, `authorized - static`
+and `authorized - proxy` at p99 (the issue's target: <= 1 ms over `static` at 2,000
+req/s) and their ratios, and per mode the CPU per request (user + system, from /proc) of
+the gateway and the sidecar: on a shared machine the latency moves with everyone else's
+load, the CPU a request costs each server much less. `machine_wakeup` is how long the
+machine takes to wake a process on the same CPU and across CPUs; `--one-cpu` runs
+everything on one CPU.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import uvloop
 from aiohttp import web
 
 from bench import loadgen
-from bench.common import cdf, machine, percentile
+from bench.common import cdf, confine_to_one_cpu, machine, percentile, wakeup_latency
 from edge.auth import AppAuth, generate_app_token, token_digest
 from edge.cache import QuotaCache
 from edge.fastpath import EdgeRunner
@@ -63,8 +69,9 @@ CUSTOMERS = 10_000
 CONNECTIONS = 16
 TOKEN = generate_app_token()
 MODES = ("static", "proxy", "authorized")
-# The old asyncio client, as a labelled secondary figure on the modes the target compares.
-PYTHON_MODES = ("static", "authorized")
+# vegeta, the client of the earlier figures, as a labelled cross-check on the modes the
+# target compares.
+VEGETA_MODES = ("static", "authorized")
 TOOLS_BIN = Path(
     os.environ.get("QUOTAFLOW_TOOLS_BIN", Path.home() / ".cache" / "quotaflow" / "bin")
 )
@@ -124,18 +131,6 @@ def _verifier() -> Any:
     return Verifier(Kind.PUSH, [generate_keypair()[1]])
 
 
-def _serve_upstream(port: int, ready: Connection) -> None:
-    async def main() -> None:
-        async def ok(request: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", ok)
-        await _serve_forever(app, port, ready, web.AppRunner)
-
-    asyncio.run(main())
-
-
 def _cpu_seconds(pid: int) -> float:
     """CPU time so far (user + system, from /proc; 0 off Linux) of a process and its live
     children (NGINX serves from a worker under its master)."""
@@ -167,71 +162,10 @@ def _child(target: Any, *args: Any) -> Iterator[int]:
         proc.join(10)
 
 
-async def _connection(
-    port: int, jobs: asyncio.Queue[tuple[float, bytes] | None], out: list[float]
-) -> None:
-    """One keep-alive HTTP/1.1 connection; minimal, so the client is not the bottleneck.
-
-    Reopened when the server says `Connection: close` (NGINX does after
-    `keepalive_requests`, 1,000 by default), as a real client would."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while (job := await jobs.get()) is not None:
-            scheduled, request = job
-            writer.write(request)
-            closing = False
-            async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    lowered = line.lower()
-                    if lowered.startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                    elif lowered.startswith(b"connection:") and b"close" in lowered:
-                        closing = True
-                await reader.readexactly(length)
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"unexpected answer: {head[:60]!r}")
-            out.append(time.perf_counter() - scheduled)
-            jobs.task_done()
-            if closing:
-                writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    finally:
-        writer.close()
-
-
-async def _drive(port: int, rate: float, seconds: float, warmup: int) -> list[float]:
-    requests = [
-        b"GET /search?q=%d HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"X-Quotaflow-Tenant: t%d\r\nX-Quotaflow-Customer: c%d\r\n\r\n" % (i, i % 100, i)
-        for i in range(CUSTOMERS)
-    ]
-    jobs: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-    out: list[float] = []
-    workers = [asyncio.create_task(_connection(port, jobs, out)) for _ in range(CONNECTIONS)]
-    for i in range(warmup):
-        jobs.put_nowait((time.perf_counter(), requests[i % CUSTOMERS]))
-    async with asyncio.timeout(60):
-        await jobs.join()
-    out.clear()
-    total = int(rate * seconds)
-    start = time.perf_counter()
-    for i in range(total):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        jobs.put_nowait((scheduled, requests[i % CUSTOMERS]))
-    for _ in workers:
-        jobs.put_nowait(None)
-    async with asyncio.timeout(120):
-        await asyncio.gather(*workers)
-    return out
-
-
-def _drive_vegeta(port: int, rate: float, seconds: float, warmup: int) -> list[float]:
-    """The same load as `_drive`, from vegeta; latency from each intended send time."""
+def _drive(
+    port: int, rate: float, seconds: float, warmup: int, client: loadgen.Client
+) -> list[float]:
+    """One round's load; latency from each intended send time."""
     url = f"http://127.0.0.1:{port}/search"
     requests = [
         loadgen.Request(
@@ -241,8 +175,8 @@ def _drive_vegeta(port: int, rate: float, seconds: float, warmup: int) -> list[f
         )
         for i in range(CUSTOMERS)
     ]
-    loadgen.attack(requests[:warmup], rate, warmup / rate, CONNECTIONS)
-    return loadgen.attack(requests, rate, seconds, CONNECTIONS).from_intended
+    loadgen.attack(requests[:warmup], rate, warmup / rate, CONNECTIONS, client=client)
+    return loadgen.attack(requests, rate, seconds, CONNECTIONS, client=client).from_intended
 
 
 def _figures(samples: list[float], rate: float) -> dict[str, Any]:
@@ -330,64 +264,87 @@ def bench_gateways(
     gateways: list[str], rate: float, seconds: float, rounds: int, warmup: int
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    edge_port, plain_edge_port, upstream_port = free_port(), free_port(), free_port()
+    edge_port, plain_edge_port = free_port(), free_port()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
         edge_pid = stack.enter_context(_child(_serve_edge, edge_port, token_digest(TOKEN)))
         plain_edge_pid = stack.enter_context(
             _child(_serve_edge, plain_edge_port, token_digest(TOKEN), True)
         )
-        upstream_pid = stack.enter_context(_child(_serve_upstream, upstream_port))
-        upstream = f"127.0.0.1:{upstream_port}"
         for name in gateways:
             ports = {mode: free_port() for mode in MODES}
             plain_ports = {mode: free_port() for mode in MODES}
+            null_ports = {mode: free_port() for mode in MODES}
             with ExitStack() as gateways_up:
+                # The Rating API stand-in is the gateway's own static site: what the
+                # authorized mode adds over `static` is then the gateway's work and the
+                # sidecar's, not a Python upstream's (an aiohttp app cost ~170 us a
+                # request, more than the sidecar, on the same 2 cores).
                 gw = gateways_up.enter_context(
-                    _gateway(name, tmp, ports, upstream, f"127.0.0.1:{edge_port}")
+                    _gateway(
+                        name, tmp, ports, f"127.0.0.1:{ports['static']}", f"127.0.0.1:{edge_port}"
+                    )
                 )
                 # The same gateway and snippet before a sidecar served by aiohttp alone
                 # (the sidecar before the light face), in its own gateway process.
                 plain_gw = gateways_up.enter_context(
                     _gateway(
-                        name, tmp / "plain", plain_ports, upstream, f"127.0.0.1:{plain_edge_port}"
+                        name,
+                        tmp / "plain",
+                        plain_ports,
+                        f"127.0.0.1:{plain_ports['static']}",
+                        f"127.0.0.1:{plain_edge_port}",
+                    )
+                )
+                # The same gateway and snippet asking an authorizer that costs nothing (the
+                # gateway's own static 200): what the gateway's forward auth costs by itself,
+                # so `authorized - authorized_null_edge` is the sidecar's share.
+                null_gw = gateways_up.enter_context(
+                    _gateway(
+                        name,
+                        tmp / "null",
+                        null_ports,
+                        f"127.0.0.1:{null_ports['static']}",
+                        f"127.0.0.1:{null_ports['static']}",
                     )
                 )
                 # CPU per request of each server process (user + system): what a mode costs
                 # the machine, which a shared machine's latency figures cannot say.
-                pids = {"gateway": gw.proc.pid, "edge": edge_pid, "upstream": upstream_pid}
-                plain_pids = {
-                    "gateway": plain_gw.proc.pid,
-                    "edge": plain_edge_pid,
-                    "upstream": upstream_pid,
-                }
-                # run -> (port, whether the old asyncio client drives it, its processes)
-                runs = (
-                    {mode: (ports[mode], False, pids) for mode in MODES}
-                    | {f"{mode}_python_client": (ports[mode], True, pids) for mode in PYTHON_MODES}
-                    | {"authorized_aiohttp_edge": (plain_ports["authorized"], False, plain_pids)}
+                pids = {"gateway": gw.proc.pid, "edge": edge_pid}
+                plain_pids = {"gateway": plain_gw.proc.pid, "edge": plain_edge_pid}
+                # run -> (port, the load client, its processes)
+                runs: dict[str, tuple[int, loadgen.Client, dict[str, int]]] = (
+                    {mode: (ports[mode], "openloop", pids) for mode in MODES}
+                    | {f"{mode}_vegeta": (ports[mode], "vegeta", pids) for mode in VEGETA_MODES}
+                    | {
+                        "authorized_null_edge": (
+                            null_ports["authorized"],
+                            "openloop",
+                            {"gateway": null_gw.proc.pid},
+                        ),
+                        "authorized_aiohttp_edge": (
+                            plain_ports["authorized"],
+                            "openloop",
+                            plain_pids,
+                        ),
+                    }
                 )
                 samples: dict[str, list[float]] = {run: [] for run in runs}
                 round_p99: dict[str, list[float]] = {run: [] for run in runs}
                 cpu = {run: dict.fromkeys(pids, 0.0) for run in runs}
                 sent = dict.fromkeys(runs, 0)
                 for _ in range(rounds):
-                    for run, (port, python_client, procs) in runs.items():
+                    for run, (port, client, procs) in runs.items():
                         before = {k: _cpu_seconds(pid) for k, pid in procs.items()}
-                        if python_client:
-                            got = asyncio.run(_drive(port, rate, seconds, warmup))
-                        else:
-                            got = _drive_vegeta(port, rate, seconds, warmup)
+                        got = _drive(port, rate, seconds, warmup, client)
                         for k, pid in procs.items():
                             cpu[run][k] += _cpu_seconds(pid) - before[k]
                         sent[run] += warmup + int(rate * seconds)
                         samples[run] += got
                         round_p99[run].append(round(percentile(sorted(got), 0.99) * 1e3, 3))
                 figures = {run: _figures(samples[run], rate) for run in runs}
-                for run, (_, python_client, _) in runs.items():
-                    figures[run]["client"] = (
-                        "asyncio (old)" if python_client else f"vegeta {loadgen.VEGETA_VERSION}"
-                    )
+                for run, (_, client, _) in runs.items():
+                    figures[run]["client"] = loadgen.client_name(client)
                 for mode in runs:
                     figures[mode]["round_p99_ms"] = round_p99[mode]
                     figures[mode]["cpu_us_per_request"] = {
@@ -400,14 +357,21 @@ def bench_gateways(
                     "authorized_minus_proxy": round(auth - proxy, 3),
                     "authorized_over_static_ratio": round(auth / static, 3) if static else None,
                     "authorized_over_proxy_ratio": round(auth / proxy, 3) if proxy else None,
+                    # The gateway's forward auth with an authorizer that costs nothing, and
+                    # the sidecar's share beyond it.
+                    "null_edge_authorized_minus_static": round(
+                        figures["authorized_null_edge"]["p99_ms"] - static, 3
+                    ),
+                    "authorized_minus_null_edge": round(
+                        auth - figures["authorized_null_edge"]["p99_ms"], 3
+                    ),
                     # The sidecar served by aiohttp alone (before the light face), same run.
                     "aiohttp_edge_authorized_minus_static": round(
                         figures["authorized_aiohttp_edge"]["p99_ms"] - static, 3
                     ),
-                    # The same difference as the old asyncio client measured it.
-                    "python_client_authorized_minus_static": round(
-                        figures["authorized_python_client"]["p99_ms"]
-                        - figures["static_python_client"]["p99_ms"],
+                    # The same difference as vegeta measures it.
+                    "vegeta_authorized_minus_static": round(
+                        figures["authorized_vegeta"]["p99_ms"] - figures["static_vegeta"]["p99_ms"],
                         3,
                     ),
                 }
@@ -422,14 +386,26 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="requests/s per mode")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--one-cpu",
+        action="store_true",
+        help="Linux: the bench, its load clients, the gateways and the sidecars on one CPU, "
+        "so no request waits for the host to wake a second vCPU (see machine_wakeup)",
+    )
     args = parser.parse_args()
     rate, seconds, rounds, warmup = args.rate, args.seconds, args.rounds, 500
     if args.quick:
         rate, seconds, rounds, warmup = 300.0, 1.5, 1, 100
     loadgen.vegeta()  # a missing load generator fails before any server starts
+    loadgen.openloop()
+    wakeup = wakeup_latency()  # before the confinement: both placements measured
+    if args.one_cpu:
+        confine_to_one_cpu()
     names = [g.strip() for g in args.gateways.split(",") if g.strip()]
     doc = {
         "machine": machine(),
+        "machine_wakeup": wakeup,
+        "one_cpu": args.one_cpu,
         "quick": args.quick,
         "rate": rate,
         "seconds_per_round": seconds,
