@@ -94,7 +94,7 @@ FIGURES: dict[str, tuple[Figure, ...]] = {
         ),
         LatencyCDF(
             "edge-http-latency",
-            "Edge: HTTP POST /v1/consume, open loop (vegeta), from the intended send",
+            "Edge: HTTP POST /v1/consume, open loop (openloop), from the intended send",
             (
                 Series("authenticated ({achieved_rps:,}/s)", ("http_consume",)),
                 Series("loopback, no token ({achieved_rps:,}/s)", ("http_consume_loopback",)),
@@ -102,10 +102,16 @@ FIGURES: dict[str, tuple[Figure, ...]] = {
                     "token + Idempotency-Key ({achieved_rps:,}/s)",
                     ("http_consume_idempotency_key",),
                 ),
-                # The same load from the old asyncio client, whose timers wake ~1 ms late.
                 Series(
-                    "authenticated, old asyncio client ({achieved_rps:,}/s)",
-                    ("http_consume_python_client",),
+                    "authenticated, aiohttp alone, as before the light face ({achieved_rps:,}/s)",
+                    ("http_consume_aiohttp",),
+                    baseline=True,
+                ),
+                # The same load from vegeta, the earlier figures' client (its own CPU, twice
+                # the sidecar's, shares the cores).
+                Series(
+                    "authenticated, from vegeta ({achieved_rps:,}/s)",
+                    ("http_consume_vegeta",),
                     baseline=True,
                 ),
             ),
@@ -142,8 +148,8 @@ FIGURES: dict[str, tuple[Figure, ...]] = {
     "gateway": (
         LatencyCDF(
             "gateway-latency",
-            "Gateways: static 200, proxy, forward auth through the sidecar (vegeta; "
-            "*_python_client: the old asyncio client)",
+            "Gateways: static 200, proxy, forward auth through the sidecar and through an "
+            "authorizer that costs nothing (openloop; *_vegeta: the earlier client)",
             (Series("{0} {1}", ("gateways", "*", "*")),),
         ),
         RatioBars(
@@ -154,6 +160,11 @@ FIGURES: dict[str, tuple[Figure, ...]] = {
                 Ratio(
                     "{0}: forward auth",
                     ("gateways", "*", "authorized", "p99_ms"),
+                    ("gateways", "*", "static", "p99_ms"),
+                ),
+                Ratio(
+                    "{0}: forward auth, an authorizer that costs nothing",
+                    ("gateways", "*", "authorized_null_edge", "p99_ms"),
                     ("gateways", "*", "static", "p99_ms"),
                 ),
                 Ratio(

@@ -12,8 +12,10 @@ run:
 - `proxy`: the gateway proxies to the upstream, no quota;
 - `authorized`: the shipped snippet: an auth subrequest to the sidecar (consume, cost 1,
   10,000 customers in `headers` mode), then the upstream;
-- `authorized_null_edge`: the same through a gateway process whose "sidecar" is its own
-  static site (an authorizer that costs nothing): the gateway's forward auth by itself;
+- `authorized_null_edge`: the same through a gateway process whose "sidecar" is NGINX's
+  static 200 in a process of its own (an authorizer that costs nearly nothing, one hop
+  away as the sidecar is): the gateway's forward auth by itself (its `edge` CPU is that
+  NGINX's);
 - `authorized_aiohttp_edge`: the same through another gateway process whose sidecar
   serves with aiohttp alone on asyncio's loop, as before the light face
   (`edge/fastpath.py`) and uvloop: the before figure beside the after one in the same run.
@@ -271,10 +273,22 @@ def bench_gateways(
         plain_edge_pid = stack.enter_context(
             _child(_serve_edge, plain_edge_port, token_digest(TOKEN), True)
         )
+        # The authorizer that costs (nearly) nothing: NGINX's static 200, in a process of
+        # its own as the sidecar is, so the null mode keeps the hop between processes.
+        null_ports = {mode: free_port() for mode in MODES}
+        null_edge = stack.enter_context(
+            _gateway(
+                "nginx",
+                tmp / "null-authorizer",
+                null_ports,
+                f"127.0.0.1:{null_ports['static']}",
+                f"127.0.0.1:{null_ports['static']}",
+            )
+        )
         for name in gateways:
             ports = {mode: free_port() for mode in MODES}
             plain_ports = {mode: free_port() for mode in MODES}
-            null_ports = {mode: free_port() for mode in MODES}
+            null_gw_ports = {mode: free_port() for mode in MODES}
             with ExitStack() as gateways_up:
                 # The Rating API stand-in is the gateway's own static site: what the
                 # authorized mode adds over `static` is then the gateway's work and the
@@ -296,15 +310,15 @@ def bench_gateways(
                         f"127.0.0.1:{plain_edge_port}",
                     )
                 )
-                # The same gateway and snippet asking an authorizer that costs nothing (the
-                # gateway's own static 200): what the gateway's forward auth costs by itself,
-                # so `authorized - authorized_null_edge` is the sidecar's share.
+                # The same gateway and snippet asking the authorizer that costs nothing:
+                # what the gateway's forward auth costs by itself, so
+                # `authorized - authorized_null_edge` is the sidecar's share.
                 null_gw = gateways_up.enter_context(
                     _gateway(
                         name,
                         tmp / "null",
-                        null_ports,
-                        f"127.0.0.1:{null_ports['static']}",
+                        null_gw_ports,
+                        f"127.0.0.1:{null_gw_ports['static']}",
                         f"127.0.0.1:{null_ports['static']}",
                     )
                 )
@@ -318,9 +332,9 @@ def bench_gateways(
                     | {f"{mode}_vegeta": (ports[mode], "vegeta", pids) for mode in VEGETA_MODES}
                     | {
                         "authorized_null_edge": (
-                            null_ports["authorized"],
+                            null_gw_ports["authorized"],
                             "openloop",
-                            {"gateway": null_gw.proc.pid},
+                            {"gateway": null_gw.proc.pid, "edge": null_edge.proc.pid},
                         ),
                         "authorized_aiohttp_edge": (
                             plain_ports["authorized"],

@@ -231,8 +231,8 @@ def test_quick_gateway_bench_compares_forward_auth_with_a_static_answer(
         assert set(cpu) == {"gateway", "edge"}
         assert cpu["gateway"] > 0, (gateway, cpu)
         assert cpu["edge"] > 0, (gateway, cpu)
-        # With an authorizer that costs nothing, no sidecar was asked.
-        assert figures["authorized_null_edge"]["cpu_us_per_request"]["edge"] == 0
+        # With the null authorizer (NGINX's static 200), that NGINX answered instead.
+        assert figures["authorized_null_edge"]["cpu_us_per_request"]["edge"] > 0
         added = figures["added_p99_ms"]
         assert added["authorized_over_static_ratio"] > 0
         assert set(added) >= {
