@@ -441,7 +441,8 @@ def main() -> None:
     args = parser.parse_args()
     loadgen.vegeta()  # a missing load generator fails before anything is measured
     loadgen.openloop()
-    wakeup = wakeup_latency()  # before the confinement: both placements measured
+    # Before the confinement: both placements measured (a smoke test needs few trips).
+    wakeup = wakeup_latency(500 if args.quick else 5_000)
     if args.one_cpu:
         confine_to_one_cpu()
     calls, samples = (20_000, 5_000) if args.quick else (CALLS, SAMPLES)

@@ -236,16 +236,24 @@ http://127.0.0.1:{ports["proxy"]} {{
 
 @contextmanager
 def _gateway(
-    name: str, tmp: Path, ports: dict[str, int], upstream: str, edge: str
-) -> Iterator[Gateway]:
+    name: str, tmp: Path, edge_port: int | None
+) -> Iterator[tuple[Gateway, dict[str, int]]]:
+    """`name` serving the three sites (MODES) on free ports, with the shipped snippet
+    asking the sidecar on `edge_port` (None: the gateway's own static site).
+
+    The Rating API stand-in is the gateway's own static site too: what `authorized` adds
+    over `static` is then the gateway's work and the sidecar's, not a Python upstream's
+    (an aiohttp app cost ~170 us a request, more than the sidecar, on the same 2 cores)."""
     tmp.mkdir(exist_ok=True)
     binary = Path(os.environ.get(f"QUOTAFLOW_{name.upper()}", TOOLS_BIN / name))
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"{binary} missing: run `make tools` (scripts/install-deploy-tools.sh)")
+    ports = {mode: free_port() for mode in MODES}
+    upstream = f"127.0.0.1:{ports['static']}"
     common: dict[str, Any] = {
         "port": ports["authorized"],
         "upstream": upstream,
-        "edge": edge,
+        "edge": upstream if edge_port is None else f"127.0.0.1:{edge_port}",
         "token": TOKEN,
         "log": tmp / f"{name}.log",
     }
@@ -259,7 +267,7 @@ def _gateway(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} sites did not listen: {gateway.tail()}")
             time.sleep(0.05)
-        yield gateway
+        yield gateway, ports
 
 
 def bench_gateways(
@@ -275,52 +283,22 @@ def bench_gateways(
         )
         # The authorizer that costs (nearly) nothing: NGINX's static 200, in a process of
         # its own as the sidecar is, so the null mode keeps the hop between processes.
-        null_ports = {mode: free_port() for mode in MODES}
-        null_edge = stack.enter_context(
-            _gateway(
-                "nginx",
-                tmp / "null-authorizer",
-                null_ports,
-                f"127.0.0.1:{null_ports['static']}",
-                f"127.0.0.1:{null_ports['static']}",
-            )
+        null_edge, null_edge_ports = stack.enter_context(
+            _gateway("nginx", tmp / "null-authorizer", None)
         )
         for name in gateways:
-            ports = {mode: free_port() for mode in MODES}
-            plain_ports = {mode: free_port() for mode in MODES}
-            null_gw_ports = {mode: free_port() for mode in MODES}
             with ExitStack() as gateways_up:
-                # The Rating API stand-in is the gateway's own static site: what the
-                # authorized mode adds over `static` is then the gateway's work and the
-                # sidecar's, not a Python upstream's (an aiohttp app cost ~170 us a
-                # request, more than the sidecar, on the same 2 cores).
-                gw = gateways_up.enter_context(
-                    _gateway(
-                        name, tmp, ports, f"127.0.0.1:{ports['static']}", f"127.0.0.1:{edge_port}"
-                    )
-                )
+                gw, ports = gateways_up.enter_context(_gateway(name, tmp, edge_port))
                 # The same gateway and snippet before a sidecar served by aiohttp alone
                 # (the sidecar before the light face), in its own gateway process.
-                plain_gw = gateways_up.enter_context(
-                    _gateway(
-                        name,
-                        tmp / "plain",
-                        plain_ports,
-                        f"127.0.0.1:{plain_ports['static']}",
-                        f"127.0.0.1:{plain_edge_port}",
-                    )
+                plain_gw, plain_ports = gateways_up.enter_context(
+                    _gateway(name, tmp / "plain", plain_edge_port)
                 )
                 # The same gateway and snippet asking the authorizer that costs nothing:
                 # what the gateway's forward auth costs by itself, so
                 # `authorized - authorized_null_edge` is the sidecar's share.
-                null_gw = gateways_up.enter_context(
-                    _gateway(
-                        name,
-                        tmp / "null",
-                        null_gw_ports,
-                        f"127.0.0.1:{null_gw_ports['static']}",
-                        f"127.0.0.1:{null_ports['static']}",
-                    )
+                null_gw, null_gw_ports = gateways_up.enter_context(
+                    _gateway(name, tmp / "null", null_edge_ports["static"])
                 )
                 # CPU per request of each server process (user + system): what a mode costs
                 # the machine, which a shared machine's latency figures cannot say.
@@ -412,7 +390,8 @@ def main() -> None:
         rate, seconds, rounds, warmup = 300.0, 1.5, 1, 100
     loadgen.vegeta()  # a missing load generator fails before any server starts
     loadgen.openloop()
-    wakeup = wakeup_latency()  # before the confinement: both placements measured
+    # Before the confinement: both placements measured (a smoke test needs few trips).
+    wakeup = wakeup_latency(500 if args.quick else 5_000)
     if args.one_cpu:
         confine_to_one_cpu()
     names = [g.strip() for g in args.gateways.split(",") if g.strip()]

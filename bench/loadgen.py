@@ -103,9 +103,11 @@ def openloop() -> Path:
 
 
 def _run(args: list[str], timeout: float) -> bytes:
+    """A client's stdout; a non-zero exit raises with the end of what it said."""
     done = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"{args[1]} failed: {done.stderr.decode(errors='replace')[-500:]}")
+        name = f"{Path(args[0]).name} {args[1]}"
+        raise RuntimeError(f"{name} failed: {done.stderr.decode(errors='replace')[-500:]}")
     return done.stdout
 
 
@@ -159,9 +161,7 @@ def _attack_openloop(
         targets.write_bytes(b"".join(b"%d\n" % len(raw) + raw for _, raw in raws))
         args = [str(binary), str(ports.pop()), repr(rate), str(total), str(connections)]
         args += [str(targets), str(results)] + ([expect.decode()] if expect is not None else [])
-        done = subprocess.run(args, capture_output=True, timeout=seconds + 60, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"openloop failed: {done.stderr.decode(errors='replace')[-500:]}")
+        _run(args, timeout=seconds + 60)
         rows = [line.split() for line in results.read_text().splitlines()]
     if len(rows) != total:
         raise RuntimeError(f"openloop answered {len(rows)} of {total}")
